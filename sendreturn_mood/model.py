@@ -1,0 +1,228 @@
+"""The model contract between training and runtime: one ONNX file that describes itself.
+
+A model file carries one JSON value under the ONNX `metadata_props` key `METADATA_KEY`: the front-end recipe,
+patch length, mood labels with valence/arousal coordinates, optional genre labels, provenance and metrics. The
+runtime builds everything from it, so shipping a new model never needs a code change. Files without it, or with
+an unknown schema version, are refused with a message that says what is missing.
+
+Graph contract: input `logmel` float32 [batch, n_mels, frames]; output `mood_logits` [batch, n_moods] (required),
+`genre_logits` [batch, n_genres] and `embedding` [batch, d] (optional).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .frontend import FrontEndError, FrontEndSpec
+
+METADATA_KEY = "sendreturn_mood"
+SCHEMA_VERSION = 1
+INPUT_NAME = "logmel"
+MOOD_OUTPUT = "mood_logits"
+GENRE_OUTPUT = "genre_logits"
+EMBEDDING_OUTPUT = "embedding"
+DEFAULT_MODEL_FILE = "mood_cnn.onnx"
+
+
+class ModelError(ValueError):
+    """A model file the runtime cannot use; the message says why."""
+
+
+@dataclass(frozen=True)
+class MoodLabel:
+    label: str
+    valence: float
+    arousal: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file says about itself (the parsed metadata)."""
+
+    name: str
+    version: str
+    frontend: FrontEndSpec
+    patch_frames: int
+    moods: tuple[MoodLabel, ...]
+    genres: tuple[str, ...] = ()
+    description: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mood_labels(self) -> list[str]:
+        return [m.label for m in self.moods]
+
+    @property
+    def valence_arousal(self) -> np.ndarray:
+        """[n_moods, 2] coordinates; probabilities @ this = reported (valence, arousal)."""
+        return np.array([[m.valence, m.arousal] for m in self.moods], dtype=np.float64)
+
+    @property
+    def window_seconds(self) -> float:
+        return self.frontend.frames_to_seconds(self.patch_frames)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "frontend": self.frontend.to_dict(),
+            "patch_frames": self.patch_frames,
+            "moods": [{"label": m.label, "valence": m.valence, "arousal": m.arousal} for m in self.moods],
+            "genres": list(self.genres),
+            "provenance": self.provenance,
+            "metrics": self.metrics,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "model") -> "ModelInfo":
+        def fail(msg: str) -> ModelError:
+            return ModelError(f"{source}: metadata {msg}")
+
+        if not isinstance(d, dict):
+            raise fail("is not a JSON object")
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise fail(f"schema_version is {version!r}; this runtime reads schema_version {SCHEMA_VERSION}")
+        missing = [k for k in ("name", "version", "frontend", "patch_frames", "moods") if k not in d]
+        if missing:
+            raise fail(f"is missing {', '.join(missing)}")
+        try:
+            frontend = FrontEndSpec.from_dict(d["frontend"])
+        except (FrontEndError, TypeError) as e:
+            raise fail(f"has a bad 'frontend': {e}") from None
+        patch = d["patch_frames"]
+        if not isinstance(patch, int) or patch < 1:
+            raise fail("'patch_frames' must be a positive integer")
+        moods_raw = d["moods"]
+        if not isinstance(moods_raw, list) or len(moods_raw) < 2:
+            raise fail("'moods' must be a list of at least two {label, valence, arousal}")
+        moods = []
+        for i, m in enumerate(moods_raw):
+            if not isinstance(m, dict) or not {"label", "valence", "arousal"} <= set(m):
+                raise fail(f"'moods[{i}]' needs label, valence and arousal")
+            va = (float(m["valence"]), float(m["arousal"]))
+            if not all(-1.0 <= v <= 1.0 for v in va):
+                raise fail(f"'moods[{i}]' valence/arousal must be in [-1, 1]")
+            moods.append(MoodLabel(str(m["label"]), *va))
+        if len({m.label for m in moods}) != len(moods):
+            raise fail("'moods' labels must be unique")
+        genres = d.get("genres") or []
+        if not isinstance(genres, list) or not all(isinstance(g, str) for g in genres):
+            raise fail("'genres' must be a list of strings")
+        return cls(
+            name=str(d["name"]),
+            version=str(d["version"]),
+            description=str(d.get("description", "")),
+            frontend=frontend,
+            patch_frames=patch,
+            moods=tuple(moods),
+            genres=tuple(genres),
+            provenance=dict(d.get("provenance") or {}),
+            metrics=dict(d.get("metrics") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Softmax outputs for a batch of windows."""
+
+    moods: np.ndarray  # [batch, n_moods]
+    genres: np.ndarray | None  # [batch, n_genres] or None
+
+
+def default_model_path() -> Path:
+    """The model shipped with the package (exported_models/ in the repository)."""
+    return Path(str(resources.files("sendreturn_mood.exported_models").joinpath(DEFAULT_MODEL_FILE)))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def read_info(session: Any, source: str) -> ModelInfo:
+    """Parse and check the metadata of an onnxruntime session against the graph's inputs and outputs."""
+    props = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise ModelError(
+            f"{source}: no '{METADATA_KEY}' entry in the ONNX metadata_props; this file was not exported by "
+            "`python -m training export` (the runtime needs the front-end recipe, patch length and labels from it)"
+        )
+    try:
+        raw = json.loads(props[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{source}: metadata '{METADATA_KEY}' is not valid JSON: {e}") from None
+    info = ModelInfo.from_dict(raw, source)
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if INPUT_NAME not in inputs or len(inputs[INPUT_NAME].shape) != 3:
+        raise ModelError(f"{source}: graph needs a 3-d input '{INPUT_NAME}' [batch, n_mels, frames]; has {list(inputs)}")
+    n_mels = inputs[INPUT_NAME].shape[1]
+    if isinstance(n_mels, int) and n_mels != info.frontend.n_mels:
+        raise ModelError(f"{source}: input has {n_mels} mel bands but the front end makes {info.frontend.n_mels}")
+    if MOOD_OUTPUT not in outputs:
+        raise ModelError(f"{source}: graph has no '{MOOD_OUTPUT}' output; has {list(outputs)}")
+    n_out = outputs[MOOD_OUTPUT].shape[-1]
+    if isinstance(n_out, int) and n_out != len(info.moods):
+        raise ModelError(f"{source}: '{MOOD_OUTPUT}' has {n_out} classes but metadata lists {len(info.moods)} moods")
+    if info.genres and GENRE_OUTPUT not in outputs:
+        raise ModelError(f"{source}: metadata lists genres but the graph has no '{GENRE_OUTPUT}' output")
+    return info
+
+
+class MoodModel:
+    """An ONNX mood model and its self-description. `predict` is thread-safe (onnxruntime sessions are)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path) if path is not None else default_model_path()
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: no such model file")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelError(f"{self.path}: not a loadable ONNX model: {e}") from None
+        self.info = read_info(self.session, str(self.path))
+        names = {o.name for o in self.session.get_outputs()}
+        self._outputs = [MOOD_OUTPUT] + ([GENRE_OUTPUT] if self.info.genres and GENRE_OUTPUT in names else [])
+
+    def predict(self, batch: np.ndarray) -> Prediction:
+        """log-mel windows [batch, n_mels, frames] -> softmax probabilities."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim == 2:
+            batch = batch[None]
+        out = self.session.run(self._outputs, {INPUT_NAME: batch})
+        return Prediction(moods=softmax(out[0]), genres=softmax(out[1]) if len(out) > 1 else None)
+
+
+def write_metadata(onnx_path: str | os.PathLike[str], info: ModelInfo) -> None:
+    """Embed `info` into an ONNX file in place (training/export side; needs the `onnx` package)."""
+    import onnx
+
+    m = onnx.load(str(onnx_path))
+    kept = [p for p in m.metadata_props if p.key != METADATA_KEY]
+    del m.metadata_props[:]
+    m.metadata_props.extend(kept)
+    entry = m.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = info.to_json()
+    onnx.save(m, str(onnx_path))

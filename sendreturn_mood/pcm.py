@@ -1,0 +1,52 @@
+"""Raw PCM frames from the wire -> mono float32 samples, with the checks protocol v1 promises (`bad_audio`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+ENCODINGS: dict[str, np.dtype] = {
+    "pcm_s16le": np.dtype("<i2"),
+    "pcm_f32le": np.dtype("<f4"),
+}
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 192000
+MAX_CHANNELS = 8
+
+
+class BadAudio(ValueError):
+    """Audio that does not match its announced format (protocol error code `bad_audio`)."""
+
+
+def bytes_per_frame(encoding: str, channels: int) -> int:
+    return ENCODINGS[encoding].itemsize * channels
+
+
+def decode(data: bytes, encoding: str, channels: int) -> np.ndarray:
+    """Interleaved little-endian PCM -> mono float32 in [-1, 1] (channel mean). Raises BadAudio."""
+    dtype = ENCODINGS[encoding]
+    frame = dtype.itemsize * channels
+    if len(data) % frame:
+        raise BadAudio(
+            f"{len(data)} bytes is not a whole number of sample frames ({frame} bytes each for "
+            f"{channels} channel(s) of {encoding})"
+        )
+    x = np.frombuffer(data, dtype=dtype)
+    if dtype.kind == "i":
+        x = x.astype(np.float32) / 32768.0
+    else:
+        x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise BadAudio("NaN or infinite float samples")
+    if channels > 1:
+        x = x.reshape(-1, channels).mean(axis=1, dtype=np.float32)
+    return x
+
+
+def encode(y: np.ndarray, encoding: str) -> bytes:
+    """Float samples (interleaved already if multichannel) -> PCM bytes. For clients and tests."""
+    y = np.asarray(y, dtype=np.float32)
+    if encoding == "pcm_s16le":
+        return (np.clip(y, -1.0, 32767 / 32768) * 32768.0).round().astype("<i2").tobytes()
+    if encoding == "pcm_f32le":
+        return y.astype("<f4").tobytes()
+    raise ValueError(f"unknown encoding {encoding!r}")
