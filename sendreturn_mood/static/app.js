@@ -1,0 +1,801 @@
+// sendreturn-mood live page: a protocol v1 client (PROTOCOL.md) in plain JavaScript, no build step, nothing external.
+//
+// Source roles capture the microphone or play a local file through an AudioWorklet ("pcm-sender" in worklet.js)
+// that posts ~100 ms of mono PCM s16le at the AudioContext's own rate; the page announces that rate in the
+// websocket URL and sends the chunks as binary frames. Every role shows what the server broadcasts to the room:
+// mood + probabilities, a valence/arousal plane with the recent trail, the effect parameters, and a scene whose
+// look is driven by the effect parameters (what a SEND/RETURN client does with them).
+//
+// URL parameters: ?room=lobby&role=mic|file|listener&preset=NAME&server=HOST:PORT&connect=1
+
+const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+const CHUNK_MS = 100; // audio per binary message (the protocol recommends 20-250 ms)
+const MAX_BUFFERED_BYTES = 512 * 1024; // a stalled socket drops audio instead of buffering it without bound
+const TRAIL_POINTS = 80; // valence/arousal history drawn on the plane
+const BACKOFF_START_MS = 500;
+const BACKOFF_MAX_MS = 10000;
+const SCENE_TIME_CONSTANT_S = 0.6; // how quickly the scene eases toward new effect values
+const MOOD_COLORS = { happy: "#ffd166", angry: "#ef476f", sad: "#4f8fd9", calm: "#06d6a0" };
+const PALETTE = ["#ffd166", "#ef476f", "#4f8fd9", "#06d6a0", "#c77dff", "#ff9f1c", "#9ef01a", "#f15bb5"];
+// Where a mood sits on the plane when the model does not say (Russell quadrants, as in the shipped models).
+const DEFAULT_COORDINATES = {
+  happy: [0.7, 0.5], angry: [-0.6, 0.7], sad: [-0.6, -0.5], calm: [0.5, -0.6],
+};
+const CLOSE_TEXT = {
+  1000: "the stream ended normally",
+  1001: "the server is shutting down or restarting",
+  1003: "the server refused the data we sent",
+  1006: "the connection was lost without a close frame (network problem, or the server stopped)",
+  1008: "closed by server policy (see the error above: e.g. unauthorized, rate limited, not allowed)",
+  1009: "a message was too big for the server",
+  1011: "the server hit an internal error",
+};
+const NO_RETRY_CODES = new Set([1000, 1003, 1008, 1009]);
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  ws: null,
+  wantConnected: false,
+  opened: false,
+  role: "mic",
+  room: "lobby",
+  backoff: BACKOFF_START_MS,
+  retryTimer: null,
+  audio: null, // {ctx, node, stream, player, rate}
+  sentSamples: 0,
+  droppedChunks: 0,
+  updates: 0,
+  errors: 0,
+  moods: [], // [{label, valence, arousal}]
+  genres: [],
+  trail: [], // [{v, a, color}]
+  last: null, // the latest mood message
+  track: null,
+  ranges: {}, // observed min/max of each numeric effect, for the bars
+};
+window.sendreturnMood = state; // handy in the console, and for the browser test
+
+// ---------------------------------------------------------------------------------------------------- status, errors
+
+function setStatus(text, kind) {
+  const el = $("status");
+  el.textContent = text;
+  el.dataset.state = kind;
+}
+
+function showError(text, detail) {
+  state.errors += 1;
+  const li = document.createElement("li");
+  const time = new Date().toLocaleTimeString();
+  li.innerHTML = `<time>${time}</time> `;
+  const strong = document.createElement("strong");
+  strong.textContent = text;
+  li.appendChild(strong);
+  if (detail) {
+    const p = document.createElement("div");
+    p.className = "detail";
+    p.textContent = detail;
+    li.appendChild(p);
+  }
+  const list = $("error-list");
+  list.prepend(li);
+  while (list.children.length > 20) list.lastChild.remove();
+  $("errors").hidden = false;
+}
+
+// ------------------------------------------------------------------------------------------------------- connecting
+
+function serverBase() {
+  const custom = $("server").value.trim();
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  if (custom) return custom.includes("://") ? custom.replace(/\/+$/, "") : `${scheme}//${custom}`;
+  return `${scheme}//${location.host}`;
+}
+
+function roomUrl() {
+  const params = new URLSearchParams();
+  if (state.role === "listener") {
+    params.set("role", "listener");
+  } else {
+    params.set("role", "source");
+    params.set("encoding", "pcm_s16le");
+    params.set("sample_rate", String(state.audio.rate));
+    params.set("channels", "1");
+    const preset = $("preset").value.trim();
+    if (preset) params.set("preset", preset);
+  }
+  const token = $("token").value.trim();
+  if (token) params.set("token", token);
+  return `${serverBase()}/v1/rooms/${encodeURIComponent(state.room)}?${params}`;
+}
+
+async function connect() {
+  clearTimeout(state.retryTimer);
+  const room = $("room").value.trim();
+  if (!ROOM_RE.test(room)) {
+    showError("That room name is not allowed.", "Use 1 to 64 characters: letters, digits, _ . -");
+    return;
+  }
+  state.room = room;
+  state.role = $("role").value;
+  state.wantConnected = true;
+  updateListenerLink();
+  setControls(true);
+  if (state.role !== "listener" && !state.audio) {
+    try {
+      state.audio = await startAudio(state.role);
+    } catch (err) {
+      showError(audioErrorText(err), String(err && err.message ? err.message : err));
+      disconnect();
+      return;
+    }
+  }
+  openSocket();
+}
+
+function openSocket() {
+  if (!state.wantConnected) return;
+  const url = roomUrl();
+  setStatus(`connecting to ${state.room}…`, "connecting");
+  state.opened = false;
+  let ws;
+  try {
+    ws = new WebSocket(url);
+  } catch (err) {
+    showError("Could not open the websocket.", String(err));
+    disconnect();
+    return;
+  }
+  ws.binaryType = "arraybuffer";
+  state.ws = ws;
+  ws.onopen = () => {
+    state.opened = true;
+    state.backoff = BACKOFF_START_MS;
+    setStatus(`connected to ${state.room} as ${state.role === "listener" ? "listener" : "source"}`, "open");
+    if (state.role === "file" && state.audio && state.audio.file) sendTrack(state.audio.file);
+  };
+  ws.onmessage = (event) => {
+    if (typeof event.data !== "string") return;
+    let msg;
+    try {
+      msg = JSON.parse(event.data);
+    } catch (err) {
+      showError("The server sent something that is not JSON.", String(event.data).slice(0, 200));
+      return;
+    }
+    handleMessage(msg);
+  };
+  ws.onclose = (event) => onClose(ws, event);
+}
+
+async function onClose(ws, event) {
+  if (ws !== state.ws) return; // an old socket we already replaced
+  state.ws = null;
+  const wasOpen = state.opened;
+  if (!state.wantConnected) return;
+  if (!wasOpen) {
+    // A refused handshake: the browser hides the HTTP status and JSON body, so ask the same URL over plain HTTP.
+    const refusal = await diagnoseRefusal();
+    if (refusal) {
+      showError(`The server refused to connect: ${refusal.status} ${refusal.code}`, refusal.message);
+      if (refusal.status === 409 || refusal.status === 503) scheduleRetry(`${refusal.code}`);
+      else disconnect(`refused (${refusal.code})`);
+      return;
+    }
+    showError(
+      "Could not connect to the server.",
+      `${serverBase()} did not accept the websocket (close ${event.code}). It may be stopped or unreachable; ` +
+        "other causes: another source already streams into this room (409), a token is required (401), " +
+        "a bad room or preset (400), or the server is full (503). Retrying…",
+    );
+    scheduleRetry("unreachable");
+    return;
+  }
+  const why = CLOSE_TEXT[event.code] || "closed";
+  const reason = event.reason ? ` “${event.reason}”` : "";
+  if (event.code === 1000) {
+    setStatus(`stream ended (${event.code})`, "idle");
+    disconnect(`closed ${event.code}: ${why}`);
+    return;
+  }
+  showError(`Connection closed: ${event.code}${reason}`, why);
+  if (NO_RETRY_CODES.has(event.code)) disconnect(`closed ${event.code}`);
+  else scheduleRetry(`closed ${event.code}`);
+}
+
+async function diagnoseRefusal() {
+  const httpUrl = roomUrl().replace(/^ws/, "http");
+  try {
+    const response = await fetch(httpUrl, { cache: "no-store" });
+    const body = await response.json();
+    if (body && body.error) return { status: response.status, code: body.error.code, message: body.error.message };
+  } catch (err) {
+    // unreachable, or not a JSON refusal: fall back to the generic text
+  }
+  return null;
+}
+
+function scheduleRetry(why) {
+  const delay = state.backoff;
+  state.backoff = Math.min(state.backoff * 2, BACKOFF_MAX_MS);
+  setStatus(`${why}: reconnecting in ${(delay / 1000).toFixed(1)} s`, "retry");
+  state.retryTimer = setTimeout(openSocket, delay);
+}
+
+function disconnect(why) {
+  state.wantConnected = false;
+  clearTimeout(state.retryTimer);
+  if (state.ws) {
+    const ws = state.ws;
+    state.ws = null;
+    ws.close(1000, "bye");
+  }
+  stopAudio();
+  setControls(false);
+  setStatus(why || "not connected", "idle");
+}
+
+function send(obj) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(obj));
+}
+
+function sendTrack(file) {
+  const title = file.name.replace(/\.[^.]+$/, "");
+  send({ type: "track", id: `file:${file.name}`, title });
+}
+
+// ------------------------------------------------------------------------------------------------------------ audio
+
+async function startAudio(role) {
+  const ctx = new AudioContext({ latencyHint: "interactive" });
+  await ctx.audioWorklet.addModule("worklet.js");
+  const node = new AudioWorkletNode(ctx, "pcm-sender", {
+    numberOfInputs: 1,
+    numberOfOutputs: 1,
+    outputChannelCount: [1],
+    processorOptions: { chunkMs: CHUNK_MS },
+  });
+  node.port.onmessage = (event) => onPcm(event.data);
+  node.connect(ctx.destination); // silent output: keeps the worklet pulled by the graph
+  const audio = { ctx, node, stream: null, player: null, elementSource: null, file: null, rate: ctx.sampleRate };
+  if (role === "mic") {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      throw new Error("this browser gives no microphone access here (it needs http://localhost or https)");
+    }
+    audio.stream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+    });
+    ctx.createMediaStreamSource(audio.stream).connect(node);
+  } else {
+    const file = $("file").files[0];
+    if (!file) throw new Error("choose an audio file first");
+    attachFile(audio, file);
+  }
+  if (ctx.state === "suspended") await ctx.resume();
+  $("sent").title = `${ctx.sampleRate} Hz mono s16le`;
+  return audio;
+}
+
+// Play `file` through the audio graph: to the speakers (the person hears it) and to the worklet (the room hears it).
+function attachFile(audio, file) {
+  if (audio.player) {
+    audio.player.pause();
+    audio.elementSource.disconnect();
+  }
+  // A media element can feed only one audio graph in its life, so every file gets a fresh element.
+  const player = new Audio();
+  player.controls = true;
+  player.src = URL.createObjectURL(file);
+  const source = audio.ctx.createMediaElementSource(player);
+  source.connect(audio.ctx.destination);
+  source.connect(audio.node);
+  const node = audio.node;
+  player.onplay = () => node.port.postMessage({ active: true });
+  player.onpause = () => node.port.postMessage({ active: false });
+  player.onended = () => node.port.postMessage({ active: false });
+  node.port.postMessage({ active: false });
+  player.id = "player";
+  $("player").replaceWith(player);
+  Object.assign(audio, { player, elementSource: source, file });
+  player.play().catch((err) => showError("The file cannot be played.", String(err)));
+}
+
+function audioErrorText(err) {
+  const name = err && err.name;
+  if (name === "NotAllowedError") return "Microphone access was denied. Allow it in the address bar and try again.";
+  if (name === "NotFoundError") return "No microphone found.";
+  if (name === "NotReadableError") return "The microphone is busy in another program.";
+  return "Could not start the audio input.";
+}
+
+function onPcm(data) {
+  const ws = state.ws;
+  $("level").style.width = `${Math.min(100, data.level * 300).toFixed(0)}%`;
+  if (!ws || ws.readyState !== WebSocket.OPEN) return;
+  if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+    state.droppedChunks += 1;
+    return;
+  }
+  ws.send(data.pcm);
+  state.sentSamples += data.pcm.byteLength / 2;
+  $("sent").textContent = (state.sentSamples / state.audio.rate).toFixed(1);
+}
+
+function stopAudio() {
+  const audio = state.audio;
+  state.audio = null;
+  if (!audio) return;
+  if (audio.stream) audio.stream.getTracks().forEach((t) => t.stop());
+  if (audio.player) audio.player.pause();
+  audio.node.port.onmessage = null;
+  audio.ctx.close();
+  state.sentSamples = 0;
+}
+
+// --------------------------------------------------------------------------------------------------------- messages
+
+function handleMessage(msg) {
+  switch (msg.type) {
+    case "welcome":
+      onWelcome(msg);
+      break;
+    case "mood":
+      onMood(msg);
+      break;
+    case "source":
+      $("source-state").textContent = msg.state;
+      $("source-state").dataset.state = msg.state;
+      break;
+    case "error":
+      showError(`Server error: ${msg.code}${msg.fatal ? " (fatal)" : ""}`, msg.message);
+      break;
+    default:
+      break; // newer message types: ignore, as protocol v1 clients should
+  }
+}
+
+function onWelcome(msg) {
+  const model = msg.model || {};
+  state.moods = (model.moods || []).map((m, i) => {
+    const label = typeof m === "string" ? m : m.label || m.name || `mood${i}`;
+    const fallback = DEFAULT_COORDINATES[label] || [Math.cos(i * 1.7) * 0.6, Math.sin(i * 1.7) * 0.6];
+    return {
+      label,
+      valence: typeof m === "object" && typeof m.valence === "number" ? m.valence : fallback[0],
+      arousal: typeof m === "object" && typeof m.arousal === "number" ? m.arousal : fallback[1],
+      color: MOOD_COLORS[label] || PALETTE[i % PALETTE.length],
+    };
+  });
+  state.genres = model.genres || [];
+  $("model").textContent = `${model.name || "?"} ${model.version || ""}`.trim();
+  const analysis = msg.analysis || {};
+  $("hop").textContent = analysis.hop_seconds ? `${analysis.hop_seconds} s` : "–";
+  $("preset-name").textContent = msg.preset || "–";
+  if (msg.role === "source") {
+    $("source-state").textContent = "you";
+    $("source-state").dataset.state = "connected";
+  }
+  buildBars();
+}
+
+function moodColor(label) {
+  const m = state.moods.find((x) => x.label === label);
+  return (m && m.color) || MOOD_COLORS[label] || "#cccccc";
+}
+
+function onMood(msg) {
+  state.updates += 1;
+  state.last = msg;
+  $("update-count").textContent = String(state.updates);
+  $("seq").textContent = String(msg.seq);
+  const label = msg.mood || "?";
+  const el = $("mood");
+  el.textContent = label;
+  el.dataset.mood = label;
+  el.style.color = moodColor(label);
+  $("confidence").textContent = fmt(msg.confidence, 2);
+  $("stream-time").textContent = fmt(msg.stream_time, 1);
+  $("latency").textContent = fmt(msg.latency_ms, 1);
+  $("genre").textContent = msg.genre ? `${msg.genre.label}` : "–";
+  $("track").textContent = msg.track ? msg.track.title || msg.track.id || "–" : "–";
+  if (msg.preset) $("preset-name").textContent = msg.preset;
+  document.title = `${label} · ${state.room} · sendreturn-mood`;
+  updateBars(msg.probabilities || {}, (msg.instant && msg.instant.probabilities) || {});
+  state.trail.push({ v: msg.valence, a: msg.arousal, color: moodColor(label) });
+  if (state.trail.length > TRAIL_POINTS) state.trail.shift();
+  $("va-text").textContent = `V ${signed(msg.valence)} · A ${signed(msg.arousal)}`;
+  drawPlane();
+  updateEffects(msg.effects || {});
+  scene.setTargets(msg);
+}
+
+function fmt(x, digits) {
+  return typeof x === "number" ? x.toFixed(digits) : "–";
+}
+
+function signed(x) {
+  return typeof x === "number" ? (x >= 0 ? "+" : "") + x.toFixed(2) : "–";
+}
+
+// -------------------------------------------------------------------------------------------------------- mood bars
+
+function buildBars() {
+  const root = $("bars");
+  root.textContent = "";
+  for (const m of state.moods) {
+    const row = document.createElement("div");
+    row.className = "bar-row";
+    row.dataset.mood = m.label;
+    row.innerHTML = `<span class="bar-label"></span><span class="bar"><span class="fill"></span><span class="tick"></span></span><span class="bar-value">–</span>`;
+    row.querySelector(".bar-label").textContent = m.label;
+    row.querySelector(".fill").style.background = m.color;
+    root.appendChild(row);
+  }
+}
+
+function updateBars(probs, instant) {
+  if (!$("bars").children.length) {
+    state.moods = Object.keys(probs).map((label, i) => ({
+      label, valence: (DEFAULT_COORDINATES[label] || [0, 0])[0], arousal: (DEFAULT_COORDINATES[label] || [0, 0])[1],
+      color: MOOD_COLORS[label] || PALETTE[i % PALETTE.length],
+    }));
+    buildBars();
+  }
+  for (const row of $("bars").children) {
+    const p = probs[row.dataset.mood];
+    const q = instant[row.dataset.mood];
+    row.querySelector(".fill").style.width = `${((p || 0) * 100).toFixed(1)}%`;
+    const tick = row.querySelector(".tick");
+    tick.hidden = typeof q !== "number";
+    if (typeof q === "number") tick.style.left = `${(q * 100).toFixed(1)}%`;
+    row.querySelector(".bar-value").textContent = fmt(p, 2);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ valence/arousal
+
+function drawPlane() {
+  const canvas = $("va");
+  const g = canvas.getContext("2d");
+  const w = canvas.width;
+  const h = canvas.height;
+  const pad = 18;
+  const x = (v) => pad + ((v + 1) / 2) * (w - 2 * pad);
+  const y = (a) => h - pad - ((a + 1) / 2) * (h - 2 * pad);
+  g.clearRect(0, 0, w, h);
+  g.fillStyle = "#11131a";
+  g.fillRect(0, 0, w, h);
+  // quadrant tints from the mood colours
+  for (const m of state.moods) {
+    const qx = m.valence >= 0 ? x(0) : x(-1);
+    const qy = m.arousal >= 0 ? y(1) : y(0);
+    g.fillStyle = hexToRgba(m.color, 0.07);
+    g.fillRect(qx, qy, (w - 2 * pad) / 2, (h - 2 * pad) / 2);
+  }
+  g.strokeStyle = "#2c3040";
+  g.lineWidth = 1;
+  for (let i = -1; i <= 1; i += 0.5) {
+    g.beginPath();
+    g.moveTo(x(i), y(-1));
+    g.lineTo(x(i), y(1));
+    g.moveTo(x(-1), y(i));
+    g.lineTo(x(1), y(i));
+    g.stroke();
+  }
+  g.strokeStyle = "#565d75";
+  g.beginPath();
+  g.moveTo(x(0), y(-1));
+  g.lineTo(x(0), y(1));
+  g.moveTo(x(-1), y(0));
+  g.lineTo(x(1), y(0));
+  g.stroke();
+  g.fillStyle = "#8a90a6";
+  g.font = "11px system-ui, sans-serif";
+  g.fillText("valence →", w - pad - 58, y(0) - 6);
+  g.save();
+  g.translate(x(0) + 12, pad + 52);
+  g.rotate(-Math.PI / 2);
+  g.fillText("arousal →", 0, 0);
+  g.restore();
+  g.font = "bold 13px system-ui, sans-serif";
+  for (const m of state.moods) {
+    g.fillStyle = m.color;
+    g.fillText(m.label, x(m.valence) - 14, y(m.arousal));
+  }
+  // the trail: older points fade out
+  const pts = state.trail.filter((p) => typeof p.v === "number" && typeof p.a === "number");
+  for (let i = 1; i < pts.length; i++) {
+    g.strokeStyle = hexToRgba(pts[i].color, 0.15 + (0.75 * i) / pts.length);
+    g.lineWidth = 1 + (2 * i) / pts.length;
+    g.beginPath();
+    g.moveTo(x(pts[i - 1].v), y(pts[i - 1].a));
+    g.lineTo(x(pts[i].v), y(pts[i].a));
+    g.stroke();
+  }
+  const last = state.last;
+  if (last && last.instant && typeof last.instant.valence === "number") {
+    g.strokeStyle = "#ffffff88";
+    g.lineWidth = 1.5;
+    g.beginPath();
+    g.arc(x(last.instant.valence), y(last.instant.arousal), 5, 0, 2 * Math.PI);
+    g.stroke();
+  }
+  if (pts.length) {
+    const p = pts[pts.length - 1];
+    g.fillStyle = p.color;
+    g.shadowColor = p.color;
+    g.shadowBlur = 14;
+    g.beginPath();
+    g.arc(x(p.v), y(p.a), 7, 0, 2 * Math.PI);
+    g.fill();
+    g.shadowBlur = 0;
+  }
+}
+
+function hexToRgba(hex, alpha) {
+  const rgb = parseHex(hex) || [200, 200, 200];
+  return `rgba(${rgb[0]},${rgb[1]},${rgb[2]},${alpha})`;
+}
+
+function parseHex(value) {
+  const m = /^#([0-9a-f]{6})$/i.exec(String(value).trim());
+  if (!m) return null;
+  const n = parseInt(m[1], 16);
+  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+}
+
+// --------------------------------------------------------------------------------------------------------- effects
+
+function updateEffects(effects) {
+  const body = $("effects").tBodies[0];
+  body.textContent = "";
+  for (const [name, value] of Object.entries(effects)) {
+    const tr = document.createElement("tr");
+    tr.dataset.effect = name;
+    const tdName = document.createElement("td");
+    tdName.textContent = name;
+    const tdBar = document.createElement("td");
+    tdBar.className = "effect-bar";
+    const tdValue = document.createElement("td");
+    tdValue.className = "effect-value";
+    const rgb = parseHex(value);
+    if (rgb) {
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = value;
+      tdBar.appendChild(swatch);
+      tdValue.textContent = value;
+    } else if (typeof value === "number") {
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      const fill = document.createElement("span");
+      fill.className = "fill";
+      fill.style.width = `${(normalise(name, value) * 100).toFixed(1)}%`;
+      bar.appendChild(fill);
+      tdBar.appendChild(bar);
+      tdValue.textContent = Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(3);
+    } else {
+      tdValue.textContent = typeof value === "object" ? JSON.stringify(value) : String(value);
+    }
+    tr.append(tdName, tdBar, tdValue);
+    body.appendChild(tr);
+  }
+}
+
+// An effect value as 0..1 for bars and the scene: frequencies on a log scale, [0,1] values as they are, anything
+// else against the range seen so far (the protocol does not send ranges).
+function normalise(name, value) {
+  if (/hz$|_hz|freq|cutoff/i.test(name) && value > 0) {
+    return clamp01(Math.log(value / 200) / Math.log(20000 / 200));
+  }
+  if (value >= 0 && value <= 1) return value;
+  const r = state.ranges[name] || (state.ranges[name] = { min: value, max: value });
+  r.min = Math.min(r.min, value);
+  r.max = Math.max(r.max, value);
+  return r.max > r.min ? (value - r.min) / (r.max - r.min) : 0.5;
+}
+
+function clamp01(x) {
+  return Math.max(0, Math.min(1, x));
+}
+
+// ----------------------------------------------------------------------------------------------------------- scene
+
+// The scene reads named effect parameters when the preset has them, and falls back to valence/arousal otherwise.
+// Each visual channel lists the effect names that drive it, in order of preference.
+const SCENE_CHANNELS = {
+  fog: [/fog/i, /haze/i, /reverb/i],
+  bloom: [/bloom/i, /glow/i, /light/i, /bright/i],
+  motion: [/motion/i, /camera/i, /speed/i, /tempo/i, /shake/i, /energy/i],
+  particles: [/particle/i, /density/i, /spark/i],
+  clarity: [/lowpass|cutoff|filter/i],
+  saturation: [/saturat/i, /vivid/i, /drive/i, /distort/i],
+};
+
+const scene = (() => {
+  const canvas = $("scene");
+  const g = canvas.getContext("2d");
+  const current = { fog: 0.3, bloom: 0.3, motion: 0.3, particles: 0.4, clarity: 1, saturation: 0.5, tint: [120, 140, 200] };
+  const target = { ...current, tint: [...current.tint] };
+  const sources = {}; // channel -> effect name used (shown in the corner)
+  const motes = Array.from({ length: 220 }, () => ({ x: Math.random(), y: Math.random(), z: Math.random(), p: Math.random() * 6.28 }));
+  let floor = 0;
+  let last = performance.now();
+
+  function setTargets(msg) {
+    const effects = msg.effects || {};
+    const va = { v: typeof msg.valence === "number" ? msg.valence : 0, a: typeof msg.arousal === "number" ? msg.arousal : 0 };
+    const fallback = {
+      fog: 0.5 - va.v * 0.3, bloom: 0.3 + va.v * 0.3, motion: (va.a + 1) / 2, particles: (va.a + 1) / 2,
+      clarity: 0.5 + va.a * 0.5, saturation: (Math.abs(va.v) + Math.abs(va.a)) / 2,
+    };
+    for (const [channel, patterns] of Object.entries(SCENE_CHANNELS)) {
+      let found = null;
+      for (const re of patterns) {
+        found = Object.keys(effects).find((k) => re.test(k) && typeof effects[k] === "number");
+        if (found) break;
+      }
+      sources[channel] = found || "valence/arousal";
+      target[channel] = clamp01(found ? normalise(found, effects[found]) : fallback[channel]);
+    }
+    const colorKey = Object.keys(effects).find((k) => /tint|colou?r|hue/i.test(k) && parseHex(effects[k]));
+    const tint = colorKey ? parseHex(effects[colorKey]) : parseHex(moodColor(msg.mood));
+    if (tint) target.tint = tint;
+    sources.tint = colorKey || "mood colour";
+  }
+
+  function ease(dt) {
+    const k = 1 - Math.exp(-dt / SCENE_TIME_CONSTANT_S);
+    for (const key of Object.keys(SCENE_CHANNELS)) current[key] += (target[key] - current[key]) * k;
+    for (let i = 0; i < 3; i++) current.tint[i] += (target.tint[i] - current.tint[i]) * k;
+  }
+
+  function frame(now) {
+    const dt = Math.min(0.1, (now - last) / 1000);
+    last = now;
+    ease(dt);
+    draw(dt, now / 1000);
+    requestAnimationFrame(frame);
+  }
+
+  function draw(dt, t) {
+    const w = canvas.width;
+    const h = canvas.height;
+    const horizon = h * 0.58;
+    const [r, gg, b] = current.tint.map((c) => Math.round(c));
+    const sat = 0.4 + current.saturation * 1.2;
+    g.save();
+    g.filter = `saturate(${sat.toFixed(2)})`;
+    // sky
+    const sky = g.createLinearGradient(0, 0, 0, horizon);
+    sky.addColorStop(0, "#07080d");
+    sky.addColorStop(1, `rgb(${r * 0.55 | 0},${gg * 0.55 | 0},${b * 0.55 | 0})`);
+    g.fillStyle = sky;
+    g.fillRect(0, 0, w, horizon);
+    // ground
+    g.fillStyle = "#07080d";
+    g.fillRect(0, horizon, w, h - horizon);
+    // the sun/orb: size and glow from bloom, pulse from motion
+    const pulse = 1 + 0.06 * Math.sin(t * (1 + current.motion * 6));
+    const radius = (40 + current.bloom * 50) * pulse;
+    g.shadowColor = `rgb(${r},${gg},${b})`;
+    g.shadowBlur = 10 + current.bloom * 70;
+    g.fillStyle = `rgb(${Math.min(255, r + 60)},${Math.min(255, gg + 60)},${Math.min(255, b + 60)})`;
+    g.beginPath();
+    g.arc(w / 2, horizon - 10, radius, Math.PI, 2 * Math.PI);
+    g.fill();
+    g.shadowBlur = 0;
+    // floor grid rushing toward the viewer: speed from motion
+    floor = (floor + dt * (0.05 + current.motion * 1.2)) % 1;
+    g.strokeStyle = `rgba(${r},${gg},${b},0.55)`;
+    g.lineWidth = 1;
+    for (let i = 0; i < 14; i++) {
+      const z = (i + floor) / 14;
+      const yy = horizon + (h - horizon) * z * z;
+      g.beginPath();
+      g.moveTo(0, yy);
+      g.lineTo(w, yy);
+      g.stroke();
+    }
+    for (let i = -10; i <= 10; i++) {
+      g.beginPath();
+      g.moveTo(w / 2 + i * 12, horizon);
+      g.lineTo(w / 2 + i * 90, h);
+      g.stroke();
+    }
+    // motes: how many from particles, drift speed from motion, glow from bloom, softness from clarity
+    g.filter = `saturate(${sat.toFixed(2)}) blur(${((1 - current.clarity) * 3).toFixed(1)}px)`;
+    g.globalCompositeOperation = "lighter";
+    const count = Math.round(20 + current.particles * 200);
+    for (let i = 0; i < count; i++) {
+      const m = motes[i];
+      m.y -= dt * (0.01 + current.motion * 0.12) * (0.5 + m.z);
+      m.x += dt * 0.02 * Math.sin(t * (0.5 + current.motion * 2) + m.p);
+      if (m.y < 0) { m.y = 1; m.x = Math.random(); }
+      const size = 0.8 + m.z * 2.5 * (0.6 + current.bloom);
+      g.fillStyle = `rgba(${Math.min(255, r + 90)},${Math.min(255, gg + 90)},${Math.min(255, b + 90)},${0.25 + 0.5 * m.z})`;
+      g.beginPath();
+      g.arc(m.x * w, m.y * h * 0.95, size, 0, 2 * Math.PI);
+      g.fill();
+    }
+    g.globalCompositeOperation = "source-over";
+    g.filter = "none";
+    // fog: a veil that thickens toward the horizon
+    const fog = g.createLinearGradient(0, horizon - h * 0.35, 0, h);
+    const fa = current.fog * 0.8;
+    fog.addColorStop(0, "rgba(200,205,220,0)");
+    fog.addColorStop(0.45, `rgba(${(r + 400) / 3 | 0},${(gg + 400) / 3 | 0},${(b + 400) / 3 | 0},${fa.toFixed(3)})`);
+    fog.addColorStop(1, `rgba(200,205,220,${(fa * 0.4).toFixed(3)})`);
+    g.fillStyle = fog;
+    g.fillRect(0, 0, w, h);
+    g.restore();
+    // legend: which effect drives which look
+    g.font = "11px ui-monospace, monospace";
+    g.fillStyle = "rgba(255,255,255,0.75)";
+    let yy = 16;
+    for (const key of ["tint", ...Object.keys(SCENE_CHANNELS)]) {
+      if (!sources[key]) continue;
+      const value = key === "tint" ? `rgb(${r},${gg},${b})` : current[key].toFixed(2);
+      g.fillText(`${key.padEnd(10)} ${value.padEnd(16)} ← ${sources[key]}`, 10, yy);
+      yy += 14;
+    }
+  }
+
+  requestAnimationFrame(frame);
+  return { setTargets };
+})();
+
+// -------------------------------------------------------------------------------------------------------- controls
+
+function setControls(connected) {
+  $("connect").disabled = connected;
+  $("disconnect").disabled = !connected;
+  for (const id of ["room", "role", "token", "server"]) $(id).disabled = connected;
+}
+
+function updateListenerLink() {
+  const params = new URLSearchParams({ role: "listener", room: $("room").value.trim() || "lobby", connect: "1" });
+  if ($("server").value.trim()) params.set("server", $("server").value.trim());
+  $("listener-link").href = `?${params}`;
+}
+
+function init() {
+  const params = new URLSearchParams(location.search);
+  if (params.get("room")) $("room").value = params.get("room");
+  if (["mic", "file", "listener"].includes(params.get("role"))) $("role").value = params.get("role");
+  if (params.get("preset")) $("preset").value = params.get("preset");
+  if (params.get("server")) $("server").value = params.get("server");
+  const showFile = () => { $("file-field").hidden = $("role").value !== "file"; };
+  $("role").addEventListener("change", showFile);
+  showFile();
+  $("room").addEventListener("input", updateListenerLink);
+  $("server").addEventListener("input", updateListenerLink);
+  updateListenerLink();
+  $("connect-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    connect();
+  });
+  $("disconnect").addEventListener("click", () => disconnect("disconnected"));
+  $("clear-errors").addEventListener("click", () => {
+    $("error-list").textContent = "";
+    $("errors").hidden = true;
+  });
+  $("preset").addEventListener("change", () => {
+    const name = $("preset").value.trim();
+    if (name && state.role !== "listener") send({ type: "preset", name });
+  });
+  $("file").addEventListener("change", () => {
+    // A new file while streaming: replace the source audio and tell the room a new track starts.
+    const file = $("file").files[0];
+    if (file && state.wantConnected && state.role === "file" && state.audio) {
+      attachFile(state.audio, file);
+      sendTrack(file);
+    }
+  });
+  window.addEventListener("beforeunload", () => { if (state.ws) state.ws.close(1000, "page closed"); });
+  drawPlane();
+  if (params.get("connect") === "1") connect();
+}
+
+init();
