@@ -1,0 +1,158 @@
+"""Command line: `python -m sendreturn_mood serve | config | models [PATH] | analyze FILE...`.
+
+`serve` prints two start-up lines on stdout (where it listens, which model it loaded) and flushes them, because
+scripts and tests read the real port from there when started with `--port 0`. Everything else is logged.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One BLAS/OpenMP thread before numpy loads: the inference worker and the event loop share the machine's cores.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+from . import __version__  # noqa: E402
+
+EXIT_USAGE = 2  # bad config, model or preset file
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to bind (default: server.host of the config)")
+    p.add_argument("--port", type=int, help="port (0: any free port; default: server.port of the config)")
+    p.add_argument("--config", metavar="FILE", help="YAML config file (only the keys it changes)")
+    p.add_argument("--model", metavar="PATH", help="ONNX model file (default: the shipped model)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sendreturn_mood", description="Real-time music mood for SEND/RETURN rooms.")
+    parser.add_argument("--version", action="version", version=f"sendreturn-mood {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_args(sub.add_parser("serve", help="run the websocket server (protocol v1) with HTTP /healthz and /metrics"))
+    sub.add_parser("config", help="print the default configuration (YAML)")
+    models = sub.add_parser("models", help="show a model file's metadata (labels, front end, provenance, metrics)")
+    models.add_argument("path", nargs="?", help="ONNX model (default: the shipped model)")
+    models.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    from .analyze import add_arguments
+
+    add_arguments(sub.add_parser("analyze", help="analyse audio files with the same streaming path as the server"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "config":
+        from .config import DEFAULT_CONFIG_TEXT
+
+        sys.stdout.write(DEFAULT_CONFIG_TEXT)
+        return 0
+    if args.command == "models":
+        return _models(args)
+    if args.command == "analyze":
+        from .analyze import run
+
+        return int(run(args))
+    return _serve(args)
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .model import ModelError, MoodModel
+
+    try:
+        model = MoodModel(args.path)
+    except ModelError as e:
+        return _fail(str(e))
+    info = model.info
+    if args.json:
+        print(json.dumps({"path": str(model.path), **info.to_dict()}, indent=2, sort_keys=True))
+        return 0
+    print(describe_model(info, str(model.path)))
+    return 0
+
+
+def describe_model(info: Any, path: str) -> str:
+    """A model's metadata as readable text."""
+    fe = info.frontend
+    lines = [
+        f"model      {info.name} {info.version}",
+        f"file       {path}",
+    ]
+    if info.description:
+        lines.append(f"about      {info.description}")
+    lines.append(f"patch      {info.patch_frames} frames = {info.window_seconds:.3f} s")
+    lines.append("moods      " + ", ".join(f"{m.label} (V {m.valence:+.2f}, A {m.arousal:+.2f})" for m in info.moods))
+    lines.append("genres     " + (", ".join(info.genres) if info.genres else "(none)"))
+    lines.append("front end  " + ", ".join(f"{k}={v}" for k, v in fe.to_dict().items()))
+    for title, block in (("provenance", info.provenance), ("metrics", info.metrics)):
+        if not block:
+            lines.append(f"{title:<10} (none)")
+            continue
+        lines.append(title)
+        for key, value in block.items():
+            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            lines.append(f"  {key}: {text}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- serve
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .effects import EffectsError
+    from .model import ModelError
+    from .server import MoodServer
+
+    try:
+        config = load_config(args.config, {"server.host": args.host, "server.port": args.port, "model.path": args.model})
+    except ConfigError as e:
+        return _fail(str(e))
+    logging.basicConfig(
+        level=getattr(logging, str(config["logging"]["level"]).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per HTTP request is noise
+    try:
+        server = MoodServer(config)
+    except (ModelError, EffectsError, ConfigError) as e:
+        return _fail(str(e))
+    try:
+        return asyncio.run(_run(server))
+    except OSError as e:  # e.g. the port is taken
+        return _fail(f"cannot listen on {config['server']['host']}:{config['server']['port']}: {e.strerror or e}")
+
+
+async def _run(server: Any) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    info = server.info
+    print(f"listening on {server.url} (rooms at {server.url}/v1/rooms/{{room}}, page at http{server.url[2:]}/)", flush=True)
+    print(f"model {info.name} {info.version} from {server.model.path}", flush=True)
+    await stop.wait()
+    logging.getLogger("sendreturn_mood").info("shutting down: closing %d connection(s)", server.connections)
+    await server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
