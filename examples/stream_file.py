@@ -43,6 +43,7 @@ ENCODINGS = ("pcm_s16le", "pcm_f32le")
 BACKOFF_START_S = 0.5  # first reconnect delay; doubles each failed attempt ...
 BACKOFF_MAX_S = 10.0  # ... up to this
 END_TIMEOUT_S = 30.0  # after `end`, how long to wait for the server's last update and close
+READ_SECONDS = 10.0  # audio decoded per file read (then sent in --chunk-ms pieces)
 FATAL_STATUS = {400, 401, 403, 404}  # refusals that retrying cannot fix (409 source_taken, 503 server_full: retry)
 
 
@@ -107,6 +108,22 @@ def encode(block: np.ndarray, encoding: str) -> bytes:
     if encoding == "pcm_s16le":
         return (np.clip(block, -1.0, 32767 / 32768) * 32768.0).round().astype("<i2").tobytes()
     return block.astype("<f4").tobytes()
+
+
+def read_chunks(f: sf.SoundFile, start: int, chunk: int):
+    """[frames, channels] float32 chunks of `chunk` frames from frame `start` on.
+
+    Decodes READ_SECONDS at a time and slices: memory stays bounded for long files, and the MP3 decoder is not
+    stopped at every chunk boundary (libmpg123 prints spurious warnings when it is)."""
+    if start:
+        f.seek(start)
+    block_frames = max(chunk, int(f.samplerate * READ_SECONDS) // chunk * chunk)
+    while True:
+        block = f.read(block_frames, dtype="float32", always_2d=True)
+        if len(block) == 0:
+            return
+        for i in range(0, len(block), chunk):
+            yield block[i : i + chunk]
 
 
 def track_message(path: Path) -> dict:
@@ -184,6 +201,10 @@ class Streamer:
         self._fmt: tuple[int, int] | None = None  # (rate, channels) of the open connection
         self._reader: asyncio.Task | None = None  # prints what the server sends on the open connection
 
+    def note(self, text: str) -> None:
+        """Progress for the person; on stderr with --json, so that stdout stays pure JSON lines."""
+        print(text, file=sys.stderr if self.args.json else sys.stdout, flush=True)
+
     def url(self, rate: int, channels: int) -> str:
         params = {"role": "source", "encoding": self.args.encoding, "sample_rate": rate, "channels": channels}
         if self.args.preset:
@@ -257,9 +278,8 @@ class Streamer:
         """Send one file from `track.position`, reconnecting (and resuming) until it has all been sent."""
         with sf.SoundFile(track.path) as f:
             rate, channels = stream_format(f, self.args)
-            if not self.args.json:
-                print(f"streaming {track.path} ({f.frames / f.samplerate:.1f} s at {f.samplerate} Hz, "
-                      f"{f.channels} ch) -> {rate} Hz, {channels} ch, {self.args.encoding}", flush=True)
+            self.note(f"streaming {track.path} ({f.frames / f.samplerate:.1f} s at {f.samplerate} Hz, "
+                      f"{f.channels} ch) -> {rate} Hz, {channels} ch, {self.args.encoding}")
             resuming = False
             while True:
                 if self._ws is not None and self._fmt != (rate, channels):
@@ -280,16 +300,12 @@ class Streamer:
                     resuming = True
 
     async def send_audio(self, f: sf.SoundFile, track: Track, rate: int, channels: int) -> None:
-        """Read the file chunk by chunk and send it, paced at `speed` times real time (0 = as fast as possible)."""
+        """Send the file from `track.position` in chunks, paced at `speed` times real time (0 = unpaced)."""
         resampler = make_resampler(f.samplerate, rate, channels)
         chunk = max(1, round(f.samplerate * self.args.chunk_ms / 1000))
-        f.seek(track.position)
         start = time.monotonic()
         sent_s = 0.0
-        while track.position < f.frames:
-            block = f.read(chunk, dtype="float32", always_2d=True)
-            if len(block) == 0:
-                break
+        for block in read_chunks(f, track.position, chunk):
             n_read = len(block)
             block = to_channels(block, channels)
             if resampler is not None:
@@ -302,6 +318,8 @@ class Streamer:
                 delay = start + sent_s / self.args.speed - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                    continue
+            await asyncio.sleep(0)  # unpaced: still let the reader print the updates as they come
 
     async def finish(self) -> None:
         """Send `end` and wait for the server's last update and its close (1000)."""
@@ -317,8 +335,7 @@ class Streamer:
         await self._ws.close()
         code = self._ws.close_code
         self._ws = self._fmt = None
-        if not self.args.json:
-            print(f"stream ended: {self.stats.updates} mood updates so far, closed with {code}", flush=True)
+        self.note(f"stream ended: {self.stats.updates} mood updates so far, closed with {code}")
 
 
 def make_resampler(in_rate: int, out_rate: int, channels: int):
