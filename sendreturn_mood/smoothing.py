@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+MARGIN_EPSILON = 1e-9  # a lead of exactly `margin` (up to float noise, 0.54 - 0.46 > 0.08) does not switch
+
 
 def smoothing_alpha(dt: float, time_constant: float) -> float:
     """Weight of the new value for a step of `dt` seconds with time constant `time_constant` seconds."""
@@ -80,6 +82,6 @@ class LabelHysteresis:
         best = int(np.argmax(p))
         if self._current is None or self._current >= p.size:
             self._current = best
-        elif best != self._current and p[best] - p[self._current] > self.margin:
+        elif best != self._current and p[best] - p[self._current] > self.margin + MARGIN_EPSILON:
             self._current = best
         return self._current
