@@ -94,7 +94,11 @@ class RoomRegistry:
         return sorted(self._rooms)
 
     def check_join(self, name: str, is_source: bool) -> None:
-        """Raise RoomError if a join would be refused (used at the handshake and again at the join itself)."""
+        """Raise RoomError if a join would be refused now (the handshake asks; `join` checks again, because two
+        handshakes can pass this check before either joins)."""
+        self._check(name, is_source)
+
+    def _check(self, name: str, is_source: bool) -> None:
         room = self._rooms.get(name)
         if room is None and len(self._rooms) >= self.max_rooms:
             raise RoomError(protocol.SERVER_FULL, f"this server already has its maximum of {self.max_rooms} rooms")
@@ -104,7 +108,7 @@ class RoomRegistry:
     def join(self, name: str, member: Member, is_source: bool, preset: str | None = None) -> Room:
         """Add a member (creating the room if needed). A new source restarts the room's analysis: new track
         generation, no track, smoothing reset, and its `preset` (if given) becomes the room's preset."""
-        self.check_join(name, is_source)
+        self._check(name, is_source)
         room = self._rooms.get(name)
         if room is None:
             room = Room(name, self._make_tracker(preset if is_source else None))

@@ -67,11 +67,16 @@ async def recv_json(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str,
 
 
 @asynccontextmanager
-async def client(server: MoodServer, room: str, headers: dict[str, str] | None = None, **params: Any) -> AsyncIterator[tuple[ClientConnection, dict[str, Any]]]:
-    """A connected client and its welcome message."""
+async def client(
+    server: MoodServer, room: str, headers: dict[str, str] | None = None, own_source_state: bool = False, **params: Any
+) -> AsyncIterator[tuple[ClientConnection, dict[str, Any]]]:
+    """A connected client and its welcome message. A source also gets its own `source: connected` message; it
+    is consumed here unless `own_source_state` (so tests start reading at the next message)."""
     async with connect(room_url(server, room, **params), proxy=None, compression=None, additional_headers=headers) as ws:
         welcome = await recv_json(ws)
         assert welcome["type"] == "welcome", welcome
+        if welcome["role"] == "source" and not own_source_state:
+            assert await recv_json(ws) == {"type": "source", "state": "connected"}
         yield ws, welcome
 
 

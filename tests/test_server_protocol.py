@@ -44,7 +44,9 @@ async def test_welcome_for_source_and_listener(tiny_model_path):
                 "analysis": {"window_seconds": 0.992, "hop_seconds": 0.496},  # whole frames of 16 ms
                 "preset": "default",
             }
-            async with client(server, "lobby", role="source", encoding="pcm_f32le", sample_rate=44100, channels=2) as (src, sw):
+            async with client(
+                server, "lobby", own_source_state=True, role="source", encoding="pcm_f32le", sample_rate=44100, channels=2
+            ) as (src, sw):
                 assert sw["role"] == "source"
                 assert sw["audio"] == {"encoding": "pcm_f32le", "sample_rate": 44100, "channels": 2}
                 assert "audio" not in welcome
