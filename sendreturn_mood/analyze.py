@@ -22,7 +22,8 @@ from .model import ModelError, ModelInfo, MoodModel
 from .pipeline import AnalysisStream, Window, WindowPlan
 from .tracker import DECIMALS, MoodTracker, tracker_from_config
 
-READ_BLOCK_SECONDS = 5.0  # files are streamed through the pipeline in blocks of this length (memory stays bounded)
+READ_BLOCK_SECONDS = 60.0  # files go through the pipeline in blocks this long: memory stays bounded, and few
+# stops mid-file (libmpg123 prints spurious "part2_3_length" warnings at some block boundaries)
 
 
 class AnalyzeError(ValueError):

@@ -54,7 +54,7 @@ def graded_model(tmp_path_factory: pytest.TempPathFactory) -> MoodModel:
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, "-m", "sendreturn_mood.analyze", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120
+        [sys.executable, "-m", "sendreturn_mood", "analyze", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120
     )
 
 
