@@ -15,11 +15,17 @@ const TRAIL_POINTS = 80; // valence/arousal history drawn on the plane
 const BACKOFF_START_MS = 500;
 const BACKOFF_MAX_MS = 10000;
 const SCENE_TIME_CONSTANT_S = 0.6; // how quickly the scene eases toward new effect values
+const SCENE_FRAME_MS = 33; // scene redraw interval
 const MOOD_COLORS = { happy: "#ffd166", angry: "#ef476f", sad: "#4f8fd9", calm: "#06d6a0" };
 const PALETTE = ["#ffd166", "#ef476f", "#4f8fd9", "#06d6a0", "#c77dff", "#ff9f1c", "#9ef01a", "#f15bb5"];
 // Where a mood sits on the plane when the model does not say (Russell quadrants, as in the shipped models).
 const DEFAULT_COORDINATES = {
   happy: [0.7, 0.5], angry: [-0.6, 0.7], sad: [-0.6, -0.5], calm: [0.5, -0.6],
+};
+// Ranges of the parameters in the shipped effects.yaml (the protocol does not send ranges); other numeric effects
+// are scaled against the range seen so far.
+const KNOWN_RANGES = {
+  brightness: [0.2, 2.0], stereo_width: [0, 2], particle_rate: [0, 200], motion_speed: [0, 3],
 };
 const CLOSE_TEXT = {
   1000: "the stream ended normally",
@@ -589,6 +595,10 @@ function normalise(name, value) {
   if (/hz$|_hz|freq|cutoff/i.test(name) && value > 0) {
     return clamp01(Math.log(value / 200) / Math.log(20000 / 200));
   }
+  if (KNOWN_RANGES[name]) {
+    const [lo, hi] = KNOWN_RANGES[name];
+    return clamp01((value - lo) / (hi - lo));
+  }
   if (value >= 0 && value <= 1) return value;
   const r = state.ranges[name] || (state.ranges[name] = { min: value, max: value });
   r.min = Math.min(r.min, value);
@@ -606,9 +616,11 @@ function clamp01(x) {
 // Each visual channel lists the effect names that drive it, in order of preference.
 const SCENE_CHANNELS = {
   fog: [/fog/i, /haze/i, /reverb/i],
-  bloom: [/bloom/i, /glow/i, /light/i, /bright/i],
-  motion: [/motion/i, /camera/i, /speed/i, /tempo/i, /shake/i, /energy/i],
-  particles: [/particle/i, /density/i, /spark/i],
+  bloom: [/bloom/i, /glow/i],
+  brightness: [/bright/i, /exposure/i],
+  motion: [/motion/i, /speed/i, /tempo/i, /energy/i],
+  shake: [/shake/i, /jitter/i],
+  particles: [/particle/i, /spark/i],
   clarity: [/lowpass|cutoff|filter/i],
   saturation: [/saturat/i, /vivid/i, /drive/i, /distort/i],
 };
@@ -616,33 +628,52 @@ const SCENE_CHANNELS = {
 const scene = (() => {
   const canvas = $("scene");
   const g = canvas.getContext("2d");
-  const current = { fog: 0.3, bloom: 0.3, motion: 0.3, particles: 0.4, clarity: 1, saturation: 0.5, tint: [120, 140, 200] };
+  const current = {
+    fog: 0.3, bloom: 0.3, brightness: 0.45, motion: 0.3, shake: 0, particles: 0.4, clarity: 1, saturation: 0.5,
+    tint: [120, 140, 200],
+  };
   const target = { ...current, tint: [...current.tint] };
-  const sources = {}; // channel -> effect name used (shown in the corner)
   const motes = Array.from({ length: 220 }, () => ({ x: Math.random(), y: Math.random(), z: Math.random(), p: Math.random() * 6.28 }));
   let floor = 0;
   let last = performance.now();
+  let lastDraw = 0;
 
   function setTargets(msg) {
     const effects = msg.effects || {};
     const va = { v: typeof msg.valence === "number" ? msg.valence : 0, a: typeof msg.arousal === "number" ? msg.arousal : 0 };
     const fallback = {
-      fog: 0.5 - va.v * 0.3, bloom: 0.3 + va.v * 0.3, motion: (va.a + 1) / 2, particles: (va.a + 1) / 2,
-      clarity: 0.5 + va.a * 0.5, saturation: (Math.abs(va.v) + Math.abs(va.a)) / 2,
+      fog: 0.5 - va.v * 0.3, bloom: 0.3 + va.v * 0.3, brightness: 0.45 + va.v * 0.2, motion: (va.a + 1) / 2,
+      shake: Math.max(0, va.a) * Math.max(0, -va.v), particles: (va.a + 1) / 2, clarity: 0.5 + va.a * 0.5,
+      saturation: (Math.abs(va.v) + Math.abs(va.a)) / 2,
     };
+    const rows = [];
     for (const [channel, patterns] of Object.entries(SCENE_CHANNELS)) {
       let found = null;
       for (const re of patterns) {
         found = Object.keys(effects).find((k) => re.test(k) && typeof effects[k] === "number");
         if (found) break;
       }
-      sources[channel] = found || "valence/arousal";
       target[channel] = clamp01(found ? normalise(found, effects[found]) : fallback[channel]);
+      rows.push([channel, found || "valence/arousal"]);
     }
     const colorKey = Object.keys(effects).find((k) => /tint|colou?r|hue/i.test(k) && parseHex(effects[k]));
     const tint = colorKey ? parseHex(effects[colorKey]) : parseHex(moodColor(msg.mood));
     if (tint) target.tint = tint;
-    sources.tint = colorKey || "mood colour";
+    rows.unshift(["tint", colorKey || "mood colour"]);
+    showLegend(rows);
+  }
+
+  // Which effect parameter drives which part of the look (HTML, not drawn: crisp and cheap).
+  function showLegend(rows) {
+    const root = $("scene-legend");
+    root.textContent = "";
+    for (const [channel, source] of rows) {
+      const item = document.createElement("span");
+      item.innerHTML = "<b></b> ← <code></code>";
+      item.querySelector("b").textContent = channel;
+      item.querySelector("code").textContent = source;
+      root.appendChild(item);
+    }
   }
 
   function ease(dt) {
@@ -652,75 +683,86 @@ const scene = (() => {
   }
 
   function frame(now) {
+    requestAnimationFrame(frame);
+    // ~30 frames per second is plenty here, and leaves the main thread free for audio and messages.
+    if (document.hidden || now - lastDraw < SCENE_FRAME_MS) return;
+    lastDraw = now;
     const dt = Math.min(0.1, (now - last) / 1000);
     last = now;
     ease(dt);
     draw(dt, now / 1000);
-    requestAnimationFrame(frame);
+  }
+
+  // The tint pulled toward grey (saturation 0) or pushed past itself (saturation 1), then scaled by brightness.
+  function colour(lift = 0, scale = 1) {
+    const grey = (current.tint[0] + current.tint[1] + current.tint[2]) / 3;
+    const amount = 0.35 + current.saturation * 0.9;
+    const light = (0.35 + current.brightness * 1.1) * scale;
+    return current.tint.map((c) => Math.max(0, Math.min(255, Math.round((grey + (c - grey) * amount) * light + lift))));
   }
 
   function draw(dt, t) {
     const w = canvas.width;
     const h = canvas.height;
     const horizon = h * 0.58;
-    const [r, gg, b] = current.tint.map((c) => Math.round(c));
-    const sat = 0.4 + current.saturation * 1.2;
+    const [r, gg, b] = colour();
+    const [lr, lg, lb] = colour(90);
     g.save();
-    g.filter = `saturate(${sat.toFixed(2)})`;
-    // sky
+    const shake = current.shake * 8;
+    g.translate((Math.random() - 0.5) * shake, (Math.random() - 0.5) * shake);
+    // sky and ground
     const sky = g.createLinearGradient(0, 0, 0, horizon);
     sky.addColorStop(0, "#07080d");
-    sky.addColorStop(1, `rgb(${r * 0.55 | 0},${gg * 0.55 | 0},${b * 0.55 | 0})`);
+    sky.addColorStop(1, `rgb(${r * 0.6 | 0},${gg * 0.6 | 0},${b * 0.6 | 0})`);
     g.fillStyle = sky;
-    g.fillRect(0, 0, w, horizon);
-    // ground
+    g.fillRect(-10, -10, w + 20, horizon + 10);
     g.fillStyle = "#07080d";
-    g.fillRect(0, horizon, w, h - horizon);
-    // the sun/orb: size and glow from bloom, pulse from motion
+    g.fillRect(-10, horizon, w + 20, h - horizon + 10);
+    // the sun: size and halo from bloom, pulse speed from motion
     const pulse = 1 + 0.06 * Math.sin(t * (1 + current.motion * 6));
-    const radius = (40 + current.bloom * 50) * pulse;
-    g.shadowColor = `rgb(${r},${gg},${b})`;
-    g.shadowBlur = 10 + current.bloom * 70;
-    g.fillStyle = `rgb(${Math.min(255, r + 60)},${Math.min(255, gg + 60)},${Math.min(255, b + 60)})`;
+    const radius = (40 + current.bloom * 40) * pulse;
+    const halo = g.createRadialGradient(w / 2, horizon, radius * 0.6, w / 2, horizon, radius * (1.3 + current.bloom * 2));
+    halo.addColorStop(0, `rgba(${lr},${lg},${lb},${(0.25 + current.bloom * 0.6).toFixed(3)})`);
+    halo.addColorStop(1, `rgba(${r},${gg},${b},0)`);
+    g.fillStyle = halo;
+    g.fillRect(0, 0, w, horizon);
+    g.fillStyle = `rgb(${lr},${lg},${lb})`;
     g.beginPath();
-    g.arc(w / 2, horizon - 10, radius, Math.PI, 2 * Math.PI);
+    g.arc(w / 2, horizon, radius, Math.PI, 2 * Math.PI);
     g.fill();
-    g.shadowBlur = 0;
     // floor grid rushing toward the viewer: speed from motion
     floor = (floor + dt * (0.05 + current.motion * 1.2)) % 1;
-    g.strokeStyle = `rgba(${r},${gg},${b},0.55)`;
+    g.strokeStyle = `rgba(${r},${gg},${b},0.6)`;
     g.lineWidth = 1;
+    g.beginPath();
     for (let i = 0; i < 14; i++) {
       const z = (i + floor) / 14;
       const yy = horizon + (h - horizon) * z * z;
-      g.beginPath();
       g.moveTo(0, yy);
       g.lineTo(w, yy);
-      g.stroke();
     }
     for (let i = -10; i <= 10; i++) {
-      g.beginPath();
       g.moveTo(w / 2 + i * 12, horizon);
       g.lineTo(w / 2 + i * 90, h);
-      g.stroke();
     }
-    // motes: how many from particles, drift speed from motion, glow from bloom, softness from clarity
-    g.filter = `saturate(${sat.toFixed(2)}) blur(${((1 - current.clarity) * 3).toFixed(1)}px)`;
+    g.stroke();
+    // motes: how many from particles, drift speed from motion, size from bloom; low clarity (a low-pass) makes
+    // them big and faint, like an out-of-focus picture
     g.globalCompositeOperation = "lighter";
     const count = Math.round(20 + current.particles * 200);
+    const soft = 1 - current.clarity;
     for (let i = 0; i < count; i++) {
       const m = motes[i];
       m.y -= dt * (0.01 + current.motion * 0.12) * (0.5 + m.z);
       m.x += dt * 0.02 * Math.sin(t * (0.5 + current.motion * 2) + m.p);
       if (m.y < 0) { m.y = 1; m.x = Math.random(); }
-      const size = 0.8 + m.z * 2.5 * (0.6 + current.bloom);
-      g.fillStyle = `rgba(${Math.min(255, r + 90)},${Math.min(255, gg + 90)},${Math.min(255, b + 90)},${0.25 + 0.5 * m.z})`;
+      const size = (0.8 + m.z * 2.5 * (0.6 + current.bloom)) * (1 + soft * 2.5);
+      g.fillStyle = `rgba(${lr},${lg},${lb},${((0.25 + 0.5 * m.z) / (1 + soft * 3)).toFixed(3)})`;
       g.beginPath();
       g.arc(m.x * w, m.y * h * 0.95, size, 0, 2 * Math.PI);
       g.fill();
     }
     g.globalCompositeOperation = "source-over";
-    g.filter = "none";
     // fog: a veil that thickens toward the horizon
     const fog = g.createLinearGradient(0, horizon - h * 0.35, 0, h);
     const fa = current.fog * 0.8;
@@ -728,18 +770,8 @@ const scene = (() => {
     fog.addColorStop(0.45, `rgba(${(r + 400) / 3 | 0},${(gg + 400) / 3 | 0},${(b + 400) / 3 | 0},${fa.toFixed(3)})`);
     fog.addColorStop(1, `rgba(200,205,220,${(fa * 0.4).toFixed(3)})`);
     g.fillStyle = fog;
-    g.fillRect(0, 0, w, h);
+    g.fillRect(-10, -10, w + 20, h + 20);
     g.restore();
-    // legend: which effect drives which look
-    g.font = "11px ui-monospace, monospace";
-    g.fillStyle = "rgba(255,255,255,0.75)";
-    let yy = 16;
-    for (const key of ["tint", ...Object.keys(SCENE_CHANNELS)]) {
-      if (!sources[key]) continue;
-      const value = key === "tint" ? `rgb(${r},${gg},${b})` : current[key].toFixed(2);
-      g.fillText(`${key.padEnd(10)} ${value.padEnd(16)} ← ${sources[key]}`, 10, yy);
-      yy += 14;
-    }
   }
 
   requestAnimationFrame(frame);
