@@ -124,6 +124,10 @@ class InferenceWorker:
                     log.exception("delivering an inference result failed")
                 if not job.done.done():
                     job.done.set_result(None)
+                # Let the woken sender tasks write this update before the next one is queued: a batch can hold
+                # many windows of one room (a source streaming faster than real time), and a client that keeps
+                # up must not see its outbox conflate because of a burst that was delivered in one go.
+                await asyncio.sleep(0)
 
     def _infer(self, windows: list[np.ndarray]) -> tuple[list[Result], list[tuple[int, float]]]:
         """Runs in the worker thread: group by frame count, one predict per group, isolate failures.

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -139,6 +140,7 @@ class MoodServer:
         self.closing = False
         self._server: Server | None = None
         self._static = static_root()
+        self._warm_up()
         self._model_public = {
             "name": self.info.name,
             "version": self.info.version,
@@ -147,6 +149,15 @@ class MoodServer:
         }
 
     # ------------------------------------------------------------------------------------------------ lifecycle
+
+    def _warm_up(self) -> None:
+        """Pay one-off costs at start-up, not on the first client: the mel filterbank (librosa import, seconds),
+        the resampler and the model's first run."""
+        stream = AnalysisStream(self.info.frontend, 48000, self.plan)
+        stream.push(np.zeros(48000 // 10, dtype=np.float32))
+        windows = stream.finish()
+        shape = (1, self.info.frontend.n_mels, self.plan.window_frames)
+        self.model.predict(windows[-1].logmel[None] if windows else np.zeros(shape, dtype=np.float32))
 
     def _make_tracker(self, preset: str | None) -> Any:
         return self._tracker_from_config(self.info, self.config, self.presets, preset)

@@ -1,0 +1,141 @@
+"""HTTP on the websocket's port (/healthz, /metrics, room info, static files) and slow-client isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+import pytest
+
+from sendreturn_mood.server import static_root
+from tests.server_support import (
+    client,
+    http_get,
+    metric_value,
+    read_messages,
+    read_until_closed,
+    running_server,
+    send_audio,
+    tone,
+)
+
+
+async def get(server, path):
+    return await asyncio.to_thread(http_get, server, path)
+
+
+async def test_healthz(tiny_model_path):
+    async with running_server(tiny_model_path) as server:
+        status, headers, body = await get(server, "/healthz")
+        assert status == 200 and headers["content-type"] == "application/json"
+        h = json.loads(body)
+        assert h["status"] == "ok" and h["rooms"] == 0 and h["connections"] == 0
+        assert h["model"]["name"] == "tiny-test-model" and h["model"]["version"] == "0.0.1"
+        async with client(server, "h1"), client(server, "h1"), client(server, "h2", role="source"):
+            h = json.loads((await get(server, "/healthz"))[2])
+            assert (h["rooms"], h["connections"]) == (2, 3)
+
+
+async def test_metrics_after_streaming(tiny_model_path):
+    async with running_server(tiny_model_path) as server:
+        async with client(server, "m", role="source", sample_rate=16000) as (src, _):
+            await send_audio(src, tone(2.0, 16000), 16000, 1, "pcm_s16le")
+            await src.send(b"\x00")  # one bad_audio error
+            await src.send(json.dumps({"type": "end"}))
+            await read_until_closed(src)
+        await asyncio.sleep(0.05)
+        status, headers, body = await get(server, "/metrics")
+    text = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    for name in ("connections", "rooms", "audio_seconds_total", "windows_analysed_total", "batch_size", "update_latency_seconds",
+                 "errors_total", "dropped_messages_total"):
+        assert f"# TYPE sendreturn_{name} " in text, name
+    assert metric_value(text, "sendreturn_audio_seconds_total") == pytest.approx(2.0)
+    assert metric_value(text, "sendreturn_windows_analysed_total") == 3  # 0.992, 1.488, 1.984
+    assert metric_value(text, "sendreturn_update_latency_seconds_count") == 3
+    assert metric_value(text, 'sendreturn_update_latency_seconds_bucket{le="+Inf"}') == 3
+    assert metric_value(text, "sendreturn_batch_size_count") >= 1
+    assert metric_value(text, 'sendreturn_errors_total{code="bad_audio"}') == 1
+    assert metric_value(text, 'sendreturn_connections{role="source"}') == 0
+    assert metric_value(text, 'sendreturn_connections_total{role="source"}') == 1
+    assert metric_value(text, "sendreturn_rooms") == 0
+
+
+async def test_room_info(tiny_model_path):
+    async with running_server(tiny_model_path) as server:
+        status, _, body = await get(server, "/v1/rooms/nobody")
+        assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+        async with client(server, "info", role="source", sample_rate=16000) as (src, _), client(server, "info"):
+            await send_audio(src, tone(1.0, 16000), 16000, 1, "pcm_s16le")
+            await read_messages(src, lambda m: m["type"] == "mood")
+            status, _, body = await get(server, "/v1/rooms/info")
+    info = json.loads(body)
+    assert status == 200
+    assert info == {"room": "info", "source": True, "listeners": 1, "seq": 1, "track": None, "preset": "default", "audio_seconds": 1.0}
+
+
+async def test_static_files_and_no_traversal(tiny_model_path):
+    root = static_root()
+    async with running_server(tiny_model_path) as server:
+        if (root / "index.html").is_file():
+            status, headers, body = await get(server, "/")
+            assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+            assert body == (root / "index.html").read_bytes()
+        for f in root.iterdir():
+            if f.suffix == ".js":
+                status, headers, body = await get(server, "/" + f.name)
+                assert status == 200 and headers["content-type"] == "text/javascript; charset=utf-8"
+                assert body == f.read_bytes()
+        for bad in ("/../server.py", "/%2e%2e/server.py", "/..%2fserver.py", "/__init__.py", "/.hidden", "/static/../../x",
+                    "//etc/passwd", "/%2fetc%2fpasswd", "/nope.html"):
+            status, _, body = await get(server, bad)
+            assert status == 404, bad
+            assert json.loads(body)["error"]["code"] == "not_found"
+
+
+async def test_slow_listener_does_not_stall_the_room(tiny_model_path):
+    """A listener that never reads only loses (conflated) updates; the source and a normal listener get all."""
+    async with running_server(tiny_model_path, analysis__hop_seconds=0.1, analysis__window_seconds=0.5, server__send_queue_size=2) as server:
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", server.port))
+        raw.sendall(
+            b"GET /v1/rooms/slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        for _ in range(100):  # wait until the stalled listener has joined
+            if server.connections == 1:
+                break
+            await asyncio.sleep(0.02)
+        # Simulate a constrained path to that client: a small kernel send buffer on the server's side, so the
+        # stall reaches the server after a few kilobytes rather than after megabytes of loopback buffering.
+        (stalled,) = server._server.connections  # type: ignore[union-attr]
+        stalled.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        try:
+            async with client(server, "slow") as (fast, _), client(server, "slow", role="source", sample_rate=16000) as (src, _):
+                t0 = time.monotonic()
+
+                async def stream() -> None:
+                    await send_audio(src, tone(60.0, 16000), 16000, 1, "pcm_s16le", chunk_seconds=0.25)
+                    await src.send(json.dumps({"type": "end"}))
+
+                def disconnected(m: dict) -> bool:
+                    return m["type"] == "source" and m["state"] == "disconnected"
+
+                _, from_src, from_fast = await asyncio.gather(
+                    stream(), read_until_closed(src, timeout=60), read_messages(fast, disconnected, timeout=60)
+                )
+                elapsed = time.monotonic() - t0
+                src_msgs = [m for m in from_src if m["type"] == "mood"]
+                fast_msgs = [m for m in from_fast if m["type"] == "mood"]
+        finally:
+            raw.close()
+        dropped = server.metrics.dropped.get()
+    n = len(src_msgs)
+    assert n > 500
+    assert [m["seq"] for m in src_msgs] == list(range(1, n + 1))  # the source got every update
+    assert [m["seq"] for m in fast_msgs] == list(range(1, n + 1))  # so did the listener that reads
+    assert dropped > 0  # the stalled listener's outbox conflated
+    assert elapsed < 45
