@@ -136,29 +136,33 @@ class ParamMapping:
     max_rate: float | None = None
     where: str = ""  # key path, for messages about moods checked later
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_table", dict(self.moods))  # frozen dataclass: a lookup table built once
+
     def target(self, probabilities: Mapping[str, float], valence: float, arousal: float, intensity: float) -> float | RGB:
+        """The value this mapping asks for (before rate limiting). Plain loops: this runs per parameter per update."""
         p = self.parameter
-        table = dict(self.moods)
+        table: dict[str, Any] = self._table  # type: ignore[attr-defined]
+        fallback = self.value
+        total = 0.0
         if p.type == "colour":
-            rgb = [0.0, 0.0, 0.0]
-            total = 0.0
+            r = g = b = 0.0
             for label, prob in probabilities.items():
-                c = table.get(label, self.value)
+                c = table.get(label, fallback)
                 total += prob
-                for i in range(3):
-                    rgb[i] += prob * c[i]  # type: ignore[index]
-            if total <= 0:
-                rgb = list(self.value)  # type: ignore[arg-type]
-            else:
-                rgb = [c / total for c in rgb]
+                r += prob * c[0]
+                g += prob * c[1]
+                b += prob * c[2]
+            rgb = (r / total, g / total, b / total) if total > 0 else fallback
             n = p.neutral
             return tuple(min(255.0, max(0.0, n[i] + intensity * (rgb[i] - n[i]))) for i in range(3))  # type: ignore
-        total = sum(probabilities.values())
-        if total > 0:
-            x = sum(prob * table.get(label, self.value) for label, prob in probabilities.items()) / total  # type: ignore
-        else:
-            x = float(self.value)  # type: ignore[arg-type]
-        x += sum(t(valence if t.input == "valence" else arousal) for t in self.terms)
+        x = 0.0
+        for label, prob in probabilities.items():
+            total += prob
+            x += prob * table.get(label, fallback)
+        x = x / total if total > 0 else fallback
+        for t in self.terms:
+            x += t(valence if t.input == "valence" else arousal)
         x = p.neutral + intensity * (x - p.neutral)  # type: ignore[operator]
         return min(p.high, max(p.low, x))
 

@@ -27,7 +27,7 @@ def _r(x: float) -> float:
 
 
 def _probs(labels: tuple[str, ...] | list[str], p: np.ndarray) -> dict[str, float]:
-    return {label: _r(v) for label, v in zip(labels, p)}
+    return {label: _r(v) for label, v in zip(labels, p.tolist())}  # Python floats: numpy scalars are slow here
 
 
 class MoodTracker:
@@ -94,7 +94,7 @@ class MoodTracker:
         if self.genres and genres is not None:
             g = self._genre.update(np.asarray(genres, dtype=np.float64).reshape(-1), dt)
             out["genre"] = {"label": self.genres[self._genre_label.update(g)], "probabilities": _probs(self.genres, g)}
-        out["effects"] = self._effects.update(dict(zip(self.labels, smooth)), float(va[0]), float(va[1]), dt)
+        out["effects"] = self._effects.update(dict(zip(self.labels, smooth.tolist())), float(va[0]), float(va[1]), dt)
         out["preset"] = self.preset
         return out
 
