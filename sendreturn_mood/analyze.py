@@ -114,7 +114,10 @@ def analyze_file(
             f"{path}: too short to analyse ({duration:.2f} s of audio; at least "
             f"{config['analysis']['min_seconds']} s needed)"
         )
-    preds = predict_windows(model, windows, int(config["analysis"]["max_batch"]))
+    try:
+        preds = predict_windows(model, windows, int(config["analysis"]["max_batch"]))
+    except Exception as e:  # onnxruntime raises its own exception types; name the file and carry on with the others
+        raise AnalyzeError(f"{path}: inference failed: {e}") from None
     timeline = [tracker.update(m, g, w.stream_time) for w, (m, g) in zip(windows, preds)]
 
     mean = np.mean([m for m, _ in preds], axis=0)
