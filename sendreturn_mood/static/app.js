@@ -181,21 +181,26 @@ async function onClose(ws, event) {
   const wasOpen = state.opened;
   if (!state.wantConnected) return;
   if (!wasOpen) {
-    // A refused handshake: the browser hides the HTTP status and JSON body, so ask the same URL over plain HTTP.
-    const refusal = await diagnoseRefusal();
-    if (refusal) {
-      showError(`The server refused to connect: ${refusal.status} ${refusal.code}`, refusal.message);
-      if (refusal.status === 409 || refusal.status === 503) scheduleRetry(`${refusal.code}`);
-      else disconnect(`refused (${refusal.code})`);
-      return;
+    // The handshake failed. A browser cannot read the HTTP status or JSON body of a refused websocket handshake,
+    // so find out what we can over plain HTTP and say what the person can do about it.
+    const d = await diagnoseRefusal();
+    if (!state.wantConnected) return;
+    if (d.unreachable) {
+      showError(`Cannot reach the server at ${d.base}.`, "Is `python -m sendreturn_mood serve` running? Retrying…");
+      scheduleRetry("server unreachable");
+    } else if (d.code === "source_taken") {
+      showError("The server refused to connect: 409 source_taken", d.message);
+      disconnect("refused: the room already has a source");
+    } else {
+      showError(
+        `The server refused the connection (close ${event.code}).`,
+        "The browser cannot show the server's reason. Likely causes: the server needs a token (401; set it " +
+          "under “more”), an unknown preset or bad parameter (400), or the server is full (503). " +
+          "`python examples/listen.py` or `python examples/stream_file.py` with the same settings print the " +
+          "server's JSON answer.",
+      );
+      disconnect("refused");
     }
-    showError(
-      "Could not connect to the server.",
-      `${serverBase()} did not accept the websocket (close ${event.code}). It may be stopped or unreachable; ` +
-        "other causes: another source already streams into this room (409), a token is required (401), " +
-        "a bad room or preset (400), or the server is full (503). Retrying…",
-    );
-    scheduleRetry("unreachable");
     return;
   }
   const why = CLOSE_TEXT[event.code] || "closed";
@@ -211,15 +216,31 @@ async function onClose(ws, event) {
 }
 
 async function diagnoseRefusal() {
-  const httpUrl = roomUrl().replace(/^ws/, "http");
+  const base = serverBase().replace(/^ws/, "http");
+  const getJson = async (path) => {
+    const response = await fetch(`${base}${path}`, { cache: "no-store" });
+    return { ok: response.ok, body: await response.json() };
+  };
   try {
-    const response = await fetch(httpUrl, { cache: "no-store" });
-    const body = await response.json();
-    if (body && body.error) return { status: response.status, code: body.error.code, message: body.error.message };
+    await getJson("/healthz");
   } catch (err) {
-    // unreachable, or not a JSON refusal: fall back to the generic text
+    return { unreachable: true, base };
   }
-  return null;
+  if (state.role !== "listener") {
+    try {
+      // this server's room summary (GET /v1/rooms/{room}): is there a source already?
+      const room = await getJson(`/v1/rooms/${encodeURIComponent(state.room)}`);
+      if (room.ok && room.body.source === true) {
+        return {
+          code: "source_taken",
+          message: `Room “${state.room}” already has a source (one per room). Join it as a listener, or pick another room.`,
+        };
+      }
+    } catch (err) {
+      // no room summary on this server: fall through to the generic explanation
+    }
+  }
+  return { code: "refused" };
 }
 
 function scheduleRetry(why) {
