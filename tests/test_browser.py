@@ -83,11 +83,22 @@ def listen_once(ws_url: str, room: str) -> tuple[dict, dict]:
                 return welcome, msg
 
 
+def model_for_the_run(tiny_model_path: Path) -> Path:
+    """The tiny test model; the shipped model when making the docs picture (if it has landed), so the picture
+    shows the real product."""
+    if os.environ.get("SENDRETURN_SCREENSHOT"):
+        from sendreturn_mood.model import default_model_path
+
+        if Path(default_model_path()).is_file():
+            return Path(default_model_path())
+    return tiny_model_path
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     config = tmp_path_factory.mktemp("server") / "server.yaml"
     config.write_text(CONFIG)
-    proc, url = start_server(tiny_model_path, config)
+    proc, url = start_server(model_for_the_run(tiny_model_path), config)
     yield url
     proc.stop()
 
@@ -137,11 +148,11 @@ def test_page_streams_the_microphone_and_shows_the_room_mood(server: str, browse
     )
     last = state["last"]
     assert last["type"] == "mood" and last["room"] == ROOM
-    assert state["moods"] == ["happy", "angry", "sad", "calm"]  # from the welcome message
+    assert len(state["moods"]) >= 2 and "happy" in state["moods"]  # from the welcome message
     assert page.inner_text("#mood").lower() == last["mood"] or int(page.inner_text("#update-count")) > 3
     assert page.inner_text("#mood").lower() in state["moods"]
     assert "connected to browser-test as source" in page.inner_text("#status")
-    assert page.locator("#bars .bar-row").count() == 4
+    assert page.locator("#bars .bar-row").count() == len(state["moods"])
     assert page.locator("#effects tr[data-effect]").count() == len(last["effects"]) > 0
     assert page.locator("#scene-legend span").count() >= 5
     assert state["sent"] / state["rate"] >= 3.0, "the worklet sent at least a window of audio"

@@ -528,7 +528,7 @@ function drawPlane() {
   g.font = "bold 13px system-ui, sans-serif";
   for (const m of state.moods) {
     g.fillStyle = m.color;
-    g.fillText(m.label, x(m.valence) - 14, y(m.arousal));
+    g.fillText(m.label, x(m.valence) - 14, y(m.arousal) - 12);
   }
   // the trail: older points fade out
   const pts = state.trail.filter((p) => typeof p.v === "number" && typeof p.a === "number");
@@ -722,7 +722,18 @@ const scene = (() => {
     return current.tint.map((c) => Math.max(0, Math.min(255, Math.round((grey + (c - grey) * amount) * light + lift))));
   }
 
+  // Draw at the size the canvas is shown at (no stretching, no letterbox), capped to keep software rendering cheap.
+  function fit() {
+    const w = Math.min(1400, Math.round(canvas.clientWidth));
+    const h = Math.min(600, Math.round(canvas.clientHeight));
+    if (w > 0 && h > 0 && (canvas.width !== w || canvas.height !== h)) {
+      canvas.width = w;
+      canvas.height = h;
+    }
+  }
+
   function draw(dt, t) {
+    fit();
     const w = canvas.width;
     const h = canvas.height;
     const horizon = h * 0.58;
