@@ -515,19 +515,15 @@ class TrackMood:
     track_id: str
     name: str
     artists: list[str]
-    windows: int
-    moods: dict[str, float]  # mean probability over the preview's windows
-    label: str
-    valence: float
-    arousal: float
-    genres: dict[str, float] | None
+    analysis: dict[str, Any]  # `sendreturn_mood.analyze.analyze_file`'s summary of the preview (without the timeline)
 
     def text(self) -> str:
-        probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(self.moods.items(), key=lambda kv: -kv[1]))
-        line = (f"{self.name} - {', '.join(self.artists)}: {self.label} (valence {self.valence:+.2f}, "
-                f"arousal {self.arousal:+.2f}; {probs}; {self.windows} windows)")
-        if self.genres:
-            line += "; genre " + max(self.genres, key=self.genres.get)
+        a = self.analysis
+        probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(a["probabilities"].items(), key=lambda kv: -kv[1]))
+        line = (f"{self.name} - {', '.join(self.artists)}: {a['mood']} (valence {a['valence']:+.2f}, "
+                f"arousal {a['arousal']:+.2f}; {probs}; {a['windows']} windows of the 30 s preview)")
+        if "genre" in a:
+            line += f"; genre {a['genre']['label']}"
         return line
 
 
@@ -535,34 +531,16 @@ class NoPreview(SpotifyError):
     """Spotify knows the track but offers no 30 s preview of it."""
 
 
-def analyze_file(path: str | Path, model: Any, hop_seconds: float | None = None) -> tuple[int, Any, Any]:
-    """Decode an audio file and run the runtime's pipeline over it: (windows, mean mood probs, mean genre probs)."""
-    import numpy as np
-    import soundfile as sf
-
-    from sendreturn_mood.config import load_config
-    from sendreturn_mood.pipeline import AnalysisStream, WindowPlan
-
-    y, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    mono = y.mean(axis=1)
-    analysis = load_config(None)["analysis"]
-    spec = model.info.frontend
-    plan = WindowPlan.from_seconds(spec, model.info.window_seconds, hop_seconds or analysis["hop_seconds"], analysis["min_seconds"])
-    stream = AnalysisStream(spec, sr, plan)
-    windows = stream.push(mono) + stream.finish()
-    if not windows:
-        raise SpotifyError(f"{path}: too short to analyse ({len(mono) / sr:.1f} s)")
-    n = plan.window_frames
-    batch = np.stack([w.logmel if w.logmel.shape[1] == n else np.pad(w.logmel, ((0, 0), (n - w.logmel.shape[1], 0)), mode="edge")
-                      for w in windows])
-    pred = model.predict(batch)
-    return len(windows), pred.moods.mean(axis=0), None if pred.genres is None else pred.genres.mean(axis=0)
-
-
 def predict_track(sp: Any, track: str, model: Any, market: str | None = None, hop_seconds: float | None = None,
                   patience: Patience | None = None, session: Any = None) -> TrackMood:
-    """Track -> its preview -> mood; raises NoPreview with a clear message when Spotify has no preview."""
+    """Track -> its preview -> mood, through the runtime's own `analyze` path (the windows a room would see).
+
+    Raises NoPreview with a clear message when Spotify has no preview for the track.
+    """
     import requests
+
+    from sendreturn_mood.analyze import analyze_file
+    from sendreturn_mood.config import load_config
 
     patience = patience or Patience()
     t = patience.call(f"track {track}", sp.track, track, market=market)
@@ -570,22 +548,17 @@ def predict_track(sp: Any, track: str, model: Any, market: str | None = None, ho
     if not t.get("preview_url"):
         raise NoPreview(
             f"Spotify offers no 30 s preview for {t.get('name')!r} by {', '.join(artists)} (preview_url is null): "
-            f"{NO_PREVIEW_REASON}. Analyse the audio itself instead, e.g. stream it into a room."
+            f"{NO_PREVIEW_REASON}. Analyse the audio itself instead: python -m sendreturn_mood analyze FILE"
         )
     data = patience.get(session or requests.Session(), t["preview_url"], f"preview of {t['id']}")
+    config = load_config(None, {"analysis.hop_seconds": hop_seconds} if hop_seconds else None)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{t['id']}.mp3"
         path.write_bytes(data)
-        n, moods, genres = analyze_file(path, model, hop_seconds)
-    info = model.info
-    va = moods @ info.valence_arousal
-    labels = info.mood_labels
-    return TrackMood(
-        track_id=t["id"], name=t.get("name") or "", artists=artists, windows=n,
-        moods={lab: float(p) for lab, p in zip(labels, moods)}, label=labels[int(moods.argmax())],
-        valence=float(va[0]), arousal=float(va[1]),
-        genres=None if genres is None else {g: float(p) for g, p in zip(info.genres, genres)},
-    )
+        result = analyze_file(path, model, config)
+    result.pop("timeline", None)
+    result.pop("file", None)
+    return TrackMood(track_id=t["id"], name=t.get("name") or "", artists=artists, analysis=result)
 
 
 def run_predict(args: argparse.Namespace) -> int:
