@@ -1,0 +1,171 @@
+"""The training package end to end on a tiny generated dataset, plus the shared metrics and the export contract.
+
+Audio is synthesised per mood (different pitch, loudness and noise per label) and written as WAV at 22.05 kHz in
+the ROOT/<label>/ layout, so the folder reader, the cached decode + runtime resampler + log-mel, a few training
+steps, the ONNX export with metadata and the runtime's `MoodModel` all run for real. Full training runs are
+commands (see exported_models/mood_cnn.md), not tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.manifest import MOODS_4Q, read_folder, write_manifest
+from training.metrics import classification_report, clip_level, group_folds, plot_confusion, plot_reliability, summarize_folds
+
+RATE = 22050
+SECONDS = 3.5
+CLIPS_PER_LABEL = 5
+PITCH = {"happy": 660.0, "angry": 220.0, "sad": 330.0, "calm": 440.0}
+NOISE = {"happy": 0.02, "angry": 0.3, "sad": 0.01, "calm": 0.05}
+
+
+def write_tiny_dataset(root: Path) -> Path:
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    t = np.arange(int(RATE * SECONDS)) / RATE
+    for label in MOODS_4Q:
+        (root / label).mkdir(parents=True)
+        for i in range(CLIPS_PER_LABEL):
+            f = PITCH[label] * (1 + 0.03 * i)
+            y = 0.3 * np.sin(2 * np.pi * f * t) + NOISE[label] * rng.standard_normal(len(t))
+            sf.write(root / label / f"{label}{i}.wav", (y * 0.8).astype(np.float32), RATE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("tiny")
+    root = write_tiny_dataset(base / "audio")
+    manifest = write_manifest(read_folder(root), base / "tiny.csv")
+    return {"base": base, "root": root, "manifest": manifest, "cache": base / "cache"}
+
+
+def parse(module, argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    module.add_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_features_are_the_runtime_front_end_and_cached_by_recipe(tiny):
+    from sendreturn_mood.frontend import log_mel
+    from sendreturn_mood.resample import resample
+    from training.features import clip_logmel, dataset_logmels, decode, resolve_dataset
+    from training.teacher import TEACHER_SPEC
+
+    items = resolve_dataset(str(tiny["manifest"]))
+    assert len(items) == 4 * CLIPS_PER_LABEL and {it.label for it in items} == set(MOODS_4Q)
+    mels = dataset_logmels(items, TEACHER_SPEC, tiny["cache"], progress=False)
+    cached = list((tiny["cache"] / "logmel" / TEACHER_SPEC.key()).glob("*.npy"))
+    assert len(cached) == len(items), "one cache entry per clip, under the recipe's key"
+    y = decode(items[0].file, 16000)
+    import soundfile as sf
+
+    raw, sr = sf.read(items[0].file, dtype="float32")
+    np.testing.assert_array_equal(y, resample(raw, sr, 16000))
+    np.testing.assert_allclose(mels[0], log_mel(y, TEACHER_SPEC), atol=1e-6)
+    np.testing.assert_array_equal(clip_logmel(items[0].file, TEACHER_SPEC, tiny["cache"]), mels[0])  # from the cache
+    assert mels[0].shape == (96, 1 + len(y) // 256)
+
+
+def test_train_export_load_predict_evaluate(tiny):
+    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.pipeline import AnalysisStream, WindowPlan
+    from training import evaluate, export, train
+    from training.features import decode
+
+    run_dir = tiny["base"] / "run"
+    targs = parse(train, ["--data", str(tiny["manifest"]), "--out", str(run_dir), "--cache", str(tiny["cache"]),
+                          "--no-teacher", "--epochs", "2", "--batch", "8", "--channels", "8", "16", "16",
+                          "--embedding", "16", "--threads", "1", "--quiet"])
+    assert train.run(targs) == 0
+    assert (run_dir / "best.ckpt").is_file() and (run_dir / "last.ckpt").is_file()
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history["epoch"] == 2 and np.isfinite(history["history"][-1]["valid_loss"])
+
+    targs.resume, targs.epochs = True, 3  # resumable: continues at epoch 3 from last.ckpt
+    assert train.run(targs) == 0
+    assert json.loads((run_dir / "history.json").read_text())["epoch"] == 3
+
+    onnx_path = tiny["base"] / "model.onnx"
+    eargs = parse(export, ["--ckpt", str(run_dir / "best.ckpt"), "--out", str(onnx_path), "--mood-data", str(tiny["manifest"]),
+                           "--genre-data", "", "--report", "", "--cache", str(tiny["cache"]), "--name", "tiny-pipeline"])
+    assert export.run(eargs) == 0
+    card = onnx_path.with_suffix(".md").read_text()
+    assert "Model card: tiny-pipeline" in card and "Known limits" in card
+
+    model = MoodModel(onnx_path)
+    assert model.info.mood_labels == list(MOODS_4Q) and model.info.patch_frames == 187
+    assert model.info.provenance["training_command"].startswith("python -m training train")
+    file = str(tiny["root"] / "angry" / "angry0.wav")
+    stream = AnalysisStream(model.info.frontend, 16000, WindowPlan.from_seconds(model.info.frontend, 3.0, 1.5, 0.5))
+    wins = stream.push(decode(file, 16000)) + stream.finish()
+    assert wins, "a 3.5 s file gives at least one window"
+    pred = model.predict(np.stack([w.logmel for w in wins[:1]]))
+    assert pred.moods.shape == (1, 4) and abs(pred.moods.sum() - 1) < 1e-5
+    short = model.predict(wins[0].logmel[:, :40])  # a short tail window: global pooling accepts any length
+    assert short.moods.shape == (1, 4)
+
+    out = tiny["base"] / "eval"
+    vargs = parse(evaluate, ["--ckpt", str(run_dir / "best.ckpt"), "--mood-data", str(tiny["manifest"]), "--genre-data", "",
+                             "--out", str(out), "--no-teacher", "--cache", str(tiny["cache"]), "--baselines", str(out / "none.json")])
+    assert evaluate.run(vargs) == 0
+    rep = json.loads((out / "report.json").read_text())
+    st = rep["mood"]["methods"]["student_cnn"]
+    assert len(st["window"]["folds"]) == 5 and 0.0 <= st["clip"]["summary"]["accuracy_mean"] <= 1.0
+    assert (out / "report.md").is_file() and (out / "mood_student_clip_confusion.png").stat().st_size > 1000
+
+
+def test_teacher_outputs_are_finite(tiny):
+    from training.teacher import PATCH_FRAMES, TEACHER_PATH, clip_teacher_outputs
+
+    if not TEACHER_PATH.is_file():
+        pytest.skip(f"musicnn teacher not found at {TEACHER_PATH} (it lives beside the repository in ../shared/models)")
+    out = clip_teacher_outputs(str(tiny["root"] / "calm" / "calm0.wav"), None, tiny["cache"])
+    assert out["embedding"].shape == (1, 200) and out["logits"].shape == (1, 50) and out["max_pool"].shape == (1, 753)
+    assert all(np.isfinite(v).all() for v in out.values()), "no float16 overflow (the numpy-2 trap)"
+    assert PATCH_FRAMES == 187
+
+
+def test_group_folds_never_split_a_group():
+    labels = [MOODS_4Q[i % 4] for i in range(60)]
+    groups = [f"artist{i // 3}" for i in range(60)]
+    folds = group_folds(labels, groups, n_splits=5, seed=0)
+    assert len(folds) == 5
+    seen = np.concatenate([te for _, te in folds])
+    assert sorted(seen.tolist()) == list(range(60)), "every clip is tested exactly once"
+    for tr, te in folds:
+        assert not {groups[i] for i in tr} & {groups[i] for i in te}
+
+
+def test_classification_report_matches_sklearn_and_calibration():
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    rng = np.random.default_rng(1)
+    labels = ["a", "b", "c"]
+    y = rng.choice(labels, 200).tolist()
+    p = [t if rng.random() < 0.6 else rng.choice(labels) for t in y]
+    r = classification_report(y, p, labels)
+    assert r["accuracy"] == pytest.approx(accuracy_score(y, p))
+    assert r["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
+    assert r["confusion"] == confusion_matrix(y, p, labels=labels).tolist()
+    onehot = np.eye(3)[[labels.index(v) for v in p]] * 0.999 + 0.001 / 3
+    rc = classification_report(y, p, labels, onehot)
+    assert rc["ece"] == pytest.approx(abs(0.999 + 0.001 / 3 - r["accuracy"]), abs=1e-9), "all confidence in one bin"
+    assert rc["nll"] > 0 and sum(b["count"] for b in rc["reliability"]) == 200
+    ids, mean = clip_level(np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]), ["x", "y", "x"])
+    assert ids == ["x", "y"] and mean.tolist() == [[0.5, 0, 0.5], [0, 1, 0]]
+    s = summarize_folds([{"accuracy": 0.5, "macro_f1": 0.4}, {"accuracy": 0.7, "macro_f1": 0.6}])
+    assert s["accuracy_mean"] == pytest.approx(0.6) and s["accuracy_std"] == pytest.approx(0.1)
+
+
+def test_plots_are_written(tmp_path):
+    r = classification_report(["a", "b", "b"], ["a", "b", "a"], ["a", "b"], np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]))
+    assert plot_confusion(r, ["a", "b"], tmp_path / "c.png").stat().st_size > 1000
+    assert plot_reliability(r, tmp_path / "r.png").stat().st_size > 1000

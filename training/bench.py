@@ -1,0 +1,67 @@
+"""Measure a model's inference time per window on one onnxruntime thread (median of many runs).
+
+The real-time budget is per window: the server runs one window per room per hop, batched across rooms. So this
+reports milliseconds per window at batch 1 (one room) and at larger batches (many rooms), each the median of
+`--runs` timed calls after warm-up, with BLAS pinned to one thread so the number means "one core".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+WARMUP = 10
+
+
+def bench(path: str | os.PathLike[str] | None, batches: list[int], runs: int, threads: int = 1) -> dict:
+    from sendreturn_mood.model import MoodModel
+
+    model = MoodModel(path, threads=threads)
+    n_mels, frames = model.info.frontend.n_mels, model.info.patch_frames
+    rng = np.random.default_rng(0)
+    result = {"model": str(model.path), "name": model.info.name, "threads": threads, "n_mels": n_mels,
+              "frames": frames, "runs": runs, "ms_per_window": {}}
+    for b in batches:
+        x = (rng.random((b, n_mels, frames)) * 3).astype(np.float32)
+        for _ in range(WARMUP):
+            model.predict(x)
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            model.predict(x)
+            times.append(time.perf_counter() - t)
+        result["ms_per_window"][str(b)] = {"median": float(np.median(times) / b * 1000),
+                                           "p90": float(np.percentile(times, 90) / b * 1000)}
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default=None, help="ONNX model (default: the shipped exported_models/mood_cnn.onnx)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes (default 1 16)")
+    parser.add_argument("--runs", type=int, default=200, help="timed runs per batch size (default 200)")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    parser.add_argument("--json", default=None, help="also write the result to this JSON file")
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    res = bench(args.model, args.batch, args.runs, args.threads)
+    for b, r in res["ms_per_window"].items():
+        print(f"{res['name']}: batch {b}: {r['median']:.3f} ms/window median, {r['p90']:.3f} p90 "
+              f"({res['threads']} thread, {res['n_mels']}x{res['frames']} log-mel)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
+    sys.exit(run(p.parse_args()))

@@ -1,0 +1,142 @@
+"""The model card (markdown) written beside an exported model, generated from the files that hold the numbers.
+
+Nothing in the card is typed by hand: metrics come from the evaluation report (`training evaluate`), the table of
+experiments from the per-experiment JSON files that `evaluate --tag` writes, latency from `training bench --json`,
+the commands from the checkpoint and the report. Regenerating the card after a new run can therefore never leave a
+stale number behind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from training.manifest import REPO
+
+EVAL_DIR = REPO / "docs" / "evaluation"
+
+
+def _fmt(summary: dict, key: str, prefix: str) -> str:
+    m, s = summary.get(f"{prefix}_{key}"), summary.get(f"{prefix}_{key}_std")
+    return "-" if m is None else f"{m:.3f} ± {s:.3f}"
+
+
+def experiments_table(folder: Path = EVAL_DIR / "experiments") -> list[str]:
+    rows = []
+    for f in sorted(folder.glob("*.json")):
+        e = json.loads(f.read_text())
+        s = e.get("summary", {})
+        rows.append(
+            f"| {e.get('tag', f.stem)} | {e.get('description', '')} | {_fmt(s, 'window_accuracy', 'mood_student_cnn')} | "
+            f"{_fmt(s, 'clip_accuracy', 'mood_student_cnn')} | {_fmt(s, 'clip_macro_f1', 'mood_student_cnn')} | "
+            f"{_fmt(s, 'clip_accuracy', 'genre_student_cnn')} | `{e.get('command', '')}` |"
+        )
+    if not rows:
+        return ["(no experiment files in docs/evaluation/experiments/)"]
+    return ["| experiment | what | mood window acc | mood clip acc | mood clip macro-F1 | genre clip acc | evaluation command |",
+            "|---|---|---|---|---|---|---|"] + rows
+
+
+def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
+    s = report.get("summary", {})
+    args = ck.get("args", {})
+    bench_file = EVAL_DIR / "bench.json"
+    bench = json.loads(bench_file.read_text()) if bench_file.is_file() else None
+    prov = info.provenance
+    teacher = bool(ck["cfg"].get("distill_dim"))
+    lines = [
+        f"# Model card: {info.name} {info.version}",
+        "",
+        info.description + ".",
+        "",
+        "## What it does",
+        "",
+        f"- Input: log-mel `[batch, {info.frontend.n_mels}, frames]`, musicnn's front end (16 kHz, n_fft 512, hop 256, "
+        f"{info.frontend.n_mels} Slaney mels to 8 kHz, power rounded through float16, log10(10000 x + 1)); trained on "
+        f"{info.patch_frames}-frame windows ({info.window_seconds:.2f} s), accepts any length (global pooling).",
+        "- Outputs: `mood_logits` (happy, angry, sad, calm = Russell quadrants Q1..Q4; valence/arousal = probability-"
+        "weighted quadrant centres from the metadata), `genre_logits` (classical, electronic, pop, rock), `embedding`.",
+        f"- Network: {prov.get('net', {}).get('channels')} channel CNN, embedding {prov.get('net', {}).get('embedding')}; "
+        "linear heads (logistic regression on the embedding, folded into the graph).",
+        "",
+        "## Data",
+        "",
+        "- **4Q audio emotion dataset** (Panda, Malheiro & Paiva, \"Novel audio features for music emotion recognition\", "
+        "IEEE Trans. Affective Computing, 2018): the 676 clips in `../shared/data/moods-4q`, ~30 s each, "
+        "one quadrant label per clip, artist groups. Mood head and mood metrics.",
+        "- **Emotify** (Aljanaki, Wiering & Veltkamp, Information Processing & Management, 2016): 300 clips, 4 genres. "
+        "Genre head and genre metrics.",
+    ]
+    if teacher:
+        lines += [
+            "- **Teacher**: musicnn MSD model (Pons & Serra, \"musicnn: pre-trained convolutional neural networks for music "
+            "audio tagging\", ISMIR 2019 LBD), ISC licence, `../shared/models/msd_musicnn.onnx`. The student regresses the "
+            "teacher's 200-d embedding and 50 tag logits (standardised) on 3 s crops of the audio listed under "
+            f"`student_trained_on` ({', '.join(args.get('data', []))}). **This distillation used no labels, but it did use "
+            "the audio of every clip, including each CV fold's test clips** (transductive, unlabelled); the leakage "
+            "check below measures what that is worth.",
+        ]
+    lines += [
+        "",
+        "Both datasets are research data distributed by their authors; the audio is not redistributed here. The "
+        "model weights are the project's (MIT)" + ("; as a derivative of musicnn the ISC notice in "
+                                                  "`msd_musicnn.LICENSE.md` applies." if teacher else "."),
+        "",
+        "## Metrics (artist-grouped 5-fold CV on all of 4Q; grouped 5-fold CV on Emotify)",
+        "",
+        "| | window accuracy | window macro-F1 | clip accuracy | clip macro-F1 |",
+        "|---|---|---|---|---|",
+    ]
+    for task, name, label in (("mood", "student_cnn", "**this model, mood (4Q)**"), ("mood", "teacher_lr", "musicnn teacher + LR, mood (baseline, ~30 ms/window)"),
+                              ("genre", "student_cnn", "**this model, genre (Emotify)**"), ("genre", "teacher_lr", "musicnn teacher + LR, genre")):
+        p = f"{task}_{name}"
+        if f"{p}_window_accuracy" in s:
+            lines.append(f"| {label} | {_fmt(s, 'window_accuracy', p)} | {_fmt(s, 'window_macro_f1', p)} | "
+                         f"{_fmt(s, 'clip_accuracy', p)} | {_fmt(s, 'clip_macro_f1', p)} |")
+    maj = report.get("mood", {}).get("methods", {}).get("majority")
+    if maj:
+        lines.append(f"| majority class, mood | {maj['window']['summary']['accuracy_mean']:.3f} | "
+                     f"{maj['window']['summary']['macro_f1_mean']:.3f} | {maj['clip']['summary']['accuracy_mean']:.3f} | "
+                     f"{maj['clip']['summary']['macro_f1_mean']:.3f} |")
+    lines += ["", "Targets: mood clip macro-F1 >= 0.72, window accuracy >= 0.66, genre accuracy >= 0.85. Full report "
+              "with the confusion matrices, per-class numbers, calibration and the non-model baselines: "
+              "[`docs/evaluation/report.md`](../docs/evaluation/report.md).", ""]
+    if "mood" in report:
+        fs = report["mood"]["methods"]["student_cnn"].get("fold_students", {})
+        lines += ["Students per fold: " + "; ".join(f"fold {k}: {v}" for k, v in fs.items()), ""]
+    if bench:
+        lat = ", ".join(f"batch {b}: {r['median']:.3f} ms/window" for b, r in bench["ms_per_window"].items())
+        lines += [f"Latency (onnxruntime, {bench['threads']} thread, median of {bench['runs']} runs): {lat}.", ""]
+    lines += ["## Experiments (what was tried and what it gave)", ""] + experiments_table() + [""]
+    lines += [
+        "## Reproduce",
+        "",
+        "```sh",
+        "python -m training features 4q emotify --teacher   # log-mels + teacher outputs, cached under cache/",
+        ck.get("args", {}).get("command", "(training command not recorded)"),
+        report.get("command", "(evaluation command not recorded)"),
+        prov.get("export_command", ""),
+        "python -m training bench --json docs/evaluation/bench.json",
+        "```",
+        "",
+        f"Training: {args.get('epochs')} epochs max, batch {args.get('batch')}, AdamW lr {args.get('lr')} warm-up + cosine, seed "
+        f"{args.get('seed')}, early stopping on a 10 % artist-disjoint validation split (best epoch "
+        f"{ck.get('state', {}).get('best_epoch')}). Git commit at export: `{prov.get('git_commit')}`.",
+        "",
+        f"Export check: max |onnxruntime - torch| = {check.get('max_abs_diff_vs_torch', float('nan')):.1e} on random "
+        f"windows of {info.patch_frames} and 40 frames; `sendreturn_mood.model.MoodModel` loads it.",
+        "",
+        "## Known limits",
+        "",
+        "- Sad vs calm is the main confusion (the low-arousal half of the circle, where only valence differs); see the "
+        "confusion matrix in the report. Happy vs angry is easier because timbre differs more.",
+        "- 4Q labels are perceived moods of commercial ~30 s previews from AllMusic tags; Western popular music dominates. "
+        "Emotify genres are only four. Expect lower accuracy on other styles, on live input with room noise, and on "
+        "speech or silence (there is no 'no music' class).",
+        "- A single 3 s window is much noisier than a whole clip: the server's smoothing matters.",
+        "",
+        "## Citations",
+        "",
+    ] + [f"- {c}" for c in prov.get("citations", [])] + [""]
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,257 @@
+"""Artist-grouped cross-validated evaluation of the student CNN and the teacher baseline; JSON, PNG and markdown.
+
+For each of the 5 stratified, artist-disjoint folds of 4Q (`training.metrics.group_folds`, seed 0): embed every
+3 s window on the runtime's grid (3 s windows every 1.5 s), fit the logistic-regression mood head on the training
+fold's windows only, and score the test fold per window (what the server reports for one hop) and per clip
+(window probabilities averaged over the clip). The same is done with the musicnn teacher's embedding + tag logits
+(the "teacher + LR" baseline, 10x slower, so not the shipped model) and, for genres, on Emotify.
+
+Per-fold students: `--fold-ckpt K=PATH` uses a student trained with `train --exclude-fold K` for fold K, i.e. one
+that never heard fold K's test audio; folds without one use `--ckpt`, a student distilled on all audio (no
+labels; the report says which applies to which fold). H-data's non-model baselines (majority, librosa features +
+LR, Spotify features) are read from `--baselines` JSON when present and shown in the same report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from training.manifest import GENRES_EMOTIFY, MOODS_4Q, REPO, Item
+from training.metrics import classification_report, clip_level, group_folds, plot_confusion, plot_reliability, summarize_folds
+
+DEFAULT_OUT = REPO / "docs" / "evaluation"
+N_SPLITS = 5
+FOLD_SEED = 0
+
+
+def cv_linear(
+    X_of_fold: Callable[[int], np.ndarray], clip_idx: np.ndarray, items: list[Item], labels: tuple[str, ...],
+    folds: list[tuple[np.ndarray, np.ndarray]], C: float,
+) -> dict:
+    """Per fold: fit the linear head on train-fold windows, score test-fold windows and clips."""
+    from training.heads import fit_linear, linear_probs
+
+    y_clip = np.array([labels.index(it.label) for it in items])
+    y_win = y_clip[clip_idx]
+    res: dict = {"window": {"folds": []}, "clip": {"folds": []}}
+    all_true_w, all_pred_w, all_prob_w, all_true_c, all_pred_c, all_prob_c = [], [], [], [], [], []
+    for k, (train_c, test_c) in enumerate(folds):
+        X = X_of_fold(k)
+        tr = np.isin(clip_idx, train_c)
+        te = np.isin(clip_idx, test_c)
+        W, b = fit_linear(X[tr], y_win[tr], len(labels), C)
+        probs = linear_probs(X[te], W, b)
+        yt = [labels[i] for i in y_win[te]]
+        yp = [labels[i] for i in probs.argmax(1)]
+        res["window"]["folds"].append(classification_report(yt, yp, labels, probs))
+        ids, cprobs = clip_level(probs, [str(c) for c in clip_idx[te]])
+        ct = [labels[y_clip[int(c)]] for c in ids]
+        cp = [labels[i] for i in cprobs.argmax(1)]
+        res["clip"]["folds"].append(classification_report(ct, cp, labels, cprobs))
+        all_true_w += yt; all_pred_w += yp; all_prob_w.append(probs)
+        all_true_c += ct; all_pred_c += cp; all_prob_c.append(cprobs)
+    for level, (t, p, pr) in {"window": (all_true_w, all_pred_w, all_prob_w), "clip": (all_true_c, all_pred_c, all_prob_c)}.items():
+        res[level]["summary"] = summarize_folds(res[level]["folds"])
+        res[level]["pooled"] = classification_report(t, p, labels, np.concatenate(pr))
+    return res
+
+
+def student_features(ckpt: str, per_clip: list[np.ndarray]) -> np.ndarray:
+    from training.heads import embed, torch_embedder
+    from training.train import load_net
+
+    net, _ = load_net(ckpt)
+    return embed(torch_embedder(net), per_clip)
+
+
+def teacher_features(items: list[Item], cache) -> np.ndarray:
+    from training.teacher import dataset_teacher_outputs
+
+    outs = dataset_teacher_outputs(items, cache)
+    return np.concatenate([np.concatenate([o["embedding"], o["logits"]], axis=1) for o in outs])
+
+
+def evaluate_task(items, labels, folds, ckpt, fold_ckpts, cache, C, with_teacher: bool) -> dict:
+    from training.features import dataset_logmels
+    from training.heads import windows
+    from training.teacher import TEACHER_SPEC
+
+    per_clip, clip_idx = windows(dataset_logmels(items, TEACHER_SPEC, cache))
+    methods = {}
+    t0 = time.time()
+    shared = student_features(ckpt, per_clip)
+    per_fold = {k: student_features(p, per_clip) for k, p in fold_ckpts.items()}
+    methods["student_cnn"] = cv_linear(lambda k: per_fold.get(k, shared), clip_idx, items, labels, folds, C)
+    methods["student_cnn"]["fold_students"] = {
+        str(k): ("excluded this fold's test audio: " + str(fold_ckpts[k])) if k in fold_ckpts else ("distilled on all audio: " + ckpt)
+        for k in range(len(folds))
+    }
+    print(f"student: {time.time() - t0:.0f} s", file=sys.stderr)
+    if with_teacher:
+        T = teacher_features(items, cache)
+        if len(T) != len(clip_idx):
+            raise RuntimeError("teacher patches and student windows differ: the teacher cache uses another hop")
+        methods["teacher_lr"] = cv_linear(lambda k: T, clip_idx, items, labels, folds, C)
+    majority = {}
+    for level in ("window", "clip"):
+        reps = []
+        for train_c, test_c in folds:
+            counts = np.bincount([labels.index(items[i].label) for i in train_c], minlength=len(labels))
+            guess = labels[int(counts.argmax())]
+            if level == "clip":
+                t = [items[i].label for i in test_c]
+            else:
+                t = [items[i].label for i in clip_idx[np.isin(clip_idx, test_c)]]
+            reps.append(classification_report(t, [guess] * len(t), labels))
+        majority[level] = {"folds": reps, "summary": summarize_folds(reps)}
+    methods["majority"] = majority
+    return {"n_clips": len(items), "n_windows": int(len(clip_idx)), "labels": list(labels), "methods": methods}
+
+
+def fmt(s: dict, key: str) -> str:
+    if f"{key}_mean" not in s:
+        return "-"
+    return f"{s[f'{key}_mean']:.3f} ± {s[f'{key}_std']:.3f}"
+
+
+def baseline_rows(obj, path: str = "") -> list[tuple[str, dict]]:
+    """Every summarize_folds-like dict (has accuracy_mean) inside H-data's baselines JSON, with its key path."""
+    rows = []
+    if isinstance(obj, dict):
+        if "accuracy_mean" in obj:
+            return [(path, obj)]
+        for k, v in obj.items():
+            if k in ("folds", "per_class", "confusion", "reliability"):
+                continue
+            rows += baseline_rows(v, f"{path}/{k}" if path else str(k))
+    return rows
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Evaluation report", "", f"Generated by `{report['command']}` at git commit `{report['git_commit']}`.", ""]
+    lines += ["Artist-grouped stratified 5-fold cross-validation (`training.metrics.group_folds`, seed 0; no artist on both "
+              "sides). Windows: 3 s log-mel patches every 1.5 s, the server's geometry. *window* = one window, the "
+              "number a listener sees per hop; *clip* = window probabilities averaged over the clip. Mean ± std over folds.", ""]
+    for task, title in (("mood", "Mood: 4Q (happy, angry, sad, calm)"), ("genre", "Genre: Emotify (classical, electronic, pop, rock)")):
+        if task not in report:
+            continue
+        r = report[task]
+        lines += [f"## {title}", "", f"{r['n_clips']} clips, {r['n_windows']} windows.", "",
+                  "| method | window acc | window macro-F1 | clip acc | clip macro-F1 | window ECE |", "|---|---|---|---|---|---|"]
+        for name, m in r["methods"].items():
+            w, c = m["window"]["summary"], m["clip"]["summary"]
+            lines.append(f"| {name} | {fmt(w, 'accuracy')} | {fmt(w, 'macro_f1')} | {fmt(c, 'accuracy')} | {fmt(c, 'macro_f1')} | {fmt(w, 'ece')} |")
+        lines.append("")
+        st = r["methods"]["student_cnn"]
+        lines += ["Which student scored each fold: " + "; ".join(f"fold {k}: {v}" for k, v in st["fold_students"].items()), ""]
+        pooled = st["clip"]["pooled"]
+        lines += ["Student, clip level, pooled over folds (rows = true, columns = predicted):", "",
+                  "| true \\ pred | " + " | ".join(r["labels"]) + " |", "|---" * (len(r["labels"]) + 1) + "|"]
+        for lab, row in zip(r["labels"], pooled["confusion"]):
+            lines.append(f"| {lab} | " + " | ".join(str(v) for v in row) + " |")
+        lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for lab, pc in pooled["per_class"].items():
+            lines.append(f"| {lab} | {pc['precision']:.3f} | {pc['recall']:.3f} | {pc['f1']:.3f} | {pc['support']} |")
+        lines += ["", f"![confusion]({task}_student_clip_confusion.png) ![reliability]({task}_student_window_reliability.png)", ""]
+    if report.get("baselines"):
+        lines += ["## Non-model baselines (H-data, `python -m training baselines`)", "",
+                  f"From `{report['baselines_file']}`.", "", "| baseline | accuracy | macro-F1 |", "|---|---|---|"]
+        for name, s in baseline_rows(report["baselines"]):
+            lines.append(f"| {name} | {fmt(s, 'accuracy')} | {fmt(s, 'macro_f1')} |")
+        lines.append("")
+    else:
+        lines += ["## Non-model baselines", "", "No baselines JSON was found when this report was made "
+                  "(`python -m training baselines --out docs/evaluation/baselines.json`).", ""]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, help="student checkpoint used for every fold without --fold-ckpt")
+    parser.add_argument("--fold-ckpt", action="append", default=[], metavar="K=PATH",
+                        help="student trained with --exclude-fold K, used for fold K (repeatable)")
+    parser.add_argument("--mood-data", default="4q")
+    parser.add_argument("--genre-data", default="emotify", help="'' to skip the genre evaluation")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"report folder (default {DEFAULT_OUT})")
+    parser.add_argument("--baselines", default=str(DEFAULT_OUT / "baselines.json"), help="H-data's baselines JSON")
+    parser.add_argument("--no-teacher", action="store_true", help="skip the teacher + LR baseline")
+    parser.add_argument("--C", type=float, default=None, help="logistic regression C (default training.heads.LR_C)")
+    parser.add_argument("--cache", default=None)
+    parser.add_argument("--tag", default=None, help="also record this run as docs/evaluation/experiments/TAG.json (for the card)")
+    parser.add_argument("--description", default="", help="one line saying what this experiment is (with --tag)")
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import torch
+
+    from training.export import git_commit
+    from training.features import cache_dir, resolve_dataset
+    from training.heads import LR_C
+    from training.teacher import teacher_available
+
+    torch.set_num_threads(2)
+    cache = cache_dir(args.cache)
+    C = args.C or LR_C
+    fold_ckpts = {int(k): v for k, v in (s.split("=", 1) for s in args.fold_ckpt)}
+    argv = sys.argv[sys.argv.index("evaluate") + 1 :] if "evaluate" in sys.argv else sys.argv[1:]
+    report: dict = {"command": "python -m training evaluate " + " ".join(argv), "git_commit": git_commit(), "C": C,
+                    "folds": N_SPLITS, "fold_seed": FOLD_SEED}
+    with_teacher = teacher_available() and not args.no_teacher
+    tasks = [("mood", args.mood_data, MOODS_4Q, fold_ckpts)]
+    if args.genre_data:
+        tasks.append(("genre", args.genre_data, GENRES_EMOTIFY, {}))
+    for task, data, labels, fc in tasks:
+        items = resolve_dataset(data)
+        folds = group_folds([i.label for i in items], [i.group or i.file for i in items], N_SPLITS, FOLD_SEED)
+        report[task] = evaluate_task(items, labels, folds, args.ckpt, fc, cache, C, with_teacher)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bl = Path(args.baselines)
+    if bl.is_file():
+        report["baselines"] = json.loads(bl.read_text())
+        report["baselines_file"] = str(bl.relative_to(REPO) if bl.resolve().is_relative_to(REPO) else bl)
+    summary = {}
+    for task in ("mood", "genre"):
+        if task in report:
+            m = report[task]["methods"]
+            for name in ("student_cnn", "teacher_lr"):
+                if name in m:
+                    for level in ("window", "clip"):
+                        s = m[name][level]["summary"]
+                        summary[f"{task}_{name}_{level}_accuracy"] = round(s["accuracy_mean"], 4)
+                        summary[f"{task}_{name}_{level}_macro_f1"] = round(s["macro_f1_mean"], 4)
+                        summary[f"{task}_{name}_{level}_accuracy_std"] = round(s["accuracy_std"], 4)
+                        summary[f"{task}_{name}_{level}_macro_f1_std"] = round(s["macro_f1_std"], 4)
+            st = m["student_cnn"]
+            plot_confusion(st["clip"]["pooled"], report[task]["labels"], out / f"{task}_student_clip_confusion.png",
+                           f"{task}, student, clip level (pooled folds)")
+            plot_confusion(st["window"]["pooled"], report[task]["labels"], out / f"{task}_student_window_confusion.png",
+                           f"{task}, student, window level (pooled folds)")
+            plot_reliability(st["window"]["pooled"], out / f"{task}_student_window_reliability.png",
+                             f"{task}, student, windows: ECE {st['window']['pooled']['ece']:.3f}")
+    report["summary"] = summary
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(markdown(report))
+    if args.tag:
+        exp = DEFAULT_OUT / "experiments" / f"{args.tag}.json"
+        exp.parent.mkdir(parents=True, exist_ok=True)
+        exp.write_text(json.dumps({"tag": args.tag, "description": args.description, "command": report["command"],
+                                   "git_commit": report["git_commit"], "summary": summary,
+                                   "fold_students": report["mood"]["methods"]["student_cnn"]["fold_students"]}, indent=1))
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'} and PNGs")
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
+    sys.exit(run(p.parse_args()))

@@ -1,0 +1,196 @@
+"""Export a trained student to one ONNX file with the runtime's metadata, verify it, and write its model card.
+
+Steps: load the checkpoint; fit the mood head (logistic regression on the student's window embeddings of every
+labelled mood clip) and the genre head (same on the genre clips) and fold them into the network's last layers;
+export `logmel [batch, n_mels, frames] -> mood_logits, genre_logits, embedding` with dynamic batch and frames;
+embed the `ModelInfo` JSON (front end, patch length, moods with valence/arousal, genres, provenance, metrics);
+then check it: onnxruntime vs torch on the same inputs (a full patch and a short tail window) and
+`sendreturn_mood.model.MoodModel` loads it and predicts. The card is generated from the evaluation report, so every
+number in it comes from a command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from training.manifest import GENRES_EMOTIFY, MOOD_COORDINATES, MOODS_4Q, REPO
+
+DEFAULT_OUT = REPO / "exported_models" / "mood_cnn.onnx"
+OPSET = 18
+VERIFY_ATOL = 1e-3
+DEFAULT_NAME = "mood_cnn"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def fit_heads(net, mood_items, genre_items, cache, C: float) -> dict:
+    """Fit and install the linear heads; returns counts for the provenance."""
+    from training.features import dataset_logmels
+    from training.heads import embed, fit_linear, set_linear, torch_embedder, windows
+    from training.teacher import TEACHER_SPEC
+
+    fn = torch_embedder(net)
+    info = {}
+    for name, items, labels, layer in (("mood", mood_items, MOODS_4Q, net.mood), ("genre", genre_items, GENRES_EMOTIFY, net.genre)):
+        if not items or layer is None:
+            continue
+        per_clip, clip_idx = windows(dataset_logmels(items, TEACHER_SPEC, cache))
+        X = embed(fn, per_clip)
+        y = np.array([labels.index(items[i].label) for i in clip_idx])
+        W, b = fit_linear(X, y, len(labels), C)
+        set_linear(layer, W, b)
+        info[name] = {"clips": len(items), "windows": int(len(X))}
+    return info
+
+
+def export_onnx(net, path: Path, n_mels: int, patch: int) -> None:
+    import torch
+
+    from training.net import ExportWrapper
+
+    wrapper = ExportWrapper(net).eval()
+    example = torch.randn(2, n_mels, patch)
+    names = ["mood_logits", "genre_logits", "embedding"] if net.genre is not None else ["mood_logits", "embedding"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    frames = torch.export.Dim("frames", min=1, max=100000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notices from torch's own exporter internals, not from this code
+        torch.onnx.export(
+            wrapper, (example,), str(path), input_names=["logmel"], output_names=names, opset_version=OPSET,
+            dynamo=True, external_data=False, dynamic_shapes={"logmel": {0: batch, 2: frames}}, verbose=False,
+        )
+
+
+def verify(net, path: Path, n_mels: int, patch: int) -> dict:
+    """onnxruntime vs torch on a full window and a short one; the runtime's loader accepts the file."""
+    import onnxruntime as ort
+    import torch
+
+    from sendreturn_mood.model import MoodModel
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for frames in (patch, 40):
+        x = (rng.random((3, n_mels, frames)) * 3).astype(np.float32)
+        with torch.no_grad():
+            ref = net(torch.from_numpy(x))["mood_logits"].numpy()
+        got = sess.run(["mood_logits"], {"logmel": x})[0]
+        worst = max(worst, float(np.abs(ref - got).max()))
+    if worst > VERIFY_ATOL:
+        raise RuntimeError(f"{path}: onnxruntime and torch differ by {worst:.2e} (> {VERIFY_ATOL})")
+    model = MoodModel(path)
+    pred = model.predict(x[:1])
+    if pred.moods.shape != (1, len(model.info.moods)) or not np.allclose(pred.moods.sum(), 1.0, atol=1e-5):
+        raise RuntimeError(f"{path}: MoodModel prediction has the wrong shape or is not a distribution")
+    return {"max_abs_diff_vs_torch": worst, "runtime_loader": "ok"}
+
+
+def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, command: str, teacher_used: bool):
+    from sendreturn_mood.model import ModelInfo, MoodLabel
+    from training.teacher import CITATION, PATCH_FRAMES, TEACHER_SPEC
+
+    citations = [
+        "R. Panda, R. Malheiro, R. P. Paiva, \"Novel audio features for music emotion recognition\", IEEE Trans. "
+        "Affective Computing, 2018 (4Q dataset)",
+        "A. Aljanaki, F. Wiering, R. C. Veltkamp, \"Studying emotion induced by music through a crowdsourcing game\", "
+        "Information Processing & Management, 2016 (Emotify)",
+    ]
+    if teacher_used:
+        citations.append(CITATION)
+    provenance = {
+        "data": ["moods-4q (4Q, artist groups)", "emotify (genres)"],
+        "student_trained_on": ck.get("args", {}).get("data", []),
+        "excluded_fold": ck.get("args", {}).get("exclude_fold"),
+        "split": "artist-grouped stratified 5-fold CV for the metrics; final heads fitted on all labelled clips",
+        "training_command": ck.get("args", {}).get("command", ""),
+        "export_command": command,
+        "git_commit": git_commit(),
+        "exported": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "licences": {"model": "MIT (project)", "teacher": "musicnn MSD model, ISC (msd_musicnn.LICENSE.md)" if teacher_used else None,
+                     "data": "4Q and Emotify: research use only; audio not redistributed"},
+        "citations": citations,
+        "heads": heads,
+        "net": ck["cfg"],
+    }
+    return ModelInfo(
+        name=name,
+        version=version,
+        description="Small CNN on 3 s log-mel windows: 4 quadrant moods (valence/arousal) and 4 genres; "
+        + ("distilled from musicnn (MSD), linear heads on its embedding" if teacher_used else "trained from scratch"),
+        frontend=TEACHER_SPEC,
+        patch_frames=PATCH_FRAMES,
+        moods=tuple(MoodLabel(m, *MOOD_COORDINATES[m]) for m in MOODS_4Q),
+        genres=GENRES_EMOTIFY,
+        provenance=provenance,
+        metrics=metrics,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, help="training checkpoint (runs/<name>/best.ckpt)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"ONNX file to write (default {DEFAULT_OUT})")
+    parser.add_argument("--mood-data", default="4q", help="labelled mood clips for the mood head ('' = keep the trained head)")
+    parser.add_argument("--genre-data", default="emotify", help="labelled genre clips for the genre head ('' = keep the trained head)")
+    parser.add_argument("--report", default=str(REPO / "docs" / "evaluation" / "report.json"),
+                        help="evaluation report JSON whose summary goes into the metadata and the card")
+    parser.add_argument("--card", default=None, help="model card to write (default: OUT with .md)")
+    parser.add_argument("--name", default=DEFAULT_NAME)
+    parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--C", type=float, default=None, help="logistic regression C for the heads (default training.heads.LR_C)")
+    parser.add_argument("--cache", default=None, help="feature cache folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import torch
+
+    from sendreturn_mood.model import write_metadata
+    from training.card import write_card
+    from training.features import cache_dir, resolve_dataset
+    from training.heads import LR_C
+    from training.train import load_net
+
+    torch.set_num_threads(2)
+    net, ck = load_net(args.ckpt)
+    mood_items = resolve_dataset(args.mood_data) if args.mood_data else []
+    genre_items = resolve_dataset(args.genre_data) if args.genre_data else []
+    heads = fit_heads(net, mood_items, genre_items, cache_dir(args.cache), args.C or LR_C)
+    net.eval()
+    report = {}
+    if args.report and Path(args.report).is_file():
+        report = json.loads(Path(args.report).read_text())
+    metrics = report.get("summary", {})
+    out = Path(args.out)
+    command = "python -m training export " + " ".join(sys.argv[sys.argv.index("export") + 1 :] if "export" in sys.argv else [])
+    teacher_used = bool(ck["cfg"].get("distill_dim"))
+    info = build_info(ck, args.name, args.version, metrics, heads, command, teacher_used)
+    export_onnx(net, out, info.frontend.n_mels, info.patch_frames)
+    write_metadata(out, info)
+    check = verify(net, out, info.frontend.n_mels, info.patch_frames)
+    print(f"{out}: exported and verified ({check['max_abs_diff_vs_torch']:.1e} max |onnxruntime - torch|, runtime loader ok)")
+    card = Path(args.card) if args.card else out.with_suffix(".md")
+    write_card(card, info, report, check, ck)
+    print(f"{card}: model card written")
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
+    sys.exit(run(p.parse_args()))

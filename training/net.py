@@ -1,0 +1,103 @@
+"""The small real-time CNN: log-mel window -> embedding -> mood, genre and distillation heads.
+
+Sized for <= 2 ms per 3 s window on one onnxruntime thread: a strided first convolution and max-pooling after every
+block shrink the time-frequency map early, so most of the compute runs on a small map. Global mean + max pooling
+over time makes it accept any number of frames (the runtime's last window of a short track is shorter than a patch);
+`ceil_mode` pooling keeps even a one-frame input valid. A per-mel-band batch norm on the input replaces any fixed
+normalisation, so the front end stays exactly the teacher's recipe.
+
+The `distill` head regresses the musicnn teacher's (standardised) embedding and tag logits; it is training-only and
+is not exported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    n_mels: int = 96
+    channels: tuple[int, ...] = (24, 48, 96, 128)
+    embedding: int = 128
+    n_moods: int = 4
+    n_genres: int = 4
+    distill_dim: int = 250  # musicnn embedding (200) + tag logits (50); 0 = no distillation head
+    dropout: float = 0.3
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetConfig":
+        d = dict(d)
+        d["channels"] = tuple(d["channels"])
+        return cls(**d)
+
+
+def block(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class MoodNet(nn.Module):
+    """[b, n_mels, frames] -> dict(embedding, mood_logits, genre_logits, distill)."""
+
+    def __init__(self, cfg: NetConfig = NetConfig()) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.input_norm = nn.BatchNorm1d(cfg.n_mels)
+        c = cfg.channels
+        layers: list[nn.Module] = [block(1, c[0], 5, 2), nn.MaxPool2d(2, ceil_mode=True)]
+        for i in range(1, len(c)):
+            layers.append(block(c[i - 1], c[i], 3, 1))
+            if i < len(c) - 1:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        self.trunk = nn.Sequential(*layers)
+        self.project = nn.Sequential(nn.Linear(2 * c[-1], cfg.embedding), nn.BatchNorm1d(cfg.embedding), nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.mood = nn.Linear(cfg.embedding, cfg.n_moods)
+        self.genre = nn.Linear(cfg.embedding, cfg.n_genres) if cfg.n_genres else None
+        self.distill = nn.Linear(cfg.embedding, cfg.distill_dim) if cfg.distill_dim else None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(self.input_norm(x).unsqueeze(1))  # [b, c, f, t]
+        h = h.mean(dim=2)  # over frequency -> [b, c, t]
+        pooled = torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)  # over time: any number of frames
+        return self.project(pooled)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        e = self.embed(x)
+        d = self.dropout(e)
+        out = {"embedding": e, "mood_logits": self.mood(d)}
+        if self.genre is not None:
+            out["genre_logits"] = self.genre(d)
+        if self.distill is not None:
+            out["distill"] = self.distill(e)
+        return out
+
+
+class ExportWrapper(nn.Module):
+    """The runtime's graph contract: logmel -> (mood_logits, genre_logits?, embedding)."""
+
+    def __init__(self, net: MoodNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, logmel: torch.Tensor):
+        out = self.net(logmel)
+        if "genre_logits" in out:
+            return out["mood_logits"], out["genre_logits"], out["embedding"]
+        return out["mood_logits"], out["embedding"]
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
