@@ -188,6 +188,32 @@ def test_page_streams_the_microphone_and_shows_the_room_mood(server: str, browse
     assert page_errors == [] and tab_errors == []
 
 
+def test_page_streams_a_local_file_as_a_track(server: str, browser, tmp_path: Path) -> None:
+    """Role "audio file": the page plays the file (the person hears it), streams it, and names the track."""
+    http = server.replace("ws://", "http://")
+    song = fake_microphone(tmp_path)  # any real audio file will do
+    page = browser.new_page()
+    errors = watch(page)
+    page.goto(f"{http}/?room=file-room")
+    page.select_option("#role", "file")
+    assert page.is_visible("#file")
+    page.set_input_files("#file", str(song))
+    page.click("#connect")
+    page.wait_for_function("window.sendreturnMood.updates >= 2", timeout=UPDATE_TIMEOUT_MS)
+    last = page.evaluate("window.sendreturnMood.last")
+    assert last["room"] == "file-room" and last["track"]["id"] == f"file:{song.name}"
+    assert page.inner_text("#track") == song.stem
+    assert page.evaluate("!document.getElementById('player').paused")
+    # pausing the player stops the audio: a paused source sends nothing
+    page.evaluate("document.getElementById('player').pause()")
+    page.wait_for_timeout(300)
+    sent = page.evaluate("window.sendreturnMood.sentSamples")
+    page.wait_for_timeout(800)
+    assert page.evaluate("window.sendreturnMood.sentSamples") == sent
+    page.click("#disconnect")
+    assert errors == []
+
+
 def test_page_explains_a_refused_connection(server: str, browser) -> None:
     """A second source for a busy room is refused (409 source_taken): the page says so and does not spin."""
     http = server.replace("ws://", "http://")
