@@ -166,3 +166,11 @@ def test_predict_without_preview_says_why(fake: FakeSpotify, tiny_model_path: Pa
     err = capsys.readouterr().err
     assert rc == 3
     assert "no 30 s preview for 'Dance Floor' by Cat" in err and "27 November 2024" in err
+
+
+def test_predict_unknown_track_is_one_clear_line(fake: FakeSpotify, tiny_model_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    fake.rate_limit_once = None
+    rc = main(["spotify-predict", "nope", "--model", str(tiny_model_path), "--token", TOKEN, "--api-url", fake.api_url])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Spotify Web API error 404" in err and "Traceback" not in err

@@ -472,6 +472,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add_client_arguments(p)
 
 
+def _spotify_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn spotipy/requests failures (bad credentials, unknown track, no network) into one clear line, no traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(args: argparse.Namespace) -> int:
+        import requests
+        from spotipy.exceptions import SpotifyException
+        from spotipy.oauth2 import SpotifyOauthError
+
+        try:
+            return fn(args)
+        except SpotifyOauthError as e:
+            raise SpotifyError(f"Spotify refused the credentials (SPOTIPY_CLIENT_ID/SPOTIPY_CLIENT_SECRET): {e}") from None
+        except SpotifyException as e:
+            raise SpotifyError(f"Spotify Web API error {e.http_status}: {e.msg}") from None
+        except requests.RequestException as e:
+            raise SpotifyError(f"cannot reach Spotify: {e}") from None
+
+    return wrapper
+
+
+@_spotify_errors
 def run(args: argparse.Namespace) -> int:
     sp = make_client(args.token, args.api_url)
     builder = SpotifyBuilder(
@@ -561,6 +584,7 @@ def predict_track(sp: Any, track: str, model: Any, market: str | None = None, ho
     return TrackMood(track_id=t["id"], name=t.get("name") or "", artists=artists, analysis=result)
 
 
+@_spotify_errors
 def run_predict(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
