@@ -46,7 +46,9 @@ CURVES = ("linear", "smoothstep", "exp", "log", "pow")
 INPUTS = ("valence", "arousal")
 DEFAULT_STEEPNESS = 4.0
 MAX_INTENSITY = 4.0
-DECIMALS = 4  # effect values are rounded so the server and `analyze` produce identical JSON
+RESOLUTION = 1e-4  # wire values are rounded to about this fraction of the parameter's range (4 decimals on [0, 1],
+# whole hertz on a 20 kHz cutoff): a cutoff in Hz would otherwise show audio-decoder noise in its 4th decimal, and
+# the server and `analyze` would print different JSON for the same song
 
 TOP_KEYS = ("version", "description", "parameters", "presets")
 PARAM_KEYS = ("type", "range", "neutral", "max_rate", "unit", "description")
@@ -107,6 +109,13 @@ class Parameter:
     max_rate: float | None = None
     unit: str = ""
     description: str = ""
+
+    @property
+    def decimals(self) -> int:
+        """Decimals on the wire: about RESOLUTION of the range (colours are whole RGB units anyway)."""
+        if self.type == "colour":
+            return 0
+        return max(0, math.ceil(-math.log10(RESOLUTION * (self.high - self.low))))
 
 
 @dataclass(frozen=True)
@@ -472,7 +481,7 @@ class EffectState:
                 name = m.parameter.name
                 rate = preset.max_rate(m)
                 self._values[name] = _approach(self._values[name], targets[name], None if rate is None else rate * dt)
-        return {name: _wire(v) for name, v in self._values.items()}
+        return {m.parameter.name: _wire(self._values[m.parameter.name], m.parameter.decimals) for m in preset.mappings}
 
 
 def _approach(current: float | RGB, target: float | RGB, step: float | None) -> float | RGB:
@@ -483,7 +492,7 @@ def _approach(current: float | RGB, target: float | RGB, step: float | None) -> 
     return current + min(step, max(-step, target - current))  # type: ignore[operator]
 
 
-def _wire(v: float | RGB) -> float | str:
+def _wire(v: float | RGB, decimals: int) -> float | str:
     if isinstance(v, tuple):
         return format_colour(v)
-    return round(float(v), DECIMALS) + 0.0  # + 0.0: no "-0.0" on the wire
+    return round(float(v), decimals) + 0.0  # + 0.0: no "-0.0" on the wire

@@ -2,7 +2,8 @@
 
 `MoodTracker.update` turns one window's softmax outputs into exactly the analysis fields of protocol v1's `mood`
 message. Time steps come from `stream_time` differences (seconds of audio), never from the wall clock, and every
-float is rounded to 4 decimals, so the server and `analyze` produce identical JSON for the same audio and settings.
+float is rounded (4 decimals; effect values to ~1e-4 of their range, see effects.RESOLUTION), so the server and
+`analyze` produce identical JSON for the same audio and settings.
 
 Valence/arousal: the smoothed values are computed from the smoothed probabilities (probabilities @ the mood
 coordinates of the model's metadata). The smoothing is linear, so this equals smoothing valence and arousal

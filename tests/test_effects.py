@@ -200,6 +200,15 @@ def test_rate_scale_and_preset_switch_glide(tmp_path: Path) -> None:
         fx.set_preset("missing")
 
 
+def test_wire_values_are_rounded_to_a_fraction_of_the_range(tmp_path: Path) -> None:
+    """4 decimals on [0, 1]; whole hertz on a 200-20000 Hz cutoff (decoder noise must not reach the JSON)."""
+    presets = load_presets(write(tmp_path, BASE))
+    assert {p.name: p.decimals for p in presets.parameters} == {"reverb_mix": 4, "lowpass_hz": 0, "tint": 0}
+    out = one_update(presets, "default", probs(happy=0.123456, sad=0.876544), arousal=0.123456)
+    assert out["reverb_mix"] == round(0.2 * 0.123456 + 0.6 * 0.876544, 4)
+    assert out["lowpass_hz"] == 12494.0
+
+
 def test_colour_helpers() -> None:
     assert parse_colour("#ff8000") == (255.0, 128.0, 0.0)
     assert format_colour((255.4, 127.6, -3)) == "#ff8000"
