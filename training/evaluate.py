@@ -64,12 +64,12 @@ def cv_linear(
     return res
 
 
-def student_features(ckpt: str, per_clip: list[np.ndarray]) -> np.ndarray:
+def student_features(ckpt: str, per_clip: list[np.ndarray], head_input: str = "embedding") -> np.ndarray:
     from training.heads import embed, torch_embedder
     from training.train import load_net
 
     net, _ = load_net(ckpt)
-    return embed(torch_embedder(net), per_clip)
+    return embed(torch_embedder(net, head_input), per_clip)
 
 
 def teacher_features(items: list[Item], cache) -> np.ndarray:
@@ -79,7 +79,7 @@ def teacher_features(items: list[Item], cache) -> np.ndarray:
     return np.concatenate([np.concatenate([o["embedding"], o["logits"]], axis=1) for o in outs])
 
 
-def evaluate_task(items, labels, folds, ckpt, fold_ckpts, cache, C, with_teacher: bool) -> dict:
+def evaluate_task(items, labels, folds, ckpt, fold_ckpts, cache, C, with_teacher: bool, head_input: str) -> dict:
     from training.features import dataset_logmels
     from training.heads import windows
     from training.teacher import TEACHER_SPEC
@@ -87,8 +87,8 @@ def evaluate_task(items, labels, folds, ckpt, fold_ckpts, cache, C, with_teacher
     per_clip, clip_idx = windows(dataset_logmels(items, TEACHER_SPEC, cache))
     methods = {}
     t0 = time.time()
-    shared = student_features(ckpt, per_clip)
-    per_fold = {k: student_features(p, per_clip) for k, p in fold_ckpts.items()}
+    shared = student_features(ckpt, per_clip, head_input)
+    per_fold = {k: student_features(p, per_clip, head_input) for k, p in fold_ckpts.items()}
     methods["student_cnn"] = cv_linear(lambda k: per_fold.get(k, shared), clip_idx, items, labels, folds, C)
     methods["student_cnn"]["fold_students"] = {
         str(k): ("excluded this fold's test audio: " + str(fold_ckpts[k])) if k in fold_ckpts else ("distilled on all audio: " + ckpt)
@@ -165,6 +165,7 @@ def markdown(report: dict) -> str:
         lines += ["## Non-model baselines (H-data, `python -m training baselines`)", "",
                   f"From `{report['baselines_file']}`.", "", "| baseline | accuracy | macro-F1 |", "|---|---|---|"]
         for name, s in baseline_rows(report["baselines"]):
+            name = name.replace("datasets/", "").replace("/baselines/", ": ").replace("/summary", "").replace("/", ", ")
             lines.append(f"| {name} | {fmt(s, 'accuracy')} | {fmt(s, 'macro_f1')} |")
         lines.append("")
     else:
@@ -182,6 +183,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"report folder (default {DEFAULT_OUT})")
     parser.add_argument("--baselines", default=str(DEFAULT_OUT / "baselines.json"), help="H-data's baselines JSON")
     parser.add_argument("--no-teacher", action="store_true", help="skip the teacher + LR baseline")
+    parser.add_argument("--teacher-tasks", nargs="+", default=["mood", "genre"], help="tasks that get the teacher + LR baseline")
+    parser.add_argument("--head-input", choices=("embedding", "distill"), default="embedding",
+                        help="what the linear heads are fitted on (see training.heads)")
     parser.add_argument("--C", type=float, default=None, help="logistic regression C (default training.heads.LR_C)")
     parser.add_argument("--cache", default=None)
     parser.add_argument("--tag", default=None, help="also record this run as docs/evaluation/experiments/TAG.json (for the card)")
@@ -203,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     fold_ckpts = {int(k): v for k, v in (s.split("=", 1) for s in args.fold_ckpt)}
     argv = sys.argv[sys.argv.index("evaluate") + 1 :] if "evaluate" in sys.argv else sys.argv[1:]
     report: dict = {"command": "python -m training evaluate " + " ".join(argv), "git_commit": git_commit(), "C": C,
+                    "head_input": args.head_input,
                     "folds": N_SPLITS, "fold_seed": FOLD_SEED}
     with_teacher = teacher_available() and not args.no_teacher
     tasks = [("mood", args.mood_data, MOODS_4Q, fold_ckpts)]
@@ -211,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
     for task, data, labels, fc in tasks:
         items = resolve_dataset(data)
         folds = group_folds([i.label for i in items], [i.group or i.file for i in items], N_SPLITS, FOLD_SEED)
-        report[task] = evaluate_task(items, labels, folds, args.ckpt, fc, cache, C, with_teacher)
+        report[task] = evaluate_task(items, labels, folds, args.ckpt, fc, cache, C,
+                                     with_teacher and task in args.teacher_tasks, args.head_input)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bl = Path(args.baselines)

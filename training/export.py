@@ -37,13 +37,13 @@ def git_commit() -> str:
         return "unknown"
 
 
-def fit_heads(net, mood_items, genre_items, cache, C: float) -> dict:
+def fit_heads(net, mood_items, genre_items, cache, C: float, head_input: str = "embedding") -> dict:
     """Fit and install the linear heads; returns counts for the provenance."""
     from training.features import dataset_logmels
     from training.heads import embed, fit_linear, set_linear, torch_embedder, windows
     from training.teacher import TEACHER_SPEC
 
-    fn = torch_embedder(net)
+    fn = torch_embedder(net, head_input)
     info = {}
     for name, items, labels, layer in (("mood", mood_items, MOODS_4Q, net.mood), ("genre", genre_items, GENRES_EMOTIFY, net.genre)):
         if not items or layer is None:
@@ -52,8 +52,8 @@ def fit_heads(net, mood_items, genre_items, cache, C: float) -> dict:
         X = embed(fn, per_clip)
         y = np.array([labels.index(items[i].label) for i in clip_idx])
         W, b = fit_linear(X, y, len(labels), C)
-        set_linear(layer, W, b)
-        info[name] = {"clips": len(items), "windows": int(len(X))}
+        set_linear(layer, W, b, net.distill if head_input == "distill" else None)
+        info[name] = {"clips": len(items), "windows": int(len(X)), "head_input": head_input, "C": C}
     return info
 
 
@@ -153,6 +153,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=DEFAULT_NAME)
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--C", type=float, default=None, help="logistic regression C for the heads (default training.heads.LR_C)")
+    parser.add_argument("--head-input", choices=("embedding", "distill"), default="embedding",
+                        help="fit the heads on the embedding or on the distillation output (folded into the graph)")
     parser.add_argument("--cache", default=None, help="feature cache folder")
 
 
@@ -170,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     net, ck = load_net(args.ckpt)
     mood_items = resolve_dataset(args.mood_data) if args.mood_data else []
     genre_items = resolve_dataset(args.genre_data) if args.genre_data else []
-    heads = fit_heads(net, mood_items, genre_items, cache_dir(args.cache), args.C or LR_C)
+    heads = fit_heads(net, mood_items, genre_items, cache_dir(args.cache), args.C or LR_C, args.head_input)
     net.eval()
     report = {}
     if args.report and Path(args.report).is_file():

@@ -14,7 +14,7 @@ import numpy as np
 
 from training.teacher import HOP_FRAMES, PATCH_FRAMES, cut_patches, patch_starts
 
-LR_C = 0.5  # inverse L2 strength for the logistic regression heads (chosen on 4Q CV, see the model card)
+LR_C = 0.5  # inverse L2 strength of the logistic-regression heads; fixed beforehand, not tuned on the test folds
 LR_MAX_ITER = 2000
 EMBED_BATCH = 64
 
@@ -32,15 +32,22 @@ def embed(fn: Callable[[np.ndarray], np.ndarray], per_clip: list[np.ndarray], ba
     return np.concatenate([fn(allw[i : i + batch]) for i in range(0, len(allw), batch)])
 
 
-def torch_embedder(net) -> Callable[[np.ndarray], np.ndarray]:
-    """The student's embedding (eval mode, no grad) as a numpy function."""
+HEAD_INPUTS = ("embedding", "distill")
+
+
+def torch_embedder(net, head_input: str = "embedding") -> Callable[[np.ndarray], np.ndarray]:
+    """The features a linear head sees, as a numpy function (eval mode, no grad): the student's embedding, or its
+    distillation output (the predicted teacher embedding + tag logits, itself a linear map of the embedding)."""
     import torch
 
+    if head_input not in HEAD_INPUTS:
+        raise ValueError(f"head input must be one of {HEAD_INPUTS}")
     net.eval()
 
     def fn(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return net.embed(torch.from_numpy(x)).numpy()
+            e = net.embed(torch.from_numpy(x))
+            return (net.distill(e) if head_input == "distill" else e).numpy()
 
     return fn
 
@@ -72,10 +79,15 @@ def linear_probs(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def set_linear(layer, W: np.ndarray, b: np.ndarray) -> None:
-    """Copy a fitted head into a torch Linear layer (the exported graph then computes it)."""
+def set_linear(layer, W: np.ndarray, b: np.ndarray, through=None) -> None:
+    """Copy a fitted head into a torch Linear layer (the exported graph then computes it). With `through` (the
+    distillation Linear the head was fitted on), fold it in: W (A e + c) + b = (W A) e + (W c + b)."""
     import torch
 
+    if through is not None:
+        A = through.weight.detach().numpy().astype(np.float64)
+        c = through.bias.detach().numpy().astype(np.float64)
+        W, b = (W.astype(np.float64) @ A).astype(np.float32), (W.astype(np.float64) @ c + b).astype(np.float32)
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(W))
         layer.bias.copy_(torch.from_numpy(b))
