@@ -292,6 +292,8 @@ class Streamer:
                     await self.send_audio(f, track, rate, channels)
                     return
                 except ConnectionClosed as exc:
+                    if self._reader is not None:  # let the reader take the server's last messages (a fatal error?)
+                        await asyncio.wait([self._reader], timeout=2.0)
                     fatal = [e for e in self.stats.errors if e.get("fatal")]
                     if fatal:
                         raise FatalError(json.dumps(fatal[-1])) from exc

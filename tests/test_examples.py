@@ -120,15 +120,16 @@ def start_server(model: Path, config: Path, port: int = 0) -> tuple[Proc, str]:
     return proc, proc.wait_line(LISTENING).group(1)
 
 
-@pytest.fixture
-def server_config(tmp_path: Path) -> Path:
-    path = tmp_path / "server.yaml"
+@pytest.fixture(scope="module")
+def server_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("server") / "server.yaml"
     path.write_text(CONFIG)
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server(tiny_model_path: Path, server_config: Path):
+    """One server for the tests that use different rooms (starting one takes a few seconds)."""
     proc, url = start_server(tiny_model_path, server_config)
     yield url
     proc.stop()
