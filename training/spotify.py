@@ -520,8 +520,9 @@ def predict_description() -> str:
     return (
         "Fetch one track's 30 s preview from Spotify (if it offers one) and print the mood the model hears, using\n"
         "the runtime's own model loader and analysis pipeline (the same windows the server analyses).\n\n"
-        f"Many tracks have no preview for apps created after 27 Nov 2024 ({NO_PREVIEW_REASON});\n"
-        "then this says so and exits with status 3. Credentials: SPOTIPY_CLIENT_ID/SPOTIPY_CLIENT_SECRET or --token."
+        "Spotify returns no preview (preview_url is null) for most tracks to apps created after 27 November 2024;\n"
+        "then this says so and exits with status 3. Exit status 1: credentials, network or Web API errors.\n"
+        "Credentials: SPOTIPY_CLIENT_ID/SPOTIPY_CLIENT_SECRET (client credentials) or --token."
     )
 
 
