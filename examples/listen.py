@@ -40,7 +40,8 @@ def bar(p: float, width: int = BAR_WIDTH) -> str:
     """A probability as a fixed-width bar with eighth-block resolution."""
     cells = max(0.0, min(1.0, p)) * width
     full = int(cells)
-    rest = BLOCKS[int((cells - full) * 8)] if full < width else ""
+    eighths = int((cells - full) * 8)
+    rest = BLOCKS[eighths] if full < width and eighths else ""
     return ("█" * full + rest).ljust(width, "·")
 
 

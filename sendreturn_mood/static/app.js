@@ -72,7 +72,19 @@ function setStatus(text, kind) {
 
 function showError(text, detail) {
   state.errors += 1;
+  const list = $("error-list");
+  const latest = list.firstElementChild;
+  if (latest && latest.dataset.text === text && latest.dataset.detail === String(detail || "")) {
+    // the same problem again (e.g. every reconnect attempt): count it instead of filling the list
+    latest.dataset.count = String(Number(latest.dataset.count) + 1);
+    latest.querySelector("time").textContent = `${new Date().toLocaleTimeString()} (×${latest.dataset.count})`;
+    $("errors").hidden = false;
+    return;
+  }
   const li = document.createElement("li");
+  li.dataset.text = text;
+  li.dataset.detail = String(detail || "");
+  li.dataset.count = "1";
   const time = new Date().toLocaleTimeString();
   li.innerHTML = `<time>${time}</time> `;
   const strong = document.createElement("strong");
@@ -84,7 +96,6 @@ function showError(text, detail) {
     p.textContent = detail;
     li.appendChild(p);
   }
-  const list = $("error-list");
   list.prepend(li);
   while (list.children.length > 20) list.lastChild.remove();
   $("errors").hidden = false;
