@@ -18,7 +18,8 @@ and watch the same room from another terminal with `python examples/listen.py --
 Copy it freely: it needs only `websockets`, `numpy` and `soundfile` (wav, flac, ogg, mp3 with libsndfile >= 1.1);
 `--sample-rate` additionally needs `soxr` to resample.
 
-Exit status: 0 done, 1 gave up (connection/server error), 2 refused (bad request, unauthorized) or bad arguments.
+Exit status: 0 done, 1 gave up (connection/server error) or a file could not be read (it is skipped),
+2 refused (bad request, unauthorized) or bad arguments.
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ class Streamer:
         self.files = files
         self.args = args
         self.stats = Stats()
-        self.chunk_frames = 0
+        self.unreadable: list[Path] = []
         self._ws: ClientConnection | None = None
         self._fmt: tuple[int, int] | None = None  # (rate, channels) of the open connection
         self._reader: asyncio.Task | None = None  # prints what the server sends on the open connection
@@ -217,11 +218,15 @@ class Streamer:
         try:
             while True:
                 for path in self.files:
-                    await self.stream_track(Track(path))
-                if not self.args.loop:
+                    try:
+                        await self.stream_track(Track(path))
+                    except sf.LibsndfileError as exc:  # not audio, or a format libsndfile cannot read: skip it
+                        print(f"cannot read {path}: {exc}; skipped", file=sys.stderr, flush=True)
+                        self.unreadable.append(path)
+                if not self.args.loop or len(set(self.unreadable)) == len(self.files):
                     break
             await self.finish()
-            return 0
+            return 1 if self.unreadable else 0
         except Refused as exc:
             print(f"refused: {exc}", file=sys.stderr, flush=True)
             return 2

@@ -255,6 +255,18 @@ def test_stream_file_refusal_shows_the_server_json(server: str, tmp_path: Path) 
     occupied.stop()
 
 
+def test_stream_file_skips_an_unreadable_file(server: str, tmp_path: Path) -> None:
+    bad = tmp_path / "a_not_audio.mp3"
+    bad.write_text("this is not audio")
+    good = tmp_path / "b_tone.wav"
+    sf.write(good, 0.1 * np.sin(np.arange(4 * 16000) / 16000 * 2 * np.pi * 440), 16000)
+    src = Proc(EXAMPLES / "stream_file.py", tmp_path, "--url", server, "--room", "skip", "--speed", 0)
+    assert src.wait() == 1, src.report()  # the readable file was streamed; the exit status reports the other
+    assert any(line.startswith(f"cannot read {bad}") for line in src.err), src.report()
+    assert any(line.startswith("#") for line in src.out), "updates for the readable file"
+    assert "closed with 1000" in src.out[-1]
+
+
 def test_clients_reconnect_and_resume_when_the_server_restarts(tiny_model_path: Path, server_config: Path) -> None:
     song = songs(2)[1]
     first, url = start_server(tiny_model_path, server_config)
