@@ -117,17 +117,22 @@ class InferenceWorker:
                     self.metrics.batches.observe(size)
                     self.metrics.inference_seconds.observe(seconds)
                     self.metrics.windows.inc(size)
+            owners: set[int] = set()
             for job, result in zip(jobs, results):
+                if id(job.owner) in owners:
+                    # A second window of the same owner in this batch (a source streaming faster than real time):
+                    # let the woken sender tasks write the earlier updates first, so a client that keeps up never
+                    # sees its bounded outbox conflate because of a burst delivered in one go. In real time a
+                    # batch holds one window per room and is delivered without yielding (lower latency).
+                    await asyncio.sleep(0)
+                    owners.clear()
+                owners.add(id(job.owner))
                 try:
                     self.deliver(job, result)
                 except Exception:  # a delivery bug must not stop the worker for every other room
                     log.exception("delivering an inference result failed")
                 if not job.done.done():
                     job.done.set_result(None)
-                # Let the woken sender tasks write this update before the next one is queued: a batch can hold
-                # many windows of one room (a source streaming faster than real time), and a client that keeps
-                # up must not see its outbox conflate because of a burst that was delivered in one go.
-                await asyncio.sleep(0)
 
     def _infer(self, windows: list[np.ndarray]) -> tuple[list[Result], list[tuple[int, float]]]:
         """Runs in the worker thread: group by frame count, one predict per group, isolate failures.
