@@ -43,7 +43,8 @@ const $ = (id) => document.getElementById(id);
 const state = {
   ws: null,
   wantConnected: false,
-  opened: false,
+  opened: false, // the current socket opened (a close before that is a refused or failed handshake)
+  hadConnection: false, // this Connect press got connected at least once (later failures are reconnects)
   role: "mic",
   room: "lobby",
   backoff: BACKOFF_START_MS,
@@ -137,6 +138,7 @@ async function connect() {
   state.room = room;
   state.role = $("role").value;
   state.wantConnected = true;
+  state.hadConnection = false;
   updateListenerLink();
   setControls(true);
   if (state.role !== "listener" && !state.audio) {
@@ -168,6 +170,7 @@ function openSocket() {
   state.ws = ws;
   ws.onopen = () => {
     state.opened = true;
+    state.hadConnection = true;
     state.backoff = BACKOFF_START_MS;
     setStatus(`connected to ${state.room} as ${state.role === "listener" ? "listener" : "source"}`, "open");
     if (state.role === "file" && state.audio && state.audio.file) sendTrack(state.audio.file);
@@ -199,6 +202,9 @@ async function onClose(ws, event) {
     if (d.unreachable) {
       showError(`Cannot reach the server at ${d.base}.`, "Is `python -m sendreturn_mood serve` running? Retrying…");
       scheduleRetry("server unreachable");
+    } else if (d.code === "source_taken" && state.hadConnection) {
+      // reconnecting after a drop: the server may not have noticed yet that our old connection is gone
+      scheduleRetry("the server still has our old connection");
     } else if (d.code === "source_taken") {
       showError("The server refused to connect: 409 source_taken", d.message);
       disconnect("refused: the room already has a source");
