@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from training.export import git_commit
     from training.features import cache_dir, resolve_dataset
     from training.features import clip_logmel
-    from training.heads import LR_C, fit_linear
+    from training.heads import fit_linear, select_C
     from training.teacher import (CITATION, PATCH_FRAMES, TEACHER_LICENSE, TEACHER_PATH, TEACHER_SPEC, cut_patches,
                                   dataset_teacher_outputs)
 
@@ -84,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
         outs = dataset_teacher_outputs(items, cache)
         X = teacher_features(items, cache)
         y = np.concatenate([[labels.index(it.label)] * len(o["starts"]) for it, o in zip(items, outs)])
-        heads[out_name] = fit_linear(X, y, len(labels), LR_C)
-        counts[out_name] = {"clips": len(items), "windows": int(len(X))}
+        groups = np.concatenate([[it.group or it.file] * len(o["starts"]) for it, o in zip(items, outs)])
+        C = select_C(X, y, groups, len(labels))
+        heads[out_name] = fit_linear(X, y, len(labels), C)
+        counts[out_name] = {"clips": len(items), "windows": int(len(X)), "C": C}
         if check_x is None:
             check_x = (cut_patches(clip_logmel(items[0].file, TEACHER_SPEC, cache), outs[0]["starts"][:2]), X[:2])
     out = Path(args.out)

@@ -37,9 +37,11 @@ def cv_linear(
     folds: list[tuple[np.ndarray, np.ndarray]], C: float,
 ) -> dict:
     """Per fold: fit the linear head on train-fold windows, score test-fold windows and clips."""
-    from training.heads import fit_linear, linear_probs
+    from training.heads import fit_linear, linear_probs, select_C
 
     y_clip = np.array([labels.index(it.label) for it in items])
+    g_clip = np.array([it.group or it.file for it in items])
+    chosen = []
     y_win = y_clip[clip_idx]
     res: dict = {"window": {"folds": []}, "clip": {"folds": []}}
     all_true_w, all_pred_w, all_prob_w, all_true_c, all_pred_c, all_prob_c = [], [], [], [], [], []
@@ -47,7 +49,9 @@ def cv_linear(
         X = X_of_fold(k)
         tr = np.isin(clip_idx, train_c)
         te = np.isin(clip_idx, test_c)
-        W, b = fit_linear(X[tr], y_win[tr], len(labels), C)
+        c = C if C is not None else select_C(X[tr], y_win[tr], g_clip[clip_idx[tr]], len(labels))
+        chosen.append(c)
+        W, b = fit_linear(X[tr], y_win[tr], len(labels), c)
         probs = linear_probs(X[te], W, b)
         yt = [labels[i] for i in y_win[te]]
         yp = [labels[i] for i in probs.argmax(1)]
@@ -58,6 +62,7 @@ def cv_linear(
         res["clip"]["folds"].append(classification_report(ct, cp, labels, cprobs))
         all_true_w += yt; all_pred_w += yp; all_prob_w.append(probs)
         all_true_c += ct; all_pred_c += cp; all_prob_c.append(cprobs)
+    res["C_per_fold"] = chosen
     for level, (t, p, pr) in {"window": (all_true_w, all_pred_w, all_prob_w), "clip": (all_true_c, all_pred_c, all_prob_c)}.items():
         res[level]["summary"] = summarize_folds(res[level]["folds"])
         res[level]["pooled"] = classification_report(t, p, labels, np.concatenate(pr))
@@ -186,7 +191,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher-tasks", nargs="+", default=["mood", "genre"], help="tasks that get the teacher + LR baseline")
     parser.add_argument("--head-input", choices=("embedding", "distill"), default="embedding",
                         help="what the linear heads are fitted on (see training.heads)")
-    parser.add_argument("--C", type=float, default=None, help="logistic regression C (default training.heads.LR_C)")
+    parser.add_argument("--C", type=float, default=None,
+                        help="logistic regression C (default: chosen per fold by inner grouped CV on the training fold)")
     parser.add_argument("--cache", default=None)
     parser.add_argument("--tag", default=None, help="also record this run as docs/evaluation/experiments/TAG.json (for the card)")
     parser.add_argument("--description", default="", help="one line saying what this experiment is (with --tag)")
@@ -198,12 +204,11 @@ def run(args: argparse.Namespace) -> int:
 
     from training.export import git_commit
     from training.features import cache_dir, resolve_dataset
-    from training.heads import LR_C
     from training.teacher import teacher_available
 
     torch.set_num_threads(2)
     cache = cache_dir(args.cache)
-    C = args.C or LR_C
+    C = args.C
     fold_ckpts = {int(k): v for k, v in (s.split("=", 1) for s in args.fold_ckpt)}
     argv = sys.argv[sys.argv.index("evaluate") + 1 :] if "evaluate" in sys.argv else sys.argv[1:]
     report: dict = {"command": "python -m training evaluate " + " ".join(argv), "git_commit": git_commit(), "C": C,

@@ -37,10 +37,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def fit_heads(net, mood_items, genre_items, cache, C: float, head_input: str = "embedding") -> dict:
+def fit_heads(net, mood_items, genre_items, cache, C: float | None, head_input: str = "embedding") -> dict:
     """Fit and install the linear heads; returns counts for the provenance."""
     from training.features import dataset_logmels
-    from training.heads import embed, fit_linear, set_linear, torch_embedder, windows
+    from training.heads import embed, fit_linear, select_C, set_linear, torch_embedder, windows
     from training.teacher import TEACHER_SPEC
 
     fn = torch_embedder(net, head_input)
@@ -51,9 +51,11 @@ def fit_heads(net, mood_items, genre_items, cache, C: float, head_input: str = "
         per_clip, clip_idx = windows(dataset_logmels(items, TEACHER_SPEC, cache))
         X = embed(fn, per_clip)
         y = np.array([labels.index(items[i].label) for i in clip_idx])
-        W, b = fit_linear(X, y, len(labels), C)
+        groups = np.array([items[i].group or items[i].file for i in clip_idx])
+        c = C if C is not None else select_C(X, y, groups, len(labels))
+        W, b = fit_linear(X, y, len(labels), c)
         set_linear(layer, W, b, net.distill if head_input == "distill" else None)
-        info[name] = {"clips": len(items), "windows": int(len(X)), "head_input": head_input, "C": C}
+        info[name] = {"clips": len(items), "windows": int(len(X)), "head_input": head_input, "C": c}
     return info
 
 
@@ -152,7 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--card", default=None, help="model card to write (default: OUT with .md)")
     parser.add_argument("--name", default=DEFAULT_NAME)
     parser.add_argument("--version", default="1.0.0")
-    parser.add_argument("--C", type=float, default=None, help="logistic regression C for the heads (default training.heads.LR_C)")
+    parser.add_argument("--C", type=float, default=None, help="logistic regression C for the heads (default: grouped CV)")
     parser.add_argument("--head-input", choices=("embedding", "distill"), default="embedding",
                         help="fit the heads on the embedding or on the distillation output (folded into the graph)")
     parser.add_argument("--cache", default=None, help="feature cache folder")
@@ -165,14 +167,13 @@ def run(args: argparse.Namespace) -> int:
     from sendreturn_mood.model import write_metadata
     from training.card import write_card
     from training.features import cache_dir, resolve_dataset
-    from training.heads import LR_C
     from training.train import load_net
 
     torch.set_num_threads(2)
     net, ck = load_net(args.ckpt)
     mood_items = resolve_dataset(args.mood_data) if args.mood_data else []
     genre_items = resolve_dataset(args.genre_data) if args.genre_data else []
-    heads = fit_heads(net, mood_items, genre_items, cache_dir(args.cache), args.C or LR_C, args.head_input)
+    heads = fit_heads(net, mood_items, genre_items, cache_dir(args.cache), args.C, args.head_input)
     net.eval()
     report = {}
     if args.report and Path(args.report).is_file():

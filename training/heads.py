@@ -14,7 +14,9 @@ import numpy as np
 
 from training.teacher import HOP_FRAMES, PATCH_FRAMES, cut_patches, patch_starts
 
-LR_C = 0.5  # inverse L2 strength of the logistic-regression heads; fixed beforehand, not tuned on the test folds
+LR_C = 0.5  # inverse L2 strength of the logistic-regression heads when not selected by inner CV
+C_GRID = (0.02, 0.1, 0.5)  # candidates for `select_C` (inner grouped CV on the training data only)
+INNER_FOLDS = 3
 LR_MAX_ITER = 2000
 EMBED_BATCH = 64
 
@@ -70,6 +72,24 @@ def fit_linear(X: np.ndarray, y: np.ndarray, n_classes: int, C: float = LR_C, se
         W[lr.classes_[1]], b[lr.classes_[1]] = w, lr.intercept_[0] - w @ mean
         W[lr.classes_[0]], b[lr.classes_[0]] = 0.0, 0.0
     return W.astype(np.float32), b.astype(np.float32)
+
+
+def select_C(X: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, grid=C_GRID, seed: int = 0) -> float:
+    """Pick C by grouped inner cross-validation on training windows only (window log-likelihood), so the outer test
+    fold never influences the choice."""
+    from training.metrics import group_folds
+
+    clip_groups = np.asarray(groups)
+    folds = group_folds(y.astype(str).tolist(), clip_groups.tolist(), INNER_FOLDS, seed)
+    scores = []
+    for C in grid:
+        nll = 0.0
+        for tr, te in folds:
+            W, b = fit_linear(X[tr], y[tr], n_classes, C, seed)
+            p = linear_probs(X[te], W, b)
+            nll -= np.log(np.clip(p[np.arange(len(te)), y[te]], 1e-12, 1)).sum()
+        scores.append(nll)
+    return float(grid[int(np.argmin(scores))])
 
 
 def linear_probs(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
