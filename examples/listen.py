@@ -121,7 +121,7 @@ async def listen(args: argparse.Namespace) -> int:
                     msg = json.loads(raw)
                     kind = msg.get("type")
                     if args.json:
-                        print(json.dumps(msg, separators=(",", ":")), flush=True)
+                        print(raw, flush=True)  # exactly what the server sent
                     elif kind == "mood":
                         screen.live(view(msg, screen.tty))
                     elif kind == "welcome":

@@ -158,9 +158,9 @@ def describe_update(msg: dict) -> str:
     )
 
 
-def show(msg: dict, as_json: bool) -> None:
+def show(raw: str, msg: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(msg, separators=(",", ":")), flush=True)
+        print(raw, flush=True)  # exactly what the server sent
         return
     kind = msg.get("type")
     if kind == "mood":
@@ -271,7 +271,7 @@ class Streamer:
                 if isinstance(raw, bytes):
                     continue
                 msg = json.loads(raw)
-                show(msg, self.args.json)
+                show(raw, msg, self.args.json)
                 if msg.get("type") == "mood":
                     self.stats.updates += 1
                 elif msg.get("type") == "error":

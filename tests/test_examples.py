@@ -223,7 +223,7 @@ def test_stream_file_folder_of_mixed_formats(server: str, tmp_path: Path) -> Non
     src = Proc(EXAMPLES / "stream_file.py", folder, "--url", server, "--room", "album", "--speed", 10,
                "--encoding", "pcm_f32le", "--chunk-ms", 50)
     assert src.wait() == 0, src.report()
-    raw.wait_line(r'"state":"disconnected"')
+    raw.wait_line(r'"state":\s*"disconnected"')
     time.sleep(0.3)
     raw.stop()
     heard = raw.json_lines()
@@ -246,7 +246,7 @@ def test_stream_file_refusal_shows_the_server_json(server: str, tmp_path: Path) 
 
     occupied = listener(server, "busy", "--json")
     first = Proc(EXAMPLES / "stream_file.py", wav, "--url", server, "--room", "busy", "--loop")
-    occupied.wait_line(r'"state":"connected"')
+    occupied.wait_line(r'"state":\s*"connected"')
     second = Proc(EXAMPLES / "stream_file.py", wav, "--url", server, "--room", "busy", "--retries", 1)
     assert second.wait() == 1
     err = "\n".join(second.err)
@@ -273,13 +273,13 @@ def test_clients_reconnect_and_resume_when_the_server_restarts(tiny_model_path: 
     port = url.rsplit(":", 1)[1]
     raw = listener(url, "phoenix", "--json")
     src = Proc(EXAMPLES / "stream_file.py", song, "--url", url, "--room", "phoenix", "--speed", 4, "--json")
-    raw.wait_line(r'"type":"mood"')  # the stream is under way
+    raw.wait_line(r'"type":\s*"mood"')  # the stream is under way
     first.stop()  # SIGTERM: clients get 1001
     second, url2 = start_server(tiny_model_path, server_config, port=int(port))
     try:
         assert url2 == url
         assert src.wait() == 0, src.report()
-        raw.wait_line(r'"state":"disconnected"')
+        raw.wait_line(r'"state":\s*"disconnected"')
         time.sleep(0.2)
     finally:
         raw.stop()
