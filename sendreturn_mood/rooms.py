@@ -24,7 +24,8 @@ from .metrics import ServerMetrics
 log = logging.getLogger(__name__)
 
 MOOD = "mood"  # message kind that may be conflated (dropped oldest-first from a full outbox)
-CONTROL = "control"  # welcome, source, error: never dropped
+CONTROL = "control"  # welcome, source, error: not conflated
+CONTROL_SLACK = 32  # an outbox holds at most send_queue_size + this many messages; beyond, new ones are dropped
 
 
 class Member(Protocol):
@@ -163,8 +164,8 @@ class Outbox:
     """A client's bounded outgoing queue, drained by one sender task.
 
     When it is full, the oldest queued mood update is dropped (counted in metrics), so a slow client receives
-    fewer, newer updates and never blocks the room. Control messages are never dropped; they are rare (one welcome,
-    source changes, errors) so the bound still holds in practice (at most `size` moods plus a few controls).
+    fewer, newer updates and never blocks the room. Control messages (welcome, source changes, errors) are not
+    conflated; a hard cap of `size + CONTROL_SLACK` items still bounds a client that provokes errors and never reads.
     """
 
     def __init__(self, size: int, metrics: ServerMetrics | None = None) -> None:
@@ -180,6 +181,12 @@ class Outbox:
 
     def deliver(self, text: str, kind: str) -> None:
         if self._closing is not None:
+            return
+        if len(self._items) >= self.size + CONTROL_SLACK:
+            # A client that never reads but keeps provoking errors: drop rather than grow without bound.
+            self.dropped += 1
+            if self.metrics:
+                self.metrics.dropped.inc()
             return
         if kind == MOOD and sum(1 for k, _ in self._items if k == MOOD) >= self.size:
             for i, (k, _) in enumerate(self._items):

@@ -161,3 +161,12 @@ def test_prometheus_text():
                               "sendreturn_lat_seconds_count 3"]
     text = ServerMetrics().render()
     assert text.endswith("\n") and "# TYPE sendreturn_update_latency_seconds histogram" in text
+
+
+async def test_outbox_is_bounded_even_for_control_messages():
+    from sendreturn_mood.rooms import CONTROL_SLACK
+
+    box = Outbox(2)
+    for i in range(1000):
+        box.deliver(f"e{i}", CONTROL)
+    assert len(box) == 2 + CONTROL_SLACK and box.dropped == 1000 - len(box)
