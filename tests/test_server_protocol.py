@@ -193,3 +193,18 @@ async def test_listener_sees_same_float32_audio_as_s16(tiny_model_path):
                 out[enc] = moods(await read_messages(src, lambda m: m["type"] == "mood"))[-1]
     a, b = out["pcm_s16le"]["instant"]["probabilities"], out["pcm_f32le"]["instant"]["probabilities"]
     assert np.allclose(list(a.values()), list(b.values()), atol=2e-3)
+
+
+async def test_end_without_audio_and_short_stream(tiny_model_path):
+    async with running_server(tiny_model_path) as server:
+        async with client(server, "empty", role="source") as (src, _):
+            await src.send(json.dumps({"type": "end"}))
+            assert await read_until_closed(src) == []
+            assert src.close_code == 1000
+        # 0.5 s: shorter than the 0.992 s window but longer than min_seconds: one (shorter) window at `end`
+        async with client(server, "short", role="source", sample_rate=16000) as (src, _):
+            await send_audio(src, tone(0.5, 16000), 16000, 1, "pcm_s16le")
+            await src.send(json.dumps({"type": "end"}))
+            msgs = moods(await read_until_closed(src))
+            assert src.close_code == 1000
+    assert len(msgs) == 1 and msgs[0]["stream_time"] == pytest.approx(0.5, abs=0.02)
