@@ -138,6 +138,7 @@ def test_page_streams_the_microphone_and_shows_the_room_mood(server: str, browse
     page.goto(f"{http}/?room={ROOM}")
     assert page.title().startswith("sendreturn-mood")
     assert page.input_value("#role") == "mic"
+    assert page.is_hidden("#file-field"), "the file picker is only for the file role"
     page.click("#connect")
 
     # the page shows mood updates coming from the server
@@ -174,6 +175,7 @@ def test_page_streams_the_microphone_and_shows_the_room_mood(server: str, browse
     tab.wait_for_function("window.sendreturnMood.updates >= 2", timeout=UPDATE_TIMEOUT_MS)
     assert "as listener" in tab.inner_text("#status")
     assert tab.evaluate("window.sendreturnMood.audio") is None, "a listener captures no audio"
+    assert tab.is_hidden("#sent") and tab.inner_text("#source-state") == "connected"
     seq_tab = tab.evaluate("window.sendreturnMood.last.seq")
     page.wait_for_function(f"window.sendreturnMood.last.seq >= {seq_tab}", timeout=10000)
     assert tab.inner_text("#mood").lower() in state["moods"]

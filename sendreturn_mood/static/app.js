@@ -430,6 +430,11 @@ function moodColor(label) {
 
 function onMood(msg) {
   state.updates += 1;
+  if ($("source-state").textContent === "unknown") {
+    // the welcome does not say whether the room has a source, but updates only flow while one streams
+    $("source-state").textContent = "connected";
+    $("source-state").dataset.state = "connected";
+  }
   state.last = msg;
   $("update-count").textContent = String(state.updates);
   $("seq").textContent = String(msg.seq);
@@ -847,7 +852,10 @@ function init() {
   if (["mic", "file", "listener"].includes(params.get("role"))) $("role").value = params.get("role");
   if (params.get("preset")) $("preset").value = params.get("preset");
   if (params.get("server")) $("server").value = params.get("server");
-  const showFile = () => { $("file-field").hidden = $("role").value !== "file"; };
+  const showFile = () => {
+    $("file-field").hidden = $("role").value !== "file";
+    for (const el of document.querySelectorAll(".source-only")) el.hidden = $("role").value === "listener";
+  };
   $("role").addEventListener("change", showFile);
   showFile();
   $("room").addEventListener("input", updateListenerLink);
