@@ -210,7 +210,8 @@ def test_stream_file_and_listeners_see_the_same_updates(server: str) -> None:
 
 
 def test_stream_file_folder_of_mixed_formats(server: str, tmp_path: Path) -> None:
-    """A folder of files in different formats: a `track` per file, and a new connection when the format changes."""
+    """A folder of files in different formats, resampled on the client: a `track` per file, and a new connection
+    when the format changes."""
     song = songs(1)[0]
     audio, rate = sf.read(song, dtype="float32")
     clip = audio[: rate * 6]
@@ -221,7 +222,7 @@ def test_stream_file_folder_of_mixed_formats(server: str, tmp_path: Path) -> Non
     sf.write(folder / "c_mono.ogg", clip, rate)
     raw = listener(server, "album", "--json")
     src = Proc(EXAMPLES / "stream_file.py", folder, "--url", server, "--room", "album", "--speed", 10,
-               "--encoding", "pcm_f32le", "--chunk-ms", 50)
+               "--encoding", "pcm_f32le", "--chunk-ms", 50, "--sample-rate", 22050)
     assert src.wait() == 0, src.report()
     raw.wait_line(r'"state":\s*"disconnected"')
     time.sleep(0.3)
@@ -233,7 +234,7 @@ def test_stream_file_folder_of_mixed_formats(server: str, tmp_path: Path) -> Non
     # stereo -> mono is a format change: one connection for the WAV, one for the FLAC and OGG (same format)
     assert [m["state"] for m in heard if m["type"] == "source"] == ["connected", "disconnected"] * 2
     assert sum(line.startswith("streaming ") for line in src.out) == 3
-    assert "pcm_f32le" in src.out[0]
+    assert "-> 22050 Hz, 2 ch, pcm_f32le" in src.out[0]  # resampled on the client, announced as such
 
 
 def test_stream_file_refusal_shows_the_server_json(server: str, tmp_path: Path) -> None:
