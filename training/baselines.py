@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .manifest import REPO, SHARED_DATA, Item, ManifestError
+from .manifest import GENRES_EMOTIFY, MOODS_4Q, REPO, SHARED_DATA, Item, ManifestError
 from .metrics import classification_report, group_folds, summarize_folds
 
 DEFAULT_OUT = REPO / "docs" / "evaluation" / "baselines.json"
@@ -46,6 +46,7 @@ C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)  # logistic-regression regularisation, chos
 INNER_FOLDS = 3
 MLP_HIDDEN = (32, 16)
 SEED = 0
+KNOWN_ORDERS = (MOODS_4Q, GENRES_EMOTIFY, SPOTIFY_LABELS)  # report labels in the model's order when they match
 SPOTIFY_NOTE = (
     "spotify-moods is a DIFFERENT dataset (686 songs, Spotify audio features only, playlist-derived labels "
     "Happy/Sad/Energetic/Calm) with a different label set: these numbers are context for what Spotify's features "
@@ -160,6 +161,11 @@ def dataset_features(items: Sequence[Item], r: HandcraftedRecipe, cache: Path | 
 
 
 # -- classifiers ---------------------------------------------------------------------------------------------------
+
+
+def label_order(found: set[str]) -> list[str]:
+    """The model's label order (happy, angry, sad, calm for 4Q) when the set matches, else sorted."""
+    return next((list(o) for o in KNOWN_ORDERS if set(o) == found), sorted(found))
 
 
 def _quiet_fit(model: Any, X: np.ndarray, y: np.ndarray) -> Any:
@@ -306,7 +312,7 @@ def audio_baselines(
     progress: bool = True,
 ) -> dict:
     """Majority + hand-crafted features on an audio manifest, on `group_folds(labels, groups, n_splits, seed)`."""
-    labels = sorted({it.label for it in items})
+    labels = label_order({it.label for it in items})
     y = [it.label for it in items]
     groups = [it.group or it.file for it in items]
     folds = group_folds(y, groups, n_splits=n_splits, seed=seed)
@@ -362,7 +368,7 @@ def read_spotify_moods(path: str | Path = SPOTIFY_MOODS_CSV) -> tuple[np.ndarray
 def spotify_baselines(path: str | Path = SPOTIFY_MOODS_CSV, n_splits: int = 5, seed: int = 0,
                       C_grid: Sequence[float] = C_GRID) -> dict:
     X, y, groups, cols = read_spotify_moods(path)
-    labels = sorted(set(y))
+    labels = label_order(set(y))
     folds = group_folds(y, groups, n_splits=n_splits, seed=seed)
     col = {c: i for i, c in enumerate(cols)}
     lr = logreg_factory(C_grid)
