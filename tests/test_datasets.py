@@ -111,3 +111,6 @@ def test_shared_emotify(tmp_path: Path) -> None:
     items = read_manifest(out)
     assert datasets.summarize(items).labels == {g: 75 for g in GENRES_EMOTIFY}
     assert Path(items[0].file).is_absolute()
+    # Mapping applies to the expected labels too: dropping a genre is not an "empty class" error.
+    assert main(["dataset", "emotify", "--out", str(out), "--map", "rock=-", "--map", "pop=popular"]) == 0
+    assert datasets.summarize(read_manifest(out)).labels == {"classical": 75, "electronic": 75, "popular": 75}

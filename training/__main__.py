@@ -92,9 +92,9 @@ def _add_dataset_common(p: argparse.ArgumentParser, default_labels: Sequence[str
         help="rename a label (repeatable); OLD=- drops that label's clips",
     )
     p.add_argument(
-        "--labels", default=",".join(default_labels) if default_labels else None,
-        help="comma-separated expected labels: any other label is an error, and so is an empty one"
-        + (f" (default: {','.join(default_labels)})" if default_labels else " (default: whatever is found)"),
+        "--labels",
+        help="comma-separated expected labels (after --map): any other label is an error, and so is an empty one"
+        + (f" (default: {','.join(default_labels)}, with --map applied)" if default_labels else " (default: whatever is found)"),
     )
     p.add_argument("--min-per-class", type=int, default=1, help="fail when a class has fewer clips (default 1)")
     p.add_argument("--absolute", action="store_true", help="write absolute paths (default: relative to the manifest)")
@@ -155,8 +155,14 @@ def _run_dataset(args: argparse.Namespace) -> int:
         "4q": lambda: datasets.build_4q(args.root),
         "emotify": lambda: datasets.build_emotify(args.root),
     }
-    items = datasets.relabel(builders[args.kind](), datasets.parse_label_map(args.map))
-    labels = [s for s in args.labels.split(",") if s] if args.labels else None
+    mapping = datasets.parse_label_map(args.map)
+    items = datasets.relabel(builders[args.kind](), mapping)
+    if args.labels:
+        labels: list[str] | None = [s for s in args.labels.split(",") if s]
+    elif args.kind in datasets.KNOWN_LABELS:
+        labels = [mapping.get(lab, lab) for lab in datasets.KNOWN_LABELS[args.kind] if mapping.get(lab, lab) != "-"]
+    else:
+        labels = None
     items = datasets.validate(items, labels, args.min_per_class, check_files=not args.no_check_files)
     out = datasets.write_relative(items, args.out, absolute=args.absolute)
     print(f"{out}: {datasets.summarize(items).text()}")
