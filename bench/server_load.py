@@ -116,7 +116,9 @@ async def run_room(port: int, room: str, audio: np.ndarray, args: argparse.Names
                     stats["errors"][msg["code"]] = stats["errors"].get(msg["code"], 0) + 1
 
         readers = [asyncio.create_task(read(src, True))] + [asyncio.create_task(read(ws, False)) for ws in listeners]
-        t0 = time.monotonic() + np.random.default_rng(hash(room) % 2**32).uniform(0, FRAME_SECONDS)
+        # Independent rooms are not in step: spread the starts over one hop (--sync: all at once, the worst case).
+        spread = FRAME_SECONDS if args.sync else args.hop
+        t0 = time.monotonic() + np.random.default_rng(int(room.removeprefix("bench"))).uniform(0, spread)
         for k, i in enumerate(range(0, audio.size, step)):
             delay = t0 + k * FRAME_SECONDS / args.speed - time.monotonic()
             if delay > 0:
@@ -170,6 +172,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         "rooms": args.rooms,
         "listeners_per_room": args.listeners,
         "speed": args.speed,
+        "sync_start": args.sync,
         "audio_seconds_per_room": args.seconds,
         "hop_seconds": args.hop,
         "wall_seconds": round(wall, 2),
@@ -200,6 +203,7 @@ def main() -> int:
     p.add_argument("--rate", type=int, default=44100, help="sample rate the sources send (stereo s16le)")
     p.add_argument("--hop", type=float, default=1.5, help="analysis.hop_seconds")
     p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--sync", action="store_true", help="start every room at once (windows fall due together)")
     p.add_argument("--model", help="ONNX model (default: the shipped model)")
     p.add_argument("--port", type=int, help="use a server already running on 127.0.0.1:PORT (its own config applies)")
     p.add_argument("--server-pid", type=int, help="with --port: the server's pid, to report its CPU time")
