@@ -174,3 +174,9 @@ def test_predict_unknown_track_is_one_clear_line(fake: FakeSpotify, tiny_model_p
     rc = main(["spotify-predict", "nope", "--model", str(tiny_model_path), "--token", TOKEN, "--api-url", fake.api_url])
     err = capsys.readouterr().err
     assert rc == 1 and "Spotify Web API error 404" in err and "Traceback" not in err
+
+
+def test_predict_with_a_missing_model_file_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["spotify-predict", "h1", "--model", str(tmp_path / "none.onnx"), "--token", TOKEN])
+    err = capsys.readouterr().err
+    assert rc == 1 and "no such model file" in err and "Traceback" not in err

@@ -203,11 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    from sendreturn_mood.model import ModelError
+
     from .manifest import ManifestError
 
     try:
         return int(args.func(args) or 0)
-    except ManifestError as e:
+    except (ManifestError, ModelError) as e:
         print(f"{PROG} {args.command}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
