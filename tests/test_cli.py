@@ -149,3 +149,14 @@ def test_help_lists_the_commands():
     for flag in ("--host", "--port", "--config", "--model"):
         assert flag in out.stdout
     assert Path(REPO / "sendreturn_mood" / "__main__.py").is_file()
+
+
+def test_analyze_is_dispatched(tiny_model_path, capsys):
+    from sendreturn_mood.__main__ import main
+    from tests.conftest import shared_data_or_skip
+
+    song = sorted((shared_data_or_skip("moods-4q") / "Q4").glob("*.mp3"))[0]
+    assert main(["analyze", str(song), "--model", str(tiny_model_path), "--json"]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(line)
+    assert result["file"] == str(song) and result["timeline"] and result["mood"] in result["probabilities"]
