@@ -245,6 +245,10 @@ def test_stream_file_refusal_shows_the_server_json(server: str, tmp_path: Path) 
     err = "\n".join(src.err)
     assert "refused: HTTP 400" in err and '"bad_request"' in err, src.report()
 
+    bad_listener = Proc(EXAMPLES / "listen.py", "--url", server, "--room", "no spaces allowed")
+    assert bad_listener.wait() == 2
+    assert any("refused: HTTP 400" in line and '"bad_request"' in line for line in bad_listener.err), bad_listener.report()
+
     occupied = listener(server, "busy", "--json")
     first = Proc(EXAMPLES / "stream_file.py", wav, "--url", server, "--room", "busy", "--loop")
     occupied.wait_line(r'"state":\s*"connected"')
