@@ -84,6 +84,11 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
         "",
         "## Metrics (artist-grouped 5-fold CV on all of 4Q; grouped 5-fold CV on Emotify)",
         "",
+    ]
+    if not s:
+        lines += ["**Interim model: not evaluated yet** (exported without an evaluation report; the numbers arrive with "
+                  "`python -m training evaluate` and a re-export).", ""]
+    lines += [
         "| | window accuracy | window macro-F1 | clip accuracy | clip macro-F1 |",
         "|---|---|---|---|---|",
     ]
@@ -102,8 +107,13 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
               "with the confusion matrices, per-class numbers, calibration and the non-model baselines: "
               "[`docs/evaluation/report.md`](../docs/evaluation/report.md).", ""]
     if "mood" in report:
-        fs = report["mood"]["methods"]["student_cnn"].get("fold_students", {})
-        lines += ["Students per fold: " + "; ".join(f"fold {k}: {v}" for k, v in fs.items()), ""]
+        st = report["mood"]["methods"]["student_cnn"]
+        fs = st.get("fold_students", {})
+        lines += ["Per fold (mood, this model's recipe; which student scored the fold):", "",
+                  "| fold | student | window acc | clip acc | clip macro-F1 |", "|---|---|---|---|---|"]
+        for k, (w, c) in enumerate(zip(st["window"]["folds"], st["clip"]["folds"])):
+            lines.append(f"| {k} | {fs.get(str(k), '')} | {w['accuracy']:.3f} | {c['accuracy']:.3f} | {c['macro_f1']:.3f} |")
+        lines.append("")
     if bench:
         lat = ", ".join(f"batch {b}: {r['median']:.3f} ms/window" for b, r in bench["ms_per_window"].items())
         lines += [f"Latency (onnxruntime, {bench['threads']} thread, median of {bench['runs']} runs): {lat}.", ""]
@@ -113,7 +123,7 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
         "",
         "```sh",
         "python -m training features 4q emotify --teacher   # log-mels + teacher outputs, cached under cache/",
-        ck.get("args", {}).get("command", "(training command not recorded)"),
+        prov.get("training_command", "(training command not recorded)"),
         report.get("command", "(evaluation command not recorded)"),
         prov.get("export_command", ""),
         "python -m training bench --json docs/evaluation/bench.json",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -211,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     C = args.C
     fold_ckpts = {int(k): v for k, v in (s.split("=", 1) for s in args.fold_ckpt)}
     argv = sys.argv[sys.argv.index("evaluate") + 1 :] if "evaluate" in sys.argv else sys.argv[1:]
-    report: dict = {"command": "python -m training evaluate " + " ".join(argv), "git_commit": git_commit(), "C": C,
+    report: dict = {"command": shlex.join(["python", "-m", "training", "evaluate", *argv]), "git_commit": git_commit(), "C": C,
                     "head_input": args.head_input,
                     "folds": N_SPLITS, "fold_seed": FOLD_SEED}
     with_teacher = teacher_available() and not args.no_teacher

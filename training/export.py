@@ -15,6 +15,8 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import warnings
@@ -106,6 +108,7 @@ def verify(net, path: Path, n_mels: int, patch: int) -> dict:
 def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, command: str, teacher_used: bool):
     from sendreturn_mood.model import ModelInfo, MoodLabel
     from training.teacher import CITATION, PATCH_FRAMES, TEACHER_SPEC
+    from training.train import training_command
 
     citations = [
         "R. Panda, R. Malheiro, R. P. Paiva, \"Novel audio features for music emotion recognition\", IEEE Trans. "
@@ -120,7 +123,7 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
         "student_trained_on": ck.get("args", {}).get("data", []),
         "excluded_fold": ck.get("args", {}).get("exclude_fold"),
         "split": "artist-grouped stratified 5-fold CV for the metrics; final heads fitted on all labelled clips",
-        "training_command": ck.get("args", {}).get("command", ""),
+        "training_command": training_command(ck.get("args", {})),
         "export_command": command,
         "git_commit": git_commit(),
         "exported": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -180,13 +183,17 @@ def run(args: argparse.Namespace) -> int:
         report = json.loads(Path(args.report).read_text())
     metrics = report.get("summary", {})
     out = Path(args.out)
-    command = "python -m training export " + " ".join(sys.argv[sys.argv.index("export") + 1 :] if "export" in sys.argv else [])
+    command = shlex.join(["python", "-m", "training", "export"] + (sys.argv[sys.argv.index("export") + 1 :] if "export" in sys.argv else []))
     teacher_used = bool(ck["cfg"].get("distill_dim"))
     info = build_info(ck, args.name, args.version, metrics, heads, command, teacher_used)
     export_onnx(net, out, info.frontend.n_mels, info.patch_frames)
     write_metadata(out, info)
     check = verify(net, out, info.frontend.n_mels, info.patch_frames)
     print(f"{out}: exported and verified ({check['max_abs_diff_vs_torch']:.1e} max |onnxruntime - torch|, runtime loader ok)")
+    if teacher_used and out.resolve().parent == DEFAULT_OUT.parent:
+        from training.teacher import TEACHER_LICENSE
+
+        shutil.copyfile(TEACHER_LICENSE, out.parent / TEACHER_LICENSE.name)  # the ISC notice travels with derived weights
     card = Path(args.card) if args.card else out.with_suffix(".md")
     write_card(card, info, report, check, ck)
     print(f"{card}: model card written")

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -345,11 +346,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def training_command(args: dict) -> str:
+    """The `python -m training train ...` command that reproduces a run, rebuilt from its parsed arguments (only
+    the options that differ from the defaults), so it is exact however the run was started."""
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    parts = ["python", "-m", "training", "train"]
+    for action in p._actions:
+        if not action.option_strings or action.dest == "help" or action.dest not in args:
+            continue
+        value = args[action.dest]
+        if value == action.default or (isinstance(value, (list, tuple)) and list(value) == list(action.default or [])):
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    if not getattr(args, "command", None):
-        argv = sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else sys.argv[1:]
-        args.command = "python -m training train " + " ".join(argv)
     best = train(args)
     print(f"best checkpoint: {best}")
     return 0
