@@ -195,3 +195,15 @@ async def test_second_source_race_is_closed_1008(tiny_model_path):
                 msgs = await read_until_closed(second)
                 assert msgs[-1]["type"] == "error" and msgs[-1]["fatal"] is True
                 assert second.close_code == 1008
+
+
+async def test_far_too_big_is_closed_1009_by_the_websocket_layer(tiny_model_path):
+    """Beyond WS_SIZE_SLACK x max_message_bytes the websocket layer refuses the frame before the server sees it:
+    close 1009 without an error message (the server never buffers such a frame)."""
+    from sendreturn_mood.server import WS_SIZE_SLACK
+
+    async with running_server(tiny_model_path, server__max_message_bytes=4000) as server:
+        async with client(server, "huge", role="source", sample_rate=16000) as (src, _):
+            await src.send(b"\x00\x00" * (4000 * WS_SIZE_SLACK))
+            await read_until_closed(src)
+            assert src.close_code == 1009
