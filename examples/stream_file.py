@@ -144,12 +144,17 @@ def track_message(path: Path) -> dict:
 # ------------------------------------------------------------------------------------------------------- printing
 
 
+def number(v: object) -> str:
+    """Effect values as people read them: 15983 Hz, 0.24 mix, '#ffd166' colours as they are."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.2f}"
+
+
 def describe_update(msg: dict) -> str:
     """One compact line per mood update."""
     probs = " ".join(f"{k}={v:.2f}" for k, v in msg.get("probabilities", {}).items())
-    effects = " ".join(
-        f"{k}={v:.3g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in msg.get("effects", {}).items()
-    )
+    effects = " ".join(f"{k}={number(v)}" for k, v in msg.get("effects", {}).items())
     genre = f" genre={msg['genre']['label']}" if msg.get("genre") else ""
     return (
         f"#{msg.get('seq')} t={msg.get('stream_time', 0):6.1f}s {msg.get('mood', '?'):>6} "
