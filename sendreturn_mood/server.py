@@ -5,10 +5,19 @@ same port.
     worker (one thread, batched over all rooms) -> deliver() on the loop -> MoodTracker -> RoomRegistry.publish
     publish -> every member's bounded Outbox -> one sender task per connection -> websocket
 
-What is fatal (documented in the README): `too_big` (close 1009) and unexpected handler failures (`server_error`,
-close 1011). `bad_message`, `bad_audio`, `not_allowed`, `rate_limited` (the frame is dropped) and inference
-`server_error` (that window is lost, to that room only) are not. A second source that races another one past the
-handshake check gets a fatal `not_allowed` and close 1008.
+What is fatal (protocol v1 leaves it to the server): `too_big` (close 1009; frames beyond WS_SIZE_SLACK times the
+limit are closed with 1009 by the websocket layer itself, without an error message) and unexpected handler failures
+(`server_error`, close 1011). `bad_message`, `bad_audio`, `not_allowed`, `rate_limited` (the frame is dropped; at most
+one rate_limited error per second) and inference `server_error` (that window is lost, to that room only) are not.
+A second source that races another one past the handshake check gets a fatal `not_allowed` and close 1008. Close
+1003 is not used. A listener's `preset` parameter is validated but ignored (the source sets the room's preset).
+
+`latency_ms` is measured from the arrival of the websocket message that completed the window (for the tail window:
+the `end` message) to the moment the update is handed to the members' outboxes; the update is encoded once for the
+whole room, so per-client send time is not included.
+
+Extension beyond PROTOCOL.md (additive): a plain `GET /v1/rooms/{room}` (no upgrade) returns the room's state as
+JSON (source present, listener count, seq, track, preset, audio seconds), 404 when nobody is connected.
 """
 
 from __future__ import annotations
