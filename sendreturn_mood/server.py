@@ -155,6 +155,9 @@ class MoodServer:
             "version": self.info.version,
             "moods": self.info.mood_labels,
             "genres": list(self.info.genres),
+            # protocol v1 extension: where each mood sits on the valence/arousal plane (valence/arousal are the
+            # probability-weighted mean of these), so clients can draw the plane without hard-coding the model
+            "coordinates": {m.label: {"valence": m.valence, "arousal": m.arousal} for m in self.info.moods},
         }
 
     # ------------------------------------------------------------------------------------------------ lifecycle

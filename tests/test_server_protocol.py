@@ -40,6 +40,12 @@ async def test_welcome_for_source_and_listener(tiny_model_path):
                     "version": "0.0.1",
                     "moods": ["happy", "angry", "sad", "calm"],
                     "genres": ["classical", "electronic", "pop", "rock"],
+                    "coordinates": {
+                        "happy": {"valence": 0.7, "arousal": 0.5},
+                        "angry": {"valence": -0.6, "arousal": 0.7},
+                        "sad": {"valence": -0.6, "arousal": -0.5},
+                        "calm": {"valence": 0.5, "arousal": -0.6},
+                    },
                 },
                 "analysis": {"window_seconds": 0.992, "hop_seconds": 0.496},  # whole frames of 16 ms
                 "preset": "default",

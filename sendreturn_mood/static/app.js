@@ -403,7 +403,9 @@ function onWelcome(msg) {
   const model = msg.model || {};
   state.moods = (model.moods || []).map((m, i) => {
     const label = typeof m === "string" ? m : m.label || m.name || `mood${i}`;
-    const fallback = DEFAULT_COORDINATES[label] || [Math.cos(i * 1.7) * 0.6, Math.sin(i * 1.7) * 0.6];
+    const given = (model.coordinates || {})[label];
+    const fallback = given ? [given.valence, given.arousal]
+      : DEFAULT_COORDINATES[label] || [Math.cos(i * 1.7) * 0.6, Math.sin(i * 1.7) * 0.6];
     return {
       label,
       valence: typeof m === "object" && typeof m.valence === "number" ? m.valence : fallback[0],
