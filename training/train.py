@@ -208,6 +208,12 @@ def train(args: argparse.Namespace) -> Path:
 
     cfg = NetConfig(channels=tuple(args.channels), embedding=args.embedding, distill_dim=0 if data.targets is None else data.targets.shape[1])
     net = MoodNet(cfg)
+    if args.init:
+        init = torch.load(args.init, map_location="cpu", weights_only=False)
+        if init["cfg"] != cfg.to_dict():
+            raise SystemExit(f"--init {args.init}: its network {init['cfg']} differs from this run's {cfg.to_dict()}")
+        net.load_state_dict(init["net"])
+        print(f"initialised from {args.init}", file=sys.stderr)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train_p) / args.batch)
     total = args.epochs * steps_per_epoch if args.max_steps is None else min(args.max_steps, args.epochs * steps_per_epoch)
@@ -343,6 +349,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
+    parser.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning a distilled student)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
