@@ -105,6 +105,18 @@ def verify(net, path: Path, n_mels: int, patch: int) -> dict:
     return {"max_abs_diff_vs_torch": worst, "runtime_loader": "ok"}
 
 
+def init_command(args: dict) -> str | None:
+    """The training command of the checkpoint a fine-tuning run started from (recorded in that checkpoint)."""
+    from training.train import training_command
+
+    init = args.get("init")
+    if not init or not Path(init).is_file():
+        return None
+    import torch
+
+    return training_command(torch.load(init, map_location="cpu", weights_only=False).get("args", {}))
+
+
 def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, command: str, teacher_used: bool):
     from sendreturn_mood.model import ModelInfo, MoodLabel
     from training.teacher import CITATION, PATCH_FRAMES, TEACHER_SPEC
@@ -124,6 +136,7 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
         "excluded_fold": ck.get("args", {}).get("exclude_fold"),
         "split": "artist-grouped stratified 5-fold CV for the metrics; final heads fitted on all labelled clips",
         "training_command": training_command(ck.get("args", {})),
+        "init_command": init_command(ck.get("args", {})),
         "export_command": command,
         "git_commit": git_commit(),
         "exported": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -137,7 +150,9 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
         name=name,
         version=version,
         description="Small CNN on 3 s log-mel windows: 4 quadrant moods (valence/arousal) and 4 genres; "
-        + ("distilled from musicnn (MSD), linear heads on its embedding" if teacher_used else "trained from scratch"),
+        + ("distilled from musicnn (MSD)" if teacher_used else "trained from scratch")
+        + (", fine-tuned with labels" if ck.get("args", {}).get("init") and ck.get("args", {}).get("supervised") else "")
+        + ", linear heads on its embedding",
         frontend=TEACHER_SPEC,
         patch_frames=PATCH_FRAMES,
         moods=tuple(MoodLabel(m, *MOOD_COORDINATES[m]) for m in MOODS_4Q),

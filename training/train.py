@@ -185,8 +185,8 @@ def train(args: argparse.Namespace) -> Path:
     excluded = 0
     for name in args.data:
         ds = resolve_dataset(name)
-        if args.exclude_fold is not None and name == args.fold_data:
-            folds = group_folds([i.label for i in ds], [i.group for i in ds], args.folds, args.fold_seed)
+        if args.exclude_fold is not None and name in args.fold_data:
+            folds = group_folds([i.label for i in ds], [i.group or i.file for i in ds], args.folds, args.fold_seed)
             test = set(folds[args.exclude_fold][1].tolist())
             excluded += len(test)
             ds = [it for k, it in enumerate(ds) if k not in test]
@@ -342,7 +342,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mix", action="store_true", help="mix pairs of crops (power domain)")
     parser.add_argument("--no-masks", action="store_true", help="no spectrogram masking")
     parser.add_argument("--exclude-fold", type=int, default=None, help="leave out the test clips of this fold of --fold-data")
-    parser.add_argument("--fold-data", default="4q", help="dataset whose folds --exclude-fold refers to")
+    parser.add_argument("--fold-data", nargs="+", default=["4q"],
+                        help="datasets whose fold --exclude-fold is left out (the same folds as `evaluate`)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--fold-seed", type=int, default=0)
     parser.add_argument("--teacher-hop", type=int, default=None)
