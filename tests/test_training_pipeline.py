@@ -95,7 +95,8 @@ def test_train_export_load_predict_evaluate(tiny):
 
     onnx_path = tiny["base"] / "model.onnx"
     eargs = parse(export, ["--ckpt", str(run_dir / "best.ckpt"), "--out", str(onnx_path), "--mood-data", str(tiny["manifest"]),
-                           "--genre-data", "", "--report", "", "--cache", str(tiny["cache"]), "--name", "tiny-pipeline"])
+                           "--genre-data", "", "--report", "", "--cache", str(tiny["cache"]), "--name", "tiny-pipeline",
+                           "--C", "0.5"])
     assert export.run(eargs) == 0
     card = onnx_path.with_suffix(".md").read_text()
     assert "Model card: tiny-pipeline" in card and "Known limits" in card
@@ -114,7 +115,8 @@ def test_train_export_load_predict_evaluate(tiny):
 
     out = tiny["base"] / "eval"
     vargs = parse(evaluate, ["--ckpt", str(run_dir / "best.ckpt"), "--mood-data", str(tiny["manifest"]), "--genre-data", "",
-                             "--out", str(out), "--no-teacher", "--cache", str(tiny["cache"]), "--baselines", str(out / "none.json")])
+                             "--out", str(out), "--no-teacher", "--cache", str(tiny["cache"]), "--baselines", str(out / "none.json"),
+                             "--C", "0.5"])
     assert evaluate.run(vargs) == 0
     rep = json.loads((out / "report.json").read_text())
     st = rep["mood"]["methods"]["student_cnn"]
@@ -163,6 +165,16 @@ def test_classification_report_matches_sklearn_and_calibration():
     assert ids == ["x", "y"] and mean.tolist() == [[0.5, 0, 0.5], [0, 1, 0]]
     s = summarize_folds([{"accuracy": 0.5, "macro_f1": 0.4}, {"accuracy": 0.7, "macro_f1": 0.6}])
     assert s["accuracy_mean"] == pytest.approx(0.6) and s["accuracy_std"] == pytest.approx(0.1)
+
+
+def test_select_C_uses_only_the_data_it_is_given():
+    from training.heads import C_GRID, select_C
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 30)
+    X = rng.standard_normal((120, 5)) + y[:, None] * 0.8
+    groups = np.array([f"g{i // 2}" for i in range(120)])
+    assert select_C(X, y, groups, 4) in C_GRID
 
 
 def test_plots_are_written(tmp_path):

@@ -70,6 +70,27 @@ def cv_linear(
     return res
 
 
+def describe_student(path: str, fold: int, dataset: str) -> str:
+    """What the student that scores `fold` has seen, read from its checkpoint chain (never typed by hand)."""
+    import torch
+
+    parts, p = [], path
+    while p and Path(p).is_file():
+        a = torch.load(p, map_location="cpu", weights_only=False).get("args", {})
+        stage = "fine-tuned with labels" if a.get("supervised") else "distilled (no labels)"
+        data, fold_data = a.get("data", []), a.get("fold_data", [])
+        fold_data = [fold_data] if isinstance(fold_data, str) else fold_data
+        if dataset not in data:
+            seen = f"(never heard {dataset})"
+        elif a.get("exclude_fold") == fold and dataset in fold_data:
+            seen = f"without {dataset} fold {fold} (audio and labels)"
+        else:
+            seen = f"incl. {dataset} fold {fold}'s test clips" + (" (WITH labels)" if a.get("supervised") else " (audio only)")
+        parts.append(f"{stage} on {'+'.join(data)} {seen}")
+        p = a.get("init")
+    return f"{path}: " + ", from: ".join(parts)
+
+
 def student_features(ckpt: str, per_clip: list[np.ndarray], head_input: str = "embedding") -> np.ndarray:
     from training.heads import embed, torch_embedder
     from training.train import load_net
@@ -85,7 +106,7 @@ def teacher_features(items: list[Item], cache) -> np.ndarray:
     return np.concatenate([np.concatenate([o["embedding"], o["logits"]], axis=1) for o in outs])
 
 
-def evaluate_task(items, labels, folds, ckpt, fold_ckpts, cache, C, with_teacher: bool, head_input: str) -> dict:
+def evaluate_task(items, labels, folds, ckpt, fold_ckpts, cache, C, with_teacher: bool, head_input: str, dataset: str) -> dict:
     from training.features import dataset_logmels
     from training.heads import windows
     from training.teacher import TEACHER_SPEC
@@ -96,10 +117,7 @@ def evaluate_task(items, labels, folds, ckpt, fold_ckpts, cache, C, with_teacher
     shared = student_features(ckpt, per_clip, head_input)
     per_fold = {k: student_features(p, per_clip, head_input) for k, p in fold_ckpts.items()}
     methods["student_cnn"] = cv_linear(lambda k: per_fold.get(k, shared), clip_idx, items, labels, folds, C)
-    methods["student_cnn"]["fold_students"] = {
-        str(k): ("excluded this fold's test audio: " + str(fold_ckpts[k])) if k in fold_ckpts else ("distilled on all audio: " + ckpt)
-        for k in range(len(folds))
-    }
+    methods["student_cnn"]["fold_students"] = {str(k): describe_student(fold_ckpts.get(k, ckpt), k, dataset) for k in range(len(folds))}
     print(f"student: {time.time() - t0:.0f} s", file=sys.stderr)
     if with_teacher:
         T = teacher_features(items, cache)
@@ -184,6 +202,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="student checkpoint used for every fold without --fold-ckpt")
     parser.add_argument("--fold-ckpt", action="append", default=[], metavar="K=PATH",
                         help="student trained with --exclude-fold K, used for fold K (repeatable)")
+    parser.add_argument("--genre-fold-ckpts", action="store_true",
+                        help="use the --fold-ckpt students for the genre folds too (they left out fold K of the genre data)")
     parser.add_argument("--mood-data", default="4q")
     parser.add_argument("--genre-data", default="emotify", help="'' to skip the genre evaluation")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"report folder (default {DEFAULT_OUT})")
@@ -218,12 +238,12 @@ def run(args: argparse.Namespace) -> int:
     with_teacher = teacher_available() and not args.no_teacher
     tasks = [("mood", args.mood_data, MOODS_4Q, fold_ckpts)]
     if args.genre_data:
-        tasks.append(("genre", args.genre_data, GENRES_EMOTIFY, {}))
+        tasks.append(("genre", args.genre_data, GENRES_EMOTIFY, fold_ckpts if args.genre_fold_ckpts else {}))
     for task, data, labels, fc in tasks:
         items = resolve_dataset(data)
         folds = group_folds([i.label for i in items], [i.group or i.file for i in items], N_SPLITS, FOLD_SEED)
         report[task] = evaluate_task(items, labels, folds, args.ckpt, fc, cache, C,
-                                     with_teacher and task in args.teacher_tasks, args.head_input)
+                                     with_teacher and task in args.teacher_tasks, args.head_input, data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bl = Path(args.baselines)

@@ -364,6 +364,8 @@ def training_command(args: dict) -> str:
         if not action.option_strings or action.dest == "help" or action.dest not in args:
             continue
         value = args[action.dest]
+        if isinstance(value, str) and isinstance(action.default, list):
+            value = [value]  # older checkpoints stored single-dataset options as a string
         if value == action.default or (isinstance(value, (list, tuple)) and list(value) == list(action.default or [])):
             continue
         flag = action.option_strings[0]
