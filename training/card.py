@@ -114,8 +114,7 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
     if s:
         lines += ["", "Targets: " + "; ".join(f"{name}: {'met' if v is not None and v >= t else 'NOT met'} "
                                              f"({'-' if v is None else f'{v:.3f}'})" for name, v, t in checks) + "."]
-    lines += ["", "Targets: mood clip macro-F1 >= 0.72, window accuracy >= 0.66, genre accuracy >= 0.85. Full report "
-              "with the confusion matrices, per-class numbers, calibration and the non-model baselines: "
+    lines += ["", "Full report with the confusion matrices, per-class numbers, calibration and the non-model baselines: "
               "[`docs/evaluation/report.md`](../docs/evaluation/report.md).", ""]
     if "mood" in report:
         st = report["mood"]["methods"]["student_cnn"]
