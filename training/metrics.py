@@ -140,6 +140,11 @@ def plot_confusion(report: dict, labels: Sequence[str], path: str | Path, title:
         for j in range(cm.shape[1]):
             ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
     ax.set_title(title or f"acc {report['accuracy']:.3f}  macro-F1 {report['macro_f1']:.3f}", fontsize=9)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: str | Path) -> Path:
+    """Write a figure as PNG (creating the folder) and free it: plots are made in loops over folds."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,9 +169,4 @@ def plot_reliability(report: dict, path: str | Path, title: str = "") -> Path:
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(title or f"ECE {report.get('ece', float('nan')):.3f}", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
