@@ -58,26 +58,28 @@ CLIENT_MESSAGE_TYPES = ("track", "preset", "end", "keepalive")
 SOURCE_ONLY_MESSAGES = ("track", "preset", "end")
 
 
-class Refusal(Exception):
-    """A handshake the server refuses: HTTP `status` with body {"error": {"code", "message"}}."""
+class ProtocolError(Exception):
+    """Something the protocol answers with an error `code` (one of the codes above) and a human `message`."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class Refusal(ProtocolError):
+    """A handshake the server refuses: HTTP `status` with body {"error": {"code", "message"}}."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
         self.status = REFUSAL_STATUS[code]
 
     def body(self) -> bytes:
         return refusal_body(self.code, self.message)
 
 
-class MessageError(Exception):
+class MessageError(ProtocolError):
     """A client message the server rejects (non-fatal `error` message with `code`)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

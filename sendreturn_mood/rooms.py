@@ -34,13 +34,8 @@ class Member(Protocol):
     def deliver(self, text: str, kind: str) -> None: ...
 
 
-class RoomError(Exception):
+class RoomError(protocol.ProtocolError):
     """A join the registry refuses; `code` is a protocol refusal code (source_taken, server_full)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(eq=False)
