@@ -25,16 +25,17 @@ PITCH = {"happy": 660.0, "angry": 220.0, "sad": 330.0, "calm": 440.0}
 NOISE = {"happy": 0.02, "angry": 0.3, "sad": 0.01, "calm": 0.05}
 
 
-def write_tiny_dataset(root: Path) -> Path:
+def write_tiny_dataset(root: Path, labels=MOODS_4Q) -> Path:
+    """One folder per label; label k sounds like mood k (so a genre set reuses the four recipes)."""
     import soundfile as sf
 
     rng = np.random.default_rng(0)
     t = np.arange(int(RATE * SECONDS)) / RATE
-    for label in MOODS_4Q:
+    for label, recipe in zip(labels, MOODS_4Q):
         (root / label).mkdir(parents=True)
         for i in range(CLIPS_PER_LABEL):
-            f = PITCH[label] * (1 + 0.03 * i)
-            y = 0.3 * np.sin(2 * np.pi * f * t) + NOISE[label] * rng.standard_normal(len(t))
+            f = PITCH[recipe] * (1 + 0.03 * i)
+            y = 0.3 * np.sin(2 * np.pi * f * t) + NOISE[recipe] * rng.standard_normal(len(t))
             sf.write(root / label / f"{label}{i}.wav", (y * 0.8).astype(np.float32), RATE)
     return root
 
@@ -122,6 +123,77 @@ def test_train_export_load_predict_evaluate(tiny):
     st = rep["mood"]["methods"]["student_cnn"]
     assert len(st["window"]["folds"]) == 5 and 0.0 <= st["clip"]["summary"]["accuracy_mean"] <= 1.0
     assert (out / "report.md").is_file() and (out / "mood_student_clip_confusion.png").stat().st_size > 1000
+
+
+def test_genre_branch_is_a_second_student_in_the_same_graph(tiny):
+    """export --genre-ckpt: mood and embedding from the mood student, genre from the genre student, one ONNX file."""
+    import onnxruntime as ort
+    import torch
+
+    from sendreturn_mood.model import MoodModel
+    from training import evaluate, export, train
+    from training.manifest import GENRES_EMOTIFY
+    from training.train import load_net
+
+    genre_manifest = write_manifest(read_folder(write_tiny_dataset(tiny["base"] / "genre_audio", GENRES_EMOTIFY)),
+                                    tiny["base"] / "tiny_genre.csv")
+    common = ["--cache", str(tiny["cache"]), "--no-teacher", "--epochs", "1", "--batch", "8", "--channels", "8", "16",
+              "--embedding", "16", "--threads", "1", "--quiet"]
+    mood_run, genre_run = tiny["base"] / "mood_run", tiny["base"] / "genre_run"
+    assert train.run(parse(train, ["--data", str(tiny["manifest"]), "--out", str(mood_run), *common])) == 0
+    assert train.run(parse(train, ["--data", str(genre_manifest), "--out", str(genre_run), "--tasks", "genre", *common])) == 0
+
+    onnx_path = tiny["base"] / "branched.onnx"
+    eargs = parse(export, ["--ckpt", str(mood_run / "best.ckpt"), "--genre-ckpt", str(genre_run / "best.ckpt"),
+                           "--out", str(onnx_path), "--mood-data", str(tiny["manifest"]), "--genre-data", str(genre_manifest),
+                           "--report", "", "--cache", str(tiny["cache"]), "--name", "tiny-branched", "--C", "0.5"])
+    assert export.run(eargs) == 0
+    model = MoodModel(onnx_path)
+    assert model.info.genres == GENRES_EMOTIFY
+    assert model.info.provenance["genre_branch"]["training_command"].count("--tasks genre") == 1
+    assert "genre_branch" in model.info.provenance and model.info.provenance["heads"]["genre"]["clips"] == 4 * CLIPS_PER_LABEL
+
+    x = (np.random.default_rng(1).random((40, 96, 187)) * 3).astype(np.float32)
+    mood_logits, genre_logits, emb = ort.InferenceSession(str(onnx_path)).run(["mood_logits", "genre_logits", "embedding"], {"logmel": x})
+    mood_net, genre_net = load_net(mood_run / "best.ckpt")[0], load_net(genre_run / "best.ckpt")[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(emb, mood_net.embed(torch.from_numpy(x)).numpy(), atol=1e-4)
+        genre_emb = genre_net.embed(torch.from_numpy(x)).numpy()
+    # the genre head is an affine map of the genre student's embedding (16-d, 40 inputs: exact fit), not the mood one's
+    def residual(features: np.ndarray) -> float:
+        A = np.c_[features, np.ones(len(features))]
+        return float(np.abs(A @ np.linalg.lstsq(A, genre_logits, rcond=None)[0] - genre_logits).max())
+
+    assert residual(genre_emb) < 1e-3 < residual(emb)
+    pred = model.predict(x)
+    assert pred.genres is not None and pred.genres.shape == (40, 4)
+
+    out = tiny["base"] / "eval_branched"
+    vargs = parse(evaluate, ["--ckpt", str(mood_run / "best.ckpt"), "--genre-ckpt", str(genre_run / "best.ckpt"),
+                             "--mood-data", str(tiny["manifest"]), "--genre-data", str(genre_manifest), "--out", str(out),
+                             "--no-teacher", "--cache", str(tiny["cache"]), "--baselines", str(out / "none.json"), "--C", "0.5"])
+    assert evaluate.run(vargs) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert str(genre_run) in rep["genre"]["methods"]["student_cnn"]["fold_students"]["0"]
+    assert str(mood_run) in rep["mood"]["methods"]["student_cnn"]["fold_students"]["0"]
+
+
+def test_musicnn_in_torch_matches_the_onnx_teacher():
+    """training.musicnn rebuilds the teacher layer by layer (for fine-tuning): same outputs as onnxruntime."""
+    import onnxruntime as ort
+    import torch
+
+    from training.musicnn import MusiCNN
+    from training.teacher import TEACHER_PATH
+
+    if not TEACHER_PATH.is_file():
+        pytest.skip(f"musicnn teacher not found at {TEACHER_PATH} (it lives beside the repository in ../shared/models)")
+    x = (np.random.default_rng(0).random((2, 187, 96)) * 3).astype(np.float32)
+    ref = ort.InferenceSession(str(TEACHER_PATH)).run(["embedding:0", "logits:0", "max_pool:0"], {"melspec:0": x})
+    with torch.no_grad():
+        got = MusiCNN(TEACHER_PATH).eval()(torch.from_numpy(x))
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g.numpy(), r, atol=1e-3 * max(1.0, float(np.abs(r).max())))
 
 
 def test_teacher_outputs_are_finite(tiny):

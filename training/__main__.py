@@ -27,6 +27,7 @@ MODULE_COMMANDS = {
     "export": ("training.export", "export a trained model to ONNX with the runtime's metadata and a model card"),
     "bench": ("training.bench", "measure inference time per window"),
     "baselines": ("training.baselines", "non-CNN baselines on the same artist-grouped folds"),
+    "ceiling": ("training.ceiling", "what the teacher's features reach on a task (the students' ceiling)"),
 }
 
 EPILOG = """\

@@ -202,6 +202,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="student checkpoint used for every fold without --fold-ckpt")
     parser.add_argument("--fold-ckpt", action="append", default=[], metavar="K=PATH",
                         help="student trained with --exclude-fold K, used for fold K (repeatable)")
+    parser.add_argument("--genre-ckpt", default=None,
+                        help="a genre branch (export --genre-ckpt): this student scores the genre folds instead of --ckpt")
+    parser.add_argument("--genre-fold-ckpt", action="append", default=[], metavar="K=PATH",
+                        help="genre branch trained with --exclude-fold K --fold-data <genre data>, for genre fold K")
     parser.add_argument("--genre-fold-ckpts", action="store_true",
                         help="use the --fold-ckpt students for the genre folds too (they left out fold K of the genre data)")
     parser.add_argument("--mood-data", default="4q")
@@ -231,18 +235,21 @@ def run(args: argparse.Namespace) -> int:
     cache = cache_dir(args.cache)
     C = args.C
     fold_ckpts = {int(k): v for k, v in (s.split("=", 1) for s in args.fold_ckpt)}
+    genre_fold_ckpts = {int(k): v for k, v in (s.split("=", 1) for s in args.genre_fold_ckpt)}
+    if args.genre_fold_ckpts:
+        genre_fold_ckpts = {**fold_ckpts, **genre_fold_ckpts}
     argv = sys.argv[sys.argv.index("evaluate") + 1 :] if "evaluate" in sys.argv else sys.argv[1:]
     report: dict = {"command": shlex.join(["python", "-m", "training", "evaluate", *argv]), "git_commit": git_commit(), "C": C,
                     "head_input": args.head_input,
                     "folds": N_SPLITS, "fold_seed": FOLD_SEED}
     with_teacher = teacher_available() and not args.no_teacher
-    tasks = [("mood", args.mood_data, MOODS_4Q, fold_ckpts)]
+    tasks = [("mood", args.mood_data, MOODS_4Q, args.ckpt, fold_ckpts)]
     if args.genre_data:
-        tasks.append(("genre", args.genre_data, GENRES_EMOTIFY, fold_ckpts if args.genre_fold_ckpts else {}))
-    for task, data, labels, fc in tasks:
+        tasks.append(("genre", args.genre_data, GENRES_EMOTIFY, args.genre_ckpt or args.ckpt, genre_fold_ckpts))
+    for task, data, labels, ckpt, fc in tasks:
         items = resolve_dataset(data)
         folds = group_folds([i.label for i in items], [i.group or i.file for i in items], N_SPLITS, FOLD_SEED)
-        report[task] = evaluate_task(items, labels, folds, args.ckpt, fc, cache, C,
+        report[task] = evaluate_task(items, labels, folds, ckpt, fc, cache, C,
                                      with_teacher and task in args.teacher_tasks, args.head_input, data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -39,25 +39,29 @@ def git_commit() -> str:
         return "unknown"
 
 
-def fit_heads(net, mood_items, genre_items, cache, C: float | None, head_input: str = "embedding") -> dict:
-    """Fit and install the linear heads; returns counts for the provenance."""
+def fit_heads(net, mood_items, genre_items, cache, C: float | None, head_input: str = "embedding", genre_net=None) -> dict:
+    """Fit and install the linear heads; returns counts for the provenance. With `genre_net` (a genre branch) the
+    genre head is fitted on that student's embedding instead of `net`'s."""
     from training.features import dataset_logmels
     from training.heads import embed, fit_linear, select_C, set_linear, torch_embedder, windows
     from training.teacher import TEACHER_SPEC
 
-    fn = torch_embedder(net, head_input)
     info = {}
-    for name, items, labels, layer in (("mood", mood_items, MOODS_4Q, net.mood), ("genre", genre_items, GENRES_EMOTIFY, net.genre)):
+    genre_from = genre_net if genre_net is not None else net
+    for name, items, labels, owner in (("mood", mood_items, MOODS_4Q, net), ("genre", genre_items, GENRES_EMOTIFY, genre_from)):
+        layer = owner.mood if name == "mood" else owner.genre
         if not items or layer is None:
             continue
         per_clip, clip_idx = windows(dataset_logmels(items, TEACHER_SPEC, cache))
-        X = embed(fn, per_clip)
+        X = embed(torch_embedder(owner, head_input), per_clip)
         y = np.array([labels.index(items[i].label) for i in clip_idx])
         groups = np.array([items[i].group or items[i].file for i in clip_idx])
         c = C if C is not None else select_C(X, y, groups, len(labels))
         W, b = fit_linear(X, y, len(labels), c)
-        set_linear(layer, W, b, net.distill if head_input == "distill" else None)
+        set_linear(layer, W, b, owner.distill if head_input == "distill" else None)
         info[name] = {"clips": len(items), "windows": int(len(X)), "head_input": head_input, "C": c}
+    if genre_net is not None and "genre" in info:
+        info["genre"]["branch"] = "separate genre student (see provenance.genre_branch)"
     return info
 
 
@@ -89,13 +93,14 @@ def verify(net, path: Path, n_mels: int, patch: int) -> dict:
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
+    outputs = [o.name for o in sess.get_outputs()]
     worst = 0.0
     for frames in (patch, 40):
         x = (rng.random((3, n_mels, frames)) * 3).astype(np.float32)
         with torch.no_grad():
-            ref = net(torch.from_numpy(x))["mood_logits"].numpy()
-        got = sess.run(["mood_logits"], {"logmel": x})[0]
-        worst = max(worst, float(np.abs(ref - got).max()))
+            ref = net(torch.from_numpy(x))
+        got = sess.run(outputs, {"logmel": x})
+        worst = max([worst] + [float(np.abs(ref[name].numpy() - g).max()) for name, g in zip(outputs, got)])
     if worst > VERIFY_ATOL:
         raise RuntimeError(f"{path}: onnxruntime and torch differ by {worst:.2e} (> {VERIFY_ATOL})")
     model = MoodModel(path)
@@ -117,7 +122,8 @@ def init_command(args: dict) -> str | None:
     return training_command(torch.load(init, map_location="cpu", weights_only=False).get("args", {}))
 
 
-def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, command: str, teacher_used: bool):
+def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, command: str, teacher_used: bool,
+               genre_ck: dict | None = None):
     from sendreturn_mood.model import ModelInfo, MoodLabel
     from training.teacher import CITATION, PATCH_FRAMES, TEACHER_SPEC
     from training.train import training_command
@@ -146,10 +152,19 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
         "heads": heads,
         "net": ck["cfg"],
     }
+    if genre_ck is not None:
+        provenance["genre_branch"] = {
+            "net": genre_ck["cfg"],
+            "trained_on": genre_ck.get("args", {}).get("data", []),
+            "training_command": training_command(genre_ck.get("args", {})),
+            "init_command": init_command(genre_ck.get("args", {})),
+        }
     return ModelInfo(
         name=name,
         version=version,
-        description="Small CNN on 3 s log-mel windows: 4 quadrant moods (valence/arousal) and 4 genres; "
+        description=("Two small CNNs" if genre_ck is not None else "Small CNN")
+        + " on 3 s log-mel windows: 4 quadrant moods (valence/arousal) and 4 genres"
+        + ("; the genre comes from a second student trained for it" if genre_ck is not None else "") + "; "
         + ("distilled from musicnn (MSD)" if teacher_used else "trained from scratch")
         + (", fine-tuned with labels" if ck.get("args", {}).get("init") and ck.get("args", {}).get("supervised") else "")
         + ", linear heads on its embedding",
@@ -165,6 +180,8 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="training checkpoint (runs/<name>/best.ckpt)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"ONNX file to write (default {DEFAULT_OUT})")
+    parser.add_argument("--genre-ckpt", default=None,
+                        help="a genre branch: a second student whose embedding feeds the genre head (both in one graph)")
     parser.add_argument("--mood-data", default="4q", help="labelled mood clips for the mood head ('' = keep the trained head)")
     parser.add_argument("--genre-data", default="emotify", help="labelled genre clips for the genre head ('' = keep the trained head)")
     parser.add_argument("--report", default=str(REPO / "docs" / "evaluation" / "report.json"),
@@ -189,9 +206,14 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(2)
     net, ck = load_net(args.ckpt)
+    genre_net, genre_ck = load_net(args.genre_ckpt) if args.genre_ckpt else (None, None)
     mood_items = resolve_dataset(args.mood_data) if args.mood_data else []
     genre_items = resolve_dataset(args.genre_data) if args.genre_data else []
-    heads = fit_heads(net, mood_items, genre_items, cache_dir(args.cache), args.C, args.head_input)
+    heads = fit_heads(net, mood_items, genre_items, cache_dir(args.cache), args.C, args.head_input, genre_net)
+    if genre_net is not None:
+        from training.net import BranchedNet
+
+        net = BranchedNet(net, genre_net)
     net.eval()
     report = {}
     if args.report and Path(args.report).is_file():
@@ -200,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     command = shlex.join(["python", "-m", "training", "export"] + (sys.argv[sys.argv.index("export") + 1 :] if "export" in sys.argv else []))
     teacher_used = bool(ck["cfg"].get("distill_dim"))
-    info = build_info(ck, args.name, args.version, metrics, heads, command, teacher_used)
+    info = build_info(ck, args.name, args.version, metrics, heads, command, teacher_used, genre_ck)
     export_onnx(net, out, info.frontend.n_mels, info.patch_frames)
     write_metadata(out, info)
     check = verify(net, out, info.frontend.n_mels, info.patch_frames)

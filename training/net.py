@@ -85,10 +85,35 @@ class MoodNet(nn.Module):
         return out
 
 
+class BranchedNet(nn.Module):
+    """Two students in one graph: mood (and the embedding) from the mood student, genre from a genre student.
+
+    Why: the genre labels (Emotify) and the mood labels (4Q) pull one small trunk in different directions; a joint
+    fine-tune gained genre accuracy only by losing mood accuracy. A second trunk trained for genre costs about one
+    more student's compute per window (still far inside the 2 ms budget) and leaves the mood model untouched.
+    """
+
+    def __init__(self, mood_net: MoodNet, genre_net: MoodNet) -> None:
+        super().__init__()
+        if genre_net.genre is None:
+            raise ValueError("the genre branch has no genre head")
+        self.mood_net = mood_net
+        self.genre_net = genre_net
+        self.mood, self.genre = mood_net.mood, genre_net.genre  # the heads export and fit_heads address
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mood_net.embed(x)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        e = self.mood_net.embed(x)
+        g = self.genre_net.embed(x)
+        return {"embedding": e, "mood_logits": self.mood(self.mood_net.dropout(e)), "genre_logits": self.genre(self.genre_net.dropout(g))}
+
+
 class ExportWrapper(nn.Module):
     """The runtime's graph contract: logmel -> (mood_logits, genre_logits?, embedding)."""
 
-    def __init__(self, net: MoodNet) -> None:
+    def __init__(self, net: MoodNet | BranchedNet) -> None:
         super().__init__()
         self.net = net
 

@@ -40,6 +40,7 @@ MASK_TIME = 24  # max frames per time mask
 MASK_FREQ = 12  # max mel bands per frequency mask
 MIX_PROB = 0.3
 WARMUP_FRACTION = 0.05
+TASKS = ("mood", "genre")  # label tasks a supervised run can learn
 LOG_SCALE = 10000.0  # the front end's log10(LOG_SCALE * mel + 1) compression; gain is applied through it
 
 
@@ -242,6 +243,8 @@ def train(args: argparse.Namespace) -> Path:
             parts["distill"] = loss.item()
         if supervised:
             for name, lab, w in (("mood", mood, mood_w), ("genre", genre, genre_w)):
+                if name not in args.tasks:
+                    continue
                 key = f"{name}_logits"
                 m = lab >= 0
                 if m.any() and key in o:
@@ -337,6 +340,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--embedding", type=int, default=128)
     parser.add_argument("--supervised", action="store_true", help="add mood/genre cross-entropy on labelled clips")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS),
+                        help="which labels --supervised learns from (e.g. only genre for a genre branch)")
     parser.add_argument("--no-teacher", action="store_true", help="no distillation: supervised cross-entropy only")
     parser.add_argument("--ce-weight", type=float, default=0.5)
     parser.add_argument("--mix", action="store_true", help="mix pairs of crops (power domain)")

@@ -1,0 +1,222 @@
+"""How far the teacher's features go on a task: the ceiling a distilled student is chasing, measured on the same folds.
+
+The genre target (Emotify clip accuracy >= 0.85) is far above what the small students reach, so before spending more
+compute on students we ask what the 10x-heavier musicnn teacher itself reaches with the best classifiers we could
+put on it, each on the same grouped folds as `training evaluate` (clip = window probabilities averaged):
+
+- window-level logistic regression on the teacher's embedding (several C; the max over the grid is optimistic);
+- an RBF SVM on the same window features; a k-nearest-neighbour vote on clip-mean embeddings;
+- the teacher's embedding concatenated with the hand-crafted librosa descriptors (`training.baselines`);
+- with `--finetune-folds`, musicnn's mid/back end fine-tuned on the labels (front end frozen; `training.musicnn`),
+  for a fixed number of epochs (the test fold never picks the epoch).
+
+Writes JSON and markdown (default `docs/evaluation/ceiling_<task>.{json,md}`); the model card quotes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from training.manifest import GENRES_EMOTIFY, MOODS_4Q, REPO
+
+TASKS = {"genre": ("emotify", GENRES_EMOTIFY), "mood": ("4q", MOODS_4Q)}
+LR_GRID = (0.005, 0.02, 0.1, 0.5)
+SVM_C = 1.0
+KNN_K = 3
+COMBINED_C = 0.02
+FT_EPOCHS = 3
+FT_LR = 3e-4
+FT_BATCH = 32
+FT_DROPOUT = 0.3
+FT_JITTER = 16
+
+
+def _cv(fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], folds, y: np.ndarray) -> dict:
+    """fit_predict(train clip ids, test clip ids) -> clip probabilities; per-fold and mean clip accuracy."""
+    accs = []
+    for tr, te in folds:
+        probs = fit_predict(tr, te)
+        accs.append(float((probs.argmax(1) == y[te]).mean()))
+    return {"clip_accuracy_mean": float(np.mean(accs)), "clip_accuracy_std": float(np.std(accs)), "folds": accs}
+
+
+def window_classifier(feats: list[np.ndarray], y: np.ndarray, make) -> Callable:
+    """Train on every window of the training clips; a test clip's probabilities are its windows' mean."""
+
+    def fit_predict(tr, te):
+        X = np.concatenate([feats[i] for i in tr])
+        Y = np.concatenate([np.full(len(feats[i]), y[i]) for i in tr])
+        model = make().fit(X, Y)
+        return np.stack([model.predict_proba(feats[i]).mean(0) for i in te])
+
+    return fit_predict
+
+
+class SoftmaxSVC:
+    """RBF SVM whose one-vs-rest decision values go through a softmax: window "probabilities" to average per clip
+    (scikit-learn deprecated `SVC(probability=True)`; a ranking is all the clip vote needs)."""
+
+    def __init__(self, C: float = SVM_C) -> None:
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.svm import SVC
+
+        self.model = make_pipeline(StandardScaler(), SVC(C=C, decision_function_shape="ovr"))
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "SoftmaxSVC":
+        self.model.fit(X, y)
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        d = self.model.decision_function(X)
+        e = np.exp(d - d.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def knn_classifier(feats: list[np.ndarray], y: np.ndarray, n_classes: int, k: int = KNN_K) -> Callable:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    clip = np.stack([f.mean(0) for f in feats])
+
+    def fit_predict(tr, te):
+        model = KNeighborsClassifier(k, metric="cosine").fit(clip[tr], y[tr])
+        out = np.zeros((len(te), n_classes))
+        out[:, model.classes_] = model.predict_proba(clip[te])
+        return out
+
+    return fit_predict
+
+
+def finetune_fold(teacher_path, mels: list[np.ndarray], y: np.ndarray, tr, te, n_classes: int, epochs: int, seed: int) -> np.ndarray:
+    """musicnn's back end + a new linear head trained on the training clips' 3 s crops; test clip probabilities."""
+    import torch
+    import torch.nn.functional as F
+
+    from training.musicnn import MusiCNN
+    from training.teacher import HOP_FRAMES, PATCH_FRAMES, patch_starts
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = MusiCNN(teacher_path).eval()
+    with torch.no_grad():  # the front end is frozen: compute it once per clip
+        fronts = {i: net.front(torch.from_numpy(np.ascontiguousarray(mels[i].T[None]))).squeeze(0).numpy() for i in (*tr, *te)}
+    for p in (*net.input_bn.parameters(), *net.timbral.parameters(), *net.timbral_bn.parameters(),
+              *net.temporal.parameters(), *net.temporal_bn.parameters()):
+        p.requires_grad = False
+    head = torch.nn.Linear(net.dense.out_features, n_classes)
+    opt = torch.optim.AdamW([{"params": [p for p in net.parameters() if p.requires_grad], "lr": FT_LR},
+                             {"params": head.parameters(), "lr": 10 * FT_LR}], weight_decay=1e-2)
+
+    def crops(i, jitter: bool) -> np.ndarray:
+        f = fronts[i]
+        if f.shape[1] < PATCH_FRAMES:
+            f = np.pad(f, ((0, 0), (0, PATCH_FRAMES - f.shape[1])), mode="edge")
+        starts = patch_starts(f.shape[1], PATCH_FRAMES, HOP_FRAMES)
+        if jitter:
+            starts = np.clip(starts + rng.integers(-FT_JITTER, FT_JITTER + 1, len(starts)), 0, f.shape[1] - PATCH_FRAMES)
+        return np.stack([f[:, s : s + PATCH_FRAMES] for s in starts])
+
+    for _ in range(epochs):
+        parts = [crops(i, True) for i in tr]
+        X = np.concatenate(parts)
+        Y = np.concatenate([np.full(len(p), y[i]) for p, i in zip(parts, tr)])
+        order = rng.permutation(len(X))
+        net.train()
+        net.apply(lambda m: m.eval() if isinstance(m, torch.nn.BatchNorm2d) else None)  # keep the pretrained statistics
+        for b in range(0, len(order), FT_BATCH):
+            idx = order[b : b + FT_BATCH]
+            emb = net.back(torch.from_numpy(X[idx]))[0]
+            loss = F.cross_entropy(head(F.dropout(emb, FT_DROPOUT, True)), torch.from_numpy(Y[idx]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        return np.stack([torch.softmax(head(net.back(torch.from_numpy(crops(i, False)))[0]), 1).mean(0).numpy() for i in te])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", choices=sorted(TASKS), default="genre")
+    parser.add_argument("--finetune-folds", type=int, nargs="*", default=[],
+                        help="also fine-tune musicnn's back end for these folds (~8 min per fold on one core)")
+    parser.add_argument("--epochs", type=int, default=FT_EPOCHS, help="fine-tuning epochs (fixed, not picked on the test fold)")
+    parser.add_argument("--out", default=None, help="JSON to write (default docs/evaluation/ceiling_<task>.json; .md beside it)")
+    parser.add_argument("--cache", default=None)
+
+
+def markdown(res: dict) -> str:
+    lines = [f"# What the teacher's features reach: {res['task']} ({res['dataset']})", "",
+             f"Generated by `{res['command']}`. Clip accuracy on the grouped 5-fold CV of `training evaluate` "
+             "(mean ± std over folds; for a grid, every value is shown: picking the best one afterwards is optimistic).", "",
+             "| method | clip accuracy | per fold |", "|---|---|---|"]
+    for name, r in res["methods"].items():
+        folds = ", ".join(f"{a:.3f}" for a in r["folds"])
+        lines.append(f"| {name} | {r['clip_accuracy_mean']:.3f} ± {r['clip_accuracy_std']:.3f} | {folds} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from training.baselines import HandcraftedRecipe, dataset_features
+    from training.features import cache_dir, dataset_logmels, resolve_dataset
+    from training.metrics import group_folds
+    from training.teacher import TEACHER_PATH, TEACHER_SPEC, dataset_teacher_outputs, teacher_available
+
+    if not teacher_available():
+        raise SystemExit(f"the teacher is missing: {TEACHER_PATH}")
+    warnings.filterwarnings("ignore", category=ConvergenceWarning)
+    dataset, labels = TASKS[args.task]
+    cache = cache_dir(args.cache)
+    items = resolve_dataset(dataset)
+    y = np.array([labels.index(it.label) for it in items])
+    folds = group_folds([it.label for it in items], [it.group or it.file for it in items], 5, 0)
+    teacher = [o["embedding"] for o in dataset_teacher_outputs(items, cache)]
+    hand = [w for _, w in dataset_features(items, HandcraftedRecipe(), cache)]
+    combined = [np.concatenate([t[: min(len(t), len(h))], h[: min(len(t), len(h))]], axis=1) for t, h in zip(teacher, hand)]
+    argv = sys.argv[sys.argv.index("ceiling") + 1 :] if "ceiling" in sys.argv else sys.argv[1:]
+    res = {"task": args.task, "dataset": dataset, "command": shlex.join(["python", "-m", "training", "ceiling", *argv]), "methods": {}}
+    lr = lambda C: (lambda: make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000)))
+    for C in LR_GRID:
+        res["methods"][f"teacher embedding, window LR C={C}"] = _cv(window_classifier(teacher, y, lr(C)), folds, y)
+    res["methods"][f"teacher embedding, window RBF SVM C={SVM_C}"] = _cv(window_classifier(teacher, y, SoftmaxSVC), folds, y)
+    res["methods"][f"teacher clip-mean embedding, {KNN_K}-NN (cosine)"] = _cv(knn_classifier(teacher, y, len(labels)), folds, y)
+    res["methods"][f"teacher embedding + hand-crafted, window LR C={COMBINED_C}"] = _cv(window_classifier(combined, y, lr(COMBINED_C)), folds, y)
+    if args.finetune_folds:
+        mels = dataset_logmels(items, TEACHER_SPEC, cache)
+        accs = []
+        for k in args.finetune_folds:
+            t0 = time.time()
+            tr, te = folds[k]
+            probs = finetune_fold(TEACHER_PATH, mels, y, tr, te, len(labels), args.epochs, seed=k)
+            accs.append(float((probs.argmax(1) == y[te]).mean()))
+            print(f"fine-tuned musicnn, fold {k}: clip accuracy {accs[-1]:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr)
+        res["methods"][f"musicnn back end fine-tuned {args.epochs} epochs, folds {args.finetune_folds}"] = {
+            "clip_accuracy_mean": float(np.mean(accs)), "clip_accuracy_std": float(np.std(accs)), "folds": accs}
+    out = Path(args.out) if args.out else REPO / "docs" / "evaluation" / f"ceiling_{args.task}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    out.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
+    sys.exit(run(p.parse_args()))
