@@ -3,6 +3,10 @@
 The real-time budget is per window: the server runs one window per room per hop, batched across rooms. So this
 reports milliseconds per window at batch 1 (one room) and at larger batches (many rooms), each the median of
 `--runs` timed calls after warm-up, with BLAS pinned to one thread so the number means "one core".
+
+The machines we share are noisy (the same model's median moves by 2x between runs), so `--compare OTHER.onnx`
+times the two models alternately, call by call, in the same run, and reports the ratio of their medians: the
+number to quote when saying one model costs more than another.
 """
 
 from __future__ import annotations
@@ -41,11 +45,34 @@ def bench(path: str | os.PathLike[str] | None, batches: list[int], runs: int, th
     return result
 
 
+def compare(path: str | os.PathLike[str] | None, other: str | os.PathLike[str], batch: int, runs: int, threads: int = 1) -> dict:
+    """Both models timed alternately on the same input: {name: median ms/window, ..., "ratio": this / other}."""
+    from sendreturn_mood.model import MoodModel
+
+    models = [MoodModel(path, threads=threads), MoodModel(other, threads=threads)]
+    n_mels, frames = models[0].info.frontend.n_mels, models[0].info.patch_frames
+    x = (np.random.default_rng(0).random((batch, n_mels, frames)) * 3).astype(np.float32)
+    times: list[list[float]] = [[], []]
+    for _ in range(WARMUP):
+        for m in models:
+            m.predict(x)
+    for _ in range(runs):
+        for k, m in enumerate(models):
+            t = time.perf_counter()
+            m.predict(x)
+            times[k].append(time.perf_counter() - t)
+    med = [float(np.median(t) / batch * 1000) for t in times]
+    return {"batch": batch, "runs": runs, "models": [str(m.path) for m in models], "median_ms_per_window": med,
+            "ratio": med[0] / med[1]}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=None, help="ONNX model (default: the shipped exported_models/mood_cnn.onnx)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes (default 1 16)")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per batch size (default 200)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    parser.add_argument("--compare", default=None, metavar="OTHER",
+                        help="also time OTHER.onnx alternately with the model (batch 1) and report the ratio of medians")
     parser.add_argument("--json", default=None, help="also write the result to this JSON file")
 
 
@@ -55,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
     for b, r in res["ms_per_window"].items():
         print(f"{res['name']}: batch {b}: {r['median']:.3f} ms/window median, {r['p90']:.3f} p90 "
               f"({res['threads']} thread, {res['n_mels']}x{res['frames']} log-mel)")
+    if args.compare:
+        c = compare(args.model, args.compare, 1, args.runs, args.threads)
+        res["compare"] = c
+        print(f"side by side, batch 1: {c['median_ms_per_window'][0]:.3f} ms ({c['models'][0]}) vs "
+              f"{c['median_ms_per_window'][1]:.3f} ms ({c['models'][1]}): ratio {c['ratio']:.2f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))
