@@ -23,45 +23,43 @@ import numpy as np
 WARMUP = 10
 
 
-def bench(path: str | os.PathLike[str] | None, batches: list[int], runs: int, threads: int = 1) -> dict:
-    from sendreturn_mood.model import MoodModel
-
-    model = MoodModel(path, threads=threads)
-    n_mels, frames = model.info.frontend.n_mels, model.info.patch_frames
-    rng = np.random.default_rng(0)
-    result = {"model": str(model.path), "name": model.info.name, "threads": threads, "n_mels": n_mels,
-              "frames": frames, "runs": runs, "ms_per_window": {}}
-    for b in batches:
-        x = (rng.random((b, n_mels, frames)) * 3).astype(np.float32)
-        for _ in range(WARMUP):
-            model.predict(x)
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            model.predict(x)
-            times.append(time.perf_counter() - t)
-        result["ms_per_window"][str(b)] = {"median": float(np.median(times) / b * 1000),
-                                           "p90": float(np.percentile(times, 90) / b * 1000)}
-    return result
-
-
-def compare(path: str | os.PathLike[str] | None, other: str | os.PathLike[str], batch: int, runs: int, threads: int = 1) -> dict:
-    """Both models timed alternately on the same input: {name: median ms/window, ..., "ratio": this / other}."""
-    from sendreturn_mood.model import MoodModel
-
-    models = [MoodModel(path, threads=threads), MoodModel(other, threads=threads)]
-    n_mels, frames = models[0].info.frontend.n_mels, models[0].info.patch_frames
-    x = (np.random.default_rng(0).random((batch, n_mels, frames)) * 3).astype(np.float32)
-    times: list[list[float]] = [[], []]
+def time_calls(models: list, x: np.ndarray, runs: int) -> tuple[list[float], list[float]]:
+    """(median, p90) ms per window of each model on `x`, the models called alternately (one model: plain repetition)."""
     for _ in range(WARMUP):
         for m in models:
             m.predict(x)
+    times: list[list[float]] = [[] for _ in models]
     for _ in range(runs):
         for k, m in enumerate(models):
             t = time.perf_counter()
             m.predict(x)
             times[k].append(time.perf_counter() - t)
-    med = [float(np.median(t) / batch * 1000) for t in times]
+    return [float(np.median(t) / len(x) * 1000) for t in times], [float(np.percentile(t, 90) / len(x) * 1000) for t in times]
+
+
+def _window(model, batch: int) -> np.ndarray:
+    n_mels, frames = model.info.frontend.n_mels, model.info.patch_frames
+    return (np.random.default_rng(0).random((batch, n_mels, frames)) * 3).astype(np.float32)
+
+
+def bench(path: str | os.PathLike[str] | None, batches: list[int], runs: int, threads: int = 1) -> dict:
+    from sendreturn_mood.model import MoodModel
+
+    model = MoodModel(path, threads=threads)
+    result = {"model": str(model.path), "name": model.info.name, "threads": threads, "n_mels": model.info.frontend.n_mels,
+              "frames": model.info.patch_frames, "runs": runs, "ms_per_window": {}}
+    for b in batches:
+        (median,), (p90,) = time_calls([model], _window(model, b), runs)
+        result["ms_per_window"][str(b)] = {"median": median, "p90": p90}
+    return result
+
+
+def compare(path: str | os.PathLike[str] | None, other: str | os.PathLike[str], batch: int, runs: int, threads: int = 1) -> dict:
+    """Both models timed alternately on the same input: median ms/window of each and the ratio this / other."""
+    from sendreturn_mood.model import MoodModel
+
+    models = [MoodModel(path, threads=threads), MoodModel(other, threads=threads)]
+    med, _ = time_calls(models, _window(models[0], batch), runs)
     return {"batch": batch, "runs": runs, "models": [str(m.path) for m in models], "median_ms_per_window": med,
             "ratio": med[0] / med[1]}
 

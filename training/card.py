@@ -37,7 +37,7 @@ def experiments_table(folder: Path = EVAL_DIR / "experiments") -> list[str]:
             "|---|---|---|---|---|---|---|"] + rows
 
 
-def genre_limits(branch: dict | None, ceiling: dict | None, summary: dict) -> list[str]:
+def genre_limits(branch: dict | None, ceiling: dict | None) -> list[str]:
     """The genre paragraph of "Known limits": what the genre head is, and how far even the teacher gets."""
     if branch:
         what = ("- Genre is the weak head: a separate small student trained on only 300 Emotify clips (240 per fold); pop "
@@ -195,7 +195,7 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
         "Emotify genres are only four. Expect lower accuracy on other styles, on live input with room noise, and on "
         "speech or silence (there is no 'no music' class).",
         "- A single 3 s window is much noisier than a whole clip: the server's smoothing matters.",
-        *genre_limits(branch, ceiling, s),
+        *genre_limits(branch, ceiling),
         "",
         "## Citations",
         "",

@@ -1,7 +1,7 @@
 """How far the teacher's features go on a task: the ceiling a distilled student is chasing, measured on the same folds.
 
 The genre target (Emotify clip accuracy >= 0.85) is far above what the small students reach, so before spending more
-compute on students we ask what the 10x-heavier musicnn teacher itself reaches with the best classifiers we could
+compute on students we ask what the much heavier musicnn teacher itself reaches with the best classifiers we could
 put on it, each on the same grouped folds as `training evaluate` (clip = window probabilities averaged):
 
 - window-level logistic regression on the teacher's embedding (several C; the max over the grid is optimistic);
@@ -22,8 +22,6 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 
 from training.manifest import GENRES_EMOTIFY, MOODS_4Q, REPO
@@ -40,25 +38,11 @@ FT_DROPOUT = 0.3
 FT_JITTER = 16
 
 
-def _cv(fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], folds, y: np.ndarray) -> dict:
-    """fit_predict(train clip ids, test clip ids) -> clip probabilities; per-fold and mean clip accuracy."""
-    accs = []
-    for tr, te in folds:
-        probs = fit_predict(tr, te)
-        accs.append(float((probs.argmax(1) == y[te]).mean()))
-    return {"clip_accuracy_mean": float(np.mean(accs)), "clip_accuracy_std": float(np.std(accs)), "folds": accs}
-
-
-def window_classifier(feats: list[np.ndarray], y: np.ndarray, make) -> Callable:
-    """Train on every window of the training clips; a test clip's probabilities are its windows' mean."""
-
-    def fit_predict(tr, te):
-        X = np.concatenate([feats[i] for i in tr])
-        Y = np.concatenate([np.full(len(feats[i]), y[i]) for i in tr])
-        model = make().fit(X, Y)
-        return np.stack([model.predict_proba(feats[i]).mean(0) for i in te])
-
-    return fit_predict
+def clip_summary(result: dict) -> dict:
+    """The clip-level numbers of a `training.baselines.cross_validate` result: mean, std and per-fold accuracy."""
+    summary = result["clip"]["summary"]
+    return {"clip_accuracy_mean": summary["accuracy_mean"], "clip_accuracy_std": summary["accuracy_std"],
+            "folds": [f["accuracy"] for f in result["clip"]["folds"]]}
 
 
 class SoftmaxSVC:
@@ -74,6 +58,7 @@ class SoftmaxSVC:
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "SoftmaxSVC":
         self.model.fit(X, y)
+        self.classes_ = self.model.classes_
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -82,27 +67,13 @@ class SoftmaxSVC:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def knn_classifier(feats: list[np.ndarray], y: np.ndarray, n_classes: int, k: int = KNN_K) -> Callable:
-    from sklearn.neighbors import KNeighborsClassifier
-
-    clip = np.stack([f.mean(0) for f in feats])
-
-    def fit_predict(tr, te):
-        model = KNeighborsClassifier(k, metric="cosine").fit(clip[tr], y[tr])
-        out = np.zeros((len(te), n_classes))
-        out[:, model.classes_] = model.predict_proba(clip[te])
-        return out
-
-    return fit_predict
-
-
 def finetune_fold(teacher_path, mels: list[np.ndarray], y: np.ndarray, tr, te, n_classes: int, epochs: int, seed: int) -> np.ndarray:
     """musicnn's back end + a new linear head trained on the training clips' 3 s crops; test clip probabilities."""
     import torch
     import torch.nn.functional as F
 
     from training.musicnn import MusiCNN
-    from training.teacher import HOP_FRAMES, PATCH_FRAMES, patch_starts
+    from training.teacher import HOP_FRAMES, PATCH_FRAMES, cut_patches, patch_starts
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -118,12 +89,10 @@ def finetune_fold(teacher_path, mels: list[np.ndarray], y: np.ndarray, tr, te, n
 
     def crops(i, jitter: bool) -> np.ndarray:
         f = fronts[i]
-        if f.shape[1] < PATCH_FRAMES:
-            f = np.pad(f, ((0, 0), (0, PATCH_FRAMES - f.shape[1])), mode="edge")
         starts = patch_starts(f.shape[1], PATCH_FRAMES, HOP_FRAMES)
         if jitter:
-            starts = np.clip(starts + rng.integers(-FT_JITTER, FT_JITTER + 1, len(starts)), 0, f.shape[1] - PATCH_FRAMES)
-        return np.stack([f[:, s : s + PATCH_FRAMES] for s in starts])
+            starts = np.clip(starts + rng.integers(-FT_JITTER, FT_JITTER + 1, len(starts)), 0, max(0, f.shape[1] - PATCH_FRAMES))
+        return cut_patches(f, starts, PATCH_FRAMES)
 
     for _ in range(epochs):
         parts = [crops(i, True) for i in tr]
@@ -170,10 +139,11 @@ def run(args: argparse.Namespace) -> int:
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from training.baselines import HandcraftedRecipe, dataset_features
+    from training.baselines import HandcraftedRecipe, cross_validate, dataset_features
     from training.features import cache_dir, dataset_logmels, resolve_dataset
     from training.metrics import group_folds
     from training.teacher import TEACHER_PATH, TEACHER_SPEC, dataset_teacher_outputs, teacher_available
@@ -191,12 +161,22 @@ def run(args: argparse.Namespace) -> int:
     combined = [np.concatenate([t[: min(len(t), len(h))], h[: min(len(t), len(h))]], axis=1) for t, h in zip(teacher, hand)]
     argv = sys.argv[sys.argv.index("ceiling") + 1 :] if "ceiling" in sys.argv else sys.argv[1:]
     res = {"task": args.task, "dataset": dataset, "command": shlex.join(["python", "-m", "training", "ceiling", *argv]), "methods": {}}
-    lr = lambda C: (lambda: make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000)))
+    names = [it.label for it in items]
+    groups = [it.group or it.file for it in items]
+
+    def cv(X, make) -> dict:
+        return clip_summary(cross_validate(X, names, groups, labels, folds, lambda Xtr, ytr, _: make().fit(Xtr, ytr)))
+
+    def lr(C: float):
+        return lambda: make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000))
+
     for C in LR_GRID:
-        res["methods"][f"teacher embedding, window LR C={C}"] = _cv(window_classifier(teacher, y, lr(C)), folds, y)
-    res["methods"][f"teacher embedding, window RBF SVM C={SVM_C}"] = _cv(window_classifier(teacher, y, SoftmaxSVC), folds, y)
-    res["methods"][f"teacher clip-mean embedding, {KNN_K}-NN (cosine)"] = _cv(knn_classifier(teacher, y, len(labels)), folds, y)
-    res["methods"][f"teacher embedding + hand-crafted, window LR C={COMBINED_C}"] = _cv(window_classifier(combined, y, lr(COMBINED_C)), folds, y)
+        res["methods"][f"teacher embedding, window LR C={C}"] = cv(teacher, lr(C))
+    res["methods"][f"teacher embedding, window RBF SVM C={SVM_C}"] = cv(teacher, SoftmaxSVC)
+    clip_means = np.stack([t.mean(axis=0) for t in teacher])
+    res["methods"][f"teacher clip-mean embedding, {KNN_K}-NN (cosine)"] = cv(
+        clip_means, lambda: KNeighborsClassifier(KNN_K, metric="cosine"))
+    res["methods"][f"teacher embedding + hand-crafted, window LR C={COMBINED_C}"] = cv(combined, lr(COMBINED_C))
     if args.finetune_folds:
         mels = dataset_logmels(items, TEACHER_SPEC, cache)
         accs = []
