@@ -19,13 +19,15 @@ Copy it freely: it needs only `websockets`, `numpy` and `soundfile` (wav, flac, 
 `--sample-rate` additionally needs `soxr` to resample.
 
 Exit status: 0 done, 1 gave up (connection/server error) or a file could not be read (it is skipped),
-2 refused (bad request, unauthorized) or bad arguments.
+2 refused (bad request, unauthorized) or bad arguments, 130 interrupted (Ctrl-C: it still sends `end` and waits for
+the server's last update, so listeners see the stream end rather than a lost source).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -238,6 +240,12 @@ class Streamer:
         except FatalError as exc:
             print(f"stopped by the server: {exc}", file=sys.stderr, flush=True)
             return 1
+        except asyncio.CancelledError:  # Ctrl-C (asyncio.run cancels this task): end the stream cleanly, then stop
+            if self._ws is not None:
+                self.note("interrupted: sending `end`")
+                with contextlib.suppress(Exception):
+                    await self.finish()
+            raise
         finally:
             if self._ws is not None:
                 await self._ws.close()

@@ -300,3 +300,14 @@ def test_clients_reconnect_and_resume_when_the_server_restarts(tiny_model_path: 
     assert after and all(u["track"]["id"] == f"file:{song.name}" for u in after)
     # the new server heard only the rest of the song (stream_time restarts with the new connection)
     assert max(u["stream_time"] for u in after) <= sf.info(song).duration - at + 0.6
+
+
+def test_stream_file_ends_the_stream_on_ctrl_c(server: str) -> None:
+    """Ctrl-C (SIGINT) mid-song: the client still sends `end`, gets the server's last update and its 1000 close."""
+    song = songs(1)[0]
+    src = Proc(EXAMPLES / "stream_file.py", song, "--url", server, "--room", "ctrlc", "--speed", 1)
+    src.wait_line(r"^#")  # a mood update: the stream is under way (real time, so the song is far from over)
+    src.popen.send_signal(signal.SIGINT)
+    assert src.wait() == 130, src.report()
+    assert any("interrupted: sending `end`" in line for line in src.out), src.report()
+    assert "closed with 1000" in src.out[-1], src.report()
