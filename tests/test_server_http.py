@@ -38,6 +38,17 @@ async def test_healthz(tiny_model_path):
             assert (h["rooms"], h["connections"]) == (2, 3)
 
 
+async def test_health_and_metrics_stay_open_when_a_token_is_set(tiny_model_path):
+    """Probes and Prometheus scrape without credentials: both carry counts only, never room names or audio."""
+    async with running_server(tiny_model_path, server__auth_tokens=["s3cret"]) as server:
+        async with client(server, "private-room", token="s3cret"):
+            health = await get(server, "/healthz")
+            metrics = await get(server, "/metrics")
+    assert health[0] == 200 and json.loads(health[2])["rooms"] == 1
+    assert metrics[0] == 200
+    assert b"private-room" not in health[2] and b"private-room" not in metrics[2]
+
+
 async def test_metrics_after_streaming(tiny_model_path):
     async with running_server(tiny_model_path) as server:
         async with client(server, "m", role="source", sample_rate=16000) as (src, _):
