@@ -253,3 +253,16 @@ def test_plots_are_written(tmp_path):
     r = classification_report(["a", "b", "b"], ["a", "b", "a"], ["a", "b"], np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]))
     assert plot_confusion(r, ["a", "b"], tmp_path / "c.png").stat().st_size > 1000
     assert plot_reliability(r, tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_card_says_only_what_the_fold_chains_heard():
+    """The card's honesty line is read from the report's per-fold chains, never typed by hand."""
+    from training.card import honesty
+
+    strict = {"mood": {"methods": {"student_cnn": {"fold_students": {
+        "0": "runs/a: fine-tuned with labels on 4q without 4q fold 0 (audio and labels), from: distilled (no labels) on 4q without 4q fold 0 (audio and labels)"}}}}}
+    leaky = {"mood": {"methods": {"student_cnn": {"fold_students": {
+        **strict["mood"]["methods"]["student_cnn"]["fold_students"],
+        "1": "runs/b: fine-tuned with labels on 4q without 4q fold 1 (audio and labels), from: distilled (no labels) on 4q incl. 4q fold 1's test clips (audio only)"}}}}}
+    assert "Nor did their audio" in honesty(strict)
+    assert "fold(s) 1 did hear" in honesty(leaky) and "Nor did" not in honesty(leaky)

@@ -6,9 +6,13 @@ put on it, each on the same grouped folds as `training evaluate` (clip = window 
 
 - window-level logistic regression on the teacher's embedding (several C; the max over the grid is optimistic);
 - an RBF SVM on the same window features; a k-nearest-neighbour vote on clip-mean embeddings;
+- the same classifiers on the teacher's other outputs (tag logits, the 753-d `max_pool` its author recommends for
+  transfer, embedding + `max_pool`), to see whether another layer holds more than the embedding;
 - the teacher's embedding concatenated with the hand-crafted librosa descriptors (`training.baselines`);
 - with `--finetune-folds`, musicnn's mid/back end fine-tuned on the labels (front end frozen; `training.musicnn`),
-  for a fixed number of epochs (the test fold never picks the epoch).
+  for a fixed number of epochs (the test fold never picks the epoch);
+- with `--student PATTERN` (a checkpoint per fold, `{k}` = fold, each trained without that fold's test clips), the
+  same classifiers on a trained student's embedding: is the linear head or the student's features the limit?
 
 Writes JSON and markdown (default `docs/evaluation/ceiling_<task>.{json,md}`); the model card quotes it.
 """
@@ -113,11 +117,35 @@ def finetune_fold(teacher_path, mels: list[np.ndarray], y: np.ndarray, tr, te, n
         return np.stack([torch.softmax(head(net.back(torch.from_numpy(crops(i, False)))[0]), 1).mean(0).numpy() for i in te])
 
 
+def student_heads(pattern: str, items, folds, labels, cache, lr) -> dict:
+    """Clip accuracy of a linear and an RBF-SVM head on each fold's own student embedding (the student of fold k
+    never heard fold k): if the SVM does no better than the linear head, the student's features are the limit."""
+    from training.baselines import cross_validate
+    from training.features import dataset_logmels
+    from training.heads import embed, torch_embedder, windows
+    from training.teacher import TEACHER_SPEC
+    from training.train import load_net
+
+    per_clip, _ = windows(dataset_logmels(items, TEACHER_SPEC, cache))
+    names, groups = [it.label for it in items], [it.group or it.file for it in items]
+    accs: dict[str, list[float]] = {}
+    for k, fold in enumerate(folds):
+        net, _ = load_net(pattern.format(k=k))
+        fn = torch_embedder(net)
+        X = [embed(fn, [w]) for w in per_clip]
+        for name, make in (("window LR C=0.1", lr(0.1)), (f"window RBF SVM C={SVM_C}", SoftmaxSVC)):
+            r = cross_validate(X, names, groups, labels, [fold], lambda Xtr, ytr, _: make().fit(Xtr, ytr))
+            accs.setdefault(f"student embedding ({pattern}), {name}", []).append(r["clip"]["folds"][0]["accuracy"])
+    return {n: {"clip_accuracy_mean": float(np.mean(a)), "clip_accuracy_std": float(np.std(a)), "folds": a} for n, a in accs.items()}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=sorted(TASKS), default="genre")
     parser.add_argument("--finetune-folds", type=int, nargs="*", default=[],
                         help="also fine-tune musicnn's back end for these folds (~8 min per fold on one core)")
     parser.add_argument("--epochs", type=int, default=FT_EPOCHS, help="fine-tuning epochs (fixed, not picked on the test fold)")
+    parser.add_argument("--student", default=None,
+                        help="per-fold student checkpoints, e.g. 'runs/genre/g2_x{k}/best.ckpt': classifiers on their embeddings")
     parser.add_argument("--out", default=None, help="JSON to write (default docs/evaluation/ceiling_<task>.json; .md beside it)")
     parser.add_argument("--cache", default=None)
 
@@ -156,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
     items = resolve_dataset(dataset)
     y = np.array([labels.index(it.label) for it in items])
     folds = group_folds([it.label for it in items], [it.group or it.file for it in items], 5, 0)
-    teacher = [o["embedding"] for o in dataset_teacher_outputs(items, cache)]
+    outputs = dataset_teacher_outputs(items, cache)
+    teacher = [o["embedding"] for o in outputs]
     hand = [w for _, w in dataset_features(items, HandcraftedRecipe(), cache)]
     combined = [np.concatenate([t[: min(len(t), len(h))], h[: min(len(t), len(h))]], axis=1) for t, h in zip(teacher, hand)]
     argv = sys.argv[sys.argv.index("ceiling") + 1 :] if "ceiling" in sys.argv else sys.argv[1:]
@@ -177,6 +206,13 @@ def run(args: argparse.Namespace) -> int:
     res["methods"][f"teacher clip-mean embedding, {KNN_K}-NN (cosine)"] = cv(
         clip_means, lambda: KNeighborsClassifier(KNN_K, metric="cosine"))
     res["methods"][f"teacher embedding + hand-crafted, window LR C={COMBINED_C}"] = cv(combined, lr(COMBINED_C))
+    layers = {"tag logits": [o["logits"] for o in outputs], "max_pool": [o["max_pool"] for o in outputs],
+              "embedding + max_pool": [np.concatenate([o["embedding"], o["max_pool"]], axis=1) for o in outputs]}
+    for name, X in layers.items():
+        res["methods"][f"teacher {name}, window LR C=0.1"] = cv(X, lr(0.1))
+        res["methods"][f"teacher {name}, window RBF SVM C={SVM_C}"] = cv(X, SoftmaxSVC)
+    if args.student:
+        res["methods"].update(student_heads(args.student, items, folds, labels, cache, lr))
     if args.finetune_folds:
         mels = dataset_logmels(items, TEACHER_SPEC, cache)
         accs = []
