@@ -21,8 +21,11 @@ def _fmt(summary: dict, key: str, prefix: str) -> str:
     return "-" if m is None else f"{m:.3f} ± {s:.3f}"
 
 
-def heard_folds(fold_students: dict) -> list[str]:
-    """Folds whose scoring chain heard that fold's test clips (from `evaluate.describe_student`'s wording)."""
+def heard_folds(fold_students: dict) -> list[str] | None:
+    """Folds whose scoring chain heard that fold's test clips, from `evaluate.describe_student`'s wording; None for
+    records older than that wording (they described only the last stage of each chain, not what it started from)."""
+    if not all("distilled (no labels)" in d or "fine-tuned with labels" in d for d in fold_students.values()):
+        return None
     return [k for k, d in fold_students.items() if "test clips" in d]
 
 
@@ -34,9 +37,10 @@ def experiments_table(folder: Path = EVAL_DIR / "experiments", current: str | No
         e = json.loads(f.read_text())
         s = e.get("summary", {})
         tag = e.get("tag", f.stem) + (" (this model)" if current and e.get("command") == current else "")
-        heard = heard_folds(e.get("fold_students", {}))
+        heard = heard_folds(e.get("fold_students", {"?": ""}))
+        heard_text = "not recorded (see what)" if heard is None else ", ".join(heard) or "none"
         rows.append(
-            f"| {tag} | {e.get('description', '')} | {', '.join(heard) if heard else 'none'} | "
+            f"| {tag} | {e.get('description', '')} | {heard_text} | "
             f"{_fmt(s, 'window_accuracy', 'mood_student_cnn')} | "
             f"{_fmt(s, 'clip_accuracy', 'mood_student_cnn')} | {_fmt(s, 'clip_macro_f1', 'mood_student_cnn')} | "
             f"{_fmt(s, 'clip_accuracy', 'genre_student_cnn')} | `{e.get('command', '')}` |"
@@ -80,8 +84,8 @@ def honesty(report: dict) -> str:
     students = report.get("mood", {}).get("methods", {}).get("student_cnn", {}).get("fold_students", {})
     heard = heard_folds(students)
     text = "- **Honesty of the CV numbers**: no fold's test labels ever reached anything that scored that fold. "
-    if not students:
-        return text + "(No per-fold chain recorded in the report.)"
+    if not students or heard is None:
+        return text + "(What each fold's chain heard is not recorded in this report.)"
     if not heard:
         return text + ("Nor did their audio: every stage of the chain that scores a fold (distillation included) was "
                        "trained without that fold's test clips (see the per-fold table).")
