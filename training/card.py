@@ -37,7 +37,7 @@ def experiments_table(folder: Path = EVAL_DIR / "experiments", current: str | No
         e = json.loads(f.read_text())
         s = e.get("summary", {})
         tag = e.get("tag", f.stem) + (" (this model)" if current and e.get("command") == current else "")
-        heard = heard_folds(e.get("fold_students", {"?": ""}))
+        heard = heard_folds(e["fold_students"]) if "fold_students" in e else None
         heard_text = "not recorded (see what)" if heard is None else ", ".join(heard) or "none"
         rows.append(
             f"| {tag} | {e.get('description', '')} | {heard_text} | "
