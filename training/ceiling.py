@@ -117,7 +117,7 @@ def finetune_fold(teacher_path, mels: list[np.ndarray], y: np.ndarray, tr, te, n
         return np.stack([torch.softmax(head(net.back(torch.from_numpy(crops(i, False)))[0]), 1).mean(0).numpy() for i in te])
 
 
-def student_heads(pattern: str, items, folds, labels, cache, lr) -> dict:
+def student_heads(pattern: str, items, names, groups, folds, labels, cache, lr) -> dict:
     """Clip accuracy of a linear and an RBF-SVM head on each fold's own student embedding (the student of fold k
     never heard fold k): if the SVM does no better than the linear head, the student's features are the limit."""
     from training.baselines import cross_validate
@@ -127,7 +127,6 @@ def student_heads(pattern: str, items, folds, labels, cache, lr) -> dict:
     from training.train import load_net
 
     per_clip, _ = windows(dataset_logmels(items, TEACHER_SPEC, cache))
-    names, groups = [it.label for it in items], [it.group or it.file for it in items]
     accs: dict[str, list[float]] = {}
     for k, fold in enumerate(folds):
         net, _ = load_net(pattern.format(k=k))
@@ -183,15 +182,15 @@ def run(args: argparse.Namespace) -> int:
     cache = cache_dir(args.cache)
     items = resolve_dataset(dataset)
     y = np.array([labels.index(it.label) for it in items])
-    folds = group_folds([it.label for it in items], [it.group or it.file for it in items], 5, 0)
+    names = [it.label for it in items]
+    groups = [it.group or it.file for it in items]
+    folds = group_folds(names, groups, 5, 0)
     outputs = dataset_teacher_outputs(items, cache)
     teacher = [o["embedding"] for o in outputs]
     hand = [w for _, w in dataset_features(items, HandcraftedRecipe(), cache)]
     combined = [np.concatenate([t[: min(len(t), len(h))], h[: min(len(t), len(h))]], axis=1) for t, h in zip(teacher, hand)]
     argv = sys.argv[sys.argv.index("ceiling") + 1 :] if "ceiling" in sys.argv else sys.argv[1:]
     res = {"task": args.task, "dataset": dataset, "command": shlex.join(["python", "-m", "training", "ceiling", *argv]), "methods": {}}
-    names = [it.label for it in items]
-    groups = [it.group or it.file for it in items]
 
     def cv(X, make) -> dict:
         return clip_summary(cross_validate(X, names, groups, labels, folds, lambda Xtr, ytr, _: make().fit(Xtr, ytr)))
@@ -212,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         res["methods"][f"teacher {name}, window LR C=0.1"] = cv(X, lr(0.1))
         res["methods"][f"teacher {name}, window RBF SVM C={SVM_C}"] = cv(X, SoftmaxSVC)
     if args.student:
-        res["methods"].update(student_heads(args.student, items, folds, labels, cache, lr))
+        res["methods"].update(student_heads(args.student, items, names, groups, folds, labels, cache, lr))
     if args.finetune_folds:
         mels = dataset_logmels(items, TEACHER_SPEC, cache)
         accs = []
