@@ -178,6 +178,43 @@ def test_genre_branch_is_a_second_student_in_the_same_graph(tiny):
     assert str(mood_run) in rep["mood"]["methods"]["student_cnn"]["fold_students"]["0"]
 
 
+def test_wise_fine_tune_ships_the_average_of_init_and_tuned_weights(tiny):
+    """train --init A --wise 0.5: best.ckpt = 0.5 A + 0.5 tuned (kept as tuned.ckpt); a resume recomputes the same
+    average (never averages twice); the recorded command and the fold description say so."""
+    import torch
+
+    from training import evaluate, train
+    from training.train import training_command
+
+    common = ["--data", str(tiny["manifest"]), "--cache", str(tiny["cache"]), "--no-teacher", "--batch", "8",
+              "--channels", "8", "16", "--embedding", "16", "--threads", "1", "--quiet"]
+    base, tuned = tiny["base"] / "wise_init", tiny["base"] / "wise_tuned"
+    assert train.run(parse(train, [*common, "--epochs", "1", "--out", str(base)])) == 0
+    targs = parse(train, [*common, "--epochs", "1", "--out", str(tuned), "--init", str(base / "best.ckpt"), "--wise", "0.5"])
+    assert train.run(targs) == 0
+
+    def load(p):
+        return torch.load(p, map_location="cpu", weights_only=False)
+
+    a, t, best = load(base / "best.ckpt"), load(tuned / "tuned.ckpt"), load(tuned / "best.ckpt")
+    moved = 0
+    for k, v in best["net"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, 0.5 * a["net"][k] + 0.5 * t["net"][k])
+            moved += int(not torch.equal(a["net"][k], t["net"][k]))
+        else:
+            assert torch.equal(v, t["net"][k])
+    assert moved > 0, "the fine-tune changed the weights, so the average is a real third point"
+    assert "--wise 0.5" in training_command(best["args"])
+    targs.resume = True  # the run is finished: resuming must rebuild the same best.ckpt, not average it again
+    assert train.run(targs) == 0
+    for k, v in load(tuned / "best.ckpt")["net"].items():
+        assert torch.equal(v, best["net"][k])
+    assert "weights averaged with its init, alpha 0.5" in evaluate.describe_student(str(tuned / "best.ckpt"), 0, "4q")
+    with pytest.raises(SystemExit, match="--wise needs --init"):
+        train.run(parse(train, [*common, "--out", str(tiny["base"] / "bad"), "--wise", "0.5"]))
+
+
 def test_musicnn_in_torch_matches_the_onnx_teacher():
     """training.musicnn rebuilds the teacher layer by layer (for fine-tuning): same outputs as onnxruntime."""
     import onnxruntime as ort

@@ -78,6 +78,8 @@ def describe_student(path: str, fold: int, dataset: str) -> str:
     while p and Path(p).is_file():
         a = torch.load(p, map_location="cpu", weights_only=False).get("args", {})
         stage = "fine-tuned with labels" if a.get("supervised") else "distilled (no labels)"
+        if a.get("wise") is not None:
+            stage += f" (weights averaged with its init, alpha {a['wise']:g})"
         data, fold_data = a.get("data", []), a.get("fold_data", [])
         fold_data = [fold_data] if isinstance(fold_data, str) else fold_data
         if dataset not in data:

@@ -13,6 +13,11 @@ the student is distilled on all audio it is given (no labels unless --supervised
 
 Early stopping on the loss (distillation, plus cross-entropy when supervised) of a held-out 10 % of groups; a checkpoint after every epoch (`last.ckpt`,
 resumable with `--resume`) and the best one (`best.ckpt`); fixed seeds.
+
+`--wise ALPHA` (fine-tuning only): the shipped `best.ckpt` is the weight average (1 - ALPHA) * init + ALPHA * tuned of
+the checkpoint it started from and the best fine-tuned weights (kept as `tuned.ckpt`). Why: WiSE-FT (Wortsman et al.,
+"Robust fine-tuning of zero-shot models", CVPR 2022) - the fine-tune learns the labels, the distilled weights keep
+the teacher's broader view that 2 epochs on ~540 labelled clips overfit away; on strict 4Q CV the average beat both.
 """
 
 from __future__ import annotations
@@ -178,6 +183,9 @@ def train(args: argparse.Namespace) -> Path:
     from training.net import MoodNet, NetConfig, count_parameters
     from training.teacher import HOP_FRAMES
 
+    if args.wise is not None and not (args.init and 0.0 <= args.wise <= 1.0):
+        raise SystemExit("--wise needs --init (the weights to average with) and a value in [0, 1]")
+    tuned_name = "tuned.ckpt" if args.wise is not None else "best.ckpt"
     torch.set_num_threads(args.threads)
     set_seed(args.seed)
     out = Path(args.out)
@@ -306,12 +314,27 @@ def train(args: argparse.Namespace) -> Path:
         os.replace(out / "last.tmp", last)
         if improved:
             torch.save(ckpt, out / "best.tmp")
-            os.replace(out / "best.tmp", out / "best.ckpt")
+            os.replace(out / "best.tmp", out / tuned_name)
         if patience_left <= 0:
             print(f"early stop: no improvement for {args.patience} epochs (best epoch {state['best_epoch']})", file=sys.stderr)
             break
     (out / "history.json").write_text(json.dumps(state, indent=1))
+    if args.wise is not None:  # recomputed from tuned.ckpt every time, so a resumed run gives the same best.ckpt
+        averaged = interpolate(torch.load(args.init, map_location="cpu", weights_only=False),
+                               torch.load(out / tuned_name, map_location="cpu", weights_only=False), args.wise)
+        torch.save(averaged, out / "best.tmp")
+        os.replace(out / "best.tmp", out / "best.ckpt")
+        print(f"best.ckpt = {1 - args.wise:g} x {args.init} + {args.wise:g} x {out / tuned_name}", file=sys.stderr)
     return out / "best.ckpt"
+
+
+def interpolate(init: dict, tuned: dict, alpha: float) -> dict:
+    """Checkpoint `tuned` with every floating-point tensor replaced by (1 - alpha) * init + alpha * tuned (integer
+    buffers such as batch-norm counters stay the tuned ones). Both must be the same network: a fine-tune and its init."""
+    if init["cfg"] != tuned["cfg"]:
+        raise ValueError(f"cannot average different networks: {init['cfg']} vs {tuned['cfg']}")
+    net = {k: (1 - alpha) * init["net"][k] + alpha * v if v.is_floating_point() else v for k, v in tuned["net"].items()}
+    return {**tuned, "net": net}
 
 
 def load_net(ckpt_path: str | os.PathLike[str]):
@@ -356,6 +379,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
     parser.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning a distilled student)")
+    parser.add_argument("--wise", type=float, default=None, metavar="ALPHA",
+                        help="with --init: best.ckpt = (1 - ALPHA) * init + ALPHA * fine-tuned weights (WiSE-FT); "
+                             "the fine-tuned ones stay in tuned.ckpt")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
