@@ -183,7 +183,8 @@ def test_wise_fine_tune_ships_the_average_of_init_and_tuned_weights(tiny):
     average (never averages twice); the recorded command and the fold description say so."""
     import torch
 
-    from training import evaluate, train
+    from sendreturn_mood.model import MoodModel
+    from training import evaluate, export, train
     from training.train import training_command
 
     common = ["--data", str(tiny["manifest"]), "--cache", str(tiny["cache"]), "--no-teacher", "--batch", "8",
@@ -211,6 +212,12 @@ def test_wise_fine_tune_ships_the_average_of_init_and_tuned_weights(tiny):
     for k, v in load(tuned / "best.ckpt")["net"].items():
         assert torch.equal(v, best["net"][k])
     assert "weights averaged with its init, alpha 0.5" in evaluate.describe_student(str(tuned / "best.ckpt"), 0, "4q")
+    onnx_path = tiny["base"] / "wise.onnx"
+    assert export.run(parse(export, ["--ckpt", str(tuned / "best.ckpt"), "--out", str(onnx_path), "--mood-data",
+                                     str(tiny["manifest"]), "--genre-data", "", "--report", "", "--cache", str(tiny["cache"]),
+                                     "--C", "0.5"])) == 0
+    assert "WiSE-FT" in onnx_path.with_suffix(".md").read_text()
+    assert any("Wortsman" in c for c in MoodModel(onnx_path).info.provenance["citations"])
     with pytest.raises(SystemExit, match="--wise needs --init"):
         train.run(parse(train, [*common, "--out", str(tiny["base"] / "bad"), "--wise", "0.5"]))
 

@@ -144,6 +144,11 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
                "(its command is under Reproduce)." if branch else ""),
             honesty(report),
         ]
+    if args.get("wise") is not None:
+        lines.append(f"- **Weight averaging**: the shipped mood student is {1 - args['wise']:g} x the checkpoint its fine-tune "
+                     f"started from + {args['wise']:g} x the fine-tuned weights (`train --wise`; WiSE-FT, Wortsman et al., "
+                     "CVPR 2022): the average keeps more of what the start had learnt than the fine-tune alone, and scored "
+                     "better than either on the strict CV.")
     lines += [
         "",
         "Both datasets are research data distributed by their authors; the audio is not redistributed here. The "

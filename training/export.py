@@ -136,6 +136,8 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
     ]
     if teacher_used:
         citations.append(CITATION)
+    if ck.get("args", {}).get("wise") is not None:
+        citations.append("M. Wortsman et al., \"Robust fine-tuning of zero-shot models\", CVPR 2022 (WiSE-FT weight averaging)")
     provenance = {
         "data": ["moods-4q (4Q, artist groups)", "emotify (genres)"],
         "student_trained_on": ck.get("args", {}).get("data", []),
@@ -167,6 +169,7 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
         + ("; the genre comes from a second student trained for it" if genre_ck is not None else "") + "; "
         + ("distilled from musicnn (MSD)" if teacher_used else "trained from scratch")
         + (", fine-tuned with labels" if ck.get("args", {}).get("init") and ck.get("args", {}).get("supervised") else "")
+        + (" and averaged with the distilled weights" if ck.get("args", {}).get("wise") is not None else "")
         + ", linear heads on its embedding",
         frontend=TEACHER_SPEC,
         patch_frames=PATCH_FRAMES,
