@@ -17,7 +17,8 @@ resumable with `--resume`) and the best one (`best.ckpt`); fixed seeds.
 `--wise ALPHA` (fine-tuning only): the shipped `best.ckpt` is the weight average (1 - ALPHA) * init + ALPHA * tuned of
 the checkpoint it started from and the best fine-tuned weights (kept as `tuned.ckpt`). Why: WiSE-FT (Wortsman et al.,
 "Robust fine-tuning of zero-shot models", CVPR 2022) - the fine-tune learns the labels, the distilled weights keep
-the teacher's broader view that 2 epochs on ~540 labelled clips overfit away; on strict 4Q CV the average beat both.
+the teacher's broader view that 2 epochs on ~540 labelled clips overfit away; on strict 4Q CV the average beat the
+fine-tune alone (clip macro-F1 0.719 vs 0.708, experiments `shipped_wise` vs `shipped_strict_cv`).
 """
 
 from __future__ import annotations
