@@ -148,7 +148,8 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
         lines.append(f"- **Weight averaging**: the shipped mood student is {1 - args['wise']:g} x the checkpoint its fine-tune "
                      f"started from + {args['wise']:g} x the fine-tuned weights (`train --wise`; WiSE-FT, Wortsman et al., "
                      "CVPR 2022): the average keeps more of what the start had learnt than the fine-tune alone (compare the "
-                     "fine-tune alone, `shipped_strict_cv`, in the experiments table).")
+                     "fine-tune alone, `shipped_strict_cv`, and the distilled student alone, `distill_strict_lr`, in the "
+                     "experiments table).")
     lines += [
         "",
         "Both datasets are research data distributed by their authors; the audio is not redistributed here. The "
