@@ -35,6 +35,7 @@ LR_GRID = (0.005, 0.02, 0.1, 0.5)
 SVM_C = 1.0
 KNN_K = 3
 COMBINED_C = 0.02
+LAYER_C = 0.1  # LR on each other teacher layer and on student embeddings (one fixed C, like the SVM's)
 FT_EPOCHS = 3
 FT_LR = 3e-4
 FT_BATCH = 32
@@ -132,7 +133,7 @@ def student_heads(pattern: str, items, names, groups, folds, labels, cache, lr) 
         net, _ = load_net(pattern.format(k=k))
         fn = torch_embedder(net)
         X = [embed(fn, [w]) for w in per_clip]
-        for name, make in (("window LR C=0.1", lr(0.1)), (f"window RBF SVM C={SVM_C}", SoftmaxSVC)):
+        for name, make in ((f"window LR C={LAYER_C}", lr(LAYER_C)), (f"window RBF SVM C={SVM_C}", SoftmaxSVC)):
             r = cross_validate(X, names, groups, labels, [fold], lambda Xtr, ytr, _: make().fit(Xtr, ytr))
             accs.setdefault(f"student embedding ({pattern}), {name}", []).append(r["clip"]["folds"][0]["accuracy"])
     return {n: {"clip_accuracy_mean": float(np.mean(a)), "clip_accuracy_std": float(np.std(a)), "folds": a} for n, a in accs.items()}
@@ -208,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     layers = {"tag logits": [o["logits"] for o in outputs], "max_pool": [o["max_pool"] for o in outputs],
               "embedding + max_pool": [np.concatenate([o["embedding"], o["max_pool"]], axis=1) for o in outputs]}
     for name, X in layers.items():
-        res["methods"][f"teacher {name}, window LR C=0.1"] = cv(X, lr(0.1))
+        res["methods"][f"teacher {name}, window LR C={LAYER_C}"] = cv(X, lr(LAYER_C))
         res["methods"][f"teacher {name}, window RBF SVM C={SVM_C}"] = cv(X, SoftmaxSVC)
     if args.student:
         res["methods"].update(student_heads(args.student, items, names, groups, folds, labels, cache, lr))

@@ -134,17 +134,18 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
         "A. Aljanaki, F. Wiering, R. C. Veltkamp, \"Studying emotion induced by music through a crowdsourcing game\", "
         "Information Processing & Management, 2016 (Emotify)",
     ]
+    args = ck.get("args", {})
     if teacher_used:
         citations.append(CITATION)
-    if ck.get("args", {}).get("wise") is not None:
+    if args.get("wise") is not None:
         citations.append("M. Wortsman et al., \"Robust fine-tuning of zero-shot models\", CVPR 2022 (WiSE-FT weight averaging)")
     provenance = {
         "data": ["moods-4q (4Q, artist groups)", "emotify (genres)"],
-        "student_trained_on": ck.get("args", {}).get("data", []),
-        "excluded_fold": ck.get("args", {}).get("exclude_fold"),
+        "student_trained_on": args.get("data", []),
+        "excluded_fold": args.get("exclude_fold"),
         "split": "artist-grouped stratified 5-fold CV for the metrics; final heads fitted on all labelled clips",
-        "training_command": training_command(ck.get("args", {})),
-        "init_command": init_command(ck.get("args", {})),
+        "training_command": training_command(args),
+        "init_command": init_command(args),
         "export_command": command,
         "git_commit": git_commit(),
         "exported": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -155,11 +156,12 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
         "net": ck["cfg"],
     }
     if genre_ck is not None:
+        genre_args = genre_ck.get("args", {})
         provenance["genre_branch"] = {
             "net": genre_ck["cfg"],
-            "trained_on": genre_ck.get("args", {}).get("data", []),
-            "training_command": training_command(genre_ck.get("args", {})),
-            "init_command": init_command(genre_ck.get("args", {})),
+            "trained_on": genre_args.get("data", []),
+            "training_command": training_command(genre_args),
+            "init_command": init_command(genre_args),
         }
     return ModelInfo(
         name=name,
@@ -168,8 +170,8 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
         + " on 3 s log-mel windows: 4 quadrant moods (valence/arousal) and 4 genres"
         + ("; the genre comes from a second student trained for it" if genre_ck is not None else "") + "; "
         + ("distilled from musicnn (MSD)" if teacher_used else "trained from scratch")
-        + (", fine-tuned with labels" if ck.get("args", {}).get("init") and ck.get("args", {}).get("supervised") else "")
-        + (" and averaged with the distilled weights" if ck.get("args", {}).get("wise") is not None else "")
+        + (", fine-tuned with labels" if args.get("init") and args.get("supervised") else "")
+        + (" and averaged with the distilled weights" if args.get("wise") is not None else "")
         + ", linear heads on its embedding",
         frontend=TEACHER_SPEC,
         patch_frames=PATCH_FRAMES,

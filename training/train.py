@@ -322,8 +322,7 @@ def train(args: argparse.Namespace) -> Path:
             break
     (out / "history.json").write_text(json.dumps(state, indent=1))
     if args.wise is not None:  # recomputed from tuned.ckpt every time, so a resumed run gives the same best.ckpt
-        averaged = interpolate(torch.load(args.init, map_location="cpu", weights_only=False),
-                               torch.load(out / tuned_name, map_location="cpu", weights_only=False), args.wise)
+        averaged = interpolate(init, torch.load(out / tuned_name, map_location="cpu", weights_only=False), args.wise)
         torch.save(averaged, out / "best.tmp")
         os.replace(out / "best.tmp", out / "best.ckpt")
         print(f"best.ckpt = {1 - args.wise:g} x {args.init} + {args.wise:g} x {out / tuned_name}", file=sys.stderr)
