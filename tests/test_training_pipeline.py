@@ -222,6 +222,68 @@ def test_wise_fine_tune_ships_the_average_of_init_and_tuned_weights(tiny):
         train.run(parse(train, [*common, "--out", str(tiny["base"] / "bad"), "--wise", "0.5"]))
 
 
+def test_mood_ensemble_graph_computes_what_evaluate_scored(tiny):
+    """export --ckpt A,B --genre-ckpt G: one graph with three students; the mood is the mean of A's and B's own
+    heads' logits (each fitted on its member's embedding, as `evaluate` scores an ensemble), the embedding is theirs
+    concatenated, and the genre still comes from G. The provenance and the card name every member's command."""
+    import onnxruntime as ort
+    import torch
+
+    from sendreturn_mood.model import MoodModel
+    from training import evaluate, export, train
+    from training.features import dataset_logmels, resolve_dataset
+    from training.heads import embed, ensemble_probs, fit_linear, torch_embedder, windows
+    from training.manifest import GENRES_EMOTIFY
+    from training.teacher import TEACHER_SPEC
+    from training.train import load_net
+
+    genre_manifest = write_manifest(read_folder(write_tiny_dataset(tiny["base"] / "ens_genre_audio", GENRES_EMOTIFY)),
+                                    tiny["base"] / "ens_genre.csv")
+    common = ["--cache", str(tiny["cache"]), "--no-teacher", "--epochs", "1", "--batch", "8", "--channels", "8", "16",
+              "--embedding", "16", "--threads", "1", "--quiet"]
+    runs = [tiny["base"] / f"ens_seed{seed}" for seed in (0, 1)]
+    for seed, run in enumerate(runs):
+        assert train.run(parse(train, ["--data", str(tiny["manifest"]), "--out", str(run), "--seed", str(seed), *common])) == 0
+    genre_run = tiny["base"] / "ens_genre_run"
+    assert train.run(parse(train, ["--data", str(genre_manifest), "--out", str(genre_run), "--tasks", "genre", *common])) == 0
+    spec = ",".join(str(r / "best.ckpt") for r in runs)
+
+    onnx_path = tiny["base"] / "ensemble.onnx"
+    assert export.run(parse(export, ["--ckpt", spec, "--genre-ckpt", str(genre_run / "best.ckpt"), "--out", str(onnx_path),
+                                     "--mood-data", str(tiny["manifest"]), "--genre-data", str(genre_manifest), "--report", "",
+                                     "--cache", str(tiny["cache"]), "--name", "tiny-ensemble", "--C", "0.5"])) == 0
+    model = MoodModel(onnx_path)
+    members = model.info.provenance["mood_ensemble"]
+    assert [m["seed"] for m in members] == [0, 1] and "--seed 1" in members[1]["training_command"]
+    assert model.info.description.startswith("Three small CNNs") and "mean of two students' logits" in model.info.description
+    assert model.info.provenance["heads"]["mood"]["C"] == [0.5, 0.5]
+
+    items = resolve_dataset(str(tiny["manifest"]))
+    per_clip, clip_idx = windows(dataset_logmels(items, TEACHER_SPEC, tiny["cache"], progress=False))
+    y = np.array([MOODS_4Q.index(items[i].label) for i in clip_idx])
+    nets = [load_net(r / "best.ckpt")[0] for r in runs]
+    Xs = [embed(torch_embedder(n), per_clip) for n in nets]
+    expected = ensemble_probs(Xs, [fit_linear(X, y, 4, 0.5) for X in Xs])
+    allw = np.concatenate(per_clip)
+    np.testing.assert_allclose(model.predict(allw).moods, expected, atol=1e-4)
+    mood_logits, emb = ort.InferenceSession(str(onnx_path)).run(["mood_logits", "embedding"], {"logmel": allw})
+    with torch.no_grad():
+        np.testing.assert_allclose(emb, torch.cat([n.embed(torch.from_numpy(allw)) for n in nets], 1).numpy(), atol=1e-4)
+    assert emb.shape == (len(allw), 32) and model.predict(allw).genres.shape == (len(allw), 4)
+
+    card = onnx_path.with_suffix(".md").read_text()
+    assert "Mood is an ensemble of 2 such students (seeds 0, 1" in card
+    assert all(m["training_command"] in card for m in members)
+
+    out = tiny["base"] / "eval_ensemble"
+    assert evaluate.run(parse(evaluate, ["--ckpt", spec, "--fold-ckpt", f"0={spec}", "--mood-data", str(tiny["manifest"]),
+                                         "--genre-data", "", "--out", str(out), "--no-teacher", "--cache", str(tiny["cache"]),
+                                         "--baselines", str(out / "none.json"), "--C", "0.5"])) == 0
+    st = json.loads((out / "report.json").read_text())["mood"]["methods"]["student_cnn"]
+    assert st["C_per_fold"][0] == [0.5, 0.5]
+    assert all(str(r) in st["fold_students"]["0"] for r in runs) and " + " in st["fold_students"]["0"]
+
+
 def test_musicnn_in_torch_matches_the_onnx_teacher():
     """training.musicnn rebuilds the teacher layer by layer (for fine-tuning): same outputs as onnxruntime."""
     import onnxruntime as ort

@@ -102,6 +102,10 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
     prov = info.provenance
     teacher = bool(ck["cfg"].get("distill_dim"))
     branch = prov.get("genre_branch")
+    ensemble = prov.get("mood_ensemble", [])
+    mood_commands = [c for m in ensemble for c in (m["init_command"], m["training_command"]) if c] or [
+        *([prov["init_command"]] if prov.get("init_command") else []),
+        prov.get("training_command", "(training command not recorded)")]
     ceiling_file = EVAL_DIR / "ceiling_genre.json"
     ceiling = json.loads(ceiling_file.read_text()) if ceiling_file.is_file() else None
     lines = [
@@ -118,9 +122,13 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
         "weighted quadrant centres from the metadata), `genre_logits` (classical, electronic, pop, rock), `embedding`.",
         f"- Network: {prov.get('net', {}).get('channels')} channel CNN, embedding {prov.get('net', {}).get('embedding')}; "
         "linear heads (logistic regression on the embedding, folded into the graph)."
-        + (f" Genre comes from a second student in the same graph ({branch['net'].get('channels')} channels, trained "
+        + (f" Mood is an ensemble of {len(ensemble)} such students (seeds "
+           f"{', '.join(str(m['seed']) for m in ensemble)}, the same recipe): each has its own linear head and the "
+           "graph averages their mood logits; the `embedding` output is their embeddings concatenated "
+           f"({len(ensemble)} x {prov.get('net', {}).get('embedding')})." if ensemble else "")
+        + (f" Genre comes from a further student in the same graph ({branch['net'].get('channels')} channels, trained "
            f"on {' + '.join(branch.get('trained_on', []))} audio with the genre labels): the `embedding` output and the "
-           "mood are the mood student's." if branch else ""),
+           "mood are the mood student's" + ("s'." if ensemble else ".") if branch else ""),
         "",
         "## Data",
         "",
@@ -212,8 +220,7 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
         "",
         "```sh",
         "python -m training features 4q emotify --teacher   # log-mels + teacher outputs, cached under cache/",
-        *([prov["init_command"]] if prov.get("init_command") else []),
-        prov.get("training_command", "(training command not recorded)"),
+        *mood_commands,
         *([branch["training_command"] + "   # the genre student"] if branch else []),
         report.get("command", "(evaluation command not recorded)"),
         prov.get("export_command", ""),

@@ -34,11 +34,13 @@ FOLD_SEED = 0
 
 
 def cv_linear(
-    X_of_fold: Callable[[int], np.ndarray], clip_idx: np.ndarray, items: list[Item], labels: tuple[str, ...],
-    folds: list[tuple[np.ndarray, np.ndarray]], C: float,
+    X_of_fold: Callable[[int], np.ndarray | list[np.ndarray]], clip_idx: np.ndarray, items: list[Item],
+    labels: tuple[str, ...], folds: list[tuple[np.ndarray, np.ndarray]], C: float,
 ) -> dict:
-    """Per fold: fit the linear head on train-fold windows, score test-fold windows and clips."""
-    from training.heads import fit_linear, linear_probs, select_C
+    """Per fold: fit the linear head on train-fold windows, score test-fold windows and clips. `X_of_fold` may give
+    one feature matrix per ensemble member: each member then gets its own head (own C), and their logits are averaged
+    (`training.net.MoodEnsemble`)."""
+    from training.heads import ensemble_probs, fit_linear, select_C
 
     y_clip = np.array([labels.index(it.label) for it in items])
     g_clip = np.array([it.group or it.file for it in items])
@@ -47,13 +49,14 @@ def cv_linear(
     res: dict = {"window": {"folds": []}, "clip": {"folds": []}}
     all_true_w, all_pred_w, all_prob_w, all_true_c, all_pred_c, all_prob_c = [], [], [], [], [], []
     for k, (train_c, test_c) in enumerate(folds):
-        X = X_of_fold(k)
+        Xs = X_of_fold(k)
+        Xs = Xs if isinstance(Xs, list) else [Xs]
         tr = np.isin(clip_idx, train_c)
         te = np.isin(clip_idx, test_c)
-        c = C if C is not None else select_C(X[tr], y_win[tr], g_clip[clip_idx[tr]], len(labels))
-        chosen.append(c)
-        W, b = fit_linear(X[tr], y_win[tr], len(labels), c)
-        probs = linear_probs(X[te], W, b)
+        cs = [C if C is not None else select_C(X[tr], y_win[tr], g_clip[clip_idx[tr]], len(labels)) for X in Xs]
+        chosen.append(cs[0] if len(cs) == 1 else cs)
+        heads = [fit_linear(X[tr], y_win[tr], len(labels), c) for X, c in zip(Xs, cs)]
+        probs = ensemble_probs([X[te] for X in Xs], heads)
         yt = [labels[i] for i in y_win[te]]
         yp = [labels[i] for i in probs.argmax(1)]
         res["window"]["folds"].append(classification_report(yt, yp, labels, probs))
@@ -71,9 +74,14 @@ def cv_linear(
 
 
 def describe_student(path: str, fold: int, dataset: str) -> str:
-    """What the student that scores `fold` has seen, read from its checkpoint chain (never typed by hand)."""
+    """What the student that scores `fold` has seen, read from its checkpoint chain (never typed by hand); for an
+    ensemble (`A,B`), each member's chain joined by " + "."""
     import torch
 
+    from training.train import ENSEMBLE_SEP
+
+    if ENSEMBLE_SEP in path:
+        return " + ".join(describe_student(p, fold, dataset) for p in path.split(ENSEMBLE_SEP))
     parts, p = [], path
     while p and Path(p).is_file():
         a = torch.load(p, map_location="cpu", weights_only=False).get("args", {})
@@ -93,12 +101,12 @@ def describe_student(path: str, fold: int, dataset: str) -> str:
     return f"{path}: " + ", from: ".join(parts)
 
 
-def student_features(ckpt: str, per_clip: list[np.ndarray], head_input: str = "embedding") -> np.ndarray:
+def student_features(spec: str, per_clip: list[np.ndarray], head_input: str = "embedding") -> list[np.ndarray]:
+    """Window features of each student in `spec` (one path, or an ensemble `A,B`): one matrix per member."""
     from training.heads import embed, torch_embedder
-    from training.train import load_net
+    from training.train import ENSEMBLE_SEP, load_net
 
-    net, _ = load_net(ckpt)
-    return embed(torch_embedder(net, head_input), per_clip)
+    return [embed(torch_embedder(load_net(p)[0], head_input), per_clip) for p in spec.split(ENSEMBLE_SEP)]
 
 
 def teacher_features(items: list[Item], cache) -> np.ndarray:
@@ -201,9 +209,10 @@ def markdown(report: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="student checkpoint used for every fold without --fold-ckpt")
+    parser.add_argument("--ckpt", required=True,
+                        help="student checkpoint used for every fold without --fold-ckpt; A,B = an ensemble of mood students")
     parser.add_argument("--fold-ckpt", action="append", default=[], metavar="K=PATH",
-                        help="student trained with --exclude-fold K, used for fold K (repeatable)")
+                        help="student trained with --exclude-fold K, used for fold K (repeatable; K=A,B for an ensemble)")
     parser.add_argument("--genre-ckpt", default=None,
                         help="a genre branch (export --genre-ckpt): this student scores the genre folds instead of --ckpt")
     parser.add_argument("--genre-fold-ckpt", action="append", default=[], metavar="K=PATH",

@@ -30,6 +30,8 @@ DEFAULT_OUT = REPO / "exported_models" / "mood_cnn.onnx"
 OPSET = 18
 VERIFY_ATOL = 1e-3
 DEFAULT_NAME = "mood_cnn"
+NUMBER_WORDS = {2: "Two", 3: "Three", 4: "Four", 5: "Five"}
+ORDINALS = {2: "second", 3: "third", 4: "fourth", 5: "fifth"}
 
 
 def git_commit() -> str:
@@ -41,14 +43,18 @@ def git_commit() -> str:
 
 def fit_heads(net, mood_items, genre_items, cache, C: float | None, head_input: str = "embedding", genre_net=None) -> dict:
     """Fit and install the linear heads; returns counts for the provenance. With `genre_net` (a genre branch) the
-    genre head is fitted on that student's embedding instead of `net`'s."""
+    genre head is fitted on that student's embedding instead of `net`'s; a `MoodEnsemble` gets one mood head per
+    member, each fitted on its own member's embedding (as `evaluate` scores it)."""
     from training.features import dataset_logmels
     from training.heads import embed, fit_linear, select_C, set_linear, torch_embedder, windows
+    from training.net import MoodEnsemble
     from training.teacher import TEACHER_SPEC
 
-    info = {}
-    genre_from = genre_net if genre_net is not None else net
-    for name, items, labels, owner in (("mood", mood_items, MOODS_4Q, net), ("genre", genre_items, GENRES_EMOTIFY, genre_from)):
+    info: dict = {}
+    members = list(net.members) if isinstance(net, MoodEnsemble) else [net]
+    jobs = [("mood", mood_items, MOODS_4Q, m) for m in members]
+    jobs.append(("genre", genre_items, GENRES_EMOTIFY, genre_net if genre_net is not None else members[0]))
+    for name, items, labels, owner in jobs:
         layer = owner.mood if name == "mood" else owner.genre
         if not items or layer is None:
             continue
@@ -59,7 +65,11 @@ def fit_heads(net, mood_items, genre_items, cache, C: float | None, head_input: 
         c = C if C is not None else select_C(X, y, groups, len(labels))
         W, b = fit_linear(X, y, len(labels), c)
         set_linear(layer, W, b, owner.distill if head_input == "distill" else None)
-        info[name] = {"clips": len(items), "windows": int(len(X)), "head_input": head_input, "C": c}
+        if name in info:  # a further ensemble member: same clips, its own C
+            info[name]["C"] = [*info[name]["C"], c] if isinstance(info[name]["C"], list) else [info[name]["C"], c]
+            info[name]["members"] = len(info[name]["C"])
+        else:
+            info[name] = {"clips": len(items), "windows": int(len(X)), "head_input": head_input, "C": c}
     if genre_net is not None and "genre" in info:
         info["genre"]["branch"] = "separate genre student (see provenance.genre_branch)"
     return info
@@ -123,7 +133,9 @@ def init_command(args: dict) -> str | None:
 
 
 def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, command: str, teacher_used: bool,
-               genre_ck: dict | None = None):
+               genre_ck: dict | None = None, more_mood_cks: tuple[dict, ...] = ()):
+    """The model's metadata. `ck` is the (first) mood student's checkpoint; `more_mood_cks` the other members of a
+    mood ensemble, whose commands go into provenance.mood_ensemble."""
     from sendreturn_mood.model import ModelInfo, MoodLabel
     from training.teacher import CITATION, PATCH_FRAMES, TEACHER_SPEC
     from training.train import training_command
@@ -155,6 +167,11 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
         "heads": heads,
         "net": ck["cfg"],
     }
+    if more_mood_cks:
+        provenance["mood_ensemble"] = [
+            {"seed": a.get("seed"), "training_command": training_command(a), "init_command": init_command(a)}
+            for a in (c.get("args", {}) for c in (ck, *more_mood_cks))
+        ]
     if genre_ck is not None:
         genre_args = genre_ck.get("args", {})
         provenance["genre_branch"] = {
@@ -163,12 +180,16 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
             "training_command": training_command(genre_args),
             "init_command": init_command(genre_args),
         }
+    n_mood = 1 + len(more_mood_cks)
+    n_students = n_mood + (genre_ck is not None)
     return ModelInfo(
         name=name,
         version=version,
-        description=("Two small CNNs" if genre_ck is not None else "Small CNN")
+        description=(f"{NUMBER_WORDS[n_students]} small CNNs" if n_students > 1 else "Small CNN")
         + " on 3 s log-mel windows: 4 quadrant moods (valence/arousal) and 4 genres"
-        + ("; the genre comes from a second student trained for it" if genre_ck is not None else "") + "; "
+        + (f"; the mood is the mean of {NUMBER_WORDS[n_mood].lower()} students' logits (same recipe, different seeds)"
+           if n_mood > 1 else "")
+        + (f"; the genre comes from a {ORDINALS[n_students]} student trained for it" if genre_ck is not None else "") + "; "
         + ("distilled from musicnn (MSD)" if teacher_used else "trained from scratch")
         + (", fine-tuned with labels" if args.get("init") and args.get("supervised") else "")
         + (" and averaged with the distilled weights" if args.get("wise") is not None else "")
@@ -183,7 +204,8 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="training checkpoint (runs/<name>/best.ckpt)")
+    parser.add_argument("--ckpt", required=True,
+                        help="training checkpoint (runs/<name>/best.ckpt); A,B = an ensemble of mood students (logits averaged)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"ONNX file to write (default {DEFAULT_OUT})")
     parser.add_argument("--genre-ckpt", default=None,
                         help="a genre branch: a second student whose embedding feeds the genre head (both in one graph)")
@@ -207,10 +229,10 @@ def run(args: argparse.Namespace) -> int:
     from sendreturn_mood.model import write_metadata
     from training.card import write_card
     from training.features import cache_dir, resolve_dataset
-    from training.train import load_net
+    from training.train import load_net, load_student
 
     torch.set_num_threads(2)
-    net, ck = load_net(args.ckpt)
+    net, (ck, *more_mood_cks) = load_student(args.ckpt)
     genre_net, genre_ck = load_net(args.genre_ckpt) if args.genre_ckpt else (None, None)
     mood_items = resolve_dataset(args.mood_data) if args.mood_data else []
     genre_items = resolve_dataset(args.genre_data) if args.genre_data else []
@@ -227,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     command = shlex.join(["python", "-m", "training", "export"] + (sys.argv[sys.argv.index("export") + 1 :] if "export" in sys.argv else []))
     teacher_used = bool(ck["cfg"].get("distill_dim"))
-    info = build_info(ck, args.name, args.version, metrics, heads, command, teacher_used, genre_ck)
+    info = build_info(ck, args.name, args.version, metrics, heads, command, teacher_used, genre_ck, tuple(more_mood_cks))
     export_onnx(net, out, info.frontend.n_mels, info.patch_frames)
     write_metadata(out, info)
     check = verify(net, out, info.frontend.n_mels, info.patch_frames)

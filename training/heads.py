@@ -94,7 +94,15 @@ def select_C(X: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, g
 
 
 def linear_probs(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
-    z = X @ W.T + b
+    return softmax(X @ W.T + b)
+
+
+def ensemble_probs(Xs: list[np.ndarray], heads: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Class probabilities of several members' linear heads: softmax of their mean logits, as `MoodEnsemble` computes."""
+    return softmax(np.mean([X @ W.T + b for X, (W, b) in zip(Xs, heads)], axis=0))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

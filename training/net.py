@@ -74,6 +74,11 @@ class MoodNet(nn.Module):
         pooled = torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)  # over time: any number of frames
         return self.project(pooled)
 
+    def mood_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding, mood logits) only: what a branched graph takes from its mood side."""
+        e = self.embed(x)
+        return e, self.mood(self.dropout(e))
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         e = self.embed(x)
         d = self.dropout(e)
@@ -85,35 +90,66 @@ class MoodNet(nn.Module):
         return out
 
 
+class MoodEnsemble(nn.Module):
+    """Several mood students (e.g. the same recipe from different seeds) read as one: the embedding is theirs
+    concatenated, the mood logits the mean of their own heads' logits (each head fitted on its member's embedding).
+
+    Why: independently distilled students make partly independent errors, and averaging them is the one accuracy
+    lever left that needs no more labels; each member costs one student's compute per window. Averaging logits (not
+    probabilities) keeps the whole read-out one affine map of the concatenated embedding.
+    """
+
+    genre = None
+    distill = None
+
+    def __init__(self, members: list[MoodNet]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two mood students")
+        self.members = nn.ModuleList(members)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m.embed(x) for m in self.members], dim=1)
+
+    def mood_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = [m.mood_forward(x) for m in self.members]
+        return torch.cat([e for e, _ in outs], dim=1), torch.stack([z for _, z in outs]).mean(dim=0)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        e, z = self.mood_forward(x)
+        return {"embedding": e, "mood_logits": z}
+
+
 class BranchedNet(nn.Module):
-    """Two students in one graph: mood (and the embedding) from the mood student, genre from a genre student.
+    """Mood students and a genre student in one graph: mood (and the embedding) from the mood side, genre from a
+    genre student.
 
     Why: the genre labels (Emotify) and the mood labels (4Q) pull one small trunk in different directions; a joint
     fine-tune gained genre accuracy only by losing mood accuracy. A second trunk trained for genre costs about one
     more student's compute per window (still far inside the 2 ms budget) and leaves the mood model untouched.
     """
 
-    def __init__(self, mood_net: MoodNet, genre_net: MoodNet) -> None:
+    def __init__(self, mood_net: MoodNet | MoodEnsemble, genre_net: MoodNet) -> None:
         super().__init__()
         if genre_net.genre is None:
             raise ValueError("the genre branch has no genre head")
         self.mood_net = mood_net
         self.genre_net = genre_net
-        self.mood, self.genre = mood_net.mood, genre_net.genre  # the heads export and fit_heads address
+        self.genre = genre_net.genre  # the head export and fit_heads address
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.mood_net.embed(x)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        e = self.mood_net.embed(x)
+        e, mood_logits = self.mood_net.mood_forward(x)
         g = self.genre_net.embed(x)
-        return {"embedding": e, "mood_logits": self.mood(self.mood_net.dropout(e)), "genre_logits": self.genre(self.genre_net.dropout(g))}
+        return {"embedding": e, "mood_logits": mood_logits, "genre_logits": self.genre(self.genre_net.dropout(g))}
 
 
 class ExportWrapper(nn.Module):
     """The runtime's graph contract: logmel -> (mood_logits, genre_logits?, embedding)."""
 
-    def __init__(self, net: MoodNet | BranchedNet) -> None:
+    def __init__(self, net: MoodNet | MoodEnsemble | BranchedNet) -> None:
         super().__init__()
         self.net = net
 

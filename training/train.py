@@ -351,6 +351,19 @@ def load_net(ckpt_path: str | os.PathLike[str]):
     return net, ck
 
 
+ENSEMBLE_SEP = ","  # `--ckpt A,B`: the mood students of one ensemble (see training.net.MoodEnsemble)
+
+
+def load_student(spec: str):
+    """(net in eval mode, [checkpoint dicts]) from `PATH` (one MoodNet) or `PATH,PATH,...` (a MoodEnsemble)."""
+    from training.net import MoodEnsemble
+
+    loaded = [load_net(p) for p in spec.split(ENSEMBLE_SEP)]
+    if len(loaded) == 1:
+        return loaded[0][0], [loaded[0][1]]
+    return MoodEnsemble([n for n, _ in loaded]).eval(), [ck for _, ck in loaded]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="+", default=["4q", "emotify"], help="datasets whose audio is used (4q, emotify, manifest CSV, folder)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"run folder for checkpoints and history (default {DEFAULT_OUT})")
