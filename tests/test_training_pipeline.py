@@ -372,3 +372,15 @@ def test_card_says_only_what_the_fold_chains_heard():
         "1": "runs/b: fine-tuned with labels on 4q without 4q fold 1 (audio and labels), from: distilled (no labels) on 4q incl. 4q fold 1's test clips (audio only)"}}}}}
     assert "Nor did their audio" in honesty(strict)
     assert "fold(s) 1 did hear" in honesty(leaky) and "Nor did" not in honesty(leaky)
+
+
+def test_card_seed_noise_line_comes_from_the_seed_experiment(tmp_path):
+    """The "Seed noise" limit quotes the other seed's record beside this model's report, and is absent without it."""
+    from training.card import SEED_EXPERIMENT, seed_noise
+
+    report = {"summary": {"mood_student_cnn_window_accuracy": 0.667, "mood_student_cnn_clip_macro_f1": 0.719}}
+    assert seed_noise(report, tmp_path) == []
+    (tmp_path / f"{SEED_EXPERIMENT}.json").write_text(json.dumps({"summary": {
+        "mood_student_cnn_window_accuracy": 0.6632, "mood_student_cnn_clip_macro_f1": 0.7077}}))
+    (line,) = seed_noise(report, tmp_path)
+    assert "0.663 and clip macro-F1 0.708, against 0.667 / 0.719" in line

@@ -78,6 +78,24 @@ def genre_limits(branch: dict | None, ceiling: dict | None) -> list[str]:
     return lines
 
 
+SEED_EXPERIMENT = "wise_seed1"  # the shipped recipe re-run with another seed (docs/evaluation/reproduce.md)
+
+
+def seed_noise(report: dict, folder: Path = EVAL_DIR / "experiments") -> list[str]:
+    """The "Known limits" line on seed noise: this model's mood numbers beside the same recipe with another seed,
+    read from that experiment's record (absent record: no line)."""
+    f = folder / f"{SEED_EXPERIMENT}.json"
+    s = report.get("summary", {})
+    if not f.is_file() or "mood_student_cnn_clip_macro_f1" not in s:
+        return []
+    other = json.loads(f.read_text())["summary"]
+    key = "mood_student_cnn"
+    return [f"- Seed noise: the same recipe re-run with another seed in both stages (`{SEED_EXPERIMENT}`) gives mood "
+            f"window accuracy {other[f'{key}_window_accuracy']:.3f} and clip macro-F1 {other[f'{key}_clip_macro_f1']:.3f}, "
+            f"against {s[f'{key}_window_accuracy']:.3f} / {s[f'{key}_clip_macro_f1']:.3f} for this model: differences "
+            "of that size between two rows of the experiments table are not evidence either way."]
+
+
 def honesty(report: dict) -> str:
     """What the students that scored each mood fold had heard of that fold, read from the report (which reads it
     from the checkpoint chains), so the card can never claim more than the evaluation did."""
@@ -153,8 +171,8 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
             honesty(report),
         ]
     if args.get("wise") is not None:
-        lines.append(f"- **Weight averaging**: the shipped mood student is {1 - args['wise']:g} x the checkpoint its fine-tune "
-                     f"started from + {args['wise']:g} x the fine-tuned weights (`train --wise`; WiSE-FT, Wortsman et al., "
+        lines.append(f"- **Weight averaging**: {'each' if ensemble else 'the'} shipped mood student is {1 - args['wise']:g} x the "
+                     f"checkpoint its fine-tune started from + {args['wise']:g} x the fine-tuned weights (`train --wise`; WiSE-FT, Wortsman et al., "
                      "CVPR 2022): the average keeps more of what the start had learnt than the fine-tune alone (compare the "
                      "fine-tune alone, `shipped_strict_cv`, and the distilled student alone, `distill_strict_lr`, in the "
                      "experiments table).")
@@ -242,6 +260,7 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
         "Emotify genres are only four. Expect lower accuracy on other styles, on live input with room noise, and on "
         "speech or silence (there is no 'no music' class).",
         "- A single 3 s window is much noisier than a whole clip: the server's smoothing matters.",
+        *seed_noise(report),
         *genre_limits(branch, ceiling),
         "",
         "## Citations",
