@@ -30,7 +30,7 @@ DEFAULT_OUT = REPO / "exported_models" / "mood_cnn.onnx"
 OPSET = 18
 VERIFY_ATOL = 1e-3
 DEFAULT_NAME = "mood_cnn"
-NUMBER_WORDS = {2: "Two", 3: "Three", 4: "Four", 5: "Five"}
+NUMBER_WORDS = {2: "Two", 3: "Three", 4: "Four", 5: "Five"}  # for the description; larger counts are written as digits
 ORDINALS = {2: "second", 3: "third", 4: "fourth", 5: "fifth"}
 
 
@@ -65,11 +65,9 @@ def fit_heads(net, mood_items, genre_items, cache, C: float | None, head_input: 
         c = C if C is not None else select_C(X, y, groups, len(labels))
         W, b = fit_linear(X, y, len(labels), c)
         set_linear(layer, W, b, owner.distill if head_input == "distill" else None)
-        if name in info:  # a further ensemble member: same clips, its own C
-            info[name]["C"] = [*info[name]["C"], c] if isinstance(info[name]["C"], list) else [info[name]["C"], c]
-            info[name]["members"] = len(info[name]["C"])
-        else:
-            info[name] = {"clips": len(items), "windows": int(len(X)), "head_input": head_input, "C": c}
+        info.setdefault(name, {"clips": len(items), "windows": int(len(X)), "head_input": head_input, "C": []})["C"].append(c)
+    for head in info.values():  # one C per member; a single student keeps the plain number
+        head["C"] = head["C"][0] if len(head["C"]) == 1 else head["C"]
     if genre_net is not None and "genre" in info:
         info["genre"]["branch"] = "separate genre student (see provenance.genre_branch)"
     return info
@@ -185,11 +183,11 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
     return ModelInfo(
         name=name,
         version=version,
-        description=(f"{NUMBER_WORDS[n_students]} small CNNs" if n_students > 1 else "Small CNN")
+        description=(f"{NUMBER_WORDS.get(n_students, n_students)} small CNNs" if n_students > 1 else "Small CNN")
         + " on 3 s log-mel windows: 4 quadrant moods (valence/arousal) and 4 genres"
-        + (f"; the mood is the mean of {NUMBER_WORDS[n_mood].lower()} students' logits (same recipe, different seeds)"
+        + (f"; the mood is the mean of {str(NUMBER_WORDS.get(n_mood, n_mood)).lower()} students' logits (same recipe, different seeds)"
            if n_mood > 1 else "")
-        + (f"; the genre comes from a {ORDINALS[n_students]} student trained for it" if genre_ck is not None else "") + "; "
+        + (f"; the genre comes from a {ORDINALS.get(n_students, 'further')} student trained for it" if genre_ck is not None else "") + "; "
         + ("distilled from musicnn (MSD)" if teacher_used else "trained from scratch")
         + (", fine-tuned with labels" if args.get("init") and args.get("supervised") else "")
         + (" and averaged with the distilled weights" if args.get("wise") is not None else "")
