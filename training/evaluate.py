@@ -40,7 +40,7 @@ def cv_linear(
     """Per fold: fit the linear head on train-fold windows, score test-fold windows and clips. `X_of_fold` may give
     one feature matrix per ensemble member: each member then gets its own head (own C), and their logits are averaged
     (`training.net.MoodEnsemble`)."""
-    from training.heads import ensemble_probs, fit_linear, select_C
+    from training.heads import ensemble_probs, fit_linear, per_member, select_C
 
     y_clip = np.array([labels.index(it.label) for it in items])
     g_clip = np.array([it.group or it.file for it in items])
@@ -54,7 +54,7 @@ def cv_linear(
         tr = np.isin(clip_idx, train_c)
         te = np.isin(clip_idx, test_c)
         cs = [C if C is not None else select_C(X[tr], y_win[tr], g_clip[clip_idx[tr]], len(labels)) for X in Xs]
-        chosen.append(cs[0] if len(cs) == 1 else cs)
+        chosen.append(per_member(cs))
         heads = [fit_linear(X[tr], y_win[tr], len(labels), c) for X, c in zip(Xs, cs)]
         probs = ensemble_probs([X[te] for X in Xs], heads)
         yt = [labels[i] for i in y_win[te]]
@@ -78,10 +78,10 @@ def describe_student(path: str, fold: int, dataset: str) -> str:
     ensemble (`A,B`), each member's chain joined by " + "."""
     import torch
 
-    from training.train import ENSEMBLE_SEP
+    from training.train import ensemble_members
 
-    if ENSEMBLE_SEP in path:
-        return " + ".join(describe_student(p, fold, dataset) for p in path.split(ENSEMBLE_SEP))
+    if len(members := ensemble_members(path)) > 1:
+        return " + ".join(describe_student(p, fold, dataset) for p in members)
     parts, p = [], path
     while p and Path(p).is_file():
         a = torch.load(p, map_location="cpu", weights_only=False).get("args", {})
@@ -104,9 +104,9 @@ def describe_student(path: str, fold: int, dataset: str) -> str:
 def student_features(spec: str, per_clip: list[np.ndarray], head_input: str = "embedding") -> list[np.ndarray]:
     """Window features of each student in `spec` (one path, or an ensemble `A,B`): one matrix per member."""
     from training.heads import embed, torch_embedder
-    from training.train import ENSEMBLE_SEP, load_net
+    from training.train import ensemble_members, load_net
 
-    return [embed(torch_embedder(load_net(p)[0], head_input), per_clip) for p in spec.split(ENSEMBLE_SEP)]
+    return [embed(torch_embedder(load_net(p)[0], head_input), per_clip) for p in ensemble_members(spec)]
 
 
 def teacher_features(items: list[Item], cache) -> np.ndarray:

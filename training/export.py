@@ -46,7 +46,7 @@ def fit_heads(net, mood_items, genre_items, cache, C: float | None, head_input: 
     genre head is fitted on that student's embedding instead of `net`'s; a `MoodEnsemble` gets one mood head per
     member, each fitted on its own member's embedding (as `evaluate` scores it)."""
     from training.features import dataset_logmels
-    from training.heads import embed, fit_linear, select_C, set_linear, torch_embedder, windows
+    from training.heads import embed, fit_linear, per_member, select_C, set_linear, torch_embedder, windows
     from training.net import MoodEnsemble
     from training.teacher import TEACHER_SPEC
 
@@ -66,8 +66,8 @@ def fit_heads(net, mood_items, genre_items, cache, C: float | None, head_input: 
         W, b = fit_linear(X, y, len(labels), c)
         set_linear(layer, W, b, owner.distill if head_input == "distill" else None)
         info.setdefault(name, {"clips": len(items), "windows": int(len(X)), "head_input": head_input, "C": []})["C"].append(c)
-    for head in info.values():  # one C per member; a single student keeps the plain number
-        head["C"] = head["C"][0] if len(head["C"]) == 1 else head["C"]
+    for head in info.values():
+        head["C"] = per_member(head["C"])
     if genre_net is not None and "genre" in info:
         info["genre"]["branch"] = "separate genre student (see provenance.genre_branch)"
     return info

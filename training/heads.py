@@ -102,6 +102,12 @@ def ensemble_probs(Xs: list[np.ndarray], heads: list[tuple[np.ndarray, np.ndarra
     return softmax(np.mean([X @ W.T + b for X, (W, b) in zip(Xs, heads)], axis=0))
 
 
+def per_member(values: list):
+    """How a per-member quantity (e.g. each head's C) is recorded: the plain value for a single student, the list
+    for an ensemble, so single-student reports and metadata keep their old shape."""
+    return values[0] if len(values) == 1 else values
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
