@@ -184,7 +184,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         "batch_size_mean": round(histogram_mean(metrics, "batch_size"), 2),
         "batch_size_p95_bucket": histogram_quantile(metrics, "batch_size", 0.95),
         "batches": int(metrics.get("sendreturn_batch_size_count", 0)),
-        "inference_ms_mean": round(1000 * histogram_mean(metrics, "inference_seconds"), 2),
+        "inference_ms_mean": round(1000 * histogram_mean(metrics, "inference_duration_seconds"), 2),
         "windows_analysed": int(metrics.get("sendreturn_windows_analysed_total", 0)),
         "dropped_messages": int(metrics.get("sendreturn_dropped_messages_total", 0)),
         "errors": stats["errors"],

@@ -8,12 +8,12 @@ import socket
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sendreturn_mood.server import static_root
 from tests.server_support import (
     client,
     http_get,
-    metric_value,
     read_messages,
     read_until_closed,
     running_server,
@@ -60,18 +60,33 @@ async def test_metrics_after_streaming(tiny_model_path):
         status, headers, body = await get(server, "/metrics")
     text = body.decode()
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
-    for name in ("connections", "rooms", "audio_seconds_total", "windows_analysed_total", "batch_size", "update_latency_seconds",
-                 "errors_total", "dropped_messages_total"):
-        assert f"# TYPE sendreturn_{name} " in text, name
-    assert metric_value(text, "sendreturn_audio_seconds_total") == pytest.approx(2.0)
-    assert metric_value(text, "sendreturn_windows_analysed_total") == 3  # 0.992, 1.488, 1.984
-    assert metric_value(text, "sendreturn_update_latency_seconds_count") == 3
-    assert metric_value(text, 'sendreturn_update_latency_seconds_bucket{le="+Inf"}') == 3
-    assert metric_value(text, "sendreturn_batch_size_count") >= 1
-    assert metric_value(text, 'sendreturn_errors_total{code="bad_audio"}') == 1
-    assert metric_value(text, 'sendreturn_connections{role="source"}') == 0
-    assert metric_value(text, 'sendreturn_connections_total{role="source"}') == 1
-    assert metric_value(text, "sendreturn_rooms") == 0
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # prometheus_client's own parser
+    expected = {"sendreturn_open_connections": "gauge", "sendreturn_accepted_connections": "counter",
+                "sendreturn_rooms": "gauge", "sendreturn_audio_seconds": "counter",
+                "sendreturn_windows_analysed": "counter", "sendreturn_batch_size": "histogram",
+                "sendreturn_update_latency_seconds": "histogram", "sendreturn_errors": "counter",
+                "sendreturn_dropped_messages": "counter", "sendreturn_inference_duration_seconds": "histogram",
+                "sendreturn_inference_queue_windows": "gauge"}
+    for name, kind in expected.items():
+        assert families[name].type == kind, name
+    for f in families.values():  # conventions: _total only on counters, units as suffix
+        assert f.name.startswith("sendreturn_") and not f.name.endswith("_total"), f.name
+        assert all(f.type == "counter" for s in f.samples if s.name.endswith("_total")), f.name
+
+    def value(name: str, **labels: str) -> float:
+        family = name.removesuffix("_total").removesuffix("_count").removesuffix("_bucket")
+        (v,) = [s.value for s in families[family].samples if s.name == name and s.labels == labels]
+        return v
+
+    assert value("sendreturn_audio_seconds_total") == pytest.approx(2.0)
+    assert value("sendreturn_windows_analysed_total") == 3  # 0.992, 1.488, 1.984
+    assert value("sendreturn_update_latency_seconds_count") == 3
+    assert value("sendreturn_update_latency_seconds_bucket", le="+Inf") == 3
+    assert value("sendreturn_batch_size_count") >= 1
+    assert value("sendreturn_errors_total", code="bad_audio") == 1
+    assert value("sendreturn_open_connections", role="source") == 0
+    assert value("sendreturn_accepted_connections_total", role="source") == 1
+    assert value("sendreturn_rooms") == 0
 
 
 async def test_room_info(tiny_model_path):
