@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sendreturn_mood.server import static_root
 from tests.server_support import (
+    checked_body,
     client,
     http_get,
     read_messages,
@@ -30,11 +31,11 @@ async def test_healthz(tiny_model_path):
     async with running_server(tiny_model_path) as server:
         status, headers, body = await get(server, "/healthz")
         assert status == 200 and headers["content-type"] == "application/json"
-        h = json.loads(body)
+        h = checked_body("healthz", body)
         assert h["status"] == "ok" and h["rooms"] == 0 and h["connections"] == 0
         assert h["model"]["name"] == "tiny-test-model" and h["model"]["version"] == "0.0.1"
         async with client(server, "h1"), client(server, "h1"), client(server, "h2", role="source"):
-            h = json.loads((await get(server, "/healthz"))[2])
+            h = checked_body("healthz", (await get(server, "/healthz"))[2])
             assert (h["rooms"], h["connections"]) == (2, 3)
 
 
@@ -92,12 +93,12 @@ async def test_metrics_after_streaming(tiny_model_path):
 async def test_room_info(tiny_model_path):
     async with running_server(tiny_model_path) as server:
         status, _, body = await get(server, "/v1/rooms/nobody")
-        assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+        assert status == 404 and checked_body("http-error", body)["error"]["code"] == "not_found"
         async with client(server, "info", role="source", sample_rate=16000) as (src, _), client(server, "info"):
             await send_audio(src, tone(1.0, 16000), 16000, 1, "pcm_s16le")
             await read_messages(src, lambda m: m["type"] == "mood")
             status, _, body = await get(server, "/v1/rooms/info")
-    info = json.loads(body)
+    info = checked_body("room-info", body)
     assert status == 200
     assert info == {"room": "info", "source": True, "listeners": 1, "seq": 1, "track": None, "preset": "default", "audio_seconds": 1.0}
 
@@ -118,7 +119,7 @@ async def test_static_files_and_no_traversal(tiny_model_path):
                     "//etc/passwd", "/%2fetc%2fpasswd", "/nope.html"):
             status, _, body = await get(server, bad)
             assert status == 404, bad
-            assert json.loads(body)["error"]["code"] == "not_found"
+            assert checked_body("http-error", body)["error"]["code"] == "not_found"
 
 
 async def test_slow_listener_does_not_stall_the_room(tiny_model_path):
