@@ -166,3 +166,25 @@ async def test_slow_listener_does_not_stall_the_room(tiny_model_path):
     assert [m["seq"] for m in fast_msgs] == list(range(1, n + 1))  # so did the listener that reads
     assert dropped > 0  # the stalled listener's outbox conflated
     assert elapsed < 45
+
+
+async def test_the_js_client_is_served_from_the_package(tiny_model_path):
+    """The page imports ./client/index.js: the JS client package's files, served from inside sendreturn_mood (a
+    symlink in a checkout, real files in a wheel through pyproject's package-dir mapping)."""
+    import tomllib
+
+    from tests.conftest import REPO
+
+    js = REPO / "clients" / "js" / "src"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert pyproject["package-dir"]["sendreturn_mood.static.client"] == "clients/js/src"
+    assert "sendreturn_mood.static.client" in pyproject["packages"]
+    assert pyproject["package-data"]["sendreturn_mood.static.client"] == ["*.js"]
+    assert 'from "./client/index.js"' in (static_root() / "app.js").read_text()
+    async with running_server(tiny_model_path) as server:
+        for name in ("index.js", "worklet.js"):
+            status, headers, body = await get(server, f"/client/{name}")
+            assert status == 200 and headers["content-type"] == "text/javascript; charset=utf-8"
+            assert body == (js / name).read_bytes()
+        for bad in ("/client/../../server.py", "/client/%2e%2e/index.js", "/client/.x"):
+            assert (await get(server, bad))[0] == 404, bad
