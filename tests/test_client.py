@@ -105,7 +105,7 @@ async def test_send_file_paces_resamples_and_names_the_track(tiny_model_path, tm
             took = time.monotonic() - t0
             result = await src.end()
     assert frames == positions[-1] == 2 * 22050
-    assert 0.4 <= took < 2.0, took  # 2 s of audio at 4x real time
+    assert took >= 0.45, took  # paced: 2 s of audio at 4x real time takes at least 0.5 s
     assert sent[0] == {"type": "track", "id": "file:tagged.flac", "title": "A Title", "artist": "An Artist"}
     assert events[0].audio == {"encoding": "pcm_f32le", "sample_rate": RATE, "channels": 1}
     assert result.last is not None and result.last.track["title"] == "A Title"
