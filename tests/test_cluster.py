@@ -242,3 +242,23 @@ def test_workers_without_a_broker_are_refused_with_the_reason():
 
     run = subprocess.run([sys.executable, "-m", "sendreturn_mood", "serve", "--workers", "2"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "needs a broker" in run.stderr
+
+
+def test_the_deployment_files_run_real_commands():
+    """compose.yaml and the Dockerfile start the server with flags the CLI really has, and a valid config."""
+    import re
+
+    import yaml
+
+    from sendreturn_mood.__main__ import build_parser
+    from sendreturn_mood.config import load_config
+    from tests.cluster_support import REPO
+
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    servers = [s for s in compose["services"].values() if "build" in s]
+    assert len(servers) == 2 and any("redis-server" in " ".join(s.get("command", [])) for s in compose["services"].values())
+    cmd = re.search(r'^CMD (\[.*\])$', (REPO / "Dockerfile").read_text(), re.M)
+    for argv in [s["command"] for s in servers] + [json.loads(cmd.group(1))]:
+        args = build_parser().parse_args(argv)
+        config = load_config(None, {"server.host": args.host, "server.port": args.port, "broker.url": args.broker, "server.workers": args.workers})
+        assert config["server"]["host"] == "0.0.0.0"
