@@ -32,6 +32,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="PATH", help="ONNX model file (default: the shipped model)")
     p.add_argument("--broker", metavar="URL", help="share rooms with other processes: redis://HOST:PORT/DB (default: broker.url of the config; none)")
     p.add_argument("--workers", type=int, metavar="N", help="N processes on this port sharing rooms through the broker (default: server.workers of the config, 1)")
+    p.add_argument("--metrics-port", type=int, metavar="P", help="also serve /metrics and /healthz on port P (with --workers N: P, P+1, ...; default: server.metrics_port, none)")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for its workers
 
 
@@ -130,6 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
         "broker.url": args.broker,
         "server.workers": args.workers,
         "server.reuse_port": True if args.reuse_port else None,
+        "server.metrics_port": args.metrics_port,
     }
     try:
         config = load_config(args.config, overrides)

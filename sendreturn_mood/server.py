@@ -126,6 +126,7 @@ class MoodServer:
         self.connections = 0
         self.closing = False
         self._server: Server | None = None
+        self._metrics_server: Server | None = None
         self._static = static_root()
         self._holder_ids = itertools.count(1)
         self._warm_up()
@@ -191,7 +192,13 @@ class MoodServer:
                 close_timeout=2,
                 reuse_port=bool(s["reuse_port"]) or None,
             )
+            if s["metrics_port"] is not None:
+                self._metrics_server = await serve(
+                    self._handle, s["host"], int(s["metrics_port"]), process_request=self._metrics_only, reuse_port=None
+                )
         except BaseException:
+            if self._server is not None:
+                self._server.close()
             await self.worker.stop()
             await self.broker.close()
             raise
@@ -214,6 +221,8 @@ class MoodServer:
     async def close(self) -> None:
         """Stop accepting, close every client with 1001, wait (bounded) for handlers, stop the worker and broker."""
         self.closing = True
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         if self._server is not None:
             self._server.close(close_connections=True)
             try:
@@ -256,6 +265,13 @@ class MoodServer:
             return _response(r.status, r.body(), "application/json")
         connection.sr_params = params  # type: ignore[attr-defined]  # read by _handle
         return None
+
+    async def _metrics_only(self, connection: ServerConnection, request: Request) -> Response:
+        """`server.metrics_port`: this process's /metrics and /healthz on a port of its own (with `--workers`, each
+        worker has one, so Prometheus scrapes every worker, not whichever the kernel picks); nothing else there."""
+        if urlsplit(request.path).path in ("/metrics", "/healthz"):
+            return await self._http(request)
+        return _json(404, {"error": {"code": "not_found", "message": "this port serves /metrics and /healthz only"}})
 
     async def _http(self, request: Request) -> Response:
         path = urlsplit(request.path).path

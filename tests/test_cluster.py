@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 import time
+import urllib.request
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -43,6 +46,21 @@ def cluster(tmp_path, tiny_model_path, redis_server):
     finally:
         for p in procs:
             p.stop()
+
+
+def two_free_ports() -> int:
+    """A port P such that P and P + 1 are both free now."""
+    from tests.cluster_support import free_port
+
+    for _ in range(50):
+        p = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 1))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports")
 
 
 def url(server: ServerProcess, room: str, **params: Any) -> str:
@@ -206,7 +224,8 @@ async def test_redis_going_away_and_coming_back(cluster, redis_server):
 
 async def test_serve_workers_share_one_port(tmp_path, tiny_model_path, redis_server):
     config = write_config(tmp_path)
-    proc = ServerProcess(config, tiny_model_path, redis_server.url, "--workers", "2")
+    metrics_port = two_free_ports()
+    proc = ServerProcess(config, tiny_model_path, redis_server.url, "--workers", "2", "--metrics-port", str(metrics_port))
     try:
         await wait_for(lambda: proc.http("/healthz")[1]["broker"]["cluster"]["nodes"] == 2, 20, "two workers")
         listeners = [await connect(url(proc, "shared"), proxy=None) for _ in range(6)]
@@ -223,6 +242,13 @@ async def test_serve_workers_share_one_port(tmp_path, tiny_model_path, redis_ser
                 await ws.close()
         nodes = {proc.http("/healthz")[1]["broker"]["node"] for _ in range(20)}
         assert len(nodes) == 2  # connections really are spread over two processes
+        # Each worker can be scraped on its own metrics port (a scrape of the shared port reaches either one).
+        scraped = set()
+        for port in (metrics_port, metrics_port + 1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            scraped |= set(re.findall(r'sendreturn_node_info\{[^}]*node="([^"]+)"', text))
+        assert scraped == nodes
     finally:
         assert proc.stop() == 0
 
