@@ -19,9 +19,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from sendreturn_mood import contract
 from sendreturn_mood.pcm import encode
 from tests.cluster_support import RedisServer, ServerProcess, write_config
-from tests.server_support import tone
+from tests.server_support import metric_value, tone
 
 pytestmark = pytest.mark.slow
 LEASE = 1.5  # seconds: short, so the crash tests are quick
@@ -162,13 +163,15 @@ async def test_room_state_health_and_metrics_tell_the_truth_across_processes(clu
         await wait_for(room_seen, 10, "the room's state on C")
         status, body = b.http("/v1/rooms/state")
         assert status == 200
+        contract.validate("room-info", body, strict=True)  # the cluster's HTTP bodies keep to schema/v1/
         assert body["source"] is True and body["listeners"] == 2 and body["preset"] == "subtle"
         assert body["track"] == {"id": "x1", "artist": "Someone"}
         status, health = b.http("/healthz")
+        contract.validate("healthz", health, strict=True)
         assert status == 200 and health["status"] == "ok" and health["broker"]["connected"] is True
         assert health["broker"]["cluster"]["nodes"] == 3
         _, metrics = a.http("/metrics")
-        assert "sendreturn_broker_up 1" in metrics and 'sendreturn_node_info{node="' in metrics
+        assert metric_value(metrics, "sendreturn_broker_up") == 1 and re.search(r'sendreturn_node_info\{[^}]*node="', metrics)
     assert c.http("/v1/rooms/nobody")[0] == 404
 
 
@@ -204,7 +207,7 @@ async def test_redis_going_away_and_coming_back(cluster, redis_server):
         await wait_for(lambda: a.http("/healthz")[1]["status"] == "degraded", 10, "A to notice Redis is gone")
         _, health = a.http("/healthz")
         assert health["broker"]["connected"] is False
-        assert "sendreturn_broker_up 0" in a.http("/metrics")[1]
+        assert metric_value(a.http("/metrics")[1], "sendreturn_broker_up") == 0
         # A keeps serving what it can locally: its own listener still gets updates.
         await stream(src, 1.0, seed=2)
         local = json.loads((await texts_until(la, lambda m: m["type"] == "mood" and m["stream_time"] > 2.0))[-1])
@@ -214,7 +217,7 @@ async def test_redis_going_away_and_coming_back(cluster, redis_server):
         remote = json.loads((await texts_until(lb, lambda m: m["type"] == "mood" and m["seq"] > local["seq"]))[-1])
         assert remote["seq"] > local["seq"]
         assert a.proc.poll() is None and b.proc.poll() is None  # nobody crashed
-        assert "sendreturn_broker_reconnects_total 1" in a.http("/metrics")[1]
+        assert metric_value(a.http("/metrics")[1], "sendreturn_broker_reconnects_total") == 1
         # The cluster behaviour is back: the room is one room again.
         with pytest.raises(InvalidStatus) as e:
             async with connect(url(b, "flaky", role="source"), proxy=None):
