@@ -291,3 +291,37 @@ def test_the_deployment_files_run_real_commands():
         args = build_parser().parse_args(argv)
         config = load_config(None, {"server.host": args.host, "server.port": args.port, "broker.url": args.broker, "server.workers": args.workers})
         assert config["server"]["host"] == "0.0.0.0"
+
+
+async def test_two_sources_accepted_while_redis_was_away_are_reconciled(cluster, redis_server):
+    """While Redis is away each process serves alone, so two processes may each accept a source for one room; when
+    Redis is back exactly one keeps the room and the other is closed with a fatal not_allowed (1008)."""
+    a, b, _ = cluster
+    redis_server.stop()
+    await wait_for(lambda: all(p.http("/healthz")[1]["status"] == "degraded" for p in (a, b)), 10, "both to notice")
+    ws_a = await connect(url(a, "split", role="source", sample_rate=16000), proxy=None)
+    ws_b = await connect(url(b, "split", role="source", sample_rate=16000), proxy=None)
+    try:
+        for ws in (ws_a, ws_b):
+            assert json.loads(await ws.recv())["type"] == "welcome"
+        redis_server.start()
+
+        async def outcome(ws: ClientConnection) -> str:
+            try:
+                while True:
+                    msg = json.loads(await ws.recv())
+                    if msg["type"] == "error" and msg["fatal"]:
+                        assert msg["code"] == "not_allowed"
+            except ConnectionClosed:
+                return f"closed {ws.close_code}"
+
+        tasks = [asyncio.ensure_future(outcome(ws)) for ws in (ws_a, ws_b)]
+        done, pending = await asyncio.wait(tasks, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1 and done.pop().result() == "closed 1008"
+        await asyncio.sleep(LEASE)  # the winner keeps renewing: nobody else is closed
+        assert all(not t.done() for t in pending)
+        for t in pending:
+            t.cancel()
+    finally:
+        await ws_a.close()
+        await ws_b.close()
