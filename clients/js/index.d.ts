@@ -174,11 +174,24 @@ export interface HealthModel {
   path: string;
 }
 
+/** @schema healthz.json#/properties/broker/properties/cluster */
+export interface HealthCluster {
+  nodes: number;
+  rooms: number;
+  connections: number;
+}
+
 /** @schema healthz.json#/properties/broker */
 export interface HealthBroker {
-  kind: string;
+  kind: "memory" | "redis";
   node: string;
   connected: boolean;
+  /** redis: the broker URL, password redacted */
+  url?: string;
+  reconnects?: number;
+  pending?: number;
+  /** redis: the whole cluster (the top-level rooms and connections are this process's) */
+  cluster?: HealthCluster;
 }
 
 /** @schema healthz.json */
