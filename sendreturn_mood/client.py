@@ -48,6 +48,7 @@ OPEN_TIMEOUT_S = 10.0
 END_TIMEOUT_S = 30.0  # after `end`, how long to wait for the server's last update and close
 READ_SECONDS = 10.0  # audio decoded per file read (then sent in chunk_ms pieces)
 KEEPALIVE_S = 30.0  # a `keepalive` text message after this long without sending anything (None: never)
+MAX_MESSAGE_BYTES = 1 << 20  # server messages are a few hundred bytes; anything near this is not protocol v1
 
 
 # ---------------------------------------------------------------------------------------------------- messages
@@ -221,7 +222,7 @@ def _refusal_text(exc: InvalidStatus) -> str:
 async def _open(url: str, open_timeout: float) -> ClientConnection:
     """One connection attempt. Raises Refused (do not retry) or ConnectionError(reason) (may retry)."""
     try:
-        return await connect(url, compression=None, proxy=None, open_timeout=open_timeout, max_size=None)
+        return await connect(url, compression=None, proxy=None, open_timeout=open_timeout, max_size=MAX_MESSAGE_BYTES)
     except InvalidStatus as exc:
         body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
         if exc.response.status_code in FATAL_STATUS:
