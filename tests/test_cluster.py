@@ -48,6 +48,13 @@ def cluster(tmp_path, tiny_model_path, redis_server):
             p.stop()
 
 
+def sample(text: str, name: str) -> float:
+    """The value of an unlabelled sample in Prometheus text."""
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
+
+
 def two_free_ports() -> int:
     """A port P such that P and P + 1 are both free now."""
     from tests.cluster_support import free_port
@@ -168,7 +175,7 @@ async def test_room_state_health_and_metrics_tell_the_truth_across_processes(clu
         assert status == 200 and health["status"] == "ok" and health["broker"]["connected"] is True
         assert health["broker"]["cluster"]["nodes"] == 3
         _, metrics = a.http("/metrics")
-        assert "sendreturn_broker_up 1" in metrics and 'sendreturn_node_info{node="' in metrics
+        assert sample(metrics, "sendreturn_broker_up") == 1 and re.search(r'sendreturn_node_info\{[^}]*node="', metrics)
     assert c.http("/v1/rooms/nobody")[0] == 404
 
 
@@ -204,7 +211,7 @@ async def test_redis_going_away_and_coming_back(cluster, redis_server):
         await wait_for(lambda: a.http("/healthz")[1]["status"] == "degraded", 10, "A to notice Redis is gone")
         _, health = a.http("/healthz")
         assert health["broker"]["connected"] is False
-        assert "sendreturn_broker_up 0" in a.http("/metrics")[1]
+        assert sample(a.http("/metrics")[1], "sendreturn_broker_up") == 0
         # A keeps serving what it can locally: its own listener still gets updates.
         await stream(src, 1.0, seed=2)
         local = json.loads((await texts_until(la, lambda m: m["type"] == "mood" and m["stream_time"] > 2.0))[-1])
@@ -214,7 +221,7 @@ async def test_redis_going_away_and_coming_back(cluster, redis_server):
         remote = json.loads((await texts_until(lb, lambda m: m["type"] == "mood" and m["seq"] > local["seq"]))[-1])
         assert remote["seq"] > local["seq"]
         assert a.proc.poll() is None and b.proc.poll() is None  # nobody crashed
-        assert "sendreturn_broker_reconnects_total 1" in a.http("/metrics")[1]
+        assert sample(a.http("/metrics")[1], "sendreturn_broker_reconnects_total") == 1
         # The cluster behaviour is back: the room is one room again.
         with pytest.raises(InvalidStatus) as e:
             async with connect(url(b, "flaky", role="source"), proxy=None):
