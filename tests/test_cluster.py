@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from sendreturn_mood import contract
 from sendreturn_mood.pcm import encode
 from tests.cluster_support import RedisServer, ServerProcess, write_config
-from tests.server_support import metric_value, tone
+from tests.server_support import tone
 
 pytestmark = pytest.mark.slow
 LEASE = 1.5  # seconds: short, so the crash tests are quick
@@ -47,6 +47,13 @@ def cluster(tmp_path, tiny_model_path, redis_server):
     finally:
         for p in procs:
             p.stop()
+
+
+def sample(text: str, name: str) -> float:
+    """The value of an unlabelled sample in Prometheus text."""
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
 
 
 def two_free_ports() -> int:
@@ -171,7 +178,7 @@ async def test_room_state_health_and_metrics_tell_the_truth_across_processes(clu
         assert status == 200 and health["status"] == "ok" and health["broker"]["connected"] is True
         assert health["broker"]["cluster"]["nodes"] == 3
         _, metrics = a.http("/metrics")
-        assert metric_value(metrics, "sendreturn_broker_up") == 1 and re.search(r'sendreturn_node_info\{[^}]*node="', metrics)
+        assert sample(metrics, "sendreturn_broker_up") == 1 and re.search(r'sendreturn_node_info\{[^}]*node="', metrics)
     assert c.http("/v1/rooms/nobody")[0] == 404
 
 
@@ -207,7 +214,7 @@ async def test_redis_going_away_and_coming_back(cluster, redis_server):
         await wait_for(lambda: a.http("/healthz")[1]["status"] == "degraded", 10, "A to notice Redis is gone")
         _, health = a.http("/healthz")
         assert health["broker"]["connected"] is False
-        assert metric_value(a.http("/metrics")[1], "sendreturn_broker_up") == 0
+        assert sample(a.http("/metrics")[1], "sendreturn_broker_up") == 0
         # A keeps serving what it can locally: its own listener still gets updates.
         await stream(src, 1.0, seed=2)
         local = json.loads((await texts_until(la, lambda m: m["type"] == "mood" and m["stream_time"] > 2.0))[-1])
@@ -217,7 +224,7 @@ async def test_redis_going_away_and_coming_back(cluster, redis_server):
         remote = json.loads((await texts_until(lb, lambda m: m["type"] == "mood" and m["seq"] > local["seq"]))[-1])
         assert remote["seq"] > local["seq"]
         assert a.proc.poll() is None and b.proc.poll() is None  # nobody crashed
-        assert metric_value(a.http("/metrics")[1], "sendreturn_broker_reconnects_total") == 1
+        assert sample(a.http("/metrics")[1], "sendreturn_broker_reconnects_total") == 1
         # The cluster behaviour is back: the room is one room again.
         with pytest.raises(InvalidStatus) as e:
             async with connect(url(b, "flaky", role="source"), proxy=None):
