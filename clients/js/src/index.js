@@ -53,7 +53,8 @@ export function roomUrl(base, room, params = {}) {
 
 export class MoodClient {
   constructor(options) {
-    const o = { ...DEFAULTS, ...options, backoff: { ...DEFAULTS.backoff, ...(options && options.backoff) } };
+    const given = Object.fromEntries(Object.entries(options || {}).filter(([, v]) => v !== undefined)); // undefined: the default
+    const o = { ...DEFAULTS, ...given, backoff: { ...DEFAULTS.backoff, ...given.backoff } };
     if (!o.url) throw new TypeError("options.url is required (e.g. ws://127.0.0.1:8765)");
     if (!ROOM_RE.test(o.room || "")) throw new TypeError("options.room must be 1 to 64 characters of A-Z a-z 0-9 _ . -");
     if (o.role !== "source" && o.role !== "listener") throw new TypeError('options.role must be "source" or "listener"');

@@ -141,6 +141,8 @@ test("helpers: urls, PCM encoding, option errors", () => {
   assert.deepEqual([...new Float32Array(encodePcm([0.25], "pcm_f32le"))], [0.25]);
   assert.throws(() => new MoodClient({ url: "ws://h:1", room: "no spaces" }), /room/);
   assert.throws(() => new MoodClient({ url: "ws://h:1", room: "r", role: "dj" }), /role/);
+  const defaults = new MoodClient({ url: "ws://h:1", room: "r", role: "source", sampleRate: undefined });
+  assert.equal(defaults.url, "ws://h:1/v1/rooms/r?role=source&encoding=pcm_s16le&sample_rate=48000&channels=1");
   const saved = globalThis.WebSocket;
   try {
     globalThis.WebSocket = undefined;
