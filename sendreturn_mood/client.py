@@ -44,6 +44,7 @@ from .audiofiles import find_audio  # noqa: F401  (part of this module's API: fi
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
 FATAL_STATUS = frozenset({400, 401, 403, 404})  # refusals that retrying cannot fix (409, 503: retry)
+FINAL_CLOSE_CODES = frozenset({1000, 1003, 1008, 1009})  # closes a listener does not reconnect after (as the JS client)
 OPEN_TIMEOUT_S = 10.0
 END_TIMEOUT_S = 30.0  # after `end`, how long to wait for the server's last update and close
 READ_SECONDS = 10.0  # audio decoded per file read (then sent in chunk_ms pieces)
@@ -247,7 +248,8 @@ async def _keepalive(ws: ClientConnection, last_send: list[float], every: float)
 
 class Listener:
     """Follow a room: `async for event in listener` yields server messages and connection events, reconnecting
-    with backoff until `retries` attempts in a row fail (-1: forever). Raises Refused or GaveUp."""
+    with backoff until `retries` attempts in a row fail (-1: forever). Raises Refused or GaveUp. The iteration ends
+    after `close()`, or after a close the server means (1000, 1003, 1008, 1009)."""
 
     def __init__(
         self,
@@ -309,6 +311,8 @@ class Listener:
                     self._ws = None
                 code = ws.close_code if ws.close_code is not None else 1006
                 yield Disconnected(code, ws.close_reason or "")
+                if code in FINAL_CLOSE_CODES:
+                    return  # a normal end, or the server's policy: reconnecting would not change it
                 reason = f"closed by the server ({code} {ws.close_reason})" if ws.close_reason else f"closed by the server ({code})"
             if self._closed:
                 return
