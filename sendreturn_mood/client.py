@@ -88,6 +88,13 @@ class Mood(_Message):
     latency_ms: float = 0.0
     track: dict[str, str] | None = None
     genre: dict[str, Any] | None = None
+    state: str | None = None  # "music" | "silent" (servers with silence detection)
+    level_db: float | None = None  # the analysed window's level, dB re a full-scale sine
+
+    @property
+    def silent(self) -> bool:
+        """The window was below the server's silence threshold: mood held, effects going to rest."""
+        return self.state == "silent"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ export type Role = "source" | "listener";
 export type Encoding = "pcm_s16le" | "pcm_f32le";
 export type ErrorCode =
   | "bad_message" | "bad_audio" | "rate_limited" | "not_allowed" | "too_big" | "unauthorized" | "server_error";
-export type HttpErrorCode = "bad_request" | "unauthorized" | "source_taken" | "server_full" | "not_found";
+export type HttpErrorCode =
+  | "bad_request" | "unauthorized" | "forbidden_origin" | "not_found" | "source_taken" | "rate_limited" | "server_full";
 /** label -> probability (they sum to 1), in the model's label order */
 export type Probabilities = Record<string, number>;
 
@@ -90,6 +91,10 @@ export interface MoodMessage {
   /** effect parameter -> value (numbers; colours as "#rrggbb") */
   effects: Record<string, number | string>;
   preset: string;
+  /** "silent": the window was below the server's silence threshold (mood held, effects at rest) */
+  state?: "music" | "silent";
+  /** the analysed window's level in dB re a full-scale sine (-120: digital silence) */
+  level_db?: number;
   latency_ms: number;
 }
 
