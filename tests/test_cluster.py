@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from sendreturn_mood import contract
 from sendreturn_mood.pcm import encode
 from tests.cluster_support import RedisServer, ServerProcess, write_config
-from tests.server_support import tone
+from tests.server_support import checked, tone
 
 pytestmark = pytest.mark.slow
 LEASE = 1.5  # seconds: short, so the crash tests are quick
@@ -80,7 +80,7 @@ def url(server: ServerProcess, room: str, **params: Any) -> str:
 async def join(server: ServerProcess, room: str, **params: Any) -> AsyncIterator[ClientConnection]:
     """A connected client whose welcome has been read (a source's own `source: connected` too)."""
     async with connect(url(server, room, **params), proxy=None, compression=None) as ws:
-        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        welcome = checked(json.loads(await asyncio.wait_for(ws.recv(), 10)))
         assert welcome["type"] == "welcome"
         if params.get("role") == "source":
             assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "source", "state": "connected"}
@@ -94,7 +94,7 @@ async def texts_until(ws: ClientConnection, done: Any, timeout: float = 20.0) ->
     while True:
         text = await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic()))
         out.append(text)
-        if done(json.loads(text)):
+        if done(checked(json.loads(text))):  # what crossed processes keeps to schema/v1/ too
             return out
 
 
