@@ -1,8 +1,8 @@
 """Rooms shared by any number of processes and machines through Redis (`broker.url: redis://...`).
 
 The same pattern as Socket.IO's Redis adapter or Django Channels' Redis layer: every process keeps its own local
-members; a room's messages go out on one Redis pub/sub channel per room, and every process with a member in that
-room is subscribed to it. What must be decided once for the whole cluster lives in Redis keys:
+members; a room's messages go out on one Redis pub/sub channel per room, and every process with listeners in that
+room (other than the process of its source) is subscribed to it. What must be decided once for the whole cluster lives in Redis keys:
 
     {prefix}src:{room}       the room's source slot: the holder's id, with a lease (PX) its process renews; a
                              process that dies stops renewing, the key expires, and listeners elsewhere are told
