@@ -35,10 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from sendreturn_mood.analyze import window_plan
 from sendreturn_mood.config import load_config
 from sendreturn_mood.model import MoodModel
-from sendreturn_mood.pipeline import AnalysisStream
+from sendreturn_mood.pipeline import AnalysisStream, window_plan
 from sendreturn_mood.trackchange import (
     FEATURE_EMBEDDING,
     FEATURE_LOGMEL,
