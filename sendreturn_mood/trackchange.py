@@ -61,12 +61,13 @@ class TrackChangeError(ValueError):
 
 @dataclass(frozen=True)
 class DetectorSettings:
-    """What a deployment configures (`track_detection` in the config); rooms may only switch detection off/on."""
+    """What a deployment configures (`track_detection` in the config, where the defaults are); rooms may only
+    switch detection off/on."""
 
-    enabled: bool = True
-    sensitivity: float = 0.5
-    min_track_seconds: float = 20.0
-    feature: str = "auto"
+    enabled: bool
+    sensitivity: float
+    min_track_seconds: float
+    feature: str
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sensitivity <= 1.0:

@@ -25,9 +25,15 @@ N_MELS, FRAMES = 96, 187
 LOUD = np.full((N_MELS, FRAMES), 2.0, dtype=np.float32)  # a window of music (no silent frames)
 
 
+def settings(**kw) -> DetectorSettings:
+    """The settings these tests were written for (sensitivity 0.5, not the shipped default: the synthetic songs
+    are made to sit clearly on either side of its threshold), with `kw` changed."""
+    return DetectorSettings(**{"enabled": True, "sensitivity": 0.5, "min_track_seconds": 20.0, "feature": "auto", **kw})
+
+
 def detector(**kw) -> TrackChangeDetector:
     has_embedding = kw.pop("has_embedding", True)
-    return TrackChangeDetector(DetectorSettings(**kw), WINDOW, FRAME, has_embedding)
+    return TrackChangeDetector(settings(**kw), WINDOW, FRAME, has_embedding)
 
 
 def song_embedding(seed: int, dim: int = 128) -> np.ndarray:
@@ -161,18 +167,16 @@ def test_history_is_bounded_and_a_restarted_clock_resets():
 
 def test_settings_are_checked():
     with pytest.raises(TrackChangeError, match="sensitivity"):
-        DetectorSettings(sensitivity=1.5)
+        settings(sensitivity=1.5)
     with pytest.raises(TrackChangeError, match="min_track_seconds"):
-        DetectorSettings(min_track_seconds=-1)
+        settings(min_track_seconds=-1)
     with pytest.raises(TrackChangeError, match="feature"):
-        DetectorSettings(feature="mfcc")
+        settings(feature="mfcc")
     with pytest.raises(TrackChangeError, match="no 'embedding' output"):
         detector(feature=FEATURE_EMBEDDING, has_embedding=False)
     with pytest.raises(ConfigError, match="track_detection.sensitivity"):
         load_config(None, {"track_detection.sensitivity": 2.0})
-    assert DetectorSettings.from_config(load_config()) == DetectorSettings(
-        enabled=True, sensitivity=load_config()["track_detection"]["sensitivity"], min_track_seconds=20.0
-    )
+    assert DetectorSettings.from_config(load_config(None, {"track_detection.sensitivity": 0.5})) == settings()
 
 
 # ---------------------------------------------------------------------------------------------- protocol and room

@@ -24,8 +24,8 @@ TOLERANCE = 3.0  # seconds, as in the evaluation
 
 
 def songs() -> tuple[np.ndarray, np.ndarray]:
-    """Two real songs that sound different (a happy 4Q clip, an Emotify classical piece), 16 kHz mono."""
-    a = shared_data_or_skip("moods-4q") / "Q1" / "MT0027159893.mp3"
+    """Two real songs that sound different (an angry 4Q clip, an Emotify classical piece), 16 kHz mono."""
+    a = shared_data_or_skip("moods-4q") / "Q2" / "MT0000133200.mp3"
     b = shared_data_or_skip("emotify") / "classical" / "12.mp3"
     if not a.is_file() or not b.is_file():
         pytest.skip(f"{a} or {b} is missing from the shared data")
