@@ -122,3 +122,15 @@ async def test_an_explicit_track_message_wins(two_songs, late_seconds):
     assert not [m for m in heard if m["type"] == "track_change"]
     moods = [m for m in heard if m["type"] == "mood"]
     assert moods[-1]["track"] == {"id": "b"} and moods[-1]["stream_time"] == pytest.approx((len(b) - late) / 16000, abs=0.1)
+
+
+def test_analyze_shows_the_change_in_its_timeline(two_songs, capsys):
+    from sendreturn_mood.analyze import main
+
+    _, _, path = two_songs
+    assert main([str(path)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("track change heard") == 1 and "track detection on" in text
+    assert main([str(path), "--json", "--track-detection", "off"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["track_detection"] is False and result["track_changes"] == []
