@@ -49,6 +49,7 @@ from websockets.http11 import Request, Response
 
 from . import __version__, protocol
 from .broker import Broker, Claim, make_broker
+from .config import ConfigError
 from .effects import load_presets
 from .inference import InferenceWorker, Job, Result
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -58,8 +59,8 @@ from .pipeline import AnalysisStream, window_plan
 from .protocol import ConnectParams, Refusal
 from .rooms import CONTROL, MOOD, Outbox, Room, RoomError, RoomRegistry
 from .session import Broadcast, Close, Drain, Reply, RoomChanged, Session, SessionSettings, Submit
+from .trackchange import TrackChangeError, detector_from_config
 from .tracker import tracker_from_config
-from .trackchange import detector_from_config
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,10 @@ class MoodServer:
         self._server: Server | None = None
         self._static = static_root()
         self._holder_ids = itertools.count(1)
+        try:  # a detector the model cannot feed (feature: embedding, and the model has none) fails here, not on join
+            self._make_detector()
+        except TrackChangeError as e:
+            raise ConfigError(str(e)) from None
         self._warm_up()
         model_public = {
             "name": self.info.name,

@@ -253,3 +253,12 @@ def test_session_message_switches_detection():
     room.detector = None
     [reply] = session.receive('{"type": "track_detection", "enabled": true}', 0.0)
     assert reply.message["code"] == protocol.BAD_MESSAGE
+
+
+def test_a_server_refuses_to_start_with_a_detector_its_model_cannot_feed(tiny_model_path):
+    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.server import MoodServer
+
+    config = load_config(None, {"track_detection.feature": "embedding"})
+    with pytest.raises(ConfigError, match="no 'embedding' output"):
+        MoodServer(config, MoodModel(tiny_model_path))
