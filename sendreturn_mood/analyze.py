@@ -128,7 +128,7 @@ def analyze_file(
     timeline = []
     track_changes = []
     for w, (m, g, e) in zip(windows, preds):  # the order of rooms.Room.on_window: detector, then smoothing
-        change = detector.update(w.stream_time, w.logmel, e)
+        change = detector.update(w.stream_time, w.logmel, e, g)
         if change is not None:
             tracker.reset()
             track_changes.append(change.to_dict())
@@ -181,8 +181,7 @@ def format_human(result: dict[str, Any]) -> str:
     labels = list(result["probabilities"])
     lines = [
         f"{result['file']}  ({result['duration']:.1f} s, {result['windows']} windows, model "
-        f"{result['model']['name']} {result['model']['version']}, preset {result['preset']}, track detection "
-        f"{'on' if result.get('track_detection') else 'off'})",
+        f"{result['model']['name']} {result['model']['version']}, preset {result['preset']})",
         "    time  mood        conf  " + " ".join(f"{label[:7]:>7}" for label in labels) + "  valence arousal",
     ]
     changes = {c["detected_at"]: c for c in result.get("track_changes", [])}

@@ -150,14 +150,14 @@ class Room:
         logmel: np.ndarray | None = None,
         embedding: np.ndarray | None = None,
     ) -> list[dict[str, Any]]:
-        """`on_result` with track-change detection: the window's log-mel and the model's embedding go to the
-        detector first; when it hears a new track the smoothing restarts (as after a `track` message) and a
+        """`on_result` with track-change detection: the window's log-mel and the model's embedding and genres go to
+        the detector first; when it hears a new track the smoothing restarts (as after a `track` message) and a
         `track_change` message comes before this window's `mood` message. [] when the window is stale."""
         if not self.is_current(generation):
             return []
         out = []
         if self.detector is not None and logmel is not None:
-            change = self.detector.update(stream_time, logmel, embedding)
+            change = self.detector.update(stream_time, logmel, embedding, genres)
             if change is not None:
                 self.tracker.reset()
                 out.append(protocol.track_change(self.name, change.to_dict()))

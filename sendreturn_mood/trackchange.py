@@ -6,13 +6,15 @@ song creeps in over several time constants. The detector notices the change from
 for every window and lets the room restart as a `track` message would.
 
 How: every window is reduced to one feature vector, the model's `embedding` output when the model has one (what the
-mood and genre heads read, so it moves when the music's character moves and much less with loudness or a new
-instrument inside a song), else the window's per-band log-mel mean and spread. The history since the last change is
+mood head reads, so it moves when the music's character moves and much less with loudness or a new instrument
+inside a song), L2-normalised, with the genre probabilities (scaled by `GENRE_WEIGHT`) appended when the model has
+genres (they come from a second network trained for genre, so they see changes the mood embedding does not: two
+happy songs of different genres); else the window's per-band log-mel mean and spread. The history since the last change is
 split in two by time: the *recent* block (the windows that ended in the last `RECENT_SECONDS`) and the *earlier*
 context (the windows that ended before the recent block's audio began, at most `CONTEXT_SECONDS` of them; the window
 that straddles both is left out, so the two blocks share no audio). The score compares the two blocks:
 
-- embedding: the cosine distance between the blocks' mean (L2-normalised) embeddings;
+- embedding: the cosine distance between the blocks' mean feature vectors;
 - log-mel: the RMS over bands of the recent mean's z-score against the earlier context's per-band mean and spread.
 
 A change fires when the score reaches the threshold for the configured sensitivity, the earlier context covers at
@@ -49,6 +51,7 @@ SILENT_FRAME_LEVEL = 0.05  # a front-end frame whose mean log-mel is below this 
 SILENT_SECONDS = 0.5  # a window with at least this much silent audio is left out of the comparison
 LOGMEL_VARIANCE_FLOOR = 0.01  # added to the per-band variance of the earlier context (log-mel units squared)
 EPSILON = 1e-9
+GENRE_WEIGHT = 0.5  # genre probabilities' weight next to the unit-length embedding (0.3 / 0.7 did no better)
 
 # Score thresholds at sensitivity 0 and 1 for each feature; sensitivity interpolates linearly between them.
 THRESHOLDS = {FEATURE_EMBEDDING: (0.8, 0.2), FEATURE_LOGMEL: (8.0, 2.0)}
@@ -135,9 +138,10 @@ def _r(x: float) -> float:
 
 
 def window_feature(
-    feature: str, logmel: np.ndarray, embedding: np.ndarray | None, frame_seconds: float
+    feature: str, logmel: np.ndarray, embedding: np.ndarray | None, frame_seconds: float, genres: np.ndarray | None = None
 ) -> WindowFeature:
-    """Reduce one window (log-mel [n_mels, frames], the model's embedding or None) to the detector's feature."""
+    """Reduce one window (log-mel [n_mels, frames], the model's embedding and genre probabilities, or None) to the
+    detector's feature."""
     logmel = np.asarray(logmel, dtype=np.float32)
     silent = float(np.count_nonzero(logmel.mean(axis=0) < SILENT_FRAME_LEVEL)) * frame_seconds
     if silent >= SILENT_SECONDS:
@@ -146,9 +150,10 @@ def window_feature(
         if embedding is None:
             raise TrackChangeError("the detector uses the model's embedding, but this window has none")
         e = np.asarray(embedding, dtype=np.float64).reshape(-1)
-        if not np.isfinite(e).all():
-            return WindowFeature(None)
-        return WindowFeature(e / (np.linalg.norm(e) + EPSILON))
+        v = e / (np.linalg.norm(e) + EPSILON)
+        if genres is not None:
+            v = np.concatenate([v, GENRE_WEIGHT * np.asarray(genres, dtype=np.float64).reshape(-1)])
+        return WindowFeature(v if np.isfinite(v).all() else None)
     v = np.concatenate([logmel.mean(axis=1), logmel.std(axis=1)]).astype(np.float64)
     return WindowFeature(v if np.isfinite(v).all() else None)
 
@@ -190,14 +195,19 @@ class TrackChangeDetector:
             self.reset()
         self.enabled = bool(enabled)
 
-    def features(self, logmel: np.ndarray, embedding: np.ndarray | None = None) -> WindowFeature:
-        return window_feature(self.feature, logmel, embedding, self.frame_seconds)
+    def features(
+        self, logmel: np.ndarray, embedding: np.ndarray | None = None, genres: np.ndarray | None = None
+    ) -> WindowFeature:
+        return window_feature(self.feature, logmel, embedding, self.frame_seconds, genres)
 
-    def update(self, stream_time: float, logmel: np.ndarray, embedding: np.ndarray | None = None) -> TrackChange | None:
-        """One analysed window (ending at `stream_time`) -> a TrackChange when the music changed here, else None."""
+    def update(
+        self, stream_time: float, logmel: np.ndarray, embedding: np.ndarray | None = None, genres: np.ndarray | None = None
+    ) -> TrackChange | None:
+        """One analysed window (ending at `stream_time`; its log-mel, the model's embedding and genre probabilities)
+        -> a TrackChange when the music changed here, else None."""
         if not self.enabled:
             return None
-        return self.push(stream_time, self.features(logmel, embedding))
+        return self.push(stream_time, self.features(logmel, embedding, genres))
 
     def push(self, stream_time: float, feature: WindowFeature) -> TrackChange | None:
         """`update` with the feature already computed (the evaluation replays stored features through this)."""

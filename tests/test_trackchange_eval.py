@@ -23,7 +23,7 @@ def test_trackchange_eval_quick_run(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["songs"]) == {"tune", "test"} and sum(result["songs"].values()) == 24
     for half in ("tune", "test"):
-        assert set(result[half]) == {"embedding", "logmel"}
+        assert set(result[half]) == {"embedding", "embedding_alone", "logmel"}
         for row in result[half]["embedding"].values():
             for condition in ("cut", "gap", "crossfade"):
                 r = row[condition]
