@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sendreturn_mood import protocol
+from sendreturn_mood import contract, protocol
 from sendreturn_mood.config import ConfigError, load_config
 from sendreturn_mood.trackchange import (
     FEATURE_EMBEDDING,
@@ -17,6 +17,7 @@ from sendreturn_mood.trackchange import (
     TrackChangeError,
     threshold,
 )
+from tests.server_support import checked
 
 WINDOW = 2.992  # the shipped model's patch (187 frames)
 HOP = 1.5
@@ -189,6 +190,7 @@ def test_handshake_parameter_and_message():
     with pytest.raises(protocol.Refusal, match="track_detection must be on or off"):
         protocol.parse_connect("/v1/rooms/a?track_detection=maybe")
     assert protocol.parse_client_message('{"type": "track_detection", "enabled": false}') == protocol.TrackDetection(False)
+    checked({"type": "track_detection", "enabled": False}, contract.CLIENT_MESSAGE)  # and schema/v1 describes it
     with pytest.raises(protocol.MessageError, match="boolean field 'enabled'"):
         protocol.parse_client_message('{"type": "track_detection", "enabled": "no"}')
 
@@ -215,7 +217,7 @@ def test_room_announces_the_change_before_the_mood_and_restarts_smoothing():
         msgs = room.on_window(room.generation, happy if t < 45 else calm, None, t, 1.0, logmel, emb)
         kinds += [m["type"] for m in msgs]
         if msgs[0]["type"] == "track_change":
-            assert msgs[0]["room"] == "lobby" and msgs[0]["source"] == "detected"
+            assert checked(msgs[0])["room"] == "lobby" and msgs[0]["source"] == "detected"
             assert msgs[1]["probabilities"] == msgs[1]["instant"]["probabilities"]  # smoothing restarted
     assert kinds.count("track_change") == 1 and kinds.count("mood") == len(kinds) - 1
     assert room.on_window(room.generation - 1, happy, None, 99.0, 1.0, LOUD, song_embedding(1)) == []  # stale

@@ -14,7 +14,7 @@ import pytest
 from sendreturn_mood.analyze import analyze_file, read_blocks
 from sendreturn_mood.model import MoodModel, default_model_path
 from tests.conftest import shared_data_or_skip
-from tests.server_support import client, read_until_closed, running_server, send_audio, server_config
+from tests.server_support import checked, client, read_until_closed, running_server, send_audio, server_config
 
 # What `serve` uses with the shipped model (the test settings shorten windows and hops; detection is evaluated
 # with the model's own window and the default hop).
@@ -67,7 +67,7 @@ async def stream_and_listen(audio: list, room: str, **source_params) -> tuple[di
             async def until_source_left() -> list[dict]:
                 out = []
                 while True:
-                    msg = json.loads(await asyncio.wait_for(listener.recv(), 30))
+                    msg = checked(json.loads(await asyncio.wait_for(listener.recv(), 30)))  # against schema/v1
                     out.append(msg)
                     if msg == {"type": "source", "state": "disconnected"}:
                         return out

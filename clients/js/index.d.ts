@@ -56,6 +56,13 @@ export interface WelcomeMessage {
   model: ModelInfo;
   analysis: AnalysisInfo;
   preset: string;
+  /** sources only (server extension) */
+  track_detection?: TrackDetectionInfo;
+}
+
+/** @schema welcome.json#/properties/track_detection */
+export interface TrackDetectionInfo {
+  enabled: boolean;
 }
 
 /** @schema mood.json#/properties/instant */
@@ -107,7 +114,20 @@ export interface ErrorMessage {
   fatal: boolean;
 }
 
-export type ServerMessage = WelcomeMessage | MoodMessage | SourceMessage | ErrorMessage;
+/** @schema track_change.json */
+export interface TrackChangeMessage {
+  type: "track_change";
+  room: string;
+  source: "detected";
+  /** where the new track is estimated to start (the mood messages' stream_time clock) */
+  stream_time: number;
+  /** stream_time of the update that confirmed it */
+  detected_at: number;
+  score: number;
+  threshold: number;
+}
+
+export type ServerMessage = WelcomeMessage | MoodMessage | SourceMessage | ErrorMessage | TrackChangeMessage;
 
 /** @schema track.json */
 export interface TrackMessage {
@@ -133,7 +153,13 @@ export interface KeepaliveMessage {
   type: "keepalive";
 }
 
-export type ClientMessage = TrackMessage | PresetMessage | EndMessage | KeepaliveMessage;
+/** @schema track_detection.json */
+export interface TrackDetectionMessage {
+  type: "track_detection";
+  enabled: boolean;
+}
+
+export type ClientMessage = TrackMessage | PresetMessage | EndMessage | KeepaliveMessage | TrackDetectionMessage;
 
 /** @schema handshake-query.json */
 export interface HandshakeQuery {
@@ -143,6 +169,8 @@ export interface HandshakeQuery {
   channels?: number;
   preset?: string;
   token?: string;
+  /** server extension, source only */
+  track_detection?: "on" | "off";
 }
 
 /** @schema http-error.json#/properties/error */
