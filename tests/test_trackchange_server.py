@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sendreturn_mood.analyze import analyze_file, read_blocks
+from sendreturn_mood.client import TrackChange, parse_message
 from sendreturn_mood.model import MoodModel, default_model_path
 from tests.conftest import shared_data_or_skip
 from tests.server_support import checked, client, read_until_closed, running_server, send_audio, server_config
@@ -87,6 +88,8 @@ async def test_listener_hears_the_change_between_two_songs(two_songs):
     assert len(changes) == 1, changes  # ... and so does the room: none within either song
     change = changes[0]
     assert change["room"] == "tc" and change["source"] == "detected"
+    typed = parse_message(json.dumps(change))  # the Python client knows the message and all its fields
+    assert isinstance(typed, TrackChange) and typed.extra == {} and typed.stream_time == change["stream_time"]
     assert abs(change["stream_time"] - boundary) <= TOLERANCE
     assert boundary < change["detected_at"] <= boundary + 6.0
     # the server and analyze agree exactly: the same change, and the same updates (smoothing restarted there)
