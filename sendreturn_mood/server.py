@@ -474,6 +474,8 @@ class MoodServer:
         self.metrics.latency.observe(latency)
         self.metrics.updates.inc()
         for msg in messages:  # a track_change (control: never conflated) comes before its window's mood
+            if msg["type"] == "track_change":
+                self.metrics.track_changes.inc()
             self.rooms.publish(room, msg)
 
 

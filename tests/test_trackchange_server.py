@@ -15,7 +15,9 @@ from sendreturn_mood.analyze import analyze_file, read_blocks
 from sendreturn_mood.client import TrackChange, parse_message
 from sendreturn_mood.model import MoodModel, default_model_path
 from tests.conftest import shared_data_or_skip
-from tests.server_support import checked, client, read_until_closed, running_server, send_audio, server_config
+from tests.server_support import (
+    checked, client, http_get, metric_value, read_until_closed, running_server, send_audio, server_config,
+)
 
 # What `serve` uses with the shipped model (the test settings shorten windows and hops; detection is evaluated
 # with the model's own window and the default hop).
@@ -50,7 +52,7 @@ def two_songs(tmp_path_factory) -> tuple[np.ndarray, np.ndarray, Path]:
 
 async def stream_and_listen(audio: list, room: str, **source_params) -> tuple[dict, list[dict], list[dict]]:
     """A listener joins, a source streams `audio` (arrays are PCM, dicts are JSON messages) then `end`. Returns the
-    source's welcome, the listener's messages and the source's."""
+    source's welcome, the listener's messages and the source's; the server's /metrics must count the changes."""
     async with running_server(default_model_path(), **REAL) as server:
         async with client(server, room) as (listener, _):
             async with client(server, room, role="source", sample_rate=16000, encoding="pcm_f32le", **source_params) as (src, welcome):
@@ -74,6 +76,9 @@ async def stream_and_listen(audio: list, room: str, **source_params) -> tuple[di
                         return out
 
             heard = await until_source_left()
+        _, _, body = await asyncio.to_thread(http_get, server, "/metrics")
+        counted = metric_value(body.decode(), "sendreturn_track_changes_detected_total")
+        assert counted == sum(m["type"] == "track_change" for m in heard)
     return welcome, heard, from_source
 
 
