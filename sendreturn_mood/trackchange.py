@@ -34,10 +34,13 @@ the same changes in the same audio. Memory is bounded: at most `MAX_HISTORY` win
 from __future__ import annotations
 
 import collections
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .frontend import FrontEndSpec, log_mel
 
 FEATURE_EMBEDDING = "embedding"
 FEATURE_LOGMEL = "logmel"
@@ -47,7 +50,7 @@ RECENT_SECONDS = 2.0  # windows ending within this much of the newest one form t
 CONTEXT_SECONDS = 15.0  # the earlier context: windows ending up to this long before the recent block's audio began
 MIN_CONTEXT_SECONDS = 7.0  # audio the earlier context must span (first window's start to last one's end) to score
 MAX_HISTORY = 64  # windows kept at most (the context needs ~12 at hop 1.5 s; 64 covers hops down to ~0.3 s)
-SILENT_FRAME_LEVEL = 0.05  # a front-end frame whose mean log-mel is below this is silent (~ -55 dBFS noise)
+SILENCE_DBFS = -57.0  # a front-end frame quieter (mean log-mel) than white noise at this RMS level is silent
 SILENT_SECONDS = 0.5  # a window with at least this much silent audio is left out of the comparison
 LOGMEL_VARIANCE_FLOOR = 0.01  # added to the per-band variance of the earlier context (log-mel units squared)
 EPSILON = 1e-9
@@ -137,13 +140,23 @@ def _r(x: float) -> float:
     return round(float(x), DECIMALS) + 0.0
 
 
+@functools.lru_cache(maxsize=16)
+def silent_frame_level(spec: FrontEndSpec) -> float:
+    """The mean log-mel of a frame of white noise at SILENCE_DBFS, through the model's own front end, so the silence
+    test holds whatever its log compression or normalisation (0.049 for the shipped model's)."""
+    noise = 10 ** (SILENCE_DBFS / 20) * np.random.default_rng(0).standard_normal(spec.sample_rate)
+    frames = log_mel(noise.astype(np.float32), spec).mean(axis=0)
+    return float(frames[len(frames) // 4 : -len(frames) // 4].mean())  # away from the padded edges
+
+
 def window_feature(
-    feature: str, logmel: np.ndarray, embedding: np.ndarray | None, frame_seconds: float, genres: np.ndarray | None = None
+    feature: str, logmel: np.ndarray, embedding: np.ndarray | None, spec: FrontEndSpec, genres: np.ndarray | None = None
 ) -> WindowFeature:
-    """Reduce one window (log-mel [n_mels, frames], the model's embedding and genre probabilities, or None) to the
-    detector's feature."""
+    """Reduce one window (log-mel [n_mels, frames] made by `spec`, the model's embedding and genre probabilities, or
+    None) to the detector's feature."""
     logmel = np.asarray(logmel, dtype=np.float32)
-    silent = float(np.count_nonzero(logmel.mean(axis=0) < SILENT_FRAME_LEVEL)) * frame_seconds
+    silent_frames = np.count_nonzero(logmel.mean(axis=0) < silent_frame_level(spec))
+    silent = spec.frames_to_seconds(int(silent_frames))
     if silent >= SILENT_SECONDS:
         return WindowFeature(None)
     if feature == FEATURE_EMBEDDING:
@@ -172,12 +185,12 @@ class TrackChangeDetector:
     """One stream's detector. `update` once per analysed window, in stream order; `reset` when the stream restarts
     (an explicit `track`, a new source). Sans-I/O: no clocks, no threads, no network."""
 
-    def __init__(self, settings: DetectorSettings, window_seconds: float, frame_seconds: float, has_embedding: bool) -> None:
+    def __init__(self, settings: DetectorSettings, spec: FrontEndSpec, window_seconds: float, has_embedding: bool) -> None:
         self.settings = settings
         self.feature = settings.resolve_feature(has_embedding)
         self.threshold = threshold(self.feature, settings.sensitivity)
         self.window_seconds = float(window_seconds)
-        self.frame_seconds = float(frame_seconds)
+        self.spec = spec
         self.enabled = settings.enabled
         self.reset()
 
@@ -198,7 +211,7 @@ class TrackChangeDetector:
     def features(
         self, logmel: np.ndarray, embedding: np.ndarray | None = None, genres: np.ndarray | None = None
     ) -> WindowFeature:
-        return window_feature(self.feature, logmel, embedding, self.frame_seconds, genres)
+        return window_feature(self.feature, logmel, embedding, self.spec, genres)
 
     def update(
         self, stream_time: float, logmel: np.ndarray, embedding: np.ndarray | None = None, genres: np.ndarray | None = None
@@ -242,6 +255,4 @@ class TrackChangeDetector:
 
 def detector_from_config(config: dict[str, Any], info: Any, window_seconds: float, has_embedding: bool) -> TrackChangeDetector:
     """The detector the config asks for, for a model (`info`: ModelInfo) and the window length actually used."""
-    return TrackChangeDetector(
-        DetectorSettings.from_config(config), window_seconds, info.frontend.frames_to_seconds(1), has_embedding
-    )
+    return TrackChangeDetector(DetectorSettings.from_config(config), info.frontend, window_seconds, has_embedding)

@@ -8,6 +8,7 @@ import pytest
 
 from sendreturn_mood import contract, protocol
 from sendreturn_mood.config import ConfigError, load_config
+from sendreturn_mood.frontend import FrontEndSpec, log_mel
 from sendreturn_mood.trackchange import (
     FEATURE_EMBEDDING,
     FEATURE_LOGMEL,
@@ -21,7 +22,8 @@ from tests.server_support import checked
 
 WINDOW = 2.992  # the shipped model's patch (187 frames)
 HOP = 1.5
-FRAME = 256 / 16000
+SPEC = FrontEndSpec(quantize="float16")  # the shipped model's front end
+FRAME = SPEC.frames_to_seconds(1)
 N_MELS, FRAMES = 96, 187
 LOUD = np.full((N_MELS, FRAMES), 2.0, dtype=np.float32)  # a window of music (no silent frames)
 
@@ -34,7 +36,7 @@ def settings(**kw) -> DetectorSettings:
 
 def detector(**kw) -> TrackChangeDetector:
     has_embedding = kw.pop("has_embedding", True)
-    return TrackChangeDetector(settings(**kw), WINDOW, FRAME, has_embedding)
+    return TrackChangeDetector(settings(**kw), SPEC, WINDOW, has_embedding)
 
 
 def song_embedding(seed: int, dim: int = 128) -> np.ndarray:
@@ -131,6 +133,19 @@ def test_silent_windows_never_score():
     for k in range(40):
         assert det.update(WINDOW + k * HOP, quiet, song_embedding(k)) is None
         assert det.last_score is None
+
+
+@pytest.mark.parametrize("spec", [SPEC, FrontEndSpec(log="db"), FrontEndSpec(mean=2.0, std=1.5)])
+def test_silence_is_judged_through_the_models_own_front_end(spec):
+    """Quiet noise is silence and music-level noise is not, whatever the log compression or normalisation."""
+    from sendreturn_mood.trackchange import window_feature
+
+    rng = np.random.default_rng(5)
+    emb = song_embedding(1)
+    for dbfs, silent in ((-80.0, True), (-65.0, True), (-30.0, False), (-15.0, False)):
+        x = (10 ** (dbfs / 20) * rng.standard_normal(3 * spec.sample_rate)).astype(np.float32)
+        f = window_feature(FEATURE_EMBEDDING, log_mel(x, spec)[:, 20:-20], emb, spec)
+        assert (f.vector is None) == silent, (dbfs, spec)
 
 
 def test_logmel_feature_for_a_model_without_embedding():

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from sendreturn_mood.config import load_config
+from sendreturn_mood.frontend import FrontEndSpec
 from sendreturn_mood.model import MoodModel
 from sendreturn_mood.pipeline import AnalysisStream, window_plan
 from sendreturn_mood.trackchange import (
@@ -126,7 +127,7 @@ def analyse(stream: Stream, audio: np.ndarray, model: MoodModel, config: dict[st
         windows.extend(pipe.push(audio[i : i + block]))
     windows.extend(pipe.finish())
     batch = int(config["analysis"]["max_batch"])
-    frame = info.frontend.frames_to_seconds(1)
+    spec = info.frontend
     stream.features = {FEATURE_EMBEDDING: [], EMBEDDING_ALONE: [], FEATURE_LOGMEL: []}
     for i in range(0, len(windows), batch):
         chunk = windows[i : i + batch]
@@ -144,9 +145,9 @@ def analyse(stream: Stream, audio: np.ndarray, model: MoodModel, config: dict[st
         for w, (e, g) in zip(chunk, outputs):
             stream.times.append(w.stream_time)
             if e is not None:
-                stream.features[FEATURE_EMBEDDING].append(window_feature(FEATURE_EMBEDDING, w.logmel, e, frame, g))
-                stream.features[EMBEDDING_ALONE].append(window_feature(FEATURE_EMBEDDING, w.logmel, e, frame))
-            stream.features[FEATURE_LOGMEL].append(window_feature(FEATURE_LOGMEL, w.logmel, None, frame))
+                stream.features[FEATURE_EMBEDDING].append(window_feature(FEATURE_EMBEDDING, w.logmel, e, spec, g))
+                stream.features[EMBEDDING_ALONE].append(window_feature(FEATURE_EMBEDDING, w.logmel, e, spec))
+            stream.features[FEATURE_LOGMEL].append(window_feature(FEATURE_LOGMEL, w.logmel, None, spec))
 
 
 def replay(stream: Stream, detector: TrackChangeDetector, key: str, hop: float) -> tuple[list[tuple[float, float]], float]:
@@ -237,7 +238,7 @@ def make_streams(items: list[Item], half: str, condition: str, songs_per_stream:
 
 def evaluate(
     streams: list[Stream], key: str, sensitivities: tuple[float, ...], min_track: float, hop: float,
-    window_seconds: float, frame_seconds: float, tolerance: float,
+    window_seconds: float, spec: FrontEndSpec, tolerance: float,
 ) -> dict[str, dict[str, Any]]:
     """sensitivity -> scores of every condition, for the stored features `key`."""
     feature = FEATURE_LOGMEL if key == FEATURE_LOGMEL else FEATURE_EMBEDDING
@@ -246,7 +247,7 @@ def evaluate(
         settings = DetectorSettings(enabled=True, sensitivity=s, min_track_seconds=min_track, feature=feature)
         per: dict[str, Score] = {c: Score() for c in CONDITIONS}
         for stream in streams:
-            detector = TrackChangeDetector(settings, window_seconds, frame_seconds, has_embedding=True)
+            detector = TrackChangeDetector(settings, spec, window_seconds, has_embedding=True)
             detections, armed = replay(stream, detector, key, hop)
             per[stream.condition].add(stream, detections, armed, tolerance)
         row = {c: sc.to_dict() for c, sc in per.items() if sc.boundaries}
@@ -396,7 +397,6 @@ def run(args: argparse.Namespace) -> int:
     plan = window_plan(info, config)
     hop = info.frontend.frames_to_seconds(plan.hop_frames)
     window_seconds = info.frontend.frames_to_seconds(plan.window_frames)
-    frame = info.frontend.frames_to_seconds(1)
     min_track = float(config["track_detection"]["min_track_seconds"])
     result: dict[str, Any] = {
         "command": shlex.join(["python", "-m", "training", "trackchange-eval"] + sys.argv[sys.argv.index("trackchange-eval") + 1 :])
@@ -419,7 +419,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{half} {condition}: {sum(len(s.boundaries) for s in streams if s.condition == condition)} boundaries, "
                   f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         result[half] = {
-            f: evaluate(streams, f, sensitivities, min_track, hop, window_seconds, frame, args.tolerance) for f in features
+            f: evaluate(streams, f, sensitivities, min_track, hop, window_seconds, info.frontend, args.tolerance) for f in features
         }
     result["chosen_sensitivity"] = choose_default(result["tune"][FEATURE_EMBEDDING]) if FEATURE_EMBEDDING in result["tune"] else None
     result["seconds_taken"] = round(time.perf_counter() - started, 1)
