@@ -70,6 +70,7 @@ class Welcome(_Message):
     analysis: dict[str, float] = field(default_factory=dict)
     preset: str = ""
     audio: dict[str, Any] | None = None
+    track_detection: dict[str, bool] | None = None  # sources: {"enabled": bool} (server extension)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,19 @@ class ServerError(_Message):
 
 
 @dataclass(frozen=True)
+class TrackChange(_Message):
+    """The server heard a new track start at `stream_time` (announced at `detected_at`); the room's smoothing
+    restarted there (server extension: docs/PROTOCOL.md)."""
+
+    room: str = ""
+    source: str = ""
+    stream_time: float = 0.0
+    detected_at: float = 0.0
+    score: float = 0.0
+    threshold: float = 0.0
+
+
+@dataclass(frozen=True)
 class Unknown(_Message):
     """A message type this client does not know (a later server may add some): `raw` has it all."""
 
@@ -137,9 +151,11 @@ class Reconnecting:
     attempt: int
 
 
-ServerMessage = Union[Welcome, Mood, SourceState, ServerError, Unknown]
+ServerMessage = Union[Welcome, Mood, SourceState, ServerError, TrackChange, Unknown]
 Event = Union[ServerMessage, Disconnected, Reconnecting]
-_TYPES: dict[str, type[_Message]] = {"welcome": Welcome, "mood": Mood, "source": SourceState, "error": ServerError}
+_TYPES: dict[str, type[_Message]] = {
+    "welcome": Welcome, "mood": Mood, "source": SourceState, "error": ServerError, "track_change": TrackChange,
+}
 
 
 def parse_message(raw: str) -> ServerMessage:
@@ -499,6 +515,11 @@ class Source:
         """Switch the room's effect preset (an unknown name comes back as a non-fatal bad_message error)."""
         self.preset_name = name
         await self._send_resuming(client_message("preset", name=name))
+
+    async def track_detection(self, enabled: bool) -> None:
+        """Switch the room's track-change detection on or off (server extension; not re-sent after a reconnect:
+        a new connection starts with the server's default)."""
+        await self._send_resuming(client_message("track_detection", enabled=bool(enabled)))
 
     async def send_frames(self, data: bytes) -> None:
         """PCM bytes in the announced format, sent as they are (call `connect` first)."""
