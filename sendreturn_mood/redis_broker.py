@@ -487,6 +487,11 @@ class RedisBroker(Broker):
             if self.metrics:
                 self.metrics.broker_received.inc()
             self.registry.deliver_local(room, text, kind)
+            if kind == "mood":
+                # A burst (a source streaming faster than real time, or a backlog after a stall) arrives here in one
+                # go: let the woken sender tasks write each update before the next, as the inference worker does, so
+                # a listener that keeps up never has its bounded outbox conflate because of the burst.
+                await asyncio.sleep(0)
 
     # ------------------------------------------------------------------------------------------------ liveness
 
