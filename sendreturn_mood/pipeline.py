@@ -19,6 +19,7 @@ computation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -181,3 +182,17 @@ class AnalysisStream:
             ring[:, :keep] = self._ring[:, self._ring_end - keep : self._ring_end]
             self._ring, self._ring_end = ring, keep
         return out
+
+
+def window_plan(info: Any, config: dict[str, Any]) -> WindowPlan:
+    """Window geometry from the config: `analysis.window_seconds` or, when null, the model's own patch length
+    (`info` is the model's `ModelInfo`). The server and `analyze` both build their plans here, so they cut
+    identical windows from the same audio."""
+    a = config["analysis"]
+    spec = info.frontend
+    window = info.patch_frames if a["window_seconds"] is None else spec.seconds_to_frames(a["window_seconds"])
+    return WindowPlan(
+        window_frames=window,
+        hop_frames=spec.seconds_to_frames(a["hop_seconds"]),
+        min_frames=spec.seconds_to_frames(a["min_seconds"]),
+    )
