@@ -82,6 +82,8 @@ def _check(c: dict[str, Any]) -> None:
         raise ConfigError(f"analysis.window_seconds must be in 0.2..60, got {a['window_seconds']}")
     if a["max_batch"] < 1:
         raise ConfigError("analysis.max_batch must be >= 1")
+    if not 0 <= a["batch_tick_ms"] <= 100:
+        raise ConfigError(f"analysis.batch_tick_ms must be in 0..100, got {a['batch_tick_ms']}")
     if s["time_constant_seconds"] < 0:
         raise ConfigError("smoothing.time_constant_seconds must be >= 0")
     if not 0 <= s["hysteresis"] < 1:

@@ -173,8 +173,9 @@ class MoodServer:
             log.debug("threadpoolctl unavailable", exc_info=True)
         s = self.config["server"]
         await self.broker.start(self.rooms)
+        a = self.config["analysis"]
         self.worker = InferenceWorker(
-            self.model, self._deliver, int(self.config["analysis"]["max_batch"]), INFERENCE_QUEUE_SIZE, self.metrics
+            self.model, self._deliver, int(a["max_batch"]), INFERENCE_QUEUE_SIZE, self.metrics, a["batch_tick_ms"] / 1000
         )
         self.worker.start()
         try:
