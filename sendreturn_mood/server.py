@@ -56,7 +56,7 @@ from .metrics import ServerMetrics
 from .model import MoodModel
 from .pipeline import AnalysisStream, window_plan
 from .protocol import ConnectParams, Refusal
-from .rooms import CONTROL, MOOD, Outbox, Room, RoomError, RoomRegistry
+from .rooms import CONTROL, Outbox, Room, RoomError, RoomRegistry
 from .session import Broadcast, Close, Drain, Reply, RoomChanged, Session, SessionSettings, Submit
 from .tracker import tracker_from_config
 
@@ -121,6 +121,7 @@ class MoodServer:
         self.broker = broker or make_broker(config, self.metrics)
         self.metrics.node.set(1, node=self.broker.node, broker=self.broker.kind)
         self.rooms = RoomRegistry(self._make_tracker, int(s["max_rooms"]), self.metrics, self.broker)
+        self.broker.on_source_lost = self._source_lost
         self.worker: InferenceWorker | None = None
         self.connections = 0
         self.closing = False
@@ -371,6 +372,12 @@ class MoodServer:
             await self.broker.sync_room(room)
         return room, claim
 
+    def _source_lost(self, room: Room) -> None:
+        """The broker found this room's source slot held by another process (it was claimed there while Redis was
+        unreachable from here): the local source must go, the other one keeps the room."""
+        if isinstance(room.source, Connection):
+            self._refuse(room.source, f"room {room.name!r} has a source on another server process now")
+
     def _refuse(self, conn: Connection, message: str) -> None:
         self._reply(conn, protocol.error(protocol.NOT_ALLOWED, message, True))
         conn.outbox.close(protocol.CLOSE_POLICY, protocol.SOURCE_TAKEN)
@@ -437,7 +444,7 @@ class MoodServer:
             return
         self.metrics.latency.observe(latency)
         self.metrics.updates.inc()
-        self.rooms.publish(room, msg, MOOD)
+        self.rooms.publish(room, msg)
 
 
 def _response(status: int, body: bytes, content_type: str, cache: bool = False) -> Response:
