@@ -224,13 +224,16 @@ class StreamingLogMel:
     Memory is bounded by what the caller leaves pending: only the samples of frames not yet emitted are kept.
     """
 
-    def __init__(self, spec: FrontEndSpec) -> None:
+    def __init__(self, spec: FrontEndSpec, capacity: int = 0) -> None:
+        """`capacity`: samples the caller expects to leave pending at most (the buffer is allocated once at that
+        size instead of growing by doubling: per room, memory is what it really needs)."""
         self.spec = spec
+        self._capacity = max(4 * spec.n_fft, int(capacity))
         self.reset()
 
     def reset(self) -> None:
-        if getattr(self, "_buf", None) is None or self._buf.size != 4 * self.spec.n_fft:
-            self._buf = np.zeros(4 * self.spec.n_fft, dtype=np.float32)  # padded-signal samples
+        if getattr(self, "_buf", None) is None or self._buf.size != self._capacity:
+            self._buf = np.zeros(self._capacity, dtype=np.float32)  # padded-signal samples
         self._start = 0  # _buf[_start:_end] holds the padded-signal samples from frame `_emitted` on
         self._end = 0
         self._started = False  # left padding applied
@@ -313,7 +316,9 @@ class StreamingLogMel:
         if self._end + n > self._buf.size:
             live = self._end - self._start
             if live + n > self._buf.size:
-                self._buf = np.concatenate([self._buf[self._start : self._end], np.zeros(live + n, dtype=np.float32)])
+                grown = np.zeros(max(2 * self._buf.size, live + n), dtype=np.float32)
+                grown[:live] = self._buf[self._start : self._end]
+                self._buf = grown
             else:
                 self._buf[:live] = self._buf[self._start : self._end]
             self._start, self._end = 0, live
@@ -329,7 +334,8 @@ class StreamingLogMel:
         self._start += k * spec.hop_length
         self._emitted += k
         live = self._end - self._start
-        if self._buf.size > max(4 * spec.n_fft, 8 * live):  # grown by a very large chunk: give the memory back
-            self._buf = np.concatenate([self._buf[self._start : self._end], np.zeros(max(4 * spec.n_fft, 2 * live) - live, dtype=np.float32)])
-            self._start, self._end = 0, live
+        if self._buf.size > max(self._capacity, 8 * live):  # grown by a very large chunk: give the memory back
+            shrunk = np.zeros(max(self._capacity, 2 * live), dtype=np.float32)
+            shrunk[:live] = self._buf[self._start : self._end]
+            self._buf, self._start, self._end = shrunk, 0, live
         return result

@@ -8,9 +8,9 @@ the first window ends after `window_frames` frames, the next ones every `hop_fra
 adds a last window over the tail when enough new audio arrived since the previous one.
 
 Per-push work is kept to a copy: a push appends the samples to a preallocated buffer, and the DSP runs in large
-pieces: the resampler when half a second of input is pending, the FFT and mel product only when a window falls due
-(then over every frame since the previous window at once), written straight into a ring buffer of frames that is
-copied out only as the window. A window comes out of the same push as if everything ran eagerly: the resampler's
+pieces: the resampler when a quarter of a second of input is pending, the FFT and mel product over `EMIT_FRAMES`
+frames at once (or when a window falls due), written straight into a ring buffer of frames that is copied out only as
+the window. A window comes out of the same push as if everything ran eagerly: the resampler's
 output never runs ahead of the ideal count, so "could a window be due?" is answered without running anything
 (tested). The resampler and the front end are exact under any chunking, so the windows are those of the offline
 computation.
@@ -51,7 +51,8 @@ class WindowPlan:
         )
 
 
-RESAMPLE_CHUNK_SECONDS = 0.5  # pending input resampled in one call once this much has arrived (soxr's per-call cost)
+RESAMPLE_CHUNK_SECONDS = 0.25  # pending input resampled in one call once this much has arrived (soxr's per-call cost)
+EMIT_FRAMES = 32  # frames computed in one call once this many are ready (or a window is due): few calls, small buffers
 
 
 class AnalysisStream:
@@ -66,10 +67,12 @@ class AnalysisStream:
         self.in_rate = int(in_rate)
         self.plan = plan
         self._resampler = StreamingResampler(self.in_rate, spec.sample_rate)
-        self._logmel = StreamingLogMel(spec)
         self._chunk = max(1, int(self.in_rate * RESAMPLE_CHUNK_SECONDS))
+        # samples the front end holds at most: EMIT_FRAMES frames, one frame's overlap and one resampled chunk
+        pending = EMIT_FRAMES * spec.hop_length + spec.n_fft + -(-self._chunk * spec.sample_rate // self.in_rate) + 64
+        self._logmel = StreamingLogMel(spec, pending)
         self._raw = np.zeros(0 if self.in_rate == spec.sample_rate else self._chunk, dtype=np.float32)
-        self._ring_size = plan.window_frames + plan.hop_frames + 64
+        self._ring_size = plan.window_frames + plan.hop_frames + 8
         self.reset()
 
     def reset(self) -> None:
@@ -111,15 +114,12 @@ class AnalysisStream:
             self._logmel.append(mono)
         else:
             self._buffer_raw(mono)
-            if self._raw_n >= self._chunk:
-                self._resample()
-            # Could a window be due if everything pending were resampled? If not, nothing to compute yet.
-            if self._logmel.frames_after(self._resampler.max_output(self._raw_n)) < self._next_end:
-                return []
-            self._resample()
-        if self._logmel.frames_after(0) < self._next_end:
-            return []
-        return self._add(self._logmel.pending)
+            if self._raw_n >= self._chunk or self._logmel.frames_after(self._resampler.max_output(self._raw_n)) >= self._next_end:
+                self._resample()  # a chunk is full, or a window could be due if everything pending were resampled
+        pending = self._logmel.pending
+        if pending >= EMIT_FRAMES or (pending and self._total + pending >= self._next_end):
+            return self._add(pending)
+        return []
 
     def finish(self) -> list[Window]:
         """End of the stream: flush resampler and front end, and add a final window over the tail if it is long
