@@ -286,6 +286,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "generator_cpu_cores": round(gen_cpu / (args.seconds + args.hop), 3),
         "generator_late_frames": int(sum(g["late_frames"] for g in gens)),
         "generator_frames": int(sum(g["frames"] for g in gens)),
+        "machine_load_average_1min": round(os.getloadavg()[0], 2),  # on a shared machine: what else wanted the cores
     }
     failures = [f for g in gens for f in g.get("failures", [])]
     if failures:
