@@ -232,8 +232,8 @@ class StreamingLogMel:
         self.reset()
 
     def reset(self) -> None:
-        if getattr(self, "_buf", None) is None or self._buf.size != self._capacity:
-            self._buf = np.zeros(self._capacity, dtype=np.float32)  # padded-signal samples
+        if getattr(self, "_buf", None) is None or self._buf.size > self._capacity:
+            self._buf = np.zeros(0, dtype=np.float32)  # padded-signal samples; allocated by the first samples
         self._start = 0  # _buf[_start:_end] holds the padded-signal samples from frame `_emitted` on
         self._end = 0
         self._started = False  # left padding applied
@@ -316,7 +316,7 @@ class StreamingLogMel:
         if self._end + n > self._buf.size:
             live = self._end - self._start
             if live + n > self._buf.size:
-                grown = np.zeros(max(2 * self._buf.size, live + n), dtype=np.float32)
+                grown = np.zeros(max(2 * self._buf.size, live + n, self._capacity), dtype=np.float32)
                 grown[:live] = self._buf[self._start : self._end]
                 self._buf = grown
             else:

@@ -71,8 +71,12 @@ class AnalysisStream:
         # samples the front end holds at most: EMIT_FRAMES frames, one frame's overlap and one resampled chunk
         pending = EMIT_FRAMES * spec.hop_length + spec.n_fft + -(-self._chunk * spec.sample_rate // self.in_rate) + 64
         self._logmel = StreamingLogMel(spec, pending)
-        self._raw = np.zeros(0 if self.in_rate == spec.sample_rate else self._chunk, dtype=np.float32)
-        self._ring_size = plan.window_frames + plan.hop_frames + 8
+        self._same_rate = self.in_rate == spec.sample_rate
+        self._raw = np.zeros(0, dtype=np.float32)  # allocated by the first push: an idle source costs no buffers
+        # a window's frames plus what one computation adds at most (EMIT_FRAMES - 1 pending + one resampled chunk)
+        chunk_frames = -(-self._chunk * spec.sample_rate // (self.in_rate * spec.hop_length))
+        self._ring_size = plan.window_frames + EMIT_FRAMES + chunk_frames + 2
+        self._ring = np.zeros((spec.n_mels, 0), dtype=np.float32)
         self.reset()
 
     def reset(self) -> None:
@@ -80,8 +84,6 @@ class AnalysisStream:
         self._resampler.reset()
         self._logmel.reset()
         self._raw_n = 0  # input samples waiting in _raw for the resampler
-        if getattr(self, "_ring", None) is None or self._ring.shape[1] != self._ring_size:
-            self._ring = np.zeros((self.spec.n_mels, self._ring_size), dtype=np.float32)
         self._ring_end = 0  # frames in _ring[:, :_ring_end]; the newest is at _ring_end - 1
         self._total = 0  # frames produced since reset
         self._next_end = self.plan.window_frames  # frame count at which the next window ends
@@ -110,7 +112,7 @@ class AnalysisStream:
         """Mono float32 samples at `in_rate` -> the windows that became complete (usually 0 or 1)."""
         mono = np.asarray(mono, dtype=np.float32).ravel()
         self._samples_in += mono.size
-        if self._raw.size == 0:  # same rate: no resampler
+        if self._same_rate:  # no resampler
             self._logmel.append(mono)
         else:
             self._buffer_raw(mono)
@@ -137,8 +139,10 @@ class AnalysisStream:
 
     def _buffer_raw(self, mono: np.ndarray) -> None:
         end = self._raw_n + mono.size
-        if end > self._raw.size:  # a chunk larger than the buffer: grow (bounded by the caller's chunk size)
-            self._raw = np.concatenate([self._raw[: self._raw_n], np.zeros(end, dtype=np.float32)])
+        if end > self._raw.size:  # the first push, or a chunk larger than the buffer (bounded by the caller's chunk)
+            grown = np.zeros(max(end, self._chunk), dtype=np.float32)
+            grown[: self._raw_n] = self._raw[: self._raw_n]
+            self._raw = grown
         self._raw[self._raw_n : end] = mono
         self._raw_n = end
 
@@ -159,8 +163,8 @@ class AnalysisStream:
         if self._ring_end + k > self._ring.shape[1]:  # keep the last window's worth of frames, drop the older ones
             keep = min(w, self._ring_end)
             old = self._ring[:, self._ring_end - keep : self._ring_end]
-            if keep + k > self._ring.shape[1]:  # more new frames than the ring holds (one very large push)
-                self._ring = np.zeros((self.spec.n_mels, keep + k), dtype=np.float32)
+            if keep + k > self._ring.shape[1]:  # the first frames, or more than the ring holds (a very large push)
+                self._ring = np.zeros((self.spec.n_mels, max(self._ring_size, keep + k)), dtype=np.float32)
             self._ring[:, :keep] = old
             self._ring_end = keep
         dest = self._ring[:, self._ring_end : self._ring_end + k]

@@ -64,6 +64,7 @@ from .tracker import tracker_from_config
 
 log = logging.getLogger(__name__)
 
+WS_MAX_QUEUE = 4  # received messages buffered per connection before reading pauses (TCP pushes back): bounds memory
 WS_SIZE_SLACK = 4  # the websocket layer accepts up to this many times max_message_bytes so we can answer too_big
 INFERENCE_QUEUE_SIZE = 1024  # windows; beyond it sources wait (back-pressure), see inference.py
 STATIC_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -195,6 +196,7 @@ class MoodServer:
                 process_request=self._process_request,
                 compression=None,
                 max_size=self.max_message_bytes * WS_SIZE_SLACK,
+                max_queue=WS_MAX_QUEUE,
                 ping_interval=s["ping_interval_seconds"],
                 ping_timeout=s["ping_timeout_seconds"],
                 close_timeout=2,
