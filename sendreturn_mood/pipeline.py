@@ -52,7 +52,7 @@ class WindowPlan:
 
 
 RESAMPLE_CHUNK_SECONDS = 0.25  # pending input resampled in one call once this much has arrived (soxr's per-call cost)
-EMIT_FRAMES = 32  # frames computed in one call once this many are ready (or a window is due): few calls, small buffers
+EMIT_FRAMES = 96  # frames computed in one call once this many are ready (or a window is due): about one call per hop
 
 
 class AnalysisStream:

@@ -77,7 +77,9 @@ def start_server(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[
     if args.model:
         cmd += ["--model", args.model]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    # its own session: on Linux with autogroup scheduling the server then has a CPU share of its own, as a deployed
+    # server would, instead of sharing one with the load generator
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     m = LISTEN_RE.search(line)
     if not m:
