@@ -10,7 +10,8 @@ Every process reports its own CPU time, so it is visible whether the generator k
 sent later than one frame period behind schedule) and what it cost.
 
 Measured while every room is streaming (from one hop after the last room started to the end of the shortest
-stream): the server process's CPU seconds (user + system, all its threads) per room-second of audio, and its RSS
+stream): the server process's CPU seconds (user + system, all its threads) per room-second of audio it analysed
+meanwhile (its own `audio_seconds_total`; `audio_analysed_fraction` < 1 says it fell behind the senders), and its RSS
 growth from before the first connection, divided by the rooms. From the listeners: every `mood` update's
 `latency_ms` (the server's own measure, last audio byte of a window -> update handed to the outboxes) and gaps in
 `seq` (an update a listener never got: conflated or lost). `--profile OUT` records the server with py-spy during
@@ -46,6 +47,7 @@ RATE = 48000
 CHANNELS = 2
 CONNECT_CONCURRENCY = 16
 READY_MARGIN_SECONDS = 1.0
+AUDIO_METRIC = "sendreturn_audio_seconds_total"
 
 
 # ------------------------------------------------------------------------------------------------ the server process
@@ -89,9 +91,10 @@ def start_server(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[
     return proc, int(m.group(2))
 
 
-def proc_cpu_seconds(pid: int) -> float:
+def proc_cpu_seconds(pid: int, kernel_only: bool = False) -> float:
+    """User + system CPU seconds of a process, all its threads (system only with kernel_only)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[12]) + (0 if kernel_only else int(fields[11]))) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_rss_bytes(pid: int) -> int:
@@ -198,7 +201,8 @@ async def _generate(rooms: list[int], port: int, args: dict[str, Any], start_at:
 # ------------------------------------------------------------------------------------------------ profile
 
 
-IDLE_FRAMES = ("EpollSelector.select", "_worker (concurrent/futures/thread.py")  # waiting, not working
+# waiting, not working: the event loop in epoll, the inference thread waiting for windows or for its tick
+IDLE_FRAMES = ("EpollSelector.select", "_worker (concurrent/futures/thread.py", "InferenceWorker._thread_main (")
 
 
 def profile_summary(raw: Path, top: int = 25) -> list[tuple[str, float]]:
@@ -237,7 +241,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             t_begin = start_at + args.hop + 1.0  # every room streaming
             t_end = start_at + args.seconds - 0.5  # before the first stream ends
             time.sleep(max(0.0, t_begin - time.time()))
-            cpu0, w0 = proc_cpu_seconds(proc.pid), time.time()
+            cpu0, w0, heard0 = proc_cpu_seconds(proc.pid), time.time(), metric(scrape_metrics(port), AUDIO_METRIC)
+            sys0 = proc_cpu_seconds(proc.pid, kernel_only=True)
             spy = None
             if args.profile:
                 if shutil.which("py-spy") is None:
@@ -247,6 +252,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                        stderr=subprocess.DEVNULL)
             time.sleep(max(0.0, t_end - time.time()))
             cpu1, w1, rss1 = proc_cpu_seconds(proc.pid), time.time(), proc_rss_bytes(proc.pid)
+            heard1 = metric(scrape_metrics(port), AUDIO_METRIC)
+            sys1 = proc_cpu_seconds(proc.pid, kernel_only=True)
             gens = [results.get(timeout=args.seconds + 120) for _ in procs]
             for p in procs:
                 p.join(30)
@@ -260,7 +267,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 proc.kill()
     lat = np.array([x for g in gens for x in g["latency_ms"]] or [np.nan])
-    room_seconds = args.rooms * (w1 - w0)
+    room_seconds = heard1 - heard0  # audio the server actually analysed meanwhile (less than sent if it fell behind)
     batches = metric(metrics, "sendreturn_batch_size_count")
     gen_cpu = sum(g["cpu_seconds"] for g in gens)
     result = {
@@ -270,6 +277,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "seconds_per_room": args.seconds,
         "measured_seconds": round(w1 - w0, 2),
         "server_cpu_ms_per_room_second": round(1000 * (cpu1 - cpu0) / room_seconds, 3),
+        "server_kernel_cpu_share": round((sys1 - sys0) / max(cpu1 - cpu0, 1e-9), 3),  # sockets, page faults
+        "audio_analysed_fraction": round(room_seconds / (args.rooms * (w1 - w0)), 3),  # < 1: the server fell behind
         "server_cores_busy": round((cpu1 - cpu0) / (w1 - w0), 3),
         "server_rss_mb_before": round(rss0 / 2**20, 1),
         "server_rss_mb_during": round(rss1 / 2**20, 1),
