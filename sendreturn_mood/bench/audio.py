@@ -12,8 +12,8 @@ frame (`pcm.decode`) and cut the same windows (the shipped model's recipe and pa
 Each repeat runs both over the same frames, alternating which goes first, timed with this thread's CPU clock and
 BLAS pinned to one thread. Reported: medians over repeats of CPU ms per room-second (one second of one room's
 audio), times real time per core (1000 / that), and naive / ours. `--stages` adds what each piece of ours costs
-alone over the same audio, in the pieces the pipeline gives it (decode per frame; resampling per half second; the
-log-mel front end per hop), and the rest (ours minus their sum: buffering, window copies, Python calls).
+alone over the same audio, in the pieces the pipeline gives it (decode per frame; resampling per quarter second; the
+log-mel front end per 96 frames), and the rest (ours minus their sum: buffering, window copies, Python calls).
 """
 
 from __future__ import annotations
@@ -101,23 +101,29 @@ def run_naive(frames: list[bytes], spec: Any, plan: Any, args: argparse.Namespac
 
 def stage_costs(frames: list[bytes], spec: Any, plan: Any, args: argparse.Namespace) -> dict[str, float]:
     """CPU seconds of each piece of ours alone over the same audio, in the pieces the pipeline gives it: decode per
-    frame, resampling per `RESAMPLE_CHUNK_SECONDS` of input, the log-mel front end once per hop. What the pipeline
+    frame, resampling per `RESAMPLE_CHUNK_SECONDS` of input, the log-mel front end per `EMIT_FRAMES` frames (a
+    pipeline without those constants, such as the one before them, gets every piece per frame). What the pipeline
     costs beyond their sum is its own bookkeeping (buffer copies, window copies, Python calls)."""
+    from .. import pipeline
     from ..frontend import StreamingLogMel
     from ..pcm import decode
-    from ..pipeline import RESAMPLE_CHUNK_SECONDS
     from ..resample import StreamingResampler
 
-    mono = np.concatenate([decode(f, args.encoding, args.channels) for f in frames])
-    step = int(args.rate * RESAMPLE_CHUNK_SECONDS)
+    mono = [decode(f, args.encoding, args.channels) for f in frames]
+    flat = np.concatenate(mono)
+    step = int(args.rate * getattr(pipeline, "RESAMPLE_CHUNK_SECONDS", 0) or 0)
+    chunks = [flat[i : i + step] for i in range(0, flat.size, step)] if step else mono
     r = StreamingResampler(args.rate, spec.sample_rate)
-    resampled = np.concatenate([r.push(mono[i : i + step]) for i in range(0, mono.size, step)])
-    hop = plan.hop_frames * spec.hop_length
+    resampled = [r.push(c) for c in chunks]
+    emit = getattr(pipeline, "EMIT_FRAMES", 0) * spec.hop_length
+    if emit:
+        flat16 = np.concatenate(resampled)
+        resampled = [flat16[i : i + emit] for i in range(0, flat16.size, emit)]
     out = {"decode": cpu_seconds_of(lambda: [decode(f, args.encoding, args.channels) for f in frames])}
     r = StreamingResampler(args.rate, spec.sample_rate)
-    out["resample"] = cpu_seconds_of(lambda: [r.push(mono[i : i + step]) for i in range(0, mono.size, step)])
+    out["resample"] = cpu_seconds_of(lambda: [r.push(c) for c in chunks])
     lm = StreamingLogMel(spec)
-    out["log-mel"] = cpu_seconds_of(lambda: [lm.push(resampled[i : i + hop]) for i in range(0, resampled.size, hop)])
+    out["log-mel"] = cpu_seconds_of(lambda: [lm.push(x) for x in resampled])
     return out
 
 
