@@ -129,6 +129,7 @@ class MoodServer:
         self.connections = 0
         self.closing = False
         self._server: Server | None = None
+        self._metrics_server: Server | None = None
         self._static = static_root()
         self._holder_ids = itertools.count(1)
         self._warm_up()
@@ -202,7 +203,13 @@ class MoodServer:
                 close_timeout=2,
                 reuse_port=bool(s["reuse_port"]) or None,
             )
+            if s["metrics_port"] is not None:
+                self._metrics_server = await serve(
+                    self._handle, s["host"], int(s["metrics_port"]), process_request=self._metrics_only, reuse_port=None
+                )
         except BaseException:
+            if self._server is not None:
+                self._server.close()
             await self.worker.stop()
             await self.broker.close()
             raise
@@ -225,6 +232,8 @@ class MoodServer:
     async def close(self) -> None:
         """Stop accepting, close every client with 1001, wait (bounded) for handlers, stop the worker and broker."""
         self.closing = True
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         if self._server is not None:
             self._server.close(close_connections=True)
             try:
@@ -268,6 +277,13 @@ class MoodServer:
         connection.sr_params = params  # type: ignore[attr-defined]  # read by _handle
         return None
 
+    async def _metrics_only(self, connection: ServerConnection, request: Request) -> Response:
+        """`server.metrics_port`: this process's /metrics and /healthz on a port of its own (with `--workers`, each
+        worker has one, so Prometheus scrapes every worker, not whichever the kernel picks); nothing else there."""
+        if urlsplit(request.path).path in ("/metrics", "/healthz"):
+            return await self._http(request)
+        return _json(404, {"error": {"code": "not_found", "message": "this port serves /metrics and /healthz only"}})
+
     async def _http(self, request: Request) -> Response:
         path = urlsplit(request.path).path
         if path == "/healthz":
@@ -301,14 +317,14 @@ class MoodServer:
 
     def _static_file(self, path: str) -> Response:
         """Files of sendreturn_mood/static/ ('/' = index.html). Every path segment must be a plain name (no '..',
-        no hidden files, no Python files) and the resolved file must lie inside the folder: no traversal."""
+        no hidden files, no Python files), so the path stays inside the folder: no traversal."""
         rel = unquote(path).lstrip("/") or "index.html"
         parts = rel.split("/")
         not_found = _json(404, {"error": {"code": "not_found", "message": f"nothing at {path[:100]!r}"}})
         if not all(STATIC_NAME_RE.match(p) and ".." not in p for p in parts) or rel.endswith(STATIC_HIDDEN_SUFFIXES):
             return not_found
         root = self._static.resolve()
-        file = root.joinpath(*parts).resolve()
+        file = root.joinpath(*parts)  # plain names only (checked above): no traversal; a symlink inside is the package's own (static/client -> clients/js/src)
         if not file.is_relative_to(root) or not file.is_file() or "__pycache__" in file.parts:
             return not_found
         ctype = CONTENT_TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"

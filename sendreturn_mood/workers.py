@@ -46,6 +46,9 @@ class Supervisor:
     async def _spawn(self, index: int, port: int) -> str:
         """Start worker `index`; return its listening line once it is serving."""
         cmd = [sys.executable, "-m", "sendreturn_mood", "serve", *self.worker_args, "--port", str(port), "--reuse-port"]
+        metrics_port = self.config["server"]["metrics_port"]
+        if metrics_port is not None:  # each worker its own metrics port, so every worker can be scraped
+            cmd += ["--metrics-port", str(int(metrics_port) + index)]
         env = dict(os.environ, SENDRETURN_WORKER=str(index), PYTHONUNBUFFERED="1")
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, env=env)
         self.procs[index] = proc

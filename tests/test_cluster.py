@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 import time
+import urllib.request
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -43,6 +46,28 @@ def cluster(tmp_path, tiny_model_path, redis_server):
     finally:
         for p in procs:
             p.stop()
+
+
+def sample(text: str, name: str) -> float:
+    """The value of an unlabelled sample in Prometheus text."""
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
+
+
+def two_free_ports() -> int:
+    """A port P such that P and P + 1 are both free now."""
+    from tests.cluster_support import free_port
+
+    for _ in range(50):
+        p = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 1))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports")
 
 
 def url(server: ServerProcess, room: str, **params: Any) -> str:
@@ -150,7 +175,7 @@ async def test_room_state_health_and_metrics_tell_the_truth_across_processes(clu
         assert status == 200 and health["status"] == "ok" and health["broker"]["connected"] is True
         assert health["broker"]["cluster"]["nodes"] == 3
         _, metrics = a.http("/metrics")
-        assert "sendreturn_broker_up 1" in metrics and 'sendreturn_node_info{node="' in metrics
+        assert sample(metrics, "sendreturn_broker_up") == 1 and re.search(r'sendreturn_node_info\{[^}]*node="', metrics)
     assert c.http("/v1/rooms/nobody")[0] == 404
 
 
@@ -186,7 +211,7 @@ async def test_redis_going_away_and_coming_back(cluster, redis_server):
         await wait_for(lambda: a.http("/healthz")[1]["status"] == "degraded", 10, "A to notice Redis is gone")
         _, health = a.http("/healthz")
         assert health["broker"]["connected"] is False
-        assert "sendreturn_broker_up 0" in a.http("/metrics")[1]
+        assert sample(a.http("/metrics")[1], "sendreturn_broker_up") == 0
         # A keeps serving what it can locally: its own listener still gets updates.
         await stream(src, 1.0, seed=2)
         local = json.loads((await texts_until(la, lambda m: m["type"] == "mood" and m["stream_time"] > 2.0))[-1])
@@ -196,7 +221,7 @@ async def test_redis_going_away_and_coming_back(cluster, redis_server):
         remote = json.loads((await texts_until(lb, lambda m: m["type"] == "mood" and m["seq"] > local["seq"]))[-1])
         assert remote["seq"] > local["seq"]
         assert a.proc.poll() is None and b.proc.poll() is None  # nobody crashed
-        assert "sendreturn_broker_reconnects_total 1" in a.http("/metrics")[1]
+        assert sample(a.http("/metrics")[1], "sendreturn_broker_reconnects_total") == 1
         # The cluster behaviour is back: the room is one room again.
         with pytest.raises(InvalidStatus) as e:
             async with connect(url(b, "flaky", role="source"), proxy=None):
@@ -206,7 +231,8 @@ async def test_redis_going_away_and_coming_back(cluster, redis_server):
 
 async def test_serve_workers_share_one_port(tmp_path, tiny_model_path, redis_server):
     config = write_config(tmp_path)
-    proc = ServerProcess(config, tiny_model_path, redis_server.url, "--workers", "2")
+    metrics_port = two_free_ports()
+    proc = ServerProcess(config, tiny_model_path, redis_server.url, "--workers", "2", "--metrics-port", str(metrics_port))
     try:
         await wait_for(lambda: proc.http("/healthz")[1]["broker"]["cluster"]["nodes"] == 2, 20, "two workers")
         listeners = [await connect(url(proc, "shared"), proxy=None) for _ in range(6)]
@@ -223,6 +249,13 @@ async def test_serve_workers_share_one_port(tmp_path, tiny_model_path, redis_ser
                 await ws.close()
         nodes = {proc.http("/healthz")[1]["broker"]["node"] for _ in range(20)}
         assert len(nodes) == 2  # connections really are spread over two processes
+        # Each worker can be scraped on its own metrics port (a scrape of the shared port reaches either one).
+        scraped = set()
+        for port in (metrics_port, metrics_port + 1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            scraped |= set(re.findall(r'sendreturn_node_info\{[^}]*node="([^"]+)"', text))
+        assert scraped == nodes
     finally:
         assert proc.stop() == 0
 
@@ -242,3 +275,57 @@ def test_workers_without_a_broker_are_refused_with_the_reason():
 
     run = subprocess.run([sys.executable, "-m", "sendreturn_mood", "serve", "--workers", "2"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "needs a broker" in run.stderr
+
+
+def test_the_deployment_files_run_real_commands():
+    """compose.yaml and the Dockerfile start the server with flags the CLI really has, and a valid config."""
+    import re
+
+    import yaml
+
+    from sendreturn_mood.__main__ import build_parser
+    from sendreturn_mood.config import load_config
+    from tests.cluster_support import REPO
+
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    servers = [s for s in compose["services"].values() if "build" in s]
+    assert len(servers) == 2 and any("redis-server" in " ".join(s.get("command", [])) for s in compose["services"].values())
+    cmd = re.search(r'^CMD (\[.*\])$', (REPO / "Dockerfile").read_text(), re.M)
+    for argv in [s["command"] for s in servers] + [json.loads(cmd.group(1))]:
+        args = build_parser().parse_args(argv)
+        config = load_config(None, {"server.host": args.host, "server.port": args.port, "broker.url": args.broker, "server.workers": args.workers})
+        assert config["server"]["host"] == "0.0.0.0"
+
+
+async def test_two_sources_accepted_while_redis_was_away_are_reconciled(cluster, redis_server):
+    """While Redis is away each process serves alone, so two processes may each accept a source for one room; when
+    Redis is back exactly one keeps the room and the other is closed with a fatal not_allowed (1008)."""
+    a, b, _ = cluster
+    redis_server.stop()
+    await wait_for(lambda: all(p.http("/healthz")[1]["status"] == "degraded" for p in (a, b)), 10, "both to notice")
+    ws_a = await connect(url(a, "split", role="source", sample_rate=16000), proxy=None)
+    ws_b = await connect(url(b, "split", role="source", sample_rate=16000), proxy=None)
+    try:
+        for ws in (ws_a, ws_b):
+            assert json.loads(await ws.recv())["type"] == "welcome"
+        redis_server.start()
+
+        async def outcome(ws: ClientConnection) -> str:
+            try:
+                while True:
+                    msg = json.loads(await ws.recv())
+                    if msg["type"] == "error" and msg["fatal"]:
+                        assert msg["code"] == "not_allowed"
+            except ConnectionClosed:
+                return f"closed {ws.close_code}"
+
+        tasks = [asyncio.ensure_future(outcome(ws)) for ws in (ws_a, ws_b)]
+        done, pending = await asyncio.wait(tasks, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1 and done.pop().result() == "closed 1008"
+        await asyncio.sleep(LEASE)  # the winner keeps renewing: nobody else is closed
+        assert all(not t.done() for t in pending)
+        for t in pending:
+            t.cancel()
+    finally:
+        await ws_a.close()
+        await ws_b.close()
