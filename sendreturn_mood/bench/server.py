@@ -290,7 +290,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "seq_gaps_at_listeners": int(sum(g["gaps"] for g in gens)),
         "server_dropped_messages": int(metric(metrics, "sendreturn_dropped_messages_total")),
         "batch_size_mean": round(metric(metrics, "sendreturn_batch_size_sum") / batches, 2) if batches else None,
-        "inference_ms_per_batch_mean": round(1000 * metric(metrics, "sendreturn_inference_seconds_sum") / batches, 2) if batches else None,
+        "inference_ms_per_batch_mean": round(1000 * metric(metrics, "sendreturn_inference_duration_seconds_sum") / batches, 2) if batches else None,
         "errors": {k: v for g in gens for k, v in g["errors"].items()},
         "failed_rooms": int(sum(g["failed_rooms"] for g in gens)),
         "generator_processes": len(gens),
