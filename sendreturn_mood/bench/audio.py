@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from typing import Any
 
 import numpy as np
@@ -79,24 +78,20 @@ class NaiveAnalysis:
 
 
 def run_ours(frames: list[bytes], spec: Any, plan: Any, args: argparse.Namespace) -> int:
-    from ..pcm import decode
     from ..pipeline import AnalysisStream
 
-    stream = AnalysisStream(spec, args.rate, plan)
-    n = 0
-    for f in frames:
-        n += len(stream.push(decode(f, args.encoding, args.channels)))
-    return n
+    return _stream(AnalysisStream(spec, args.rate, plan), frames, args)
 
 
 def run_naive(frames: list[bytes], spec: Any, plan: Any, args: argparse.Namespace) -> int:
+    return _stream(NaiveAnalysis(spec, args.rate, plan), frames, args)
+
+
+def _stream(path: Any, frames: list[bytes], args: argparse.Namespace) -> int:
+    """Every frame decoded and pushed, as a source's frames arrive; returns the number of windows cut."""
     from ..pcm import decode
 
-    naive = NaiveAnalysis(spec, args.rate, plan)
-    n = 0
-    for f in frames:
-        n += len(naive.push(decode(f, args.encoding, args.channels)))
-    return n
+    return sum(len(path.push(decode(f, args.encoding, args.channels))) for f in frames)
 
 
 def stage_costs(frames: list[bytes], spec: Any, plan: Any, args: argparse.Namespace) -> dict[str, float]:
@@ -191,9 +186,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"  stage: {k:12s} {v:8.4f} ms per room-second")
     write_json(args.json, res)
     return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))

@@ -14,7 +14,6 @@ included (what `MoodModel.predict` returns to the inference worker).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
@@ -86,9 +85,3 @@ def run(args: argparse.Namespace) -> int:
             print(f"  batch {b:>3}: {r['wall_ms_per_window'][k]:7.3f} ms wall  {r['cpu_ms_per_window'][k]:7.3f} ms CPU  {name}{ratio}")
     write_json(args.json, res)
     return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))

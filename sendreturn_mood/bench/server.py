@@ -266,6 +266,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
     lat = np.array([x for g in gens for x in g["latency_ms"]] or [np.nan])
     room_seconds = heard1 - heard0  # audio the server actually analysed meanwhile (less than sent if it fell behind)
     batches = metric(metrics, "sendreturn_batch_size_count")
@@ -329,9 +332,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {100 * share:5.1f}%  {name}")
     write_json(args.json, res)
     return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
