@@ -154,7 +154,11 @@ class InferenceWorker:
                     stop = True
                     break
                 jobs.append(job)
-            results, stats = self._infer([j.window.logmel for j in jobs])
+            try:
+                results, stats = self._infer([j.window.logmel for j in jobs])
+            except Exception as e:  # a bug here must not silently stop the worker: every room would wait forever
+                log.exception("inference batch failed")
+                results, stats = [Result(None, None, e) for _ in jobs], []
             try:
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._on_batch, jobs, results, stats)

@@ -34,7 +34,6 @@ import itertools
 import json
 import logging
 import mimetypes
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -176,12 +175,11 @@ class MoodServer:
             threadpool_limits(limits=1)
         except Exception:  # pragma: no cover - threadpoolctl is a dependency, but never fail start-up on it
             log.debug("threadpoolctl unavailable", exc_info=True)
-        if os.environ.get("SENDRETURN_NO_GC_FREEZE") is None:
-            # The ~100k objects of start-up (numpy, scipy, onnxruntime, librosa's filterbank) never become garbage;
-            # frozen, the cyclic GC stops walking them: its full passes went from ~100 ms (a stall of the loop and of
-            # every room's updates) to the size of the per-connection state.
-            gc.collect()
-            gc.freeze()
+        # The ~100k objects of start-up (numpy, scipy, onnxruntime, librosa's filterbank) never become garbage; frozen,
+        # the cyclic GC stops walking them: its full passes shrink from ~100 ms (a stall of the loop and of every
+        # room's updates) to the size of the per-connection state.
+        gc.collect()
+        gc.freeze()
         s = self.config["server"]
         await self.broker.start(self.rooms)
         a = self.config["analysis"]
