@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .eventloop import LOOPS
+from .trackchange import DetectorSettings, TrackChangeError
 
 DEFAULT_CONFIG_TEXT = resources.files("sendreturn_mood").joinpath("default_config.yaml").read_text()
 DEFAULTS: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG_TEXT)
@@ -92,6 +93,10 @@ def _check(c: dict[str, Any]) -> None:
         raise ConfigError("smoothing.hysteresis must be in [0, 1)")
     if c["server"]["event_loop"] not in LOOPS:
         raise ConfigError(f"server.event_loop must be one of {', '.join(LOOPS)}, got {c['server']['event_loop']!r}")
+    try:
+        DetectorSettings.from_config(c)
+    except TrackChangeError as e:
+        raise ConfigError(str(e)) from None
     if not 0 <= c["server"]["port"] <= 65535:
         raise ConfigError("server.port must be in 0..65535")
     b = c["broker"]

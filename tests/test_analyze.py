@@ -25,7 +25,8 @@ from sendreturn_mood.pipeline import AnalysisStream
 from sendreturn_mood.tracker import tracker_from_config
 from tests.conftest import REPO, shared_data_or_skip
 
-SUMMARY_FIELDS = {"file", "duration", "model", "preset", "windows", "mood", "probabilities", "valence", "arousal", "genre", "timeline"}
+SUMMARY_FIELDS = {"file", "duration", "model", "preset", "windows", "mood", "probabilities", "valence", "arousal", "genre", "timeline",
+                  "track_detection", "track_changes"}
 UPDATE_FIELDS = {"stream_time", "mood", "confidence", "probabilities", "valence", "arousal", "instant", "genre", "effects", "preset"}
 SHORT_CLIP = "Q1/MT0013621344.mp3"  # the one 10 s clip of 4Q
 
