@@ -209,8 +209,12 @@ def _serve(args: argparse.Namespace) -> int:
         server = MoodServer(config)
     except (ModelError, EffectsError, ConfigError, BrokerError) as e:
         return _fail(str(e))
+    from . import eventloop
+
     try:
-        return asyncio.run(_run(server))
+        return eventloop.run(config["server"]["event_loop"], _run(server))
+    except eventloop.EventLoopError as e:
+        return _fail(str(e))
     except BrokerError as e:
         return _fail(str(e))
     except OSError as e:  # e.g. the port is taken

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .eventloop import LOOPS
 from .trackchange import DetectorSettings, TrackChangeError
 
 DEFAULT_CONFIG_TEXT = resources.files("sendreturn_mood").joinpath("default_config.yaml").read_text()
@@ -84,10 +85,14 @@ def _check(c: dict[str, Any]) -> None:
         raise ConfigError(f"analysis.window_seconds must be in 0.2..60, got {a['window_seconds']}")
     if a["max_batch"] < 1:
         raise ConfigError("analysis.max_batch must be >= 1")
+    if not 0 <= a["batch_tick_ms"] <= 100:
+        raise ConfigError(f"analysis.batch_tick_ms must be in 0..100, got {a['batch_tick_ms']}")
     if s["time_constant_seconds"] < 0:
         raise ConfigError("smoothing.time_constant_seconds must be >= 0")
     if not 0 <= s["hysteresis"] < 1:
         raise ConfigError("smoothing.hysteresis must be in [0, 1)")
+    if c["server"]["event_loop"] not in LOOPS:
+        raise ConfigError(f"server.event_loop must be one of {', '.join(LOOPS)}, got {c['server']['event_loop']!r}")
     try:
         DetectorSettings.from_config(c)
     except TrackChangeError as e:

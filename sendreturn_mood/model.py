@@ -198,6 +198,9 @@ class MoodModel:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # with threads > 1, idle pool threads would otherwise spin after every run, burning the cores the event loop
+        # needs between batches (windows arrive a few per tick, not back to back)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types

@@ -32,7 +32,7 @@ def decode(data: bytes, encoding: str, channels: int) -> np.ndarray:
         )
     x = np.frombuffer(data, dtype=dtype)
     if dtype.kind == "i":
-        x = x.astype(np.float32) / 32768.0
+        return _s16_to_mono(x, channels)
     else:
         x = x.astype(np.float32)
         if not np.isfinite(x).all():
@@ -40,6 +40,21 @@ def decode(data: bytes, encoding: str, channels: int) -> np.ndarray:
     if channels > 1:
         x = _downmix(x, channels)
     return x
+
+
+def _s16_to_mono(x: np.ndarray, channels: int) -> np.ndarray:
+    """Integer samples -> mono float32: the channels are summed as integer-valued floats (exact: at most
+    8 x 32768 < 2**24) and divided once by 32768 x channels, which rounds once, as scaling each channel and dividing
+    their sum by the channel count did (bit-identical, tested), at about a third of the cost."""
+    f = x.astype(np.float32)
+    if channels == 1:
+        acc = f
+    else:
+        acc = f[0::channels] + f[1::channels]
+        for k in range(2, channels):
+            acc += f[k::channels]
+    acc /= np.float32(32768 * channels)
+    return acc
 
 
 def _downmix(x: np.ndarray, channels: int) -> np.ndarray:

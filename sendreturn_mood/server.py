@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import gc
 import http
 import itertools
 import json
@@ -64,6 +65,7 @@ from .tracker import tracker_from_config
 
 log = logging.getLogger(__name__)
 
+WS_MAX_QUEUE = 4  # received messages buffered per connection before reading pauses (TCP pushes back): bounds memory
 WS_SIZE_SLACK = 4  # the websocket layer accepts up to this many times max_message_bytes so we can answer too_big
 INFERENCE_QUEUE_SIZE = 1024  # windows; beyond it sources wait (back-pressure), see inference.py
 STATIC_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -182,10 +184,16 @@ class MoodServer:
             threadpool_limits(limits=1)
         except Exception:  # pragma: no cover - threadpoolctl is a dependency, but never fail start-up on it
             log.debug("threadpoolctl unavailable", exc_info=True)
+        # The ~100k objects of start-up (numpy, scipy, onnxruntime, librosa's filterbank) never become garbage; frozen,
+        # the cyclic GC stops walking them: its full passes shrink from ~100 ms (a stall of the loop and of every
+        # room's updates) to the size of the per-connection state.
+        gc.collect()
+        gc.freeze()
         s = self.config["server"]
         await self.broker.start(self.rooms)
+        a = self.config["analysis"]
         self.worker = InferenceWorker(
-            self.model, self._deliver, int(self.config["analysis"]["max_batch"]), INFERENCE_QUEUE_SIZE, self.metrics
+            self.model, self._deliver, int(a["max_batch"]), INFERENCE_QUEUE_SIZE, self.metrics, a["batch_tick_ms"] / 1000
         )
         self.worker.start()
         try:
@@ -196,6 +204,7 @@ class MoodServer:
                 process_request=self._process_request,
                 compression=None,
                 max_size=self.max_message_bytes * WS_SIZE_SLACK,
+                max_queue=WS_MAX_QUEUE,
                 ping_interval=s["ping_interval_seconds"],
                 ping_timeout=s["ping_timeout_seconds"],
                 close_timeout=2,

@@ -70,3 +70,16 @@ def test_non_finite_floats_are_bad_audio(bad: float) -> None:
 def test_unknown_encoding_cannot_be_encoded() -> None:
     with pytest.raises(ValueError, match="unknown encoding"):
         encode(np.zeros(4), "pcm_u8")
+
+
+@pytest.mark.parametrize("channels", range(1, MAX_CHANNELS + 1))
+def test_s16le_downmix_is_bit_identical_to_the_scaled_channel_mean(channels: int) -> None:
+    """The one-pass integer downmix must give exactly what scaling each channel to [-1, 1) and averaging gave (the
+    features the shipped model was trained and checked against), over the whole int16 range."""
+    x = np.random.default_rng(channels).integers(-32768, 32768, size=4800 * channels).astype("<i2")
+    scaled = x.astype(np.float32) / np.float32(32768)
+    expected = scaled[0::channels].copy()
+    for k in range(1, channels):
+        expected += scaled[k::channels]  # exact: multiples of 2**-15 below 8 in magnitude
+    expected /= np.float32(channels)
+    np.testing.assert_array_equal(decode(x.tobytes(), "pcm_s16le", channels), expected)

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sendreturn_mood.frontend import FrontEndSpec, log_mel
-from sendreturn_mood.pipeline import AnalysisStream, Window, WindowPlan
-from sendreturn_mood.resample import resample
+from sendreturn_mood.frontend import FrontEndSpec, StreamingLogMel, log_mel
+from sendreturn_mood.pipeline import EMIT_FRAMES, AnalysisStream, Window, WindowPlan
+from sendreturn_mood.resample import StreamingResampler, resample
 
 SPEC = FrontEndSpec()  # 16 kHz, hop 256: 62.5 frames per second
 PLAN = WindowPlan.from_seconds(SPEC, window_seconds=3.0, hop_seconds=1.5, min_seconds=1.0)
@@ -85,6 +85,24 @@ def test_windows_do_not_depend_on_chunking(rate: int, seconds: float, data: st.D
         assert np.max(np.abs(a.logmel - b.logmel)) <= TOLERANCE
 
 
+@settings(max_examples=15, deadline=None)
+@given(rate=st.sampled_from([16000, 22050, 44100, 48000]), data=st.data())
+def test_windows_come_out_of_the_push_that_completes_them(rate: int, data: st.DataObject) -> None:
+    """The DSP is deferred (resampling every half second, the FFT when a window is due), never a window: each push
+    returns exactly the windows that an eager resample + log-mel of everything received so far completes."""
+    y = noise(6.0, rate, seed=8)
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(y)), max_size=80), label="cuts")))
+    s = AnalysisStream(SPEC, rate, PLAN)
+    resampler, front = StreamingResampler(rate, SPEC.sample_rate), StreamingLogMel(SPEC)
+    frames = due_before = start = 0
+    for c in cuts + [len(y)]:
+        got = s.push(y[start:c])
+        frames += front.push(resampler.push(y[start:c])).shape[1]
+        due = 0 if frames < PLAN.window_frames else 1 + (frames - PLAN.window_frames) // PLAN.hop_frames
+        assert len(got) == due - due_before, f"after {c} samples"
+        due_before, start = due, c
+
+
 def test_final_window_covers_the_tail() -> None:
     """10 s: regular windows end at 188, 282, ...; the tail past the last one is long enough for a final window."""
     y = noise(10.0, 16000, seed=4)
@@ -135,8 +153,14 @@ def test_finish_and_reset_start_a_new_track() -> None:
     assert [w.stream_time for w in s.push(y) + s.finish()] == [w.stream_time for w in first]
 
 
-def test_memory_is_bounded_by_the_window() -> None:
-    s = AnalysisStream(SPEC, 16000, PLAN)
-    for _ in range(20):
-        s.push(noise(1.0, 16000))
-    assert s._frames.shape[1] <= PLAN.window_frames  # noqa: SLF001 - the bound is the point of this test
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_memory_is_bounded_by_the_window(rate: int) -> None:
+    s = AnalysisStream(SPEC, rate, PLAN)
+    for seconds in [1.0] * 20 + [60.0] + [0.1] * 40:  # a very large push grows the buffers; later pushes shrink them
+        s.push(noise(seconds, rate))
+        assert s.frames_buffered <= PLAN.window_frames
+    # the bound is the point of this test: a window and a hop of frames, a quarter second of input, EMIT_FRAMES
+    # frames' samples plus a resampled quarter second (about 220 kB at 48 kHz)
+    assert s._ring.shape[1] <= PLAN.window_frames + EMIT_FRAMES + 20  # noqa: SLF001
+    assert s._raw.size <= rate // 4  # noqa: SLF001
+    assert s._logmel._buf.size <= (EMIT_FRAMES + 1) * SPEC.hop_length + SPEC.n_fft + SPEC.sample_rate // 4 + 64  # noqa: SLF001

@@ -88,3 +88,17 @@ def test_same_rate_is_a_pass_through_and_reset_restarts() -> None:
     first = chunked(r, y48, [1000, 5000])
     second = chunked(r, y48, [7])  # flush made it ready for a new stream
     np.testing.assert_array_equal(first, second)
+
+
+@settings(max_examples=15, deadline=None)
+@given(rate=st.sampled_from(COMMON_RATES + [11025, 32000]), data=st.data())
+def test_max_output_is_an_upper_bound(rate: int, data: st.DataObject) -> None:
+    """The analysis pipeline defers resampling until a window could be due, judged by `max_output`: if the stream
+    ever returned more, a window would come out one push late."""
+    y = (0.3 * np.random.default_rng(rate).standard_normal(rate)).astype(np.float32)
+    r = StreamingResampler(rate, MODEL_RATE)
+    start = 0
+    for c in sorted(set(data.draw(st.lists(st.integers(0, len(y)), max_size=40), label="cuts"))) + [len(y)]:
+        bound = r.max_output(c - start)
+        assert r.push(y[start:c]).size <= bound
+        start = c

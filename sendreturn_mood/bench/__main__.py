@@ -1,0 +1,33 @@
+"""`python -m sendreturn_mood.bench audio | model | server`: each subcommand is one module (see its --help)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "audio": "the audio path's CPU per room-second, ours against the naive per-hop recompute",
+    "model": "the model's ms per window at batch 1/8/32 (optionally side by side with another model)",
+    "server": "the whole server under load: CPU per room-second, latency, capacity, memory",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sendreturn_mood.bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints usage / the error
+        return 2
+    module = importlib.import_module(f"{__package__}.{argv[0]}")
+    p = argparse.ArgumentParser(prog=f"python -m sendreturn_mood.bench {argv[0]}", description=module.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(p)
+    return int(module.run(p.parse_args(argv[1:])))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

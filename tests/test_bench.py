@@ -1,0 +1,45 @@
+"""The benchmark commands run and report what they promise (tiny sizes; what they measure is never asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sendreturn_mood.bench.__main__ import main
+
+
+def test_audio_bench_reports_both_paths_and_the_stages(tmp_path) -> None:
+    out = tmp_path / "audio.json"
+    assert main(["audio", "--seconds", "4", "--repeats", "1", "--stages", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["cpu_ms_per_room_second"]) == {"ours", "naive"}
+    assert res["windows"]["ours"] == res["windows"]["naive"] > 0  # both cut the same windows
+    assert set(res["stages_cpu_ms_per_room_second"]) == {"decode", "resample", "log-mel", "rest of ours"}
+
+
+def test_model_bench_compares_models_per_batch(tmp_path, tiny_model_path) -> None:
+    out = tmp_path / "model.json"
+    assert main(["model", str(tiny_model_path), "--compare", str(tiny_model_path), "--batch", "1", "4", "--runs", "10",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["batches"]) == {"1", "4"}
+    assert len(res["batches"]["4"]["cpu_ms_per_window"]) == 2
+
+
+@pytest.mark.slow
+def test_server_bench_drives_a_real_server(tmp_path, tiny_model_path) -> None:
+    out = tmp_path / "server.json"
+    assert main(["server", "--rooms", "3", "--seconds", "5", "--hop", "1.0", "--procs", "1", "--model", str(tiny_model_path),
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["failed_rooms"] == 0 and res["updates_at_listeners"] > 0
+    assert res["seq_gaps_at_listeners"] == 0
+    for key in ("server_cpu_ms_per_room_second", "latency_ms_p95", "rss_growth_mb_per_room", "generator_cpu_cores"):
+        assert key in res
+
+
+def test_unknown_subcommand_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["nope"])
+    assert e.value.code == 2
