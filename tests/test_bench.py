@@ -43,3 +43,16 @@ def test_unknown_subcommand_is_a_usage_error(capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main(["nope"])
     assert e.value.code == 2
+
+
+def test_cluster_bench_drives_processes_sharing_rooms_through_redis(tmp_path, tiny_model_path) -> None:
+    """Two real server processes and a redis-server: every update crosses Redis to a listener on the other process."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; .ci/run installs it)")
+    out = tmp_path / "cluster.json"
+    assert main(["cluster", "--rooms", "2", "--processes", "2", "--seconds", "3", "--model", str(tiny_model_path), "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["processes"] == 2 and row["broker"] == "redis" and row["redis_cpu"] is not None
+    assert row["updates_received"] >= 2 and row["updates_missing_at_listeners"] == 0 and row["dropped_messages"] == 0

@@ -1,4 +1,4 @@
-"""`python -m sendreturn_mood.bench audio | model | server`: each subcommand is one module (see its --help)."""
+"""`python -m sendreturn_mood.bench audio | model | server | cluster`: each subcommand is one module (see its --help)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ COMMANDS = {
     "audio": "the audio path's CPU per room-second, ours against the naive per-hop recompute",
     "model": "the model's ms per window at batch 1/8/32 (optionally side by side with another model)",
     "server": "the whole server under load: CPU per room-second, latency, capacity, memory",
+    "cluster": "rooms across 1..P server processes through Redis: updates/s, latency, server and Redis CPU, drops",
 }
 
 

@@ -75,9 +75,14 @@ def server_config(args: argparse.Namespace) -> dict[str, Any]:
 def start_server(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[str], int]:
     cfg = tmp / "bench.yaml"
     cfg.write_text(yaml.safe_dump(server_config(args)))
-    cmd = [sys.executable, "-m", "sendreturn_mood", "serve", "--port", "0", "--config", str(cfg)]
-    if args.model:
-        cmd += ["--model", args.model]
+    return spawn_server(cfg, args.model)
+
+
+def spawn_server(config: Path, model: str | None = None) -> tuple[subprocess.Popen[str], int]:
+    """`python -m sendreturn_mood serve --port 0 --config FILE` as a user starts it -> (process, port)."""
+    cmd = [sys.executable, "-m", "sendreturn_mood", "serve", "--port", "0", "--config", str(config)]
+    if model:
+        cmd += ["--model", model]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     # its own session: on Linux with autogroup scheduling the server then has a CPU share of its own, as a deployed
     # server would, instead of sharing one with the load generator

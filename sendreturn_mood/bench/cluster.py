@@ -1,8 +1,8 @@
-"""Load benchmark: N rooms streaming real songs into 1..P real server processes; latency, CPU, drops.
+"""Rooms across processes: N rooms streaming into 1..P real server processes sharing rooms through Redis.
 
-    python bench/server_load.py --rooms 100 --seconds 20                       # one process, rooms in memory
-    python bench/server_load.py --rooms 250 --processes 2 --seconds 20         # two processes + a redis-server
-    python bench/server_load.py --table --rooms 100,250,500,1000 --processes 1,2 --seconds 20   # the README table
+    python -m sendreturn_mood.bench cluster --rooms 100 --seconds 20                 # one process, rooms in memory
+    python -m sendreturn_mood.bench cluster --rooms 250 --processes 2 --seconds 20   # two processes + a redis-server
+    python -m sendreturn_mood.bench cluster --table --rooms 100,250,500,1000 --processes 1,2   # the README table
 
 Servers: `python -m sendreturn_mood serve` processes on their own ports (what a user runs); with more than one
 process (or --redis) they share rooms through a redis-server this command starts on a free port (or --redis-url).
@@ -10,8 +10,8 @@ Room i's source connects to process i % P and its listeners to the next processe
 crosses Redis to reach a listener.
 
 Load generator: --clients processes (default: one per 250 rooms, at least one), each with its own event loop and a
-share of the rooms. Songs from ../shared/data/moods-4q are decoded and encoded to stereo s16le once, before the
-clock starts, and every frame is sent as pre-encoded bytes, paced at --speed times real time in 100 ms frames.
+share of the rooms. The audio (16 variants of `common.music_like`, stereo s16le) is encoded once before the clock
+starts, and every frame is sent as pre-encoded bytes, paced at --speed times real time in 100 ms frames.
 The generator's own CPU time is reported: it must stay well below what the machine has, or it is the bottleneck.
 
 Reported (JSON, one object per run): updates/s received by listeners, latency at the listeners (the server's own
@@ -19,6 +19,8 @@ latency_ms, from the arrival of the frame that completed a window to the update'
 the listener received it than the room's source did: the fan-out, through Redis when P > 1) p50/p95/max, the
 server's own latency_ms (source side), server CPU per process and in total (one core = 1.0), Redis CPU, generator
 CPU, updates missing at listeners, and messages dropped anywhere (server outboxes, broker queue). Not a test.
+`bench server` is the one-process benchmark (CPU per room-second by stage, memory, a profile); this one is about
+what spreading rooms over processes costs and gains.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import re
 import shutil
 import signal
 import socket
@@ -36,52 +37,26 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data" / "moods-4q"
-FRAME_SECONDS = 0.1
-LISTEN_RE = re.compile(r"listening on ws://([0-9.]+):(\d+)")
+from .common import FRAME_SECONDS, music_like
+from .server import metric, proc_cpu_seconds, scrape_metrics, spawn_server
+
 ROOMS_PER_CLIENT = 250
+SONGS = 16  # distinct audio variants, cycled over rooms
 
 
-# ------------------------------------------------------------------------------------------------------ audio
-
-
-def load_songs(n: int, rate: int, seconds: float) -> np.ndarray:
-    """Up to 16 distinct songs as interleaved stereo s16le, [songs, samples*2] (cycled over rooms)."""
-    from sendreturn_mood.analyze import read_blocks
-    from sendreturn_mood.resample import resample
-
-    files = sorted(DATA.glob("Q*/*.mp3"))
-    if not files:
-        sys.exit(f"no songs under {DATA} (the benchmark streams real music from ../shared/data)")
-    songs = []
-    for path in files[: min(n, 16)]:
-        sr, blocks = read_blocks(path)
-        y = np.concatenate(list(blocks))
-        y = resample(y, sr, rate) if sr != rate else y
-        while y.size < seconds * rate:
-            y = np.concatenate([y, y])
-        pcm = (np.clip(y[: int(seconds * rate)], -1, 1) * 32767).astype("<i2")
-        songs.append(np.stack([pcm, pcm], axis=1).ravel())
-    return np.stack(songs)
-
-
-# ------------------------------------------------------------------------------------------------------ processes
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def make_songs(rate: int, seconds: float) -> np.ndarray:
+    """[SONGS, samples*2] interleaved stereo s16le."""
+    out = []
+    for k in range(SONGS):
+        y = music_like(seconds, rate, 2, seed=k)
+        out.append((y * 32767).astype("<i2").ravel())
+    return np.stack(out)
 
 
 def free_port() -> int:
@@ -96,7 +71,7 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
         sys.exit("redis-server is not installed (Debian: apt-get install redis-server); or pass --redis-url")
     port = free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -120,35 +95,7 @@ def start_servers(args: argparse.Namespace, processes: int, rooms: int, broker: 
         config["broker"] = {"url": broker}
     cfg = tmp / "bench.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "sendreturn_mood", "serve", "--port", "0", "--config", str(cfg)]
-    if args.model:
-        cmd += ["--model", args.model]
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    out = []
-    for _ in range(processes):
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        m = LISTEN_RE.search(line)
-        if not m:
-            proc.kill()
-            sys.exit(f"server did not start: {line!r}")
-        proc.stdout.readline()  # type: ignore[union-attr]  # the model line
-        out.append((proc, int(m.group(2))))
-    return out
-
-
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
-def metric_sum(metrics: list[dict[str, float]], prefix: str) -> float:
-    return sum(v for m in metrics for k, v in m.items() if k.split("{")[0] == prefix)
+    return [spawn_server(cfg, args.model) for _ in range(processes)]
 
 
 # ------------------------------------------------------------------------------------------------------ load generator
@@ -255,8 +202,8 @@ def run_once(args: argparse.Namespace, rooms: int, processes: int, songs_path: s
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         try:
-            cpu0 = [cpu_seconds(p.pid) for p, _ in servers]
-            redis0 = cpu_seconds(redis_proc.pid) if redis_proc else float("nan")
+            cpu0 = [proc_cpu_seconds(p.pid) for p, _ in servers]
+            redis0 = proc_cpu_seconds(redis_proc.pid) if redis_proc else float("nan")
             t0 = time.monotonic()
             workers = [ctx.Process(target=client_process, args=(ports, list(range(k, rooms, clients)), songs_path, args, queue))
                        for k in range(clients)]
@@ -266,9 +213,9 @@ def run_once(args: argparse.Namespace, rooms: int, processes: int, songs_path: s
             for w in workers:
                 w.join(30)
             wall = time.monotonic() - t0
-            cpu = [cpu_seconds(p.pid) - c for (p, _), c in zip(servers, cpu0)]
-            redis_cpu = cpu_seconds(redis_proc.pid) - redis0 if redis_proc else float("nan")
-            metrics = [scrape(port) for port in ports]
+            cpu = [proc_cpu_seconds(p.pid) - c for (p, _), c in zip(servers, cpu0)]
+            redis_cpu = proc_cpu_seconds(redis_proc.pid) - redis0 if redis_proc else float("nan")
+            metrics = [scrape_metrics(port) for port in ports]
         finally:
             for p, _ in servers:
                 p.send_signal(signal.SIGTERM)
@@ -277,6 +224,9 @@ def run_once(args: argparse.Namespace, rooms: int, processes: int, songs_path: s
                     p.wait(30)
                 except subprocess.TimeoutExpired:
                     p.kill()
+                    p.wait()
+                if p.stdout is not None:
+                    p.stdout.close()
             if redis_proc is not None:
                 redis_proc.kill()
                 redis_proc.wait()
@@ -310,7 +260,7 @@ def run_once(args: argparse.Namespace, rooms: int, processes: int, songs_path: s
         "generator_cpu": round(sum(r["cpu"] for r in results) / wall, 3),
         "generator_processes": len(results),
         "updates_missing_at_listeners": sum(r["missing"] for r in results),
-        "dropped_messages": int(metric_sum(metrics, "sendreturn_dropped_messages_total") + metric_sum(metrics, "sendreturn_broker_dropped_total")),
+        "dropped_messages": int(sum(metric(m, "sendreturn_dropped_messages_total") + metric(m, "sendreturn_broker_dropped_total") for m in metrics)),
         "errors": errors,
         "client_late_frames": sum(r["late_frames"] for r in results),
     }
@@ -330,8 +280,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rooms", default="20", help="rooms (with --table: a comma list, e.g. 100,250,500,1000)")
     p.add_argument("--processes", default="1", help="server processes (with --table: a comma list, e.g. 1,2)")
     p.add_argument("--table", action="store_true", help="run every rooms x processes combination; print a markdown table")
@@ -340,21 +289,23 @@ def main() -> int:
     p.add_argument("--speed", type=float, default=1.0, help="times real time")
     p.add_argument("--rate", type=int, default=48000, help="sample rate the sources send (stereo s16le)")
     p.add_argument("--hop", type=float, default=1.5, help="analysis.hop_seconds")
-    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-batch", type=int, default=64, help="analysis.max_batch")
     p.add_argument("--sync", action="store_true", help="start every room at once (windows fall due together)")
     p.add_argument("--clients", type=int, default=0, help=f"load-generator processes (default: one per {ROOMS_PER_CLIENT} rooms)")
     p.add_argument("--redis", action="store_true", help="use Redis even with one process (its overhead)")
     p.add_argument("--redis-url", help="an existing Redis instead of starting one (its CPU is then not reported)")
     p.add_argument("--model", help="ONNX model (default: the shipped model)")
     p.add_argument("--out", help="also write the results (JSON list) here")
-    args = p.parse_args()
+
+
+def run(args: argparse.Namespace) -> int:
     rooms_list = [int(x) for x in args.rooms.split(",")]
     procs_list = [int(x) for x in args.processes.split(",")]
     if not args.table and (len(rooms_list) > 1 or len(procs_list) > 1):
-        p.error("several --rooms or --processes values need --table")
+        sys.exit("several --rooms or --processes values need --table")
     with tempfile.TemporaryDirectory() as tmp:
         songs_path = str(Path(tmp) / "songs.npy")
-        np.save(songs_path, load_songs(max(rooms_list), args.rate, args.seconds))
+        np.save(songs_path, make_songs(args.rate, args.seconds))
         rows = []
         for rooms in rooms_list:
             for procs in procs_list:
@@ -364,10 +315,6 @@ def main() -> int:
     if args.table:
         print(table(rows))
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    sys.exit(main())
