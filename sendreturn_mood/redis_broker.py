@@ -51,7 +51,11 @@ STATE_TTL_SECONDS = 24 * 3600  # a room's shared state (seq, preset, track) outl
 BATCH = 512  # most commands in one pipeline
 NODE_TTL_FACTOR = 3  # a node is dead after this many missed heartbeats
 BACKOFF_START = 0.1
+POOL_CONNECTIONS = 16  # Redis connections per process for commands (pub/sub has its own)
 ConnErrors = (RedisError, OSError, ConnectionError, asyncio.TimeoutError)
+# What a call on a connection that is being torn down can raise besides ConnErrors (redis-py's internals, e.g. a
+# writer already gone): the request paths treat any of these as "Redis is away" rather than fail the request.
+CallErrors = (*ConnErrors, AttributeError, RuntimeError)
 
 # Claim a room's source slot; return the room's highest seq and preset, or nil when another holder has it.
 CLAIM = """
@@ -181,13 +185,18 @@ class RedisBroker(Broker):
 
     async def _connect(self) -> None:
         """Open the command connection and the pub/sub connection; load the scripts; resynchronise this node."""
-        kwargs: dict[str, Any] = dict(
+        # A bounded pool that waits for a free connection: a burst of handshakes (each asks Redis whether the room
+        # has a source) must not open a connection each.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=POOL_CONNECTIONS,
+            timeout=self.connect_timeout,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=max(2.0, self.lease_ms / 1000),
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
         )
-        self._redis = aioredis.Redis.from_url(self.url, **kwargs)
+        self._redis = aioredis.Redis(connection_pool=pool, auto_close_connection_pool=True)
         await self._redis.ping()
         for name, src in (("claim", CLAIM), ("renew", RENEW), ("release", RELEASE), ("publish", PUBLISH_MOOD)):
             self._scripts[name] = await self._redis.script_load(src)
@@ -281,7 +290,7 @@ class RedisBroker(Broker):
             try:
                 got = await self._redis.evalsha(self._scripts["claim"], 2, self._k("src", room), self._k("room", room), holder, self.lease_ms)
                 reached = True
-            except ConnErrors:
+            except CallErrors:
                 pass  # the supervisor notices the lost connection too, and reconnects
         if not reached:
             # Redis is away: serve locally (the local registry still refuses a second local source); the slot
@@ -301,7 +310,7 @@ class RedisBroker(Broker):
         if self._up and self._redis is not None:
             try:
                 await self._redis.evalsha(self._scripts["release"], 1, self._k("src", room), holder)
-            except ConnErrors:
+            except CallErrors:
                 pass  # the lease expires by itself
 
     async def source_present(self, room: str) -> bool:
@@ -311,7 +320,7 @@ class RedisBroker(Broker):
             return False
         try:
             return bool(await self._redis.exists(self._k("src", room)))
-        except ConnErrors:
+        except CallErrors:
             return False
 
     async def _renew(self) -> None:
@@ -371,7 +380,7 @@ class RedisBroker(Broker):
             pipe.exists(self._k("src", room.name))
             pipe.hget(self._k("room", room.name), "preset")
             present, preset = await pipe.execute()
-        except ConnErrors:
+        except CallErrors:
             return
         if room.source is None:
             room.remote_source = bool(present)
@@ -555,7 +564,7 @@ class RedisBroker(Broker):
             pipe.hgetall(self._k("room", room))
             pipe.hgetall(self._k("members", room))
             present, state, members = await pipe.execute()
-        except ConnErrors:
+        except CallErrors:
             return await super().snapshot(room)
         listeners = sum(int(n) for node, n in members.items() if node in nodes)
         if not present and not listeners:
@@ -588,7 +597,7 @@ class RedisBroker(Broker):
                 pipe.hget(self._k("node", node), "connections")
             connections = await pipe.execute()
             rooms = await self._redis.sunion(*(self._k("noderooms", n) for n in nodes)) if nodes else set()
-        except ConnErrors:
+        except CallErrors:
             out["connected"] = False
             return out
         out["cluster"] = {"nodes": len(nodes), "rooms": len(rooms), "connections": sum(int(c or 0) for c in connections)}
