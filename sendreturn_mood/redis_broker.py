@@ -480,8 +480,12 @@ class RedisBroker(Broker):
         """Messages of other processes -> this process's members of that room."""
         assert self._pubsub is not None and self.registry is not None
         prefix = len(self._k("ch")) + 1
+        burst: set[str] = set()  # rooms that got an update since the reader last yielded to the loop
         while True:
-            msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.0)
+            if msg is None:  # nothing buffered: wait for more (this is where the loop runs other tasks)
+                burst.clear()
+                msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if msg is None or msg.get("type") != "message":
                 continue
             node, code, text = str(msg["data"]).split(SEP, 2)
@@ -495,12 +499,16 @@ class RedisBroker(Broker):
                 room.remote_source = '"connected"' in text
             if self.metrics:
                 self.metrics.broker_received.inc()
-            self.registry.deliver_local(room, text, kind)
             if kind == "mood":
-                # A burst (a source streaming faster than real time, or a backlog after a stall) arrives here in one
-                # go: let the woken sender tasks write each update before the next, as the inference worker does, so
-                # a listener that keeps up never has its bounded outbox conflate because of the burst.
-                await asyncio.sleep(0)
+                if room.name in burst:
+                    # A second update of one room in a burst (a source faster than real time, or a backlog after a
+                    # stall): let the woken sender tasks write the earlier ones first, as the inference worker does,
+                    # so a listener that keeps up never has its bounded outbox conflate because of the burst. In
+                    # real time a burst holds one update per room and is delivered without yielding.
+                    await asyncio.sleep(0)
+                    burst.clear()
+                burst.add(room.name)
+            self.registry.deliver_local(room, text, kind)
 
     # ------------------------------------------------------------------------------------------------ liveness
 
