@@ -57,7 +57,11 @@ NOT_ALLOWED = "not_allowed"
 TOO_BIG = "too_big"
 SERVER_ERROR = "server_error"
 ERROR_CODES = (BAD_MESSAGE, BAD_AUDIO, RATE_LIMITED, NOT_ALLOWED, TOO_BIG, UNAUTHORIZED, SERVER_ERROR)
-REFUSAL_STATUS = {BAD_REQUEST: 400, UNAUTHORIZED: 401, SOURCE_TAKEN: 409, SERVER_FULL: 503}
+FORBIDDEN_ORIGIN = "forbidden_origin"  # additive: a web page whose Origin is not allowed (HTTP 403)
+NOT_FOUND = "not_found"
+# additive refusals: 403 forbidden_origin, 404 not_found (HTTP room state), 429 rate_limited (per-address limits)
+REFUSAL_STATUS = {BAD_REQUEST: 400, UNAUTHORIZED: 401, FORBIDDEN_ORIGIN: 403, NOT_FOUND: 404, SOURCE_TAKEN: 409,
+                  RATE_LIMITED: 429, SERVER_FULL: 503}
 
 # Close codes.
 CLOSE_NORMAL = 1000
