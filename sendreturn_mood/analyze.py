@@ -20,7 +20,7 @@ from .config import ConfigError, load_config
 from .effects import EffectsError, load_presets
 from .model import ModelError, ModelInfo, MoodModel
 from .pcm import BadAudio, check_samples
-from .pipeline import AnalysisStream, Window, WindowPlan
+from .pipeline import AnalysisStream, Window, window_plan
 from .tracker import DECIMALS, SILENT, MoodTracker, tracker_from_config
 
 READ_BLOCK_SECONDS = 60.0  # files go through the pipeline in blocks this long: memory stays bounded, and few
@@ -29,21 +29,6 @@ READ_BLOCK_SECONDS = 60.0  # files go through the pipeline in blocks this long: 
 
 class AnalyzeError(ValueError):
     """A file that cannot be analysed (unreadable, no audio, too short); the message names the file."""
-
-
-def window_plan(info: ModelInfo, config: dict[str, Any]) -> WindowPlan:
-    """Window geometry from the config: `analysis.window_seconds` or, when null, the model's own patch length.
-
-    The server must build its rooms' plans with this function too, or its windows would differ from analyze's.
-    """
-    a = config["analysis"]
-    spec = info.frontend
-    window = info.patch_frames if a["window_seconds"] is None else spec.seconds_to_frames(a["window_seconds"])
-    return WindowPlan(
-        window_frames=window,
-        hop_frames=spec.seconds_to_frames(a["hop_seconds"]),
-        min_frames=spec.seconds_to_frames(a["min_seconds"]),
-    )
 
 
 def read_blocks(path: Path) -> tuple[int, Iterator[np.ndarray]]:

@@ -90,3 +90,16 @@ def _check(c: dict[str, Any]) -> None:
         raise ConfigError("smoothing.hysteresis must be in [0, 1)")
     if not 0 <= c["server"]["port"] <= 65535:
         raise ConfigError("server.port must be in 0..65535")
+    b = c["broker"]
+    if c["server"]["workers"] < 1:
+        raise ConfigError("server.workers must be >= 1")
+    if c["server"]["workers"] > 1 and b["url"] in (None, "", "memory"):
+        raise ConfigError(
+            f"server.workers = {c['server']['workers']} needs a broker: processes that share a port share its rooms, "
+            "and without one a room's source and listeners could land on different processes and never meet. "
+            "Set broker.url (e.g. --broker redis://127.0.0.1:6379/0) or use one worker"
+        )
+    if not 0.5 <= b["lease_seconds"] <= 600:
+        raise ConfigError(f"broker.lease_seconds must be in 0.5..600, got {b['lease_seconds']}")
+    if b["max_pending"] < 1:
+        raise ConfigError("broker.max_pending must be >= 1")

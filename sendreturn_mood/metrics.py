@@ -141,6 +141,13 @@ class ServerMetrics:
         self.dropped = Counter("dropped_messages_total", "Mood updates dropped from full per-client send queues.")
         self.dropped_windows = Counter("dropped_windows_total", "Windows discarded because their track or source ended.")
         self.queue_depth = Gauge("inference_queue_depth", "Windows waiting for the inference worker.")
+        self.node = Gauge("node_info", "This process: its node id in the cluster and its broker kind (always 1).", ["node", "broker"])
+        self.broker_up = Gauge("broker_up", "1 while the broker (Redis) is reachable; always 1 in memory.")
+        self.broker_reconnects = Counter("broker_reconnects_total", "Reconnections to the broker after it was lost.")
+        self.broker_published = Counter("broker_published_total", "Messages published to the broker for other processes.")
+        self.broker_received = Counter("broker_received_total", "Messages received from other processes through the broker.")
+        self.broker_dropped = Counter("broker_dropped_total", "Messages for other processes dropped (broker down or slow).")
+        self.broker_up.set(1)
 
     def all(self) -> list[_Metric]:
         return [v for v in vars(self).values() if isinstance(v, _Metric)]

@@ -11,6 +11,7 @@ adds a last window over the tail when enough new audio arrived since the previou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -110,3 +111,17 @@ class AnalysisStream:
         if self._frames.shape[1] > w:
             self._frames = self._frames[:, -w:].copy()
         return out
+
+
+def window_plan(info: Any, config: dict[str, Any]) -> WindowPlan:
+    """Window geometry from the config: `analysis.window_seconds` or, when null, the model's own patch length
+    (`info` is the model's `ModelInfo`). The server and `analyze` both build their plans here, so they cut
+    identical windows from the same audio."""
+    a = config["analysis"]
+    spec = info.frontend
+    window = info.patch_frames if a["window_seconds"] is None else spec.seconds_to_frames(a["window_seconds"])
+    return WindowPlan(
+        window_frames=window,
+        hop_frames=spec.seconds_to_frames(a["hop_seconds"]),
+        min_frames=spec.seconds_to_frames(a["min_seconds"]),
+    )

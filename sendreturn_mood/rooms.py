@@ -1,10 +1,11 @@
 """Room state in one place, and the one function that broadcasts to a room.
 
-A room exists while anyone is connected to it; it has at most one source and any number of listeners. Its state
-(members, seq, current track, track generation, mood tracker and preset) lives only here, behind `RoomRegistry`,
-and every message to a room's members goes through `RoomRegistry.publish`. That is the seam where rooms could later
-be spread over several processes (publish to a broker channel per room, members subscribe) without touching the
-audio path.
+A room exists while anyone is connected to it; it has at most one source and any number of listeners. On one
+process, a room's state (local members, seq, current track, track generation, mood tracker and preset) lives only
+here, behind `RoomRegistry`, and every message to a room's members goes through `RoomRegistry.publish`, which
+encodes it once, hands it to the local members and to the broker (`broker.py`), which carries it to the room's
+members on other processes. The analysis of a room runs where its source is connected: `Room.on_result` turns a
+window's model output into the room's next `mood` message (smoothing, seq) with no I/O.
 
 Members are anything with `deliver(text, kind)`: the server's per-connection outbox (`Outbox` below), which is
 bounded and conflates mood updates so that a slow client only hurts itself.
@@ -16,10 +17,15 @@ import asyncio
 import collections
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+import numpy as np
 
 from . import protocol
 from .metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from .broker import Broker
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,8 @@ class RoomError(protocol.ProtocolError):
 
 @dataclass(eq=False)
 class Room:
+    """One room as this process sees it: its local members, and its analysis state when its source is here."""
+
     name: str
     tracker: Any  # sendreturn_mood.tracker.MoodTracker
     source: Member | None = None
@@ -49,6 +57,7 @@ class Room:
     generation: int = 0  # bumped on every track change / new source: results of older windows are discarded
     audio_seconds: float = 0.0
     closed: bool = False
+    remote_source: bool = False  # a source is connected to this room on another process (as far as we know)
 
     @property
     def preset(self) -> str:
@@ -58,11 +67,15 @@ class Room:
     def members(self) -> list[Member]:
         return ([self.source] if self.source is not None else []) + list(self.listeners)
 
+    @property
+    def has_source(self) -> bool:
+        return self.source is not None or self.remote_source
+
     def info(self) -> dict[str, Any]:
-        """What `GET /v1/rooms/{room}` shows (no audio, no identities)."""
+        """What `GET /v1/rooms/{room}` shows for this process alone (no audio, no identities)."""
         return {
             "room": self.name,
-            "source": self.source is not None,
+            "source": self.has_source,
             "listeners": len(self.listeners),
             "seq": self.seq,
             "track": self.track,
@@ -70,18 +83,65 @@ class Room:
             "audio_seconds": round(self.audio_seconds, 3),
         }
 
+    # -------------------------------------------------------------------------------------------- analysis state
+
+    def start_source(self, preset: str | None, last_seq: int = 0) -> None:
+        """A new source restarts the room's analysis: new track generation, no track, smoothing reset, its
+        `preset` (if given) becomes the room's preset, and `seq` continues above `last_seq` (the highest seq the
+        room ever published, on any process)."""
+        self.generation += 1
+        self.track = None
+        self.seq = max(self.seq, last_seq)
+        self.tracker.reset()
+        if preset is not None:
+            self.tracker.set_preset(preset)
+
+    def new_track(self, track: dict[str, str]) -> None:
+        self.track = track
+        self.generation += 1
+        self.tracker.reset()
+
+    def set_preset(self, name: str) -> None:
+        """Raises KeyError(name) for an unknown preset."""
+        self.tracker.set_preset(name)
+
+    def is_current(self, generation: int) -> bool:
+        """Whether a window of `generation` still belongs to the room's current track and source."""
+        return not self.closed and generation == self.generation
+
+    def on_result(
+        self, generation: int, moods: np.ndarray, genres: np.ndarray | None, stream_time: float, latency_ms: float
+    ) -> dict[str, Any] | None:
+        """One window's model output -> the room's next `mood` message, or None when the window is stale (its
+        track or source ended while it waited for the model)."""
+        if not self.is_current(generation):
+            return None
+        analysis = self.tracker.update(moods, genres, stream_time)
+        self.seq += 1
+        return protocol.mood(self.name, self.seq, analysis, self.track, latency_ms)
+
 
 class RoomRegistry:
-    """All rooms of this process. Every method runs on the event loop thread."""
+    """All rooms with a member on this process. Every method runs on the event loop thread."""
 
-    def __init__(self, make_tracker: Callable[[str | None], Any], max_rooms: int, metrics: ServerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        make_tracker: Callable[[str | None], Any],
+        max_rooms: int,
+        metrics: ServerMetrics | None = None,
+        broker: "Broker | None" = None,
+    ) -> None:
         self._make_tracker = make_tracker
         self.max_rooms = max_rooms
         self.metrics = metrics
+        self.broker = broker
         self._rooms: dict[str, Room] = {}
 
     def __len__(self) -> int:
         return len(self._rooms)
+
+    def __iter__(self) -> Any:
+        return iter(list(self._rooms.values()))
 
     def get(self, name: str) -> Room | None:
         return self._rooms.get(name)
@@ -92,37 +152,36 @@ class RoomRegistry:
     def check_join(self, name: str, is_source: bool) -> None:
         """Raise RoomError if a join would be refused now (the handshake asks; `join` checks again, because two
         handshakes can pass this check before either joins)."""
-        self._check(name, is_source)
-
-    def _check(self, name: str, is_source: bool) -> None:
         room = self._rooms.get(name)
         if room is None and len(self._rooms) >= self.max_rooms:
             raise RoomError(protocol.SERVER_FULL, f"this server already has its maximum of {self.max_rooms} rooms")
         if is_source and room is not None and room.source is not None:
             raise RoomError(protocol.SOURCE_TAKEN, f"room {name!r} already has a source")
 
-    def join(self, name: str, member: Member, is_source: bool, preset: str | None = None) -> Room:
-        """Add a member (creating the room if needed). A new source restarts the room's analysis: new track
-        generation, no track, smoothing reset, and its `preset` (if given) becomes the room's preset."""
-        self._check(name, is_source)
+    def join(self, name: str, member: Member, is_source: bool, preset: str | None = None, last_seq: int = 0) -> Room:
+        """Add a member (creating the room if needed); a source starts the room's analysis (`Room.start_source`)."""
+        self.check_join(name, is_source)
         room = self._rooms.get(name)
+        created = room is None
         if room is None:
             room = Room(name, self._make_tracker(preset if is_source else None))
             self._rooms[name] = room
         if is_source:
             room.source = member
-            room.generation += 1
-            room.track = None
-            room.tracker.reset()
-            if preset is not None:
-                room.tracker.set_preset(preset)
+            room.remote_source = False
+            room.start_source(preset, last_seq)
         else:
             room.listeners.add(member)
+        if self.broker is not None:
+            if created:
+                self.broker.room_opened(room)
+            self.broker.members_changed(room)
         self._update_gauge()
         return room
 
     def leave(self, room: Room, member: Member) -> bool:
-        """Remove a member; the room disappears with its last member. Returns True if the source left."""
+        """Remove a member; the room disappears from this process with its last local member. Returns True if the
+        source left (the caller then announces it to the room, which may have members elsewhere)."""
         was_source = room.source is member
         if was_source:
             room.source = None
@@ -132,21 +191,23 @@ class RoomRegistry:
         if room.source is None and not room.listeners:
             room.closed = True
             self._rooms.pop(room.name, None)
+        if self.broker is not None:
+            self.broker.members_changed(room)
+            if room.closed:
+                self.broker.room_closed(room)
         self._update_gauge()
         return was_source
 
-    def new_track(self, room: Room, track: dict[str, str]) -> None:
-        room.track = track
-        room.generation += 1
-        room.tracker.reset()
-
-    def next_seq(self, room: Room) -> int:
-        room.seq += 1
-        return room.seq
-
     def publish(self, room: Room, message: dict[str, Any], kind: str = CONTROL) -> None:
-        """THE broadcast: encode once, hand to every member of the room (the source included)."""
+        """THE broadcast: encode once, hand to every local member of the room (the source included), and to the
+        broker for the room's members on other processes."""
         text = protocol.encode(message)
+        self.deliver_local(room, text, kind)
+        if self.broker is not None:
+            self.broker.publish(room, text, kind, message.get("seq") if kind == MOOD else None)
+
+    @staticmethod
+    def deliver_local(room: Room, text: str, kind: str) -> None:
         for member in room.members:
             member.deliver(text, kind)
 

@@ -1,23 +1,27 @@
 """The websocket server: protocol v1 on /v1/rooms/{room}, plus HTTP (/healthz, /metrics, the browser page) on the
-same port.
+same port. This module only moves bytes: what a connection's messages mean is `session.Session`'s business (events
+in, actions out), what a room does with a window's model output is `rooms.Room`'s, and how a room reaches its
+members on other processes is the broker's (`broker.py`).
 
-    source frames -> decode -> token-bucket rate limit -> AnalysisStream (resample, log-mel, window) -> worker queue
-    worker (one thread, batched over all rooms) -> deliver() on the loop -> MoodTracker -> RoomRegistry.publish
-    publish -> every member's bounded Outbox -> one sender task per connection -> websocket
+    frames -> Session.receive -> [Reply | Broadcast | Submit | RoomChanged | Drain | Close] -> carried out here
+    Submit -> worker (one thread, batched over all rooms) -> _deliver on the loop -> Room.on_result -> publish
+    publish -> every local member's bounded Outbox (+ the broker) -> one sender task per connection -> websocket
 
 What is fatal (protocol v1 leaves it to the server): `too_big` (close 1009; frames beyond WS_SIZE_SLACK times the
 limit are closed with 1009 by the websocket layer itself, without an error message) and unexpected handler failures
 (`server_error`, close 1011). `bad_message`, `bad_audio`, `not_allowed`, `rate_limited` (the frame is dropped; at most
 one rate_limited error per second) and inference `server_error` (that window is lost, to that room only) are not.
-A second source that races another one past the handshake check gets a fatal `not_allowed` and close 1008. Close
-1003 is not used. A listener's `preset` parameter is validated but ignored (the source sets the room's preset).
+A second source that races another one past the handshake check (the broker's claim is atomic, the check is not)
+gets a fatal `not_allowed` and close 1008. Close 1003 is not used. A listener's `preset` parameter is validated but
+ignored (the source sets the room's preset).
 
 `latency_ms` is measured from the arrival of the websocket message that completed the window (for the tail window:
 the `end` message) to the moment the update is handed to the members' outboxes; the update is encoded once for the
 whole room, so per-client send time is not included.
 
 Extension beyond PROTOCOL.md (additive): a plain `GET /v1/rooms/{room}` (no upgrade) returns the room's state as
-JSON (source present, listener count, seq, track, preset, audio seconds), 404 when nobody is connected.
+JSON (source present, listener count, seq, track, preset, audio seconds), across every process of the cluster; 404
+when nobody is connected.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import http
+import itertools
 import json
 import logging
 import mimetypes
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -42,19 +47,22 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from . import __version__, pcm, protocol
+from . import __version__, protocol
+from .broker import Broker, Claim, make_broker
+from .effects import load_presets
 from .inference import InferenceWorker, Job, Result
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServerMetrics
 from .model import MoodModel
-from .pipeline import AnalysisStream
+from .pipeline import AnalysisStream, window_plan
 from .protocol import ConnectParams, Refusal
 from .rooms import CONTROL, MOOD, Outbox, Room, RoomError, RoomRegistry
+from .session import Broadcast, Close, Drain, Reply, RoomChanged, Session, SessionSettings, Submit
+from .tracker import tracker_from_config
 
 log = logging.getLogger(__name__)
 
 WS_SIZE_SLACK = 4  # the websocket layer accepts up to this many times max_message_bytes so we can answer too_big
-RATE_ERROR_INTERVAL = 1.0  # at most one rate_limited error per connection per second
 INFERENCE_QUEUE_SIZE = 1024  # windows; beyond it sources wait (back-pressure), see inference.py
 STATIC_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 STATIC_HIDDEN_SUFFIXES = (".py", ".pyc")
@@ -75,31 +83,13 @@ def static_root() -> Path:
     return Path(str(resources.files("sendreturn_mood.static")))
 
 
-class TokenBucket:
-    """Audio-seconds budget: starts full at `burst`, refills at `rate` seconds of audio per wall-clock second."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.t = time.monotonic()
-
-    def take(self, seconds: float) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
-        self.t = now
-        if seconds > self.tokens:
-            return False
-        self.tokens -= seconds
-        return True
-
-
 @dataclass(eq=False)
-class Client:
-    """One websocket connection as a room member."""
+class Connection:
+    """One websocket connection as a room member: its bounded outbox, and the last window it submitted."""
 
     params: ConnectParams
     outbox: Outbox
+    last_job: Job | None = field(default=None)
 
     @property
     def role(self) -> str:
@@ -109,31 +99,16 @@ class Client:
         self.outbox.deliver(text, kind)
 
 
-@dataclass(eq=False)
-class SourceSession:
-    """A source connection's audio path (lives with the connection, not the room)."""
-
-    stream: AnalysisStream
-    bucket: TokenBucket
-    last_job: Job | None = None
-    last_rate_error: float = -1e9
-
-
 class MoodServer:
     """One process serving protocol v1. `await start()`, then `port`; `await close()` to stop (clients get 1001)."""
 
-    def __init__(self, config: dict[str, Any], model: MoodModel | None = None) -> None:
-        from .analyze import window_plan  # H-pipeline's modules; imported here so a broken one names itself
-        from .effects import load_presets
-        from .tracker import tracker_from_config
-
+    def __init__(self, config: dict[str, Any], model: MoodModel | None = None, broker: Broker | None = None) -> None:
         self.config = config
         s = config["server"]
         self.model = model or MoodModel(config["model"]["path"], threads=int(config["model"]["threads"]))
         self.info = self.model.info
         self.presets = load_presets(config["effects"]["file"], config["effects"]["default_preset"])
         self.presets.check_moods(self.info.mood_labels)
-        self._tracker_from_config = tracker_from_config
         # The same window geometry as `analyze` (one function), so both cut identical windows from the same audio;
         # welcome reports the geometry actually used (whole frames).
         self.plan = window_plan(self.info, config)
@@ -143,14 +118,17 @@ class MoodServer:
         self.max_connections = int(s["max_connections"])
         self.tokens = [str(t) for t in (s["auth_tokens"] or [])]
         self.metrics = ServerMetrics()
-        self.rooms = RoomRegistry(self._make_tracker, int(s["max_rooms"]), self.metrics)
+        self.broker = broker or make_broker(config, self.metrics)
+        self.metrics.node.set(1, node=self.broker.node, broker=self.broker.kind)
+        self.rooms = RoomRegistry(self._make_tracker, int(s["max_rooms"]), self.metrics, self.broker)
         self.worker: InferenceWorker | None = None
         self.connections = 0
         self.closing = False
         self._server: Server | None = None
         self._static = static_root()
+        self._holder_ids = itertools.count(1)
         self._warm_up()
-        self._model_public = {
+        model_public = {
             "name": self.info.name,
             "version": self.info.version,
             "moods": self.info.mood_labels,
@@ -159,6 +137,17 @@ class MoodServer:
             # probability-weighted mean of these), so clients can draw the plane without hard-coding the model
             "coordinates": {m.label: {"valence": m.valence, "arousal": m.arousal} for m in self.info.moods},
         }
+        self.settings = SessionSettings(
+            max_message_bytes=self.max_message_bytes,
+            rate_limit_factor=float(s["rate_limit_factor"]),
+            rate_limit_burst_seconds=float(s["rate_limit_burst_seconds"]),
+            plan=self.plan,
+            frontend=self.info.frontend,
+            window_seconds=self.window_seconds,
+            hop_seconds=self.hop_seconds,
+            model_public=model_public,
+            presets=tuple(self.presets.names),
+        )
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
@@ -172,9 +161,10 @@ class MoodServer:
         self.model.predict(windows[-1].logmel[None] if windows else np.zeros(shape, dtype=np.float32))
 
     def _make_tracker(self, preset: str | None) -> Any:
-        return self._tracker_from_config(self.info, self.config, self.presets, preset)
+        return tracker_from_config(self.info, self.config, self.presets, preset)
 
     async def start(self) -> None:
+        """Connect the broker (BrokerError when it cannot be reached), start the worker, listen."""
         try:  # one BLAS thread: the machine's cores belong to the inference worker and the event loop
             from threadpoolctl import threadpool_limits
 
@@ -182,21 +172,28 @@ class MoodServer:
         except Exception:  # pragma: no cover - threadpoolctl is a dependency, but never fail start-up on it
             log.debug("threadpoolctl unavailable", exc_info=True)
         s = self.config["server"]
+        await self.broker.start(self.rooms)
         self.worker = InferenceWorker(
             self.model, self._deliver, int(self.config["analysis"]["max_batch"]), INFERENCE_QUEUE_SIZE, self.metrics
         )
         self.worker.start()
-        self._server = await serve(
-            self._handle,
-            s["host"],
-            int(s["port"]),
-            process_request=self._process_request,
-            compression=None,
-            max_size=self.max_message_bytes * WS_SIZE_SLACK,
-            ping_interval=s["ping_interval_seconds"],
-            ping_timeout=s["ping_timeout_seconds"],
-            close_timeout=2,
-        )
+        try:
+            self._server = await serve(
+                self._handle,
+                s["host"],
+                int(s["port"]),
+                process_request=self._process_request,
+                compression=None,
+                max_size=self.max_message_bytes * WS_SIZE_SLACK,
+                ping_interval=s["ping_interval_seconds"],
+                ping_timeout=s["ping_timeout_seconds"],
+                close_timeout=2,
+                reuse_port=bool(s["reuse_port"]) or None,
+            )
+        except BaseException:
+            await self.worker.stop()
+            await self.broker.close()
+            raise
 
     @property
     def port(self) -> int:
@@ -214,7 +211,7 @@ class MoodServer:
         return f"ws://{'[' + host + ']' if ':' in host else host}:{self.port}"
 
     async def close(self) -> None:
-        """Stop accepting, close every client with 1001, wait (bounded) for handlers, stop the worker."""
+        """Stop accepting, close every client with 1001, wait (bounded) for handlers, stop the worker and broker."""
         self.closing = True
         if self._server is not None:
             self._server.close(close_connections=True)
@@ -224,6 +221,7 @@ class MoodServer:
                 log.warning("some connections did not close within the shutdown timeout")
         if self.worker is not None:
             await self.worker.stop()
+        await self.broker.close()
 
     async def __aenter__(self) -> "MoodServer":
         await self.start()
@@ -234,10 +232,10 @@ class MoodServer:
 
     # ------------------------------------------------------------------------------------------------ HTTP
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         if not upgrade:
-            return self._http(request)
+            return await self._http(request)
         try:
             params = protocol.parse_connect(request.path, request.headers.get("Authorization"), self.presets.names)
             protocol.check_token(params, self.tokens)
@@ -249,6 +247,8 @@ class MoodServer:
                 self.rooms.check_join(params.room, params.is_source)
             except RoomError as e:
                 raise Refusal(e.code, e.message) from None
+            if params.is_source and await self.broker.source_present(params.room):
+                raise Refusal(protocol.SOURCE_TAKEN, f"room {params.room!r} already has a source")
         except Refusal as r:
             self.metrics.refusals.inc(code=r.code)
             log.info("refused %s: %s %s", request.path[:120], r.code, r.message)
@@ -256,10 +256,10 @@ class MoodServer:
         connection.sr_params = params  # type: ignore[attr-defined]  # read by _handle
         return None
 
-    def _http(self, request: Request) -> Response:
+    async def _http(self, request: Request) -> Response:
         path = urlsplit(request.path).path
         if path == "/healthz":
-            return _json(200, self.health())
+            return _json(200, await self.health())
         if path == "/metrics":
             self.metrics.queue_depth.set(self.worker.depth if self.worker else 0)
             return _response(200, self.metrics.render().encode(), METRICS_CONTENT_TYPE)
@@ -268,20 +268,23 @@ class MoodServer:
                 name = protocol.room_from_path(path)
             except Refusal as r:
                 return _response(r.status, r.body(), "application/json")
-            room = self.rooms.get(name or "")
-            if room is None:
+            info = await self.broker.snapshot(name or "")
+            if info is None:
                 return _json(404, {"error": {"code": "not_found", "message": f"no room {name!r} (nobody is connected to it)"}})
-            return _json(200, room.info())
+            return _json(200, info)
         return self._static_file(path)
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
+        broker = await self.broker.health()
+        status = "shutting_down" if self.closing else ("ok" if broker["connected"] else "degraded")
         return {
-            "status": "shutting_down" if self.closing else "ok",
+            "status": status,
             "version": __version__,
             "protocol": protocol.PROTOCOL_VERSION,
             "model": {"name": self.info.name, "version": self.info.version, "path": str(self.model.path)},
             "rooms": len(self.rooms),
             "connections": self.connections,
+            "broker": broker,
         }
 
     def _static_file(self, path: str) -> Response:
@@ -303,59 +306,104 @@ class MoodServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         params: ConnectParams = ws.sr_params  # type: ignore[attr-defined]
-        outbox = Outbox(int(self.config["server"]["send_queue_size"]), self.metrics)
-        client = Client(params, outbox)
-        sender = asyncio.get_running_loop().create_task(self._send_loop(ws, outbox))
+        conn = Connection(params, Outbox(int(self.config["server"]["send_queue_size"]), self.metrics))
+        sender = asyncio.get_running_loop().create_task(self._send_loop(ws, conn.outbox))
         self.connections += 1
         self.metrics.connections.inc(role=params.role)
         self.metrics.connections_total.inc(role=params.role)
         room: Room | None = None
+        claim: Claim | None = None
         try:
-            try:
-                room = self.rooms.join(params.room, client, params.is_source, params.preset if params.is_source else None)
-            except RoomError as e:
-                self._error(client, protocol.NOT_ALLOWED, e.message, fatal=True)
-                outbox.close(protocol.CLOSE_POLICY, e.code)
+            room, claim = await self._join(conn)
+            if room is None:
                 return
-            client.deliver(
-                protocol.encode(protocol.welcome(params, self._model_public, self.window_seconds, self.hop_seconds, room.preset)),
-                CONTROL,
-            )
-            session = None
-            if params.is_source:
-                self.rooms.publish(room, protocol.source_state(True))
-                s = self.config["server"]
-                session = SourceSession(
-                    AnalysisStream(self.info.frontend, params.sample_rate, self.plan),
-                    TokenBucket(float(s["rate_limit_factor"]), float(s["rate_limit_burst_seconds"])),
-                )
+            session = Session(params, room, self.settings, time.perf_counter())
+            if not await self._carry_out(conn, room, session.open()):
+                return
             async for message in ws:
-                arrival = time.perf_counter()
-                if len(message) > self.max_message_bytes:
-                    self._error(client, protocol.TOO_BIG, f"message of {len(message)} bytes; the limit is {self.max_message_bytes}", fatal=True)
-                    outbox.close(protocol.CLOSE_TOO_BIG, "message too big")
-                    break
-                if isinstance(message, bytes):
-                    await self._on_audio(client, room, session, message, arrival)
-                elif await self._on_text(client, room, session, message):
-                    break  # `end`: the last update is queued, the outbox closes with 1000
+                heard = room.audio_seconds
+                actions = session.receive(message, time.perf_counter())
+                if room.audio_seconds != heard:  # an accepted audio frame
+                    self.metrics.audio_seconds.inc(room.audio_seconds - heard)
+                    self.metrics.audio_bytes.inc(len(message))
+                if not await self._carry_out(conn, room, actions):
+                    break  # `end` (the last update is queued, the outbox closes with 1000) or a fatal error
         except ConnectionClosed:
             pass
         except Exception:
             log.exception("connection handler failed (room %s, %s)", params.room, params.role)
-            self._error(client, protocol.SERVER_ERROR, "internal server error", fatal=True)
-            outbox.close(protocol.CLOSE_SERVER_ERROR, "server error")
+            self._reply(conn, protocol.error(protocol.SERVER_ERROR, "internal server error", True))
+            conn.outbox.close(protocol.CLOSE_SERVER_ERROR, "server error")
         finally:
-            if room is not None:
-                if self.rooms.leave(room, client) and not room.closed:
-                    self.rooms.publish(room, protocol.source_state(False))
+            if room is not None and self.rooms.leave(room, conn):
+                self.rooms.publish(room, protocol.source_state(False))
+            if claim is not None:
+                await self.broker.release_source(params.room, claim.holder)
             self.connections -= 1
             self.metrics.connections.dec(role=params.role)
-            outbox.close(protocol.CLOSE_NORMAL)
+            conn.outbox.close(protocol.CLOSE_NORMAL)
             try:
                 await asyncio.wait_for(sender, float(self.config["server"]["shutdown_timeout_seconds"]))
             except (TimeoutError, asyncio.CancelledError):
                 sender.cancel()
+
+    async def _join(self, conn: Connection) -> tuple[Room | None, Claim | None]:
+        """Join the room: a source first claims the room's source slot from the broker (atomic across the
+        cluster); a listener learns the room's shared state (preset, a source elsewhere). (None, None): refused,
+        the fatal error is queued."""
+        params = conn.params
+        claim = None
+        if params.is_source:
+            claim = await self.broker.claim_source(params.room, f"{self.broker.node}/{next(self._holder_ids)}")
+            if claim is None:
+                self._refuse(conn, f"room {params.room!r} already has a source")
+                return None, None
+        try:
+            preset = (params.preset or claim.preset) if claim else None
+            room = self.rooms.join(params.room, conn, params.is_source, preset, claim.last_seq if claim else 0)
+        except RoomError as e:
+            if claim is not None:
+                await self.broker.release_source(params.room, claim.holder)
+            self._refuse(conn, e.message)
+            return None, None
+        if not params.is_source:
+            await self.broker.sync_room(room)
+        return room, claim
+
+    def _refuse(self, conn: Connection, message: str) -> None:
+        self._reply(conn, protocol.error(protocol.NOT_ALLOWED, message, True))
+        conn.outbox.close(protocol.CLOSE_POLICY, protocol.SOURCE_TAKEN)
+
+    async def _carry_out(self, conn: Connection, room: Room, actions: list[Any]) -> bool:
+        """Carry out a session's actions in order; False when the connection is to stop reading."""
+        for action in actions:
+            if isinstance(action, Submit):
+                assert self.worker is not None
+                conn.last_job = await self.worker.submit(Job(room, action.window, action.arrival, action.generation))
+            elif isinstance(action, Reply):
+                self._reply(conn, action.message)
+            elif isinstance(action, Broadcast):
+                self.rooms.publish(room, action.message)
+            elif isinstance(action, RoomChanged):
+                self.broker.room_changed(room)
+            elif isinstance(action, Drain):
+                if conn.last_job is not None:
+                    try:
+                        await conn.last_job.done
+                    except asyncio.CancelledError:
+                        if not self.closing:
+                            raise
+                conn.outbox.close(action.code, action.reason)
+                return False
+            elif isinstance(action, Close):
+                conn.outbox.close(action.code, action.reason)
+                return False
+        return True
+
+    def _reply(self, conn: Connection, message: dict[str, Any]) -> None:
+        if message["type"] == "error":
+            self.metrics.errors.inc(code=message["code"])
+        conn.deliver(protocol.encode(message), CONTROL)
 
     async def _send_loop(self, ws: ServerConnection, outbox: Outbox) -> None:
         """The only writer of a connection: a slow client blocks only this task; its outbox conflates meanwhile."""
@@ -368,80 +416,12 @@ class MoodServer:
         except ConnectionClosed:
             pass
 
-    def _error(self, client: Client, code: str, message: str, fatal: bool = False) -> None:
-        self.metrics.errors.inc(code=code)
-        client.deliver(protocol.encode(protocol.error(code, message, fatal)), CONTROL)
-
-    async def _on_audio(self, client: Client, room: Room, session: SourceSession | None, data: bytes, arrival: float) -> None:
-        if session is None:
-            self._error(client, protocol.NOT_ALLOWED, "listeners cannot send audio (connect with role=source)")
-            return
-        p = client.params
-        try:
-            mono = pcm.decode(data, p.encoding, p.channels)
-        except pcm.BadAudio as e:
-            self._error(client, protocol.BAD_AUDIO, f"{e}; frame dropped")
-            return
-        seconds = len(mono) / p.sample_rate
-        self.metrics.audio_bytes.inc(len(data))
-        if not session.bucket.take(seconds):
-            if arrival - session.last_rate_error >= RATE_ERROR_INTERVAL:
-                session.last_rate_error = arrival
-                s = self.config["server"]
-                self._error(
-                    client,
-                    protocol.RATE_LIMITED,
-                    f"audio is arriving faster than {s['rate_limit_factor']}x real time beyond a "
-                    f"{s['rate_limit_burst_seconds']} s burst; frames are being dropped",
-                )
-            return
-        self.metrics.audio_seconds.inc(seconds)
-        room.audio_seconds += seconds
-        assert self.worker is not None
-        for window in session.stream.push(mono):
-            session.last_job = await self.worker.submit(Job(room, window, arrival, room.generation))
-
-    async def _on_text(self, client: Client, room: Room, session: SourceSession | None, text: str) -> bool:
-        """Handle a text message; True when the connection should end (after `end`)."""
-        try:
-            msg = protocol.parse_client_message(text)
-        except protocol.MessageError as e:
-            self._error(client, e.code, e.message)
-            return False
-        if isinstance(msg, protocol.Keepalive):
-            return False
-        if session is None:
-            self._error(client, protocol.NOT_ALLOWED, f"only the room's source may send '{type(msg).__name__.lower()}' messages")
-            return False
-        if isinstance(msg, protocol.Track):
-            session.stream.reset()
-            self.rooms.new_track(room, msg.to_dict())
-            return False
-        if isinstance(msg, protocol.PresetChange):
-            try:
-                room.tracker.set_preset(msg.name)
-            except KeyError:
-                self._error(client, protocol.BAD_MESSAGE, f"unknown preset {msg.name[:40]!r}; known: {', '.join(self.presets.names)}")
-            return False
-        # End: analyse the tail, wait until every window of this source has been delivered, then close with 1000.
-        assert self.worker is not None
-        for window in session.stream.finish():
-            session.last_job = await self.worker.submit(Job(room, window, time.perf_counter(), room.generation))
-        if session.last_job is not None:
-            try:
-                await session.last_job.done
-            except asyncio.CancelledError:
-                if not self.closing:
-                    raise
-        client.outbox.close(protocol.CLOSE_NORMAL, "end of stream")
-        return True
-
     # ------------------------------------------------------------------------------------------------ results
 
     def _deliver(self, job: Job, result: Result) -> None:
         """Called by the worker on the event loop, in submission order."""
         room: Room = job.owner
-        if room.closed or job.generation != room.generation:
+        if not room.is_current(job.generation):
             self.metrics.dropped_windows.inc()
             return
         if result.error is not None or result.moods is None:
@@ -449,9 +429,11 @@ class MoodServer:
             self.metrics.errors.inc(code=protocol.SERVER_ERROR)
             self.rooms.publish(room, protocol.error(protocol.SERVER_ERROR, "analysis of a window failed; it was skipped"))
             return
-        analysis = room.tracker.update(result.moods, result.genres, job.window.stream_time)
         latency = time.perf_counter() - job.arrival
-        msg = protocol.mood(room.name, self.rooms.next_seq(room), analysis, room.track, latency * 1000.0)
+        msg = room.on_result(job.generation, result.moods, result.genres, job.window.stream_time, latency * 1000.0)
+        if msg is None:
+            self.metrics.dropped_windows.inc()
+            return
         self.metrics.latency.observe(latency)
         self.metrics.updates.inc()
         self.rooms.publish(room, msg, MOOD)

@@ -12,7 +12,7 @@ from sendreturn_mood import protocol
 from sendreturn_mood.metrics import Counter, Histogram, ServerMetrics
 from sendreturn_mood.protocol import ConnectParams, MessageError, Refusal
 from sendreturn_mood.rooms import CONTROL, MOOD, Outbox
-from sendreturn_mood.server import TokenBucket
+from sendreturn_mood.session import TokenBucket
 
 
 def test_defaults():
@@ -136,15 +136,11 @@ async def test_outbox_conflates_moods_only():
     assert await asyncio.wait_for(box.next(), 1) is None and box.closing == (1000, "bye")
 
 
-def test_token_bucket(monkeypatch):
-    now = [100.0]
-    monkeypatch.setattr("sendreturn_mood.server.time.monotonic", lambda: now[0])
-    b = TokenBucket(rate=2.0, burst=1.0)
-    assert b.take(0.6) and not b.take(0.6)  # burst spent
-    now[0] += 0.25  # refills 0.5 s of audio: 0.9 available
-    assert b.take(0.6) and not b.take(0.6)
-    now[0] += 100  # capped at the burst
-    assert b.take(1.0) and not b.take(0.01)
+def test_token_bucket():
+    b = TokenBucket(rate=2.0, burst=1.0, now=100.0)
+    assert b.take(0.6, 100.0) and not b.take(0.6, 100.0)  # burst spent
+    assert b.take(0.6, 100.25) and not b.take(0.6, 100.25)  # refills 0.5 s of audio in 0.25 s: 0.9 available
+    assert b.take(1.0, 200.0) and not b.take(0.01, 200.0)  # capped at the burst
 
 
 def test_prometheus_text():

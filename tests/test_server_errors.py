@@ -188,7 +188,12 @@ async def test_second_source_race_is_closed_1008(tiny_model_path):
     """Two sources racing past the handshake check: the second one gets a fatal error and close 1008."""
     async with running_server(tiny_model_path) as server:
         async with client(server, "race", role="source"):
-            server.rooms.check_join = lambda name, is_source: None  # type: ignore[method-assign]  # simulate the race
+            server.rooms.check_join = lambda name, is_source: None  # type: ignore[method-assign]  # simulate the race:
+
+            async def nobody(room: str) -> bool:  # both handshakes checked before either claimed the slot
+                return False
+
+            server.broker.source_present = nobody  # type: ignore[method-assign]
             from websockets.asyncio.client import connect
 
             async with connect(f"{server.url}/v1/rooms/race?role=source", proxy=None) as second:

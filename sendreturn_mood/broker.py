@@ -1,0 +1,133 @@
+"""The broker: what carries a room across processes. One interface, two implementations.
+
+`MemoryBroker` (the default, `broker.url: null`) is one process on its own: the source slot of a room is a dict
+entry, nothing leaves the process, and `python -m sendreturn_mood serve` needs nothing else. `RedisBroker`
+(`redis_broker.py`, `broker.url: redis://...`) shares rooms between any number of processes and machines.
+
+What the server asks of a broker, and when:
+- handshake of a source: `source_present(room)` (409 source_taken); then, joining, `claim_source(room, holder)` -> a `Claim` (with the highest seq the room ever published,
+  so a source that moves to another process continues `seq` upward) or None (`409 source_taken`);
+  `release_source` when it leaves;
+- a listener joins: `sync_room(room)` (the room's preset and whether a source is connected elsewhere);
+- the first / last local member of a room: `room_opened` / `room_closed` (subscribe / unsubscribe);
+  every join and leave: `members_changed`;
+- every broadcast: `publish(room, text, kind, seq)`; the registry has already delivered it to the local members;
+- the source changed the room's shared state (track, preset): `room_changed`;
+- HTTP: `snapshot(room)` (`GET /v1/rooms/{room}`, and a listener's welcome) and `health()` (`/healthz`).
+
+A broker never blocks the caller on the network for a broadcast: `publish` queues (bounded) and returns.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .rooms import Room, RoomRegistry
+
+
+class BrokerError(RuntimeError):
+    """A broker that cannot be used (e.g. the configured Redis cannot be reached at start-up)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A granted source slot. `last_seq`: the highest seq the room has published anywhere (0 for a new room)."""
+
+    holder: str
+    last_seq: int = 0
+    preset: str | None = None  # the room's preset as the cluster knows it (kept when the source sets none)
+
+
+def node_id() -> str:
+    """A process's name in the cluster: host, pid and a random part (pids repeat across machines and restarts)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Broker:
+    """The in-process broker (and the interface every broker implements)."""
+
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self.node = node_id()
+        self.registry: RoomRegistry | None = None
+        self._holders: dict[str, str] = {}
+
+    @property
+    def connected(self) -> bool:
+        """Whether the cluster behaviour is available (always, in memory)."""
+        return True
+
+    async def start(self, registry: "RoomRegistry") -> None:
+        self.registry = registry
+
+    async def close(self) -> None:
+        pass
+
+    # -------------------------------------------------------------------------------------------- source slot
+
+    async def claim_source(self, room: str, holder: str) -> Claim | None:
+        if room in self._holders:
+            return None
+        self._holders[room] = holder
+        local = self.registry.get(room) if self.registry else None
+        return Claim(holder, local.seq if local else 0)
+
+    async def release_source(self, room: str, holder: str) -> None:
+        if self._holders.get(room) == holder:
+            del self._holders[room]
+
+    async def source_present(self, room: str) -> bool:
+        """Whether the room has a source anywhere (the handshake's check; the claim itself is atomic)."""
+        return room in self._holders
+
+    async def sync_room(self, room: "Room") -> None:
+        """Bring a local room's view of the shared state (preset, a source on another process) up to date before
+        a listener is welcomed. In memory the local room is the whole truth."""
+
+    # -------------------------------------------------------------------------------------------- membership
+
+    def room_opened(self, room: "Room") -> None:
+        pass
+
+    def room_closed(self, room: "Room") -> None:
+        pass
+
+    def members_changed(self, room: "Room") -> None:
+        pass
+
+    # -------------------------------------------------------------------------------------------- messages
+
+    def publish(self, room: "Room", text: str, kind: str, seq: int | None = None) -> None:
+        pass  # the registry has delivered it to every member already: they are all here
+
+    def room_changed(self, room: "Room") -> None:
+        pass
+
+    # -------------------------------------------------------------------------------------------- HTTP
+
+    async def snapshot(self, room: str) -> dict[str, Any] | None:
+        """The room's state across the cluster (the `GET /v1/rooms/{room}` body), None when nobody is in it."""
+        local = self.registry.get(room) if self.registry else None
+        return local.info() if local else None
+
+    async def health(self) -> dict[str, Any]:
+        """The broker's part of `/healthz`."""
+        return {"kind": self.kind, "node": self.node, "connected": True}
+
+
+def make_broker(config: dict[str, Any], metrics: Any = None) -> Broker:
+    """The broker the config names: `broker.url` null or "memory" -> in process; redis://... -> Redis."""
+    url = config["broker"]["url"]
+    if url in (None, "", "memory"):
+        return Broker()
+    if str(url).startswith(("redis://", "rediss://", "unix://")):
+        from .redis_broker import RedisBroker
+
+        return RedisBroker(config, metrics)
+    raise BrokerError(f"broker.url must be null, 'memory' or redis://HOST:PORT[/DB], got {url!r}")

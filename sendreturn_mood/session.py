@@ -1,0 +1,230 @@
+"""One connection's protocol behaviour, with no I/O: events in, actions out.
+
+The websocket handler (server.py) only moves bytes. For every event of a connection (it opened, a binary or text
+message arrived, it is closing) it asks the connection's `Session`, which returns the actions to carry out in
+order: a reply to this client, a message for the whole room, a window for the inference worker, a close. The same
+split as the `websockets` library's own sans-I/O protocol objects: everything here can be tested with plain
+function calls, no socket, no event loop, no clock (the caller passes `now`).
+
+    Session.open()                   -> [Reply(welcome), Broadcast(source connected)]
+    Session.receive(bytes, now)      -> [Reply(error)] | [Submit(window), ...] | []
+    Session.receive(str, now)        -> [Reply(error)] | [RoomChanged()] | [Submit(tail)..., Drain(1000)]
+    Session.close()                  -> [Broadcast(source disconnected)] (a source; the room decides)
+
+What happens after the model is the room's business (`rooms.Room.on_result`), not the connection's: the analysis
+of a room runs where its source is connected, and its updates go through the room's one broadcast function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Union
+
+from . import pcm, protocol
+from .pipeline import AnalysisStream, Window, WindowPlan
+
+RATE_ERROR_INTERVAL = 1.0  # at most one rate_limited error per connection per second
+
+
+# ------------------------------------------------------------------------------------------------------ actions
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Send `message` to this connection only (welcome, errors). `fatal` errors are followed by a `Close`."""
+
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """Send `message` to every member of the room, on every process (the source included)."""
+
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Submit:
+    """Queue `window` for the model; `arrival` is when its last audio byte arrived, `generation` the room's track
+    generation it belongs to (results of an older generation are discarded)."""
+
+    window: Window
+    arrival: float
+    generation: int
+
+
+@dataclass(frozen=True)
+class RoomChanged:
+    """The room's shared state (track, preset) changed: the broker should record it for the other processes."""
+
+
+@dataclass(frozen=True)
+class Drain:
+    """After `end`: wait until every window this source submitted has been delivered, then close with `code`."""
+
+    code: int = protocol.CLOSE_NORMAL
+    reason: str = "end of stream"
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the connection once what is queued for it has been sent."""
+
+    code: int
+    reason: str = ""
+
+
+Action = Union[Reply, Broadcast, Submit, RoomChanged, Drain, Close]
+
+
+# ------------------------------------------------------------------------------------------------------ pieces
+
+
+class TokenBucket:
+    """Audio-seconds budget: starts full at `burst`, refills at `rate` seconds of audio per second of `now`."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.t = now
+
+    def take(self, seconds: float, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.t) * self.rate)
+        self.t = now
+        if seconds > self.tokens:
+            return False
+        self.tokens -= seconds
+        return True
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What every session of one server shares: limits, the window geometry and the model's public description."""
+
+    max_message_bytes: int
+    rate_limit_factor: float
+    rate_limit_burst_seconds: float
+    plan: WindowPlan
+    frontend: Any  # sendreturn_mood.frontend.FrontEndSpec
+    window_seconds: float
+    hop_seconds: float
+    model_public: Mapping[str, Any]
+    presets: tuple[str, ...]
+
+
+@dataclass(eq=False)
+class Session:
+    """One connection as a member of `room` (a `rooms.Room`): a source or a listener.
+
+    The session never touches the network: it mutates its room's state (a new track, a preset) and returns actions.
+    """
+
+    params: protocol.ConnectParams
+    room: Any  # rooms.Room
+    settings: SessionSettings
+    now: float = 0.0
+    stream: AnalysisStream | None = field(default=None, init=False)
+    bucket: TokenBucket | None = field(default=None, init=False)
+    ended: bool = field(default=False, init=False)
+    _last_rate_error: float = field(default=-1e18, init=False)
+
+    def __post_init__(self) -> None:
+        if self.params.is_source:
+            s = self.settings
+            self.stream = AnalysisStream(s.frontend, self.params.sample_rate, s.plan)
+            self.bucket = TokenBucket(s.rate_limit_factor, s.rate_limit_burst_seconds, self.now)
+
+    @property
+    def is_source(self) -> bool:
+        return self.params.is_source
+
+    # -------------------------------------------------------------------------------------------------- events
+
+    def open(self) -> list[Action]:
+        """The connection was accepted and joined its room: welcome it; a source announces itself to the room."""
+        s = self.settings
+        welcome = protocol.welcome(self.params, s.model_public, s.window_seconds, s.hop_seconds, self.room.preset)
+        actions: list[Action] = [Reply(welcome)]
+        if self.is_source:
+            actions += [RoomChanged(), Broadcast(protocol.source_state(True))]
+        return actions
+
+    def receive(self, message: bytes | str, now: float) -> list[Action]:
+        """One websocket message (binary: audio; text: JSON) that arrived at `now` (perf_counter seconds)."""
+        if self.ended:
+            return []
+        if len(message) > self.settings.max_message_bytes:
+            self.ended = True
+            limit = self.settings.max_message_bytes
+            return [
+                Reply(protocol.error(protocol.TOO_BIG, f"message of {len(message)} bytes; the limit is {limit}", True)),
+                Close(protocol.CLOSE_TOO_BIG, "message too big"),
+            ]
+        if isinstance(message, bytes):
+            return self._audio(message, now)
+        return self._text(message, now)
+
+    def close(self) -> list[Action]:
+        """The connection is gone. A source's stream state is dropped (its queued windows are discarded by the
+        room's generation); the room announces the source's departure (see `rooms.RoomRegistry.leave`)."""
+        self.ended = True
+        self.stream = None
+        return []
+
+    # -------------------------------------------------------------------------------------------------- audio
+
+    def _audio(self, data: bytes, now: float) -> list[Action]:
+        if self.stream is None or self.bucket is None:
+            return [_error(protocol.NOT_ALLOWED, "listeners cannot send audio (connect with role=source)")]
+        p = self.params
+        try:
+            mono = pcm.decode(data, p.encoding, p.channels)
+        except pcm.BadAudio as e:
+            return [_error(protocol.BAD_AUDIO, f"{e}; frame dropped")]
+        seconds = len(mono) / p.sample_rate
+        if not self.bucket.take(seconds, now):
+            if now - self._last_rate_error < RATE_ERROR_INTERVAL:
+                return []
+            self._last_rate_error = now
+            s = self.settings
+            return [
+                _error(
+                    protocol.RATE_LIMITED,
+                    f"audio is arriving faster than {s.rate_limit_factor}x real time beyond a "
+                    f"{s.rate_limit_burst_seconds} s burst; frames are being dropped",
+                )
+            ]
+        self.room.audio_seconds += seconds
+        return [Submit(w, now, self.room.generation) for w in self.stream.push(mono)]
+
+    # -------------------------------------------------------------------------------------------------- text
+
+    def _text(self, text: str, now: float) -> list[Action]:
+        try:
+            msg = protocol.parse_client_message(text)
+        except protocol.MessageError as e:
+            return [_error(e.code, e.message)]
+        if isinstance(msg, protocol.Keepalive):
+            return []
+        if self.stream is None:
+            return [_error(protocol.NOT_ALLOWED, f"only the room's source may send '{type(msg).__name__.lower()}' messages")]
+        if isinstance(msg, protocol.Track):
+            self.stream.reset()
+            self.room.new_track(msg.to_dict())
+            return [RoomChanged()]
+        if isinstance(msg, protocol.PresetChange):
+            try:
+                self.room.set_preset(msg.name)
+            except KeyError:
+                known = ", ".join(self.settings.presets)
+                return [_error(protocol.BAD_MESSAGE, f"unknown preset {msg.name[:40]!r}; known: {known}")]
+            return [RoomChanged()]
+        # End: analyse the tail; the connection closes with 1000 once the last update has been delivered.
+        self.ended = True
+        tail = [Submit(w, now, self.room.generation) for w in self.stream.finish()]
+        return [*tail, Drain()]
+
+
+def _error(code: str, message: str, fatal: bool = False) -> Reply:
+    return Reply(protocol.error(code, message, fatal))
