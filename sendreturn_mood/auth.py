@@ -43,6 +43,7 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import quote, unquote
 
 from . import protocol
+from .config import ConfigError
 from .protocol import ROLES, Refusal
 
 ALGORITHM = "HS256"
@@ -56,7 +57,7 @@ SECRET_QUERY_KEYS = ("token", "access_token")
 MAX_LOGGED_TARGET = 160
 
 
-class AuthError(ValueError):
+class AuthError(ConfigError):
     """A configuration or minting request that cannot work (no secret, bad room pattern, TTL too long)."""
 
 

@@ -113,8 +113,6 @@ async def test_server_and_analyze_agree(tiny_model_path, quadrant):
     path = song(quadrant, 1)
     config = server_config()
     expected = analyze_file(path, MoodModel(tiny_model_path), config)["timeline"]
-    # PHASE 2 (issue 13): the server does not pass the window's level to the tracker yet; drop this line then
-    expected = [{k: v for k, v in u.items() if k not in ("state", "level_db")} for u in expected]
     rate, y = decode(path)
     async with running_server(tiny_model_path) as server:
         async with client(server, "agree", role="source", sample_rate=rate, encoding="pcm_f32le") as (src, _):
