@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import fnmatch
 import hmac
+import logging
 import math
 import os
 import re
@@ -356,6 +357,36 @@ def redact(target: str, limit: int = MAX_LOGGED_TARGET) -> str:
         target = path + "?" + "&".join(parts)
     safe = quote(target, safe="".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%") + "%")
     return safe if len(safe) <= limit else safe[: limit - 3] + "..."
+
+
+SECRET_IN_TEXT_RE = re.compile(
+    r"(?i)((?:[?&\s]|^)(?:token|access_token)=)[^&\s\"']+|(bearer\s+)[^\s\"',]+"
+)
+
+
+def redact_text(text: str) -> str:
+    """Free text (a log message) with token values and bearer credentials replaced by REDACTED."""
+    return SECRET_IN_TEXT_RE.sub(lambda m: (m.group(1) or m.group(2)) + REDACTED, text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts tokens from every record it sees. The server installs it on the websockets
+    library's logger, whose debug output prints request lines and headers (`?token=...`, `Authorization: Bearer`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+def install_log_redaction(*logger_names: str) -> None:
+    """Add one RedactingFilter to each named logger (idempotent)."""
+    for name in logger_names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
 
 
 def parse_ttl(text: str) -> float:

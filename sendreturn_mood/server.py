@@ -48,7 +48,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import __version__, protocol
-from .auth import OPEN, Authenticator, Grant, SourceReservations, redact
+from .auth import OPEN, Authenticator, Grant, SourceReservations, install_log_redaction, redact
 from .broker import Broker, Claim, make_broker
 from .effects import load_presets
 from .inference import InferenceWorker, Job, Result
@@ -185,6 +185,8 @@ class MoodServer:
         except Exception:  # pragma: no cover - threadpoolctl is a dependency, but never fail start-up on it
             log.debug("threadpoolctl unavailable", exc_info=True)
         s = self.config["server"]
+        # the websockets library logs request lines and headers at debug level: never with a token in them
+        install_log_redaction("websockets.server", "websockets", __name__)
         await self.broker.start(self.rooms)
         self.worker = InferenceWorker(
             self.model, self._deliver, int(self.config["analysis"]["max_batch"]), INFERENCE_QUEUE_SIZE, self.metrics
