@@ -62,6 +62,10 @@ def start_server(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[
             "max_connections": max(1000, args.rooms * (2 + args.listeners)),
             "max_rooms": max(500, args.rooms + 10),
             "rate_limit_factor": max(8.0, args.speed * 2),
+            # every benchmark client shares one address: the per-address limits are not what is measured here
+            "max_connections_per_address": max(100, args.rooms * (2 + args.listeners)),
+            "max_rooms_per_address": max(50, args.rooms + 10),
+            "room_creations_per_minute": max(120, args.rooms * 2),
         },
         "analysis": {"hop_seconds": args.hop, "max_batch": args.max_batch},
         "logging": {"level": "warning"},
