@@ -30,6 +30,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="port (0: any free port; default: server.port of the config)")
     p.add_argument("--config", metavar="FILE", help="YAML config file (only the keys it changes)")
     p.add_argument("--model", metavar="PATH", help="ONNX model file (default: the shipped model)")
+    p.add_argument("--broker", metavar="URL", help="share rooms with other processes: redis://HOST:PORT/DB (default: broker.url of the config; none)")
+    p.add_argument("--workers", type=int, metavar="N", help="N processes on this port sharing rooms through the broker (default: server.workers of the config, 1)")
+    p.add_argument("--metrics-port", type=int, metavar="P", help="also serve /metrics and /healthz on port P (with --workers N: P, P+1, ...; default: server.metrics_port, none)")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for its workers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,13 +125,23 @@ def describe_model(info: Any, path: str) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .broker import BrokerError
     from .config import ConfigError, load_config
     from .effects import EffectsError
     from .model import ModelError
     from .server import MoodServer
 
+    overrides = {
+        "server.host": args.host,
+        "server.port": args.port,
+        "model.path": args.model,
+        "broker.url": args.broker,
+        "server.workers": args.workers,
+        "server.reuse_port": True if args.reuse_port else None,
+        "server.metrics_port": args.metrics_port,
+    }
     try:
-        config = load_config(args.config, {"server.host": args.host, "server.port": args.port, "model.path": args.model})
+        config = load_config(args.config, overrides)
     except ConfigError as e:
         return _fail(str(e))
     logging.basicConfig(
@@ -136,12 +150,19 @@ def _serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per HTTP request is noise
+    if config["server"]["workers"] > 1 and not args.reuse_port:
+        from . import workers
+
+        passed = [(flag, value) for flag, value in (("--config", args.config), ("--host", args.host), ("--model", args.model), ("--broker", args.broker)) if value]
+        return workers.run(int(config["server"]["workers"]), [x for pair in passed for x in pair] + ["--workers", "1"], config)
     try:
         server = MoodServer(config)
-    except (ModelError, EffectsError, ConfigError) as e:
+    except (ModelError, EffectsError, ConfigError, BrokerError) as e:
         return _fail(str(e))
     try:
         return asyncio.run(_run(server))
+    except BrokerError as e:
+        return _fail(str(e))
     except OSError as e:  # e.g. the port is taken
         return _fail(f"cannot listen on {config['server']['host']}:{config['server']['port']}: {e.strerror or e}")
 

@@ -24,7 +24,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from .rooms import Room, RoomRegistry
@@ -56,6 +56,7 @@ class Broker:
     def __init__(self) -> None:
         self.node = node_id()
         self.registry: RoomRegistry | None = None
+        self.on_source_lost: Callable[["Room"], None] | None = None  # the server closes such a source
         self._holders: dict[str, str] = {}
 
     @property

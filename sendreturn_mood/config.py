@@ -91,6 +91,9 @@ def _check(c: dict[str, Any]) -> None:
     if not 0 <= c["server"]["port"] <= 65535:
         raise ConfigError("server.port must be in 0..65535")
     b = c["broker"]
+    mp = c["server"]["metrics_port"]
+    if mp is not None and not (isinstance(mp, int) and 1 <= mp <= 65535 and mp != c["server"]["port"]):
+        raise ConfigError(f"server.metrics_port must be a port in 1..65535 other than server.port, got {mp!r}")
     if c["server"]["workers"] < 1:
         raise ConfigError("server.workers must be >= 1")
     if c["server"]["workers"] > 1 and b["url"] in (None, "", "memory"):

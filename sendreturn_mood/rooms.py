@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MOOD = "mood"  # message kind that may be conflated (dropped oldest-first from a full outbox)
-CONTROL = "control"  # welcome, source, error: not conflated
+CONTROL = "control"  # welcome, error: not conflated
+SOURCE = "source"  # `source` connected/disconnected: not conflated (and tells other processes' rooms)
 CONTROL_SLACK = 32  # an outbox holds at most send_queue_size + this many messages; beyond, new ones are dropped
 
 
@@ -206,9 +207,10 @@ class RoomRegistry:
         self._update_gauge()
         return was_source
 
-    def publish(self, room: Room, message: dict[str, Any], kind: str = CONTROL) -> None:
+    def publish(self, room: Room, message: dict[str, Any]) -> None:
         """THE broadcast: encode once, hand to every local member of the room (the source included), and to the
         broker for the room's members on other processes."""
+        kind = {"mood": MOOD, "source": SOURCE}.get(message["type"], CONTROL)
         text = protocol.encode(message)
         self.deliver_local(room, text, kind)
         if self.broker is not None:

@@ -58,7 +58,7 @@ from .metrics import ServerMetrics
 from .model import MoodModel
 from .pipeline import AnalysisStream, window_plan
 from .protocol import ConnectParams, Refusal
-from .rooms import CONTROL, MOOD, Outbox, Room, RoomError, RoomRegistry
+from .rooms import CONTROL, Outbox, Room, RoomError, RoomRegistry
 from .session import Broadcast, Close, Drain, Reply, RoomChanged, Session, SessionSettings, Submit
 from .tracker import NonFiniteOutput, tracker_from_config
 
@@ -134,10 +134,12 @@ class MoodServer:
         self.broker = broker or make_broker(config, self.metrics)
         self.metrics.node.set(1, node=self.broker.node, broker=self.broker.kind)
         self.rooms = RoomRegistry(self._make_tracker, int(s["max_rooms"]), self.metrics, self.broker)
+        self.broker.on_source_lost = self._source_lost
         self.worker: InferenceWorker | None = None
         self.connections = 0
         self.closing = False
         self._server: Server | None = None
+        self._metrics_server: Server | None = None
         self._static = static_root()
         self._holder_ids = itertools.count(1)
         self._warm_up()
@@ -206,7 +208,13 @@ class MoodServer:
                 close_timeout=2,
                 reuse_port=bool(s["reuse_port"]) or None,
             )
+            if s["metrics_port"] is not None:
+                self._metrics_server = await serve(
+                    self._handle, s["host"], int(s["metrics_port"]), process_request=self._metrics_only, reuse_port=None
+                )
         except BaseException:
+            if self._server is not None:
+                self._server.close()
             await self.worker.stop()
             await self.broker.close()
             raise
@@ -229,6 +237,8 @@ class MoodServer:
     async def close(self) -> None:
         """Stop accepting, close every client with 1001, wait (bounded) for handlers, stop the worker and broker."""
         self.closing = True
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         if self._server is not None:
             self._server.close(close_connections=True)
             try:
@@ -302,6 +312,13 @@ class MoodServer:
             deadline = time.monotonic() + TAKEOVER_WAIT_SECONDS
             while room is not None and room.source is old and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
+
+    async def _metrics_only(self, connection: ServerConnection, request: Request) -> Response:
+        """`server.metrics_port`: this process's /metrics and /healthz on a port of its own (with `--workers`, each
+        worker has one, so Prometheus scrapes every worker, not whichever the kernel picks); nothing else there."""
+        if urlsplit(request.path).path in ("/metrics", "/healthz"):
+            return await self._http(connection, request)
+        return _json(404, {"error": {"code": "not_found", "message": "this port serves /metrics and /healthz only"}})
 
     async def _http(self, connection: ServerConnection, request: Request) -> Response:
         path = urlsplit(request.path).path
@@ -440,6 +457,12 @@ class MoodServer:
             self.reservations.connected(params.room, conn.grant)
         return room, claim
 
+    def _source_lost(self, room: Room) -> None:
+        """The broker found this room's source slot held by another process (it was claimed there while Redis was
+        unreachable from here): the local source must go, the other one keeps the room."""
+        if isinstance(room.source, Connection):
+            self._refuse(room.source, f"room {room.name!r} has a source on another server process now")
+
     def _refuse(self, conn: Connection, message: str) -> None:
         self._reply(conn, protocol.error(protocol.NOT_ALLOWED, message, True))
         conn.outbox.close(protocol.CLOSE_POLICY, protocol.SOURCE_TAKEN)
@@ -514,7 +537,7 @@ class MoodServer:
             return
         self.metrics.latency.observe(latency)
         self.metrics.updates.inc()
-        self.rooms.publish(room, msg, MOOD)
+        self.rooms.publish(room, msg)
 
 
 def _header(request: Request, name: str, default: str | None = "") -> Any:

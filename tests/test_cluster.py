@@ -1,0 +1,290 @@
+"""Rooms across processes through a real Redis: three `serve --broker redis://...` processes, real clients, audio.
+
+A room's source may connect to any process and its listeners to any others; every listener gets every update of its
+room, byte for byte the same, with the same seq; one source per room across the cluster; a killed process's rooms
+are taken over; Redis may go away and come back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import time
+import urllib.request
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from sendreturn_mood.pcm import encode
+from tests.cluster_support import RedisServer, ServerProcess, write_config
+from tests.server_support import tone
+
+pytestmark = pytest.mark.slow
+LEASE = 1.5  # seconds: short, so the crash tests are quick
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path, tiny_model_path, redis_server):
+    """Three server processes A, B, C sharing rooms through one Redis."""
+    config = write_config(tmp_path, **{"broker.lease_seconds": LEASE, "broker.reconnect_max_seconds": 0.5})
+    procs: list[ServerProcess] = []
+    try:
+        for _ in range(3):
+            procs.append(ServerProcess(config, tiny_model_path, redis_server.url))
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def two_free_ports() -> int:
+    """A port P such that P and P + 1 are both free now."""
+    from tests.cluster_support import free_port
+
+    for _ in range(50):
+        p = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 1))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+def url(server: ServerProcess, room: str, **params: Any) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"{server.url}/v1/rooms/{room}" + (f"?{query}" if query else "")
+
+
+@asynccontextmanager
+async def join(server: ServerProcess, room: str, **params: Any) -> AsyncIterator[ClientConnection]:
+    """A connected client whose welcome has been read (a source's own `source: connected` too)."""
+    async with connect(url(server, room, **params), proxy=None, compression=None) as ws:
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert welcome["type"] == "welcome"
+        if params.get("role") == "source":
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "source", "state": "connected"}
+        yield ws
+
+
+async def texts_until(ws: ClientConnection, done: Any, timeout: float = 20.0) -> list[str]:
+    """Raw text messages up to and including the first for which done(parsed) is true."""
+    out: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        text = await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic()))
+        out.append(text)
+        if done(json.loads(text)):
+            return out
+
+
+def is_source_state(state: str) -> Any:
+    return lambda m: m["type"] == "source" and m["state"] == state
+
+
+async def stream(ws: ClientConnection, seconds: float, pace: float = 0.0, seed: int = 0) -> None:
+    audio = tone(seconds, 16000, seed=seed)
+    for i in range(0, audio.size, 1600):
+        await ws.send(encode(audio[i : i + 1600], "pcm_s16le"))
+        if pace:
+            await asyncio.sleep(pace)
+
+
+async def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(predicate):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_listeners_on_every_process_get_identical_updates(cluster):
+    a, b, c = cluster
+    async with join(a, "jam") as la, join(b, "jam") as lb, join(c, "jam") as lc:
+        async with join(a, "jam", role="source", sample_rate=16000) as src:
+            collectors = [asyncio.ensure_future(texts_until(lis, is_source_state("disconnected"))) for lis in (la, lb, lc)]
+            await stream(src, 3.2)
+            await texts_until(src, lambda m: m["type"] == "mood" and m["stream_time"] > 2.9)  # analysed, then a new track
+            await src.send(json.dumps({"type": "track", "id": "t2", "title": "Second"}))
+            await stream(src, 1.2, seed=1)
+            await src.send(json.dumps({"type": "end"}))
+            got = await asyncio.gather(*collectors)
+    assert got[0] == got[1] == got[2]  # byte-identical, same order, wherever the listener is
+    assert json.loads(got[0][0]) == {"type": "source", "state": "connected"}  # everyone heard the source arrive
+    moods = [json.loads(t) for t in got[0] if json.loads(t)["type"] == "mood"]
+    assert [m["seq"] for m in moods] == list(range(1, len(moods) + 1)) and len(moods) == 6
+    assert moods[-1]["track"] == {"id": "t2", "title": "Second"}
+
+
+async def test_one_source_per_room_across_processes(cluster):
+    a, b, c = cluster
+    async with join(a, "solo", role="source", sample_rate=16000):
+        for other in (b, c, a):
+            with pytest.raises(InvalidStatus) as e:
+                async with connect(url(other, "solo", role="source"), proxy=None):
+                    pass
+            assert e.value.response.status_code == 409
+            assert json.loads(e.value.response.body)["error"]["code"] == "source_taken"
+    # The slot is released as the source leaves: another process may take the room straight after.
+    await wait_for(lambda: b.http("/v1/rooms/solo")[0] == 404, 5, "the room to empty")
+    async with join(b, "solo", role="source", sample_rate=16000):
+        pass
+
+
+async def test_room_state_health_and_metrics_tell_the_truth_across_processes(cluster):
+    a, b, c = cluster
+    async with join(a, "state", role="source", sample_rate=16000, preset="subtle") as src, join(b, "state") as lb, join(c, "state") as lc:
+        welcome_on_c_again = None
+        async with connect(url(c, "state"), proxy=None) as late:
+            welcome_on_c_again = json.loads(await late.recv())
+        assert welcome_on_c_again["preset"] == "subtle"  # the preset set by a source on another process
+        await src.send(json.dumps({"type": "track", "id": "x1", "artist": "Someone"}))
+        await stream(src, 1.5)
+        await texts_until(lb, lambda m: m["type"] == "mood")
+        await texts_until(lc, lambda m: m["type"] == "mood")
+
+        def room_seen() -> bool:
+            status, body = c.http("/v1/rooms/state")
+            return status == 200 and body["listeners"] == 2 and body["seq"] >= 1
+
+        await wait_for(room_seen, 10, "the room's state on C")
+        status, body = b.http("/v1/rooms/state")
+        assert status == 200
+        assert body["source"] is True and body["listeners"] == 2 and body["preset"] == "subtle"
+        assert body["track"] == {"id": "x1", "artist": "Someone"}
+        status, health = b.http("/healthz")
+        assert status == 200 and health["status"] == "ok" and health["broker"]["connected"] is True
+        assert health["broker"]["cluster"]["nodes"] == 3
+        _, metrics = a.http("/metrics")
+        assert "sendreturn_broker_up 1" in metrics and 'sendreturn_node_info{node="' in metrics
+    assert c.http("/v1/rooms/nobody")[0] == 404
+
+
+async def test_a_killed_process_loses_its_rooms_and_the_source_takes_them_back_elsewhere(cluster):
+    a, b, _ = cluster
+    async with join(b, "crash") as lb:
+        ws = await connect(url(a, "crash", role="source", sample_rate=16000), proxy=None, compression=None)
+        try:
+            await asyncio.wait_for(ws.recv(), 10)
+            await stream(ws, 2.5)
+            before = [json.loads(t) for t in await texts_until(lb, lambda m: m["type"] == "mood" and m["seq"] >= 3)]
+            last_seq = max(m["seq"] for m in before if m["type"] == "mood")
+            t0 = time.monotonic()
+            a.kill()
+            await texts_until(lb, is_source_state("disconnected"), timeout=LEASE * 4)
+            assert time.monotonic() - t0 < LEASE * 3
+        finally:
+            await ws.close()
+        # The source reconnects to B: it may take the room as soon as the dead process's slot has expired.
+        async with join(b, "crash", role="source", sample_rate=16000) as src:
+            await texts_until(lb, is_source_state("connected"))
+            await stream(src, 1.5)
+            after = json.loads((await texts_until(lb, lambda m: m["type"] == "mood"))[-1])
+    assert after["seq"] > last_seq  # seq continues upward, never repeats
+
+
+async def test_redis_going_away_and_coming_back(cluster, redis_server):
+    a, b, _ = cluster
+    async with join(a, "flaky") as la, join(b, "flaky") as lb, join(a, "flaky", role="source", sample_rate=16000) as src:
+        await stream(src, 1.5)
+        await texts_until(lb, lambda m: m["type"] == "mood")
+        redis_server.stop()
+        await wait_for(lambda: a.http("/healthz")[1]["status"] == "degraded", 10, "A to notice Redis is gone")
+        _, health = a.http("/healthz")
+        assert health["broker"]["connected"] is False
+        assert "sendreturn_broker_up 0" in a.http("/metrics")[1]
+        # A keeps serving what it can locally: its own listener still gets updates.
+        await stream(src, 1.0, seed=2)
+        local = json.loads((await texts_until(la, lambda m: m["type"] == "mood" and m["stream_time"] > 2.0))[-1])
+        redis_server.start()
+        await wait_for(lambda: all(p.http("/healthz")[1]["broker"]["connected"] for p in (a, b)), 20, "both to reconnect")
+        await stream(src, 1.0, seed=3)
+        remote = json.loads((await texts_until(lb, lambda m: m["type"] == "mood" and m["seq"] > local["seq"]))[-1])
+        assert remote["seq"] > local["seq"]
+        assert a.proc.poll() is None and b.proc.poll() is None  # nobody crashed
+        assert "sendreturn_broker_reconnects_total 1" in a.http("/metrics")[1]
+        # The cluster behaviour is back: the room is one room again.
+        with pytest.raises(InvalidStatus) as e:
+            async with connect(url(b, "flaky", role="source"), proxy=None):
+                pass
+        assert e.value.response.status_code == 409
+
+
+async def test_serve_workers_share_one_port(tmp_path, tiny_model_path, redis_server):
+    config = write_config(tmp_path)
+    metrics_port = two_free_ports()
+    proc = ServerProcess(config, tiny_model_path, redis_server.url, "--workers", "2", "--metrics-port", str(metrics_port))
+    try:
+        await wait_for(lambda: proc.http("/healthz")[1]["broker"]["cluster"]["nodes"] == 2, 20, "two workers")
+        listeners = [await connect(url(proc, "shared"), proxy=None) for _ in range(6)]
+        try:
+            for ws in listeners:
+                await ws.recv()
+            async with join(proc, "shared", role="source", sample_rate=16000) as src:
+                await stream(src, 1.5)
+                await src.send(json.dumps({"type": "end"}))
+                got = await asyncio.gather(*(texts_until(ws, lambda m: m["type"] == "mood") for ws in listeners))
+            assert len({tuple(g[-1:]) for g in got}) == 1  # the same first update on both processes
+        finally:
+            for ws in listeners:
+                await ws.close()
+        nodes = {proc.http("/healthz")[1]["broker"]["node"] for _ in range(20)}
+        assert len(nodes) == 2  # connections really are spread over two processes
+        # Each worker can be scraped on its own metrics port (a scrape of the shared port reaches either one).
+        scraped = set()
+        for port in (metrics_port, metrics_port + 1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            scraped |= set(re.findall(r'sendreturn_node_info\{[^}]*node="([^"]+)"', text))
+        assert scraped == nodes
+    finally:
+        assert proc.stop() == 0
+
+
+async def test_unreachable_redis_is_a_clear_start_up_error(tmp_path, tiny_model_path):
+    from tests.cluster_support import free_port
+
+    config = write_config(tmp_path, **{"broker.connect_timeout_seconds": 1.0})
+    with pytest.raises(RuntimeError) as e:
+        ServerProcess(config, tiny_model_path, f"redis://127.0.0.1:{free_port()}/0")
+    assert "cannot reach Redis at redis://127.0.0.1:" in str(e.value)
+
+
+def test_workers_without_a_broker_are_refused_with_the_reason():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "sendreturn_mood", "serve", "--workers", "2"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "needs a broker" in run.stderr
+
+
+def test_the_deployment_files_run_real_commands():
+    """compose.yaml and the Dockerfile start the server with flags the CLI really has, and a valid config."""
+    import re
+
+    import yaml
+
+    from sendreturn_mood.__main__ import build_parser
+    from sendreturn_mood.config import load_config
+    from tests.cluster_support import REPO
+
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    servers = [s for s in compose["services"].values() if "build" in s]
+    assert len(servers) == 2 and any("redis-server" in " ".join(s.get("command", [])) for s in compose["services"].values())
+    cmd = re.search(r'^CMD (\[.*\])$', (REPO / "Dockerfile").read_text(), re.M)
+    for argv in [s["command"] for s in servers] + [json.loads(cmd.group(1))]:
+        args = build_parser().parse_args(argv)
+        config = load_config(None, {"server.host": args.host, "server.port": args.port, "broker.url": args.broker, "server.workers": args.workers})
+        assert config["server"]["host"] == "0.0.0.0"
