@@ -5,34 +5,30 @@ What it shows: the LISTENER side of wire protocol v1 (PROTOCOL.md) - open `ws://
 listener is the default), receive `welcome`, then a `mood` message every hop while the room has a source, `source`
 messages when it comes and goes, and `error` messages. This is what a SEND/RETURN client does to drive its scene:
 read `effects` (and `mood`, `valence`, `arousal`) from each update. Reconnects with exponential backoff when the
-connection drops.
+connection drops. The protocol work is `sendreturn_mood.client.Listener` (pip install the package); this script is
+the terminal view around it.
 
 Run it (server: `python -m sendreturn_mood serve`; a source: `python examples/stream_file.py song.mp3`):
 
     python examples/listen.py --room lobby            # live view: mood, probability bars, V/A, effects
     python examples/listen.py --room lobby --json     # every message as one raw JSON line (pipe it to jq)
 
-Copy it freely: it needs only `websockets`.
-Exit status: 0 normal (Ctrl-C, or --until-end), 1 gave up reconnecting, 2 refused (bad request, unauthorized).
+Exit status: 0 normal (Ctrl-C, or --until-end), 1 gave up reconnecting, 2 refused (bad request, unauthorized),
+141 stdout closed (`listen.py --json | head -5` stops quietly instead of reconnecting).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import os
 import shutil
 import sys
-from urllib.parse import quote, urlencode
 
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from sendreturn_mood.client import DEFAULT_URL, Disconnected, GaveUp, Listener, Mood, Reconnecting, Refused, ServerError, SourceState, Welcome
 
-DEFAULT_URL = "ws://127.0.0.1:8765"
 BAR_WIDTH = 10
-BACKOFF_START_S = 0.5
-BACKOFF_MAX_S = 10.0
-FATAL_STATUS = {400, 401, 403, 404}  # refusals that retrying cannot fix
+EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
 BLOCKS = " ▏▎▍▌▋▊▉█"
 
 
@@ -62,15 +58,14 @@ def format_effect(name: str, value: object, tty: bool) -> str:
     return f"{name} {value:.0f}" if abs(value) >= 100 else f"{name} {value:.2f}"
 
 
-def view(msg: dict, tty: bool) -> str:
+def view(msg: Mood, tty: bool) -> str:
     """The one-line view of a mood update."""
-    mood = str(msg.get("mood", "?")).upper()
-    probs = "  ".join(f"{k} {bar(v)} {v:.2f}" for k, v in msg.get("probabilities", {}).items())
-    effects = "  ".join(format_effect(k, v, tty) for k, v in msg.get("effects", {}).items())
-    genre = f"  [{msg['genre']['label']}]" if msg.get("genre") else ""
+    probs = "  ".join(f"{k} {bar(v)} {v:.2f}" for k, v in msg.probabilities.items())
+    effects = "  ".join(format_effect(k, v, tty) for k, v in msg.effects.items())
+    genre = f"  [{msg.genre['label']}]" if msg.genre else ""
     return (
-        f"#{msg.get('seq')} {msg.get('stream_time', 0):6.1f}s  {mood:<6} {msg.get('confidence', 0):.2f}{genre}  |  "
-        f"{probs}  |  V {msg.get('valence', 0):+.2f} A {msg.get('arousal', 0):+.2f}  |  {effects}"
+        f"#{msg.seq} {msg.stream_time:6.1f}s  {msg.mood.upper():<6} {msg.confidence:.2f}{genre}  |  "
+        f"{probs}  |  V {msg.valence:+.2f} A {msg.arousal:+.2f}  |  {effects}"
     )
 
 
@@ -100,63 +95,42 @@ class Screen:
         stream.flush()
 
 
-def room_url(args: argparse.Namespace) -> str:
-    params = {"role": "listener"}
-    if args.token:
-        params["token"] = args.token
-    return f"{args.url.rstrip('/')}/v1/rooms/{quote(args.room, safe='')}?{urlencode(params)}"
-
-
 async def listen(args: argparse.Namespace) -> int:
     screen = Screen()
-    delay = BACKOFF_START_S
-    failures = 0
-    while True:
-        try:
-            async with connect(room_url(args), compression=None, proxy=None, open_timeout=10) as ws:
-                delay, failures = BACKOFF_START_S, 0
-                async for raw in ws:
-                    if isinstance(raw, bytes):
-                        continue
-                    msg = json.loads(raw)
-                    kind = msg.get("type")
-                    if args.json:
-                        print(raw, flush=True)  # exactly what the server sent
-                    elif kind == "mood":
-                        screen.live(view(msg, screen.tty))
-                    elif kind == "welcome":
-                        model = msg.get("model", {})
-                        screen.event(
-                            f"listening to room {msg.get('room')!r}: model {model.get('name')} {model.get('version')}"
-                            f", moods {model.get('moods')}, update every "
-                            f"{msg.get('analysis', {}).get('hop_seconds')} s, preset {msg.get('preset')}"
-                        )
-                    elif kind == "source":
-                        screen.event(f"source {msg.get('state')}")
-                    elif kind == "error":
-                        screen.event(f"server error: {json.dumps(msg)}", err=True)
-                    else:
-                        screen.event(json.dumps(msg))
-                    if args.until_end and kind == "source" and msg.get("state") == "disconnected":
-                        return 0
-            reason = f"closed by the server ({ws.close_code} {ws.close_reason})"
-        except InvalidStatus as exc:
-            body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
-            reason = f"refused: HTTP {exc.response.status_code} {body}"
-            if exc.response.status_code in FATAL_STATUS:
-                screen.event(reason, err=True)
-                return 2
-        except ConnectionClosed as exc:
-            reason = f"connection lost ({exc})"
-        except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
-            reason = f"cannot connect ({type(exc).__name__}: {exc})"
-        failures += 1
-        if 0 <= args.retries < failures:
-            screen.event(f"{reason}; giving up after {failures} attempts", err=True)
-            return 1
-        screen.event(f"{reason}; reconnecting in {delay:.1f} s", err=True)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, BACKOFF_MAX_S)
+    listener = Listener(args.url, args.room, token=args.token, retries=args.retries)
+    try:
+        async for event in listener:
+            if isinstance(event, Reconnecting):
+                screen.event(f"{event.reason}; reconnecting in {event.delay:.1f} s", err=True)
+            elif isinstance(event, Disconnected):
+                continue
+            elif args.json:
+                print(event.raw, flush=True)  # exactly what the server sent
+            elif isinstance(event, Mood):
+                screen.live(view(event, screen.tty))
+            elif isinstance(event, Welcome):
+                screen.event(
+                    f"listening to room {event.room!r}: model {event.model.get('name')} {event.model.get('version')}"
+                    f", moods {event.model.get('moods')}, update every {event.analysis.get('hop_seconds')} s, "
+                    f"preset {event.preset}"
+                )
+            elif isinstance(event, SourceState):
+                screen.event(f"source {event.state}")
+            elif isinstance(event, ServerError):
+                screen.event(f"server error: {event.raw}", err=True)
+            else:
+                screen.event(event.raw)
+            if args.until_end and isinstance(event, SourceState) and not event.connected:
+                return 0
+    except Refused as exc:
+        screen.event(f"refused: {exc}", err=True)
+        return 2
+    except GaveUp as exc:
+        screen.event(str(exc), err=True)
+        return 1
+    finally:
+        await listener.close()
+    return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -178,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(flush=True)
         return 0
+    except BrokenPipeError:  # stdout closed (`| head`): stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
 
 
 if __name__ == "__main__":

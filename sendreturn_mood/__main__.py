@@ -1,4 +1,5 @@
-"""Command line: `python -m sendreturn_mood serve | config | models [PATH] | analyze FILE... | token --room R --role ROLE`.
+"""Command line: `python -m sendreturn_mood serve | config | models [MODEL] | analyze PATH... | token --room R --role
+ROLE` (or `sendreturn-mood ...`, the console script pip installs).
 
 `serve` prints two start-up lines on stdout (where it listens, which model it loaded) and flushes them, because
 scripts and tests read the real port from there when started with `--port 0`. Everything else is logged.
@@ -17,7 +18,9 @@ import asyncio  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from . import __version__  # noqa: E402
@@ -36,14 +39,20 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for its workers
 
 
+def prog_name() -> str:
+    """How the person ran us, for usage lines: the console script's name, or `python -m sendreturn_mood`."""
+    return "sendreturn-mood" if Path(sys.argv[0]).name == "sendreturn-mood" else "python -m sendreturn_mood"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sendreturn_mood", description="Real-time music mood for SEND/RETURN rooms.")
+    parser = argparse.ArgumentParser(prog=prog_name(), description="Real-time music mood for SEND/RETURN rooms.")
     parser.add_argument("--version", action="version", version=f"sendreturn-mood {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_args(sub.add_parser("serve", help="run the websocket server (protocol v1) with HTTP /healthz and /metrics"))
     sub.add_parser("config", help="print the default configuration (YAML)")
-    models = sub.add_parser("models", help="show a model file's metadata (labels, front end, provenance, metrics)")
-    models.add_argument("path", nargs="?", help="ONNX model (default: the shipped model)")
+    models = sub.add_parser("models", help="list the shipped models, or show one model's metadata (labels, front end, provenance, metrics)")
+    models.add_argument("path", nargs="?", metavar="MODEL",
+                        help="a shipped model's name (e.g. mood_musicnn) or an ONNX file (default: list the shipped models)")
     models.add_argument("--json", action="store_true", help="print the metadata as JSON")
     from .analyze import add_arguments
 
@@ -82,18 +91,63 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def _models(args: argparse.Namespace) -> int:
-    from .model import ModelError, MoodModel
+def shipped_models() -> list[Path]:
+    """The ONNX models installed with the package (the default one first)."""
+    from .model import default_model_path
 
+    default = default_model_path()
+    return sorted(default.parent.glob("*.onnx"), key=lambda p: (p != default, p.name))
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .model import ModelError, MoodModel, default_model_path
+
+    if args.path is None:
+        return _list_models(args.json)
+    path = Path(args.path)
+    shipped = {p.stem: p for p in shipped_models()} | {p.name: p for p in shipped_models()}
+    if not path.exists() and args.path in shipped:
+        path = shipped[args.path]
     try:
-        model = MoodModel(args.path)
+        model = MoodModel(path)
     except ModelError as e:
-        return _fail(str(e))
+        names = ", ".join(p.stem for p in shipped_models())
+        return _fail(f"{e} (shipped models: {names}; `{prog_name()} models` lists them)" if path.suffix != ".onnx" else str(e))
     info = model.info
     if args.json:
-        print(json.dumps({"path": str(model.path), **info.to_dict()}, indent=2, sort_keys=True))
+        print(json.dumps({"path": str(model.path), "default": model.path == default_model_path(), **info.to_dict()}, indent=2, sort_keys=True))
         return 0
     print(describe_model(info, str(model.path)))
+    return 0
+
+
+def _list_models(as_json: bool) -> int:
+    """One line per shipped model: name, version, size, what it is; the one `serve` loads by default first."""
+    from .model import ModelError, MoodModel, default_model_path
+
+    rows = []
+    for path in shipped_models():
+        try:
+            info = MoodModel(path).info
+        except ModelError as e:
+            rows.append({"file": path.name, "path": str(path), "error": str(e)})
+            continue
+        rows.append({"file": path.name, "path": str(path), "name": info.name, "version": info.version,
+                     "default": path == default_model_path(), "megabytes": round(path.stat().st_size / 1e6, 1),
+                     "moods": info.mood_labels, "genres": list(info.genres), "about": info.description})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        if "error" in r:
+            print(f"{r['file']:<22} unreadable: {r['error']}")
+            continue
+        mark = "  (default: serve and analyze use it)" if r["default"] else ""
+        print(f"{Path(r['file']).stem:<16} {r['name']} {r['version']}, {r['megabytes']} MB{mark}")
+        if r["about"]:
+            print(f"{'':<16} {r['about']}")
+    print(f"\n{prog_name()} models NAME      shows one (labels, front end, provenance, metrics); "
+          f"serve --model {rows[-1]['path'] if rows else 'FILE'} loads another")
     return 0
 
 
@@ -150,6 +204,9 @@ def _serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per HTTP request is noise
+    reuse = bool(args.reuse_port or config["server"].get("reuse_port") or config["server"]["workers"] > 1)
+    if problem := port_problem(config["server"]["host"], int(config["server"]["port"]), reuse):
+        return _fail(problem)  # before loading the model or starting workers: a taken port is said at once
     if config["server"]["workers"] > 1 and not args.reuse_port:
         from . import workers
 
@@ -165,6 +222,28 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(str(e))
     except OSError as e:  # e.g. the port is taken
         return _fail(f"cannot listen on {config['server']['host']}:{config['server']['port']}: {e.strerror or e}")
+
+
+def port_problem(host: str, port: int, reuse_port: bool = False) -> str | None:
+    """Why the server could not listen on host:port (None: it can), found by binding a socket the way the server
+    will and closing it again."""
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return f"cannot listen on {host}:{port}: {e.strerror or e}"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                s.bind(address)
+            except OSError as e:
+                hint = f"another program (another server?) is using port {port}: stop it, or pick another port with --port (e.g. --port {port + 1}, or --port 0 for any free port)" if e.errno == 98 else "pick another address with --host or another port with --port"
+                return f"cannot listen on {host}:{port}: {e.strerror or e}; {hint}"
+    return None
 
 
 async def _run(server: Any) -> int:

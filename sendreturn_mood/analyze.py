@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .audiofiles import AUDIO_EXTENSIONS, find_audio
 from .config import ConfigError, load_config
 from .effects import EffectsError, load_presets
 from .model import ModelError, ModelInfo, MoodModel
@@ -40,7 +41,7 @@ def read_blocks(path: Path) -> tuple[int, Iterator[np.ndarray]]:
     try:
         f = sf.SoundFile(str(path))
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as e:
-        raise AnalyzeError(f"{path}: cannot read audio: {e}") from None
+        raise AnalyzeError(f"{path}: corrupt or unsupported audio ({_decoder_reason(e)})") from None
 
     def blocks() -> Iterator[np.ndarray]:
         with f:
@@ -49,9 +50,18 @@ def read_blocks(path: Path) -> tuple[int, Iterator[np.ndarray]]:
                 for block in f.blocks(blocksize=size, dtype="float32", always_2d=True):
                     yield block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
             except (sf.SoundFileError, RuntimeError, OSError, ValueError) as e:
-                raise AnalyzeError(f"{path}: cannot decode audio: {e}") from None
+                raise AnalyzeError(f"{path}: corrupt or unsupported audio ({_decoder_reason(e)})") from None
 
     return int(f.samplerate), blocks()
+
+
+def _decoder_reason(error: Exception) -> str:
+    """libsndfile's reason without its "Error opening 'FILE': " prefix. For an undecodable MP3 it says the file
+    "does not exist", which is wrong (the file is there): that becomes what it means."""
+    reason = str(error).split("': ", 1)[-1].strip()
+    if "does not exist" in reason:
+        return "the decoder found no audio it can read in it"
+    return reason
 
 
 def predict_windows(model: MoodModel, windows: list[Window], max_batch: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -156,7 +166,8 @@ def silent_spans(windows: list[Window], silent: list[bool], frames_to_seconds: A
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", metavar="FILE", nargs="+", help="audio files (wav, mp3, flac, ogg)")
+    parser.add_argument("files", metavar="PATH", nargs="+",
+                        help="audio files (wav, mp3, flac, ogg) and/or folders (searched recursively for audio files)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line per file")
     parser.add_argument("--config", metavar="FILE", help="configuration YAML (defaults: `config` subcommand)")
     parser.add_argument("--model", metavar="PATH", help="ONNX model (default: config model.path, else the shipped one)")
@@ -203,7 +214,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     status = 0
-    for i, file in enumerate(args.files):
+    files: list[Path] = []
+    for arg in args.files:  # folders -> the audio files inside them; a missing path or an empty folder is an error
+        try:
+            found = find_audio([arg])
+        except FileNotFoundError:
+            print(f"error: {arg}: no such file or folder", file=sys.stderr)
+            status = 1
+            continue
+        if not found:
+            print(f"error: {arg}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder", file=sys.stderr)
+            status = 1
+        files += found
+    for i, file in enumerate(files):
         try:
             result = analyze_file(file, model, config, tracker=tracker)
         except AnalyzeError as e:

@@ -275,17 +275,20 @@ class RedisBroker(Broker):
     async def claim_source(self, room: str, holder: str) -> Claim | None:
         if room in self._claims:
             return None
-        if not self._up or self._redis is None:
+        got: Any = None
+        reached = False
+        if self._up and self._redis is not None:
+            try:
+                got = await self._redis.evalsha(self._scripts["claim"], 2, self._k("src", room), self._k("room", room), holder, self.lease_ms)
+                reached = True
+            except ConnErrors:
+                pass  # the supervisor notices the lost connection too, and reconnects
+        if not reached:
             # Redis is away: serve locally (the local registry still refuses a second local source); the slot
             # is claimed when Redis is back, and the source is closed then if another process has it.
             self._claims[room] = holder
             local = self.registry.get(room) if self.registry else None
             return Claim(holder, local.seq if local else 0)
-        try:
-            got = await self._redis.evalsha(self._scripts["claim"], 2, self._k("src", room), self._k("room", room), holder, self.lease_ms)
-        except ConnErrors:
-            self._claims[room] = holder
-            return Claim(holder, 0)
         if not got:
             return None
         self._claims[room] = holder

@@ -365,14 +365,14 @@ class MoodServer:
 
     def _static_file(self, path: str) -> Response:
         """Files of sendreturn_mood/static/ ('/' = index.html). Every path segment must be a plain name (no '..',
-        no hidden files, no Python files) and the resolved file must lie inside the folder: no traversal."""
+        no hidden files, no Python files), so the path stays inside the folder: no traversal."""
         rel = unquote(path).lstrip("/") or "index.html"
         parts = rel.split("/")
         not_found = _json(404, {"error": {"code": "not_found", "message": f"nothing at {path[:100]!r}"}})
         if not all(STATIC_NAME_RE.match(p) and ".." not in p for p in parts) or rel.endswith(STATIC_HIDDEN_SUFFIXES):
             return not_found
         root = self._static.resolve()
-        file = root.joinpath(*parts).resolve()
+        file = root.joinpath(*parts)  # plain names only (checked above): no traversal; a symlink inside is the package's own (static/client -> clients/js/src)
         if not file.is_relative_to(root) or not file.is_file() or "__pycache__" in file.parts:
             return not_found
         ctype = CONTENT_TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"

@@ -19,6 +19,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from sendreturn_mood import contract
 from sendreturn_mood.config import load_config
 from sendreturn_mood.model import MoodModel
 from sendreturn_mood.pcm import encode
@@ -62,8 +63,22 @@ def room_url(server: MoodServer, room: str, **params: Any) -> str:
     return f"{server.url}/v1/rooms/{room}" + (f"?{query}" if query else "")
 
 
+def checked(msg: Any, union: str = contract.SERVER_MESSAGE) -> Any:
+    """`msg` after validating it against the protocol's JSON Schema (strict: a field the schema does not list
+    fails too, so the server and schema/v1/ cannot drift apart). Every server message the tests read passes here."""
+    contract.validate_message(union, msg, strict=True)
+    return msg
+
+
+def checked_body(schema: str, body: bytes | str) -> Any:
+    """A JSON HTTP body after validating it against schema/v1/{schema}.json (strict)."""
+    obj = json.loads(body)
+    contract.validate(schema, obj, strict=True)
+    return obj
+
+
 async def recv_json(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    return checked(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
 
 
 @asynccontextmanager
@@ -86,7 +101,7 @@ async def refusal(server: MoodServer, path_and_query: str, headers: dict[str, st
         async with connect(f"{server.url}{path_and_query}", proxy=None, additional_headers=headers):
             pass
     except InvalidStatus as e:
-        return e.response.status_code, json.loads(e.response.body)
+        return e.response.status_code, checked_body("http-error", e.response.body)
     raise AssertionError(f"{path_and_query} was accepted")
 
 
@@ -97,7 +112,7 @@ async def read_until_closed(ws: ClientConnection, timeout: float = TIMEOUT) -> l
     async def run() -> None:
         try:
             async for m in ws:
-                out.append(json.loads(m))
+                out.append(checked(json.loads(m)))
         except ConnectionClosed:
             pass
 

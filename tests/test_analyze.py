@@ -64,7 +64,7 @@ def test_cli_json_on_real_songs_and_a_bad_file(tiny_model_path: Path, tmp_path: 
     bad.write_text("this is not audio")
     r = cli(str(files[0]), str(bad), str(files[1]), "--json", "--model", str(tiny_model_path))
     assert r.returncode == 1, r.stderr
-    assert f"error: {bad}: cannot read audio" in r.stderr
+    assert f"error: {bad}: corrupt or unsupported audio" in r.stderr and "does not exist" not in r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 2  # the other files are still analysed
     config = load_config()
@@ -209,3 +209,22 @@ def test_setup_errors_exit_2(tiny_model_path: Path, tmp_path: Path, capsys: pyte
     bad_config.write_text("analysis:\n  hop: 2\n")
     assert main([file, "--config", str(bad_config), "--model", str(tiny_model_path)]) == 2
     assert "unknown key 'analysis.hop'" in capsys.readouterr().err
+
+
+def test_cli_takes_folders(tiny_model_path: Path, tmp_path: Path) -> None:
+    """A folder is searched recursively for audio files (sorted); other files are left alone; a missing path and a
+    folder without audio are named, and the rest is still analysed."""
+    import soundfile as sf
+
+    album = tmp_path / "album"
+    (album / "disc2").mkdir(parents=True)
+    t = np.arange(3 * 16000) / 16000
+    sf.write(album / "b.wav", 0.2 * np.sin(2 * np.pi * 440 * t), 16000)
+    sf.write(album / "disc2" / "a.flac", 0.2 * np.sin(2 * np.pi * 220 * t), 16000)
+    (album / "notes.txt").write_text("not audio")
+    (tmp_path / "empty").mkdir()
+    r = cli(str(album), str(tmp_path / "missing"), str(tmp_path / "empty"), "--json", "--model", str(tiny_model_path))
+    assert r.returncode == 1, r.stderr
+    assert [json.loads(line)["file"] for line in r.stdout.splitlines()] == [str(album / "b.wav"), str(album / "disc2" / "a.flac")]
+    assert f"error: {tmp_path / 'missing'}: no such file or folder" in r.stderr
+    assert f"error: {tmp_path / 'empty'}: no audio files" in r.stderr

@@ -160,3 +160,42 @@ def test_analyze_is_dispatched(tiny_model_path, capsys):
     (line,) = capsys.readouterr().out.strip().splitlines()
     result = json.loads(line)
     assert result["file"] == str(song) and result["timeline"] and result["mood"] in result["probabilities"]
+
+
+def test_models_lists_every_shipped_model_and_shows_one_by_name():
+    shipped = sorted(p.stem for p in default_model_path().parent.glob("*.onnx"))
+    if not shipped:
+        pytest.skip("no shipped models")
+    out = run_cli("models")
+    assert out.returncode == 0, out.stderr
+    listed = [line.split()[0] for line in out.stdout.splitlines() if line and not line.startswith((" ", "\n")) and "models NAME" not in line]
+    assert sorted(listed) == shipped and listed[0] == default_model_path().stem
+    assert "(default" in out.stdout.splitlines()[0]
+    as_json = json.loads(run_cli("models", "--json").stdout)
+    assert sorted(Path(m["file"]).stem for m in as_json) == shipped and sum(m["default"] for m in as_json) == 1
+    one = run_cli("models", shipped[-1])
+    assert one.returncode == 0 and f"file       {default_model_path().parent / (shipped[-1] + '.onnx')}" in one.stdout
+    missing = run_cli("models", "no_such_model")
+    assert missing.returncode == 2 and "shipped models: " in missing.stderr and shipped[0] in missing.stderr
+
+
+def test_serve_says_the_port_is_taken_before_loading_the_model(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # a model path that does not exist: the port is checked first, so its error is the one reported
+        out = run_cli("serve", "--port", str(port), "--model", str(tmp_path / "never_loaded.onnx"))
+    assert out.returncode == 2, out.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr and "--port" in out.stderr and "never_loaded" not in out.stderr
+
+
+def test_usage_names_the_console_script(tmp_path):
+    script = tmp_path / "sendreturn-mood"  # what pip's console script is called
+    script.write_text("import sys\nfrom sendreturn_mood.__main__ import main\nsys.exit(main())\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("usage: sendreturn-mood "), out.stdout[:200]
+    assert run_cli("--help").stdout.startswith("usage: python -m sendreturn_mood ")

@@ -48,6 +48,13 @@ def cluster(tmp_path, tiny_model_path, redis_server):
             p.stop()
 
 
+def sample(text: str, name: str) -> float:
+    """The value of an unlabelled sample in Prometheus text."""
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
+
+
 def two_free_ports() -> int:
     """A port P such that P and P + 1 are both free now."""
     from tests.cluster_support import free_port
@@ -168,7 +175,7 @@ async def test_room_state_health_and_metrics_tell_the_truth_across_processes(clu
         assert status == 200 and health["status"] == "ok" and health["broker"]["connected"] is True
         assert health["broker"]["cluster"]["nodes"] == 3
         _, metrics = a.http("/metrics")
-        assert "sendreturn_broker_up 1" in metrics and 'sendreturn_node_info{node="' in metrics
+        assert sample(metrics, "sendreturn_broker_up") == 1 and re.search(r'sendreturn_node_info\{[^}]*node="', metrics)
     assert c.http("/v1/rooms/nobody")[0] == 404
 
 
@@ -204,7 +211,7 @@ async def test_redis_going_away_and_coming_back(cluster, redis_server):
         await wait_for(lambda: a.http("/healthz")[1]["status"] == "degraded", 10, "A to notice Redis is gone")
         _, health = a.http("/healthz")
         assert health["broker"]["connected"] is False
-        assert "sendreturn_broker_up 0" in a.http("/metrics")[1]
+        assert sample(a.http("/metrics")[1], "sendreturn_broker_up") == 0
         # A keeps serving what it can locally: its own listener still gets updates.
         await stream(src, 1.0, seed=2)
         local = json.loads((await texts_until(la, lambda m: m["type"] == "mood" and m["stream_time"] > 2.0))[-1])
@@ -214,7 +221,7 @@ async def test_redis_going_away_and_coming_back(cluster, redis_server):
         remote = json.loads((await texts_until(lb, lambda m: m["type"] == "mood" and m["seq"] > local["seq"]))[-1])
         assert remote["seq"] > local["seq"]
         assert a.proc.poll() is None and b.proc.poll() is None  # nobody crashed
-        assert "sendreturn_broker_reconnects_total 1" in a.http("/metrics")[1]
+        assert sample(a.http("/metrics")[1], "sendreturn_broker_reconnects_total") == 1
         # The cluster behaviour is back: the room is one room again.
         with pytest.raises(InvalidStatus) as e:
             async with connect(url(b, "flaky", role="source"), proxy=None):
@@ -288,3 +295,37 @@ def test_the_deployment_files_run_real_commands():
         args = build_parser().parse_args(argv)
         config = load_config(None, {"server.host": args.host, "server.port": args.port, "broker.url": args.broker, "server.workers": args.workers})
         assert config["server"]["host"] == "0.0.0.0"
+
+
+async def test_two_sources_accepted_while_redis_was_away_are_reconciled(cluster, redis_server):
+    """While Redis is away each process serves alone, so two processes may each accept a source for one room; when
+    Redis is back exactly one keeps the room and the other is closed with a fatal not_allowed (1008)."""
+    a, b, _ = cluster
+    redis_server.stop()
+    await wait_for(lambda: all(p.http("/healthz")[1]["status"] == "degraded" for p in (a, b)), 10, "both to notice")
+    ws_a = await connect(url(a, "split", role="source", sample_rate=16000), proxy=None)
+    ws_b = await connect(url(b, "split", role="source", sample_rate=16000), proxy=None)
+    try:
+        for ws in (ws_a, ws_b):
+            assert json.loads(await ws.recv())["type"] == "welcome"
+        redis_server.start()
+
+        async def outcome(ws: ClientConnection) -> str:
+            try:
+                while True:
+                    msg = json.loads(await ws.recv())
+                    if msg["type"] == "error" and msg["fatal"]:
+                        assert msg["code"] == "not_allowed"
+            except ConnectionClosed:
+                return f"closed {ws.close_code}"
+
+        tasks = [asyncio.ensure_future(outcome(ws)) for ws in (ws_a, ws_b)]
+        done, pending = await asyncio.wait(tasks, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1 and done.pop().result() == "closed 1008"
+        await asyncio.sleep(LEASE)  # the winner keeps renewing: nobody else is closed
+        assert all(not t.done() for t in pending)
+        for t in pending:
+            t.cancel()
+    finally:
+        await ws_a.close()
+        await ws_b.close()

@@ -311,3 +311,35 @@ def test_stream_file_ends_the_stream_on_ctrl_c(server: str) -> None:
     assert src.wait() == 130, src.report()
     assert any("interrupted: sending `end`" in line for line in src.out), src.report()
     assert "closed with 1000" in src.out[-1], src.report()
+
+
+@pytest.mark.parametrize("script", ["listen.py", "stream_file.py"])
+def test_a_closed_stdout_stops_the_example_quietly(server: str, tmp_path: Path, script: str) -> None:
+    """`listen.py --json | head -3`: when the reader goes away the example stops at once, quietly (exit 141 like
+    other tools killed by SIGPIPE): no traceback, no reconnect loop. The same for stream_file.py."""
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, 0.1 * np.sin(np.arange(60 * 16000) / 16000 * 2 * np.pi * 440), 16000)
+    room = f"pipe-{script[:-3]}"
+    feeder = None
+    if script == "listen.py":
+        feeder = Proc(EXAMPLES / "stream_file.py", wav, "--url", server, "--room", room, "--speed", 2, "--loop")
+        args = [EXAMPLES / script, "--url", server, "--room", room, "--json"]
+    else:
+        args = [EXAMPLES / script, wav, "--url", server, "--room", room, "--speed", 2, "--json"]
+    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert all(line.startswith("{") for line in lines), lines
+        proc.stdout.close()  # what `head -3` does after its third line
+        code = proc.wait(20)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+        if feeder is not None:
+            feeder.stop(signal.SIGINT)
+    assert code == 141, err
+    assert "Traceback" not in err and "reconnecting" not in err and "Exception ignored" not in err, err

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from sendreturn_mood import protocol
-from sendreturn_mood.metrics import Counter, Histogram, ServerMetrics
+from sendreturn_mood.metrics import ServerMetrics
 from sendreturn_mood.protocol import ConnectParams, MessageError, Refusal
 from sendreturn_mood.rooms import CONTROL, MOOD, Outbox
 from sendreturn_mood.session import TokenBucket
@@ -143,20 +143,24 @@ def test_token_bucket():
     assert b.take(1.0, 200.0) and not b.take(0.01, 200.0)  # capped at the burst
 
 
-def test_prometheus_text():
-    c = Counter("x_total", "Things.", ["code"])
-    c.inc(code="a")
-    c.inc(2, code='q"b')
-    assert c.render() == ["# HELP sendreturn_x_total Things.", "# TYPE sendreturn_x_total counter",
-                          'sendreturn_x_total{code="a"} 1', 'sendreturn_x_total{code="q\\"b"} 2']
-    h = Histogram("lat_seconds", "Latency.", [0.1, 1])
-    for v in (0.05, 0.5, 5):
-        h.observe(v)
-    assert h.render()[2:] == ['sendreturn_lat_seconds_bucket{le="0.1"} 1', 'sendreturn_lat_seconds_bucket{le="1"} 2',
-                              'sendreturn_lat_seconds_bucket{le="+Inf"} 3', "sendreturn_lat_seconds_sum 5.55",
-                              "sendreturn_lat_seconds_count 3"]
-    text = ServerMetrics().render()
+def test_metrics_read_back_and_refuse_wrong_labels():
+    m = ServerMetrics()
+    m.errors.inc(code="a")
+    m.errors.inc(2, code='q"b')
+    assert m.errors.get(code="a") == 1 and m.errors.get(code='q"b') == 2 and m.errors.get(code="never") == 0
+    for v in (0.0005, 0.5, 5):
+        m.latency.observe(v)
+    assert m.latency.count() == 3
+    m.connections.inc(role="source")
+    m.connections.dec(role="source")
+    assert m.connections.get(role="source") == 0
+    with pytest.raises(ValueError):
+        m.errors.inc(kind="x")
+    other = ServerMetrics()  # every server has its own registry: nothing shared, no duplicate-name clash
+    assert other.errors.get(code="a") == 0
+    text = m.render()
     assert text.endswith("\n") and "# TYPE sendreturn_update_latency_seconds histogram" in text
+    assert 'sendreturn_errors_total{code="q\\"b"} 2.0' in text
 
 
 async def test_outbox_is_bounded_even_for_control_messages():

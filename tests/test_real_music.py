@@ -14,7 +14,7 @@ from sendreturn_mood.analyze import analyze_file, read_blocks
 from sendreturn_mood.model import MoodModel
 from sendreturn_mood.resample import resample
 from tests.conftest import shared_data_or_skip
-from tests.server_support import client, read_messages, read_until_closed, running_server, send_audio, server_config
+from tests.server_support import client, read_messages, read_until_closed, recv_json, running_server, send_audio, server_config
 
 ENVELOPE = ("type", "room", "seq", "track", "latency_ms")
 
@@ -90,7 +90,7 @@ async def test_updates_arrive_at_the_hop_rate_in_real_time(tiny_model_path):
 
             async def read():
                 while len(arrivals) < 5:
-                    msg = json.loads(await asyncio.wait_for(src.recv(), 10))
+                    msg = await recv_json(src, 10)
                     if msg["type"] == "mood":
                         arrivals.append(time.monotonic())
 

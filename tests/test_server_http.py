@@ -8,12 +8,13 @@ import socket
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sendreturn_mood.server import static_root
 from tests.server_support import (
+    checked_body,
     client,
     http_get,
-    metric_value,
     read_messages,
     read_until_closed,
     running_server,
@@ -30,11 +31,11 @@ async def test_healthz(tiny_model_path):
     async with running_server(tiny_model_path) as server:
         status, headers, body = await get(server, "/healthz")
         assert status == 200 and headers["content-type"] == "application/json"
-        h = json.loads(body)
+        h = checked_body("healthz", body)
         assert h["status"] == "ok" and h["rooms"] == 0 and h["connections"] == 0
         assert h["model"]["name"] == "tiny-test-model" and h["model"]["version"] == "0.0.1"
         async with client(server, "h1"), client(server, "h1"), client(server, "h2", role="source"):
-            h = json.loads((await get(server, "/healthz"))[2])
+            h = checked_body("healthz", (await get(server, "/healthz"))[2])
             assert (h["rooms"], h["connections"]) == (2, 3)
 
 
@@ -60,29 +61,44 @@ async def test_metrics_after_streaming(tiny_model_path):
         status, headers, body = await get(server, "/metrics")
     text = body.decode()
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
-    for name in ("connections", "rooms", "audio_seconds_total", "windows_analysed_total", "batch_size", "update_latency_seconds",
-                 "errors_total", "dropped_messages_total"):
-        assert f"# TYPE sendreturn_{name} " in text, name
-    assert metric_value(text, "sendreturn_audio_seconds_total") == pytest.approx(2.0)
-    assert metric_value(text, "sendreturn_windows_analysed_total") == 3  # 0.992, 1.488, 1.984
-    assert metric_value(text, "sendreturn_update_latency_seconds_count") == 3
-    assert metric_value(text, 'sendreturn_update_latency_seconds_bucket{le="+Inf"}') == 3
-    assert metric_value(text, "sendreturn_batch_size_count") >= 1
-    assert metric_value(text, 'sendreturn_errors_total{code="bad_audio"}') == 1
-    assert metric_value(text, 'sendreturn_connections{role="source"}') == 0
-    assert metric_value(text, 'sendreturn_connections_total{role="source"}') == 1
-    assert metric_value(text, "sendreturn_rooms") == 0
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # prometheus_client's own parser
+    expected = {"sendreturn_open_connections": "gauge", "sendreturn_accepted_connections": "counter",
+                "sendreturn_rooms": "gauge", "sendreturn_audio_seconds": "counter",
+                "sendreturn_windows_analysed": "counter", "sendreturn_batch_size": "histogram",
+                "sendreturn_update_latency_seconds": "histogram", "sendreturn_errors": "counter",
+                "sendreturn_dropped_messages": "counter", "sendreturn_inference_duration_seconds": "histogram",
+                "sendreturn_inference_queue_windows": "gauge"}
+    for name, kind in expected.items():
+        assert families[name].type == kind, name
+    for f in families.values():  # conventions: _total only on counters, units as suffix
+        assert f.name.startswith("sendreturn_") and not f.name.endswith("_total"), f.name
+        assert all(f.type == "counter" for s in f.samples if s.name.endswith("_total")), f.name
+
+    def value(name: str, **labels: str) -> float:
+        family = name.removesuffix("_total").removesuffix("_count").removesuffix("_bucket")
+        (v,) = [s.value for s in families[family].samples if s.name == name and s.labels == labels]
+        return v
+
+    assert value("sendreturn_audio_seconds_total") == pytest.approx(2.0)
+    assert value("sendreturn_windows_analysed_total") == 3  # 0.992, 1.488, 1.984
+    assert value("sendreturn_update_latency_seconds_count") == 3
+    assert value("sendreturn_update_latency_seconds_bucket", le="+Inf") == 3
+    assert value("sendreturn_batch_size_count") >= 1
+    assert value("sendreturn_errors_total", code="bad_audio") == 1
+    assert value("sendreturn_open_connections", role="source") == 0
+    assert value("sendreturn_accepted_connections_total", role="source") == 1
+    assert value("sendreturn_rooms") == 0
 
 
 async def test_room_info(tiny_model_path):
     async with running_server(tiny_model_path) as server:
         status, _, body = await get(server, "/v1/rooms/nobody")
-        assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+        assert status == 404 and checked_body("http-error", body)["error"]["code"] == "not_found"
         async with client(server, "info", role="source", sample_rate=16000) as (src, _), client(server, "info"):
             await send_audio(src, tone(1.0, 16000), 16000, 1, "pcm_s16le")
             await read_messages(src, lambda m: m["type"] == "mood")
             status, _, body = await get(server, "/v1/rooms/info")
-    info = json.loads(body)
+    info = checked_body("room-info", body)
     assert status == 200
     assert info == {"room": "info", "source": True, "listeners": 1, "seq": 1, "track": None, "preset": "default", "audio_seconds": 1.0}
 
@@ -103,7 +119,7 @@ async def test_static_files_and_no_traversal(tiny_model_path):
                     "//etc/passwd", "/%2fetc%2fpasswd", "/nope.html"):
             status, _, body = await get(server, bad)
             assert status == 404, bad
-            assert json.loads(body)["error"]["code"] == "not_found"
+            assert checked_body("http-error", body)["error"]["code"] == "not_found"
 
 
 async def test_slow_listener_does_not_stall_the_room(tiny_model_path):
@@ -150,3 +166,25 @@ async def test_slow_listener_does_not_stall_the_room(tiny_model_path):
     assert [m["seq"] for m in fast_msgs] == list(range(1, n + 1))  # so did the listener that reads
     assert dropped > 0  # the stalled listener's outbox conflated
     assert elapsed < 45
+
+
+async def test_the_js_client_is_served_from_the_package(tiny_model_path):
+    """The page imports ./client/index.js: the JS client package's files, served from inside sendreturn_mood (a
+    symlink in a checkout, real files in a wheel through pyproject's package-dir mapping)."""
+    import tomllib
+
+    from tests.conftest import REPO
+
+    js = REPO / "clients" / "js" / "src"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert pyproject["package-dir"]["sendreturn_mood.static.client"] == "clients/js/src"
+    assert "sendreturn_mood.static.client" in pyproject["packages"]
+    assert pyproject["package-data"]["sendreturn_mood.static.client"] == ["*.js"]
+    assert 'from "./client/index.js"' in (static_root() / "app.js").read_text()
+    async with running_server(tiny_model_path) as server:
+        for name in ("index.js", "worklet.js"):
+            status, headers, body = await get(server, f"/client/{name}")
+            assert status == 200 and headers["content-type"] == "text/javascript; charset=utf-8"
+            assert body == (js / name).read_bytes()
+        for bad in ("/client/../../server.py", "/client/%2e%2e/index.js", "/client/.x"):
+            assert (await get(server, bad))[0] == 404, bad

@@ -1,19 +1,18 @@
 // sendreturn-mood live page: a protocol v1 client (PROTOCOL.md) in plain JavaScript, no build step, nothing external.
 //
-// Source roles capture the microphone or play a local file through an AudioWorklet ("pcm-sender" in worklet.js)
-// that posts ~100 ms of mono PCM s16le at the AudioContext's own rate; the page announces that rate in the
-// websocket URL and sends the chunks as binary frames. Every role shows what the server broadcasts to the room:
+// The protocol (connecting, reconnecting, refusals, track/preset/end) and the audio capture are the JS client
+// package (clients/js, served here as ./client/): MoodClient and startCapture. Source roles capture the microphone
+// or play a local file through its AudioWorklet ("pcm-sender"), which posts ~100 ms of mono PCM s16le at the
+// AudioContext's own rate; the page announces that rate when it connects and sends the chunks as binary frames. Every role shows what the server broadcasts to the room:
 // mood + probabilities, a valence/arousal plane with the recent trail, the effect parameters, and a scene whose
 // look is driven by the effect parameters (what a SEND/RETURN client does with them).
 //
 // URL parameters: ?room=lobby&role=mic|file|listener&preset=NAME&server=HOST:PORT&connect=1
 
-const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+import { CLOSE_TEXT, MoodClient, ROOM_RE, startCapture } from "./client/index.js";
+
 const CHUNK_MS = 100; // audio per binary message (the protocol recommends 20-250 ms)
-const MAX_BUFFERED_BYTES = 512 * 1024; // a stalled socket drops audio instead of buffering it without bound
 const TRAIL_POINTS = 80; // valence/arousal history drawn on the plane
-const BACKOFF_START_MS = 500;
-const BACKOFF_MAX_MS = 10000;
 const SCENE_TIME_CONSTANT_S = 0.6; // how quickly the scene eases toward new effect values
 const SCENE_FRAME_MS = 33; // scene redraw interval
 const MOOD_COLORS = { happy: "#ffd166", angry: "#ef476f", sad: "#4f8fd9", calm: "#06d6a0" };
@@ -27,31 +26,16 @@ const DEFAULT_COORDINATES = {
 const KNOWN_RANGES = {
   brightness: [0.2, 2.0], stereo_width: [0, 2], particle_rate: [0, 200], motion_speed: [0, 3],
 };
-const CLOSE_TEXT = {
-  1000: "the stream ended normally",
-  1001: "the server is shutting down or restarting",
-  1003: "the server refused the data we sent",
-  1006: "the connection was lost without a close frame (network problem, or the server stopped)",
-  1008: "closed by server policy (see the error above: e.g. unauthorized, rate limited, not allowed)",
-  1009: "a message was too big for the server",
-  1011: "the server hit an internal error",
-};
-const NO_RETRY_CODES = new Set([1000, 1003, 1008, 1009]);
-
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  ws: null,
+  client: null, // the MoodClient of this Connect press
   wantConnected: false,
-  opened: false, // the current socket opened (a close before that is a refused or failed handshake)
-  hadConnection: false, // this Connect press got connected at least once (later failures are reconnects)
+  opened: false, // the current socket is open
   role: "mic",
   room: "lobby",
-  backoff: BACKOFF_START_MS,
-  retryTimer: null,
-  audio: null, // {ctx, node, stream, player, rate}
+  audio: null, // {capture, rate, file}
   sentSamples: 0,
-  droppedChunks: 0,
   updates: 0,
   errors: 0,
   moods: [], // [{label, valence, arousal}]
@@ -111,25 +95,7 @@ function serverBase() {
   return `${scheme}//${location.host}`;
 }
 
-function roomUrl() {
-  const params = new URLSearchParams();
-  if (state.role === "listener") {
-    params.set("role", "listener");
-  } else {
-    params.set("role", "source");
-    params.set("encoding", "pcm_s16le");
-    params.set("sample_rate", String(state.audio.rate));
-    params.set("channels", "1");
-    const preset = $("preset").value.trim();
-    if (preset) params.set("preset", preset);
-  }
-  const token = $("token").value.trim();
-  if (token) params.set("token", token);
-  return `${serverBase()}/v1/rooms/${encodeURIComponent(state.room)}?${params}`;
-}
-
 async function connect() {
-  clearTimeout(state.retryTimer);
   const room = $("room").value.trim();
   if (!ROOM_RE.test(room)) {
     showError("That room name is not allowed.", "Use 1 to 64 characters: letters, digits, _ . -");
@@ -138,7 +104,6 @@ async function connect() {
   state.room = room;
   state.role = $("role").value;
   state.wantConnected = true;
-  state.hadConnection = false;
   updateListenerLink();
   setControls(true);
   if (state.role !== "listener" && !state.audio) {
@@ -150,198 +115,126 @@ async function connect() {
       return;
     }
   }
-  openSocket();
+  openClient();
 }
 
-function openSocket() {
-  if (!state.wantConnected) return;
-  const url = roomUrl();
-  setStatus(`connecting to ${state.room}…`, "connecting");
-  state.opened = false;
-  let ws;
-  try {
-    ws = new WebSocket(url);
-  } catch (err) {
-    showError("Could not open the websocket.", String(err));
-    disconnect();
-    return;
-  }
-  ws.binaryType = "arraybuffer";
-  state.ws = ws;
-  ws.onopen = () => {
+function openClient() {
+  const source = state.role !== "listener";
+  const client = new MoodClient({
+    url: serverBase(),
+    room: state.room,
+    role: source ? "source" : "listener",
+    encoding: "pcm_s16le",
+    sampleRate: source ? state.audio.rate : undefined,
+    channels: 1,
+    preset: source ? $("preset").value.trim() || undefined : undefined,
+    token: $("token").value.trim() || undefined,
+  });
+  state.client = client;
+  if (state.role === "file" && state.audio.file) client.track(fileTrack(state.audio.file)); // sent on open
+  client.on("open", () => {
     state.opened = true;
-    state.hadConnection = true;
-    state.backoff = BACKOFF_START_MS;
-    setStatus(`connected to ${state.room} as ${state.role === "listener" ? "listener" : "source"}`, "open");
-    if (state.role === "file" && state.audio && state.audio.file) sendTrack(state.audio.file);
-  };
-  ws.onmessage = (event) => {
-    if (typeof event.data !== "string") return;
-    let msg;
-    try {
-      msg = JSON.parse(event.data);
-    } catch (err) {
-      showError("The server sent something that is not JSON.", String(event.data).slice(0, 200));
-      return;
-    }
-    handleMessage(msg);
-  };
-  ws.onclose = (event) => onClose(ws, event);
+    setStatus(`connected to ${state.room} as ${source ? "source" : "listener"}`, "open");
+  });
+  client.on("welcome", onWelcome);
+  client.on("mood", onMood);
+  client.on("source", (msg) => {
+    $("source-state").textContent = msg.state;
+    $("source-state").dataset.state = msg.state;
+  });
+  client.on("error", (msg) => showError(`Server error: ${msg.code}${msg.fatal ? " (fatal)" : ""}`, msg.message));
+  client.on("refused", onRefused);
+  client.on("close", onClose);
+  client.on("reconnecting", (r) => setStatus(`${r.reason}: reconnecting in ${(r.delayMs / 1000).toFixed(1)} s`, "retry"));
+  setStatus(`connecting to ${state.room}…`, "connecting");
+  client.connect().catch(() => {}); // failures arrive as refused/close events
 }
 
-async function onClose(ws, event) {
-  if (ws !== state.ws) return; // an old socket we already replaced
-  state.ws = null;
-  const wasOpen = state.opened;
+// The handshake failed: the client asked the server over HTTP what it could (a browser cannot read the refusal).
+function onRefused(r) {
+  if (r.code === "unreachable") {
+    showError(`Cannot reach the server at ${serverBase()}.`, "Is `python -m sendreturn_mood serve` running? Retrying…");
+  } else if (r.code === "source_taken" && !r.willRetry) {
+    showError("The server refused to connect: 409 source_taken", r.message);
+  } else if (r.code === "bad_request") {
+    showError("The server refused to connect: 400 bad_request", r.message);
+  } else if (!r.willRetry) {
+    showError(
+      "The server refused the connection.",
+      "The browser cannot show the server's reason. Likely causes: the server needs a token (401; set it " +
+        "under “more”), an unknown preset or bad parameter (400), or the server is full (503). " +
+        "`python examples/listen.py` or `python examples/stream_file.py` with the same settings print the " +
+        "server's JSON answer.",
+    );
+  }
+}
+
+function onClose(c) {
+  state.opened = false;
   if (!state.wantConnected) return;
-  if (!wasOpen) {
-    // The handshake failed. A browser cannot read the HTTP status or JSON body of a refused websocket handshake,
-    // so find out what we can over plain HTTP and say what the person can do about it.
-    const d = await diagnoseRefusal();
-    if (!state.wantConnected) return;
-    if (d.unreachable) {
-      showError(`Cannot reach the server at ${d.base}.`, "Is `python -m sendreturn_mood serve` running? Retrying…");
-      scheduleRetry("server unreachable");
-    } else if (d.code === "source_taken" && state.hadConnection) {
-      // reconnecting after a drop: the server may not have noticed yet that our old connection is gone
-      scheduleRetry("the server still has our old connection");
-    } else if (d.code === "source_taken") {
-      showError("The server refused to connect: 409 source_taken", d.message);
-      disconnect("refused: the room already has a source");
-    } else {
-      showError(
-        `The server refused the connection (close ${event.code}).`,
-        "The browser cannot show the server's reason. Likely causes: the server needs a token (401; set it " +
-          "under “more”), an unknown preset or bad parameter (400), or the server is full (503). " +
-          "`python examples/listen.py` or `python examples/stream_file.py` with the same settings print the " +
-          "server's JSON answer.",
-      );
-      disconnect("refused");
+  if (!c.opened) {
+    if (!c.willReconnect) {
+      disconnect(c.refusal && c.refusal.code === "source_taken" ? "refused: the room already has a source" : "refused");
     }
     return;
   }
-  const why = CLOSE_TEXT[event.code] || "closed";
-  const reason = event.reason ? ` “${event.reason}”` : "";
-  if (event.code === 1000) {
-    setStatus(`stream ended (${event.code})`, "idle");
-    disconnect(`closed ${event.code}: ${why}`);
+  const why = CLOSE_TEXT[c.code] || "closed";
+  if (c.code === 1000) {
+    disconnect(`closed ${c.code}: ${why}`);
     return;
   }
-  showError(`Connection closed: ${event.code}${reason}`, why);
-  if (NO_RETRY_CODES.has(event.code)) disconnect(`closed ${event.code}`);
-  else scheduleRetry(`closed ${event.code}`);
-}
-
-async function diagnoseRefusal() {
-  const base = serverBase().replace(/^ws/, "http");
-  const getJson = async (path) => {
-    const response = await fetch(`${base}${path}`, { cache: "no-store" });
-    return { ok: response.ok, body: await response.json() };
-  };
-  try {
-    await getJson("/healthz");
-  } catch (err) {
-    return { unreachable: true, base };
-  }
-  if (state.role !== "listener") {
-    try {
-      // this server's room summary (GET /v1/rooms/{room}): is there a source already?
-      const room = await getJson(`/v1/rooms/${encodeURIComponent(state.room)}`);
-      if (room.ok && room.body.source === true) {
-        return {
-          code: "source_taken",
-          message: `Room “${state.room}” already has a source (one per room). Join it as a listener, or pick another room.`,
-        };
-      }
-    } catch (err) {
-      // no room summary on this server: fall through to the generic explanation
-    }
-  }
-  return { code: "refused" };
-}
-
-function scheduleRetry(why) {
-  const delay = state.backoff;
-  state.backoff = Math.min(state.backoff * 2, BACKOFF_MAX_MS);
-  setStatus(`${why}: reconnecting in ${(delay / 1000).toFixed(1)} s`, "retry");
-  state.retryTimer = setTimeout(openSocket, delay);
+  showError(`Connection closed: ${c.code}${c.reason ? ` “${c.reason}”` : ""}`, why);
+  if (!c.willReconnect) disconnect(`closed ${c.code}`);
 }
 
 function disconnect(why) {
   state.wantConnected = false;
-  clearTimeout(state.retryTimer);
-  if (state.ws) {
-    const ws = state.ws;
-    state.ws = null;
-    ws.close(1000, "bye");
+  state.opened = false;
+  if (state.client) {
+    const client = state.client;
+    state.client = null;
+    client.close(1000, "bye");
   }
   stopAudio();
   setControls(false);
   setStatus(why || "not connected", "idle");
 }
 
-function send(obj) {
-  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(obj));
-}
-
-function sendTrack(file) {
-  const title = file.name.replace(/\.[^.]+$/, "");
-  send({ type: "track", id: `file:${file.name}`, title });
+function fileTrack(file) {
+  return { id: `file:${file.name}`, title: file.name.replace(/\.[^.]+$/, "") };
 }
 
 // ------------------------------------------------------------------------------------------------------------ audio
 
 async function startAudio(role) {
-  const ctx = new AudioContext({ latencyHint: "interactive" });
-  await ctx.audioWorklet.addModule("worklet.js");
-  const node = new AudioWorkletNode(ctx, "pcm-sender", {
-    numberOfInputs: 1,
-    numberOfOutputs: 1,
-    outputChannelCount: [1],
-    processorOptions: { chunkMs: CHUNK_MS },
-  });
-  node.port.onmessage = (event) => onPcm(event.data);
-  node.connect(ctx.destination); // silent output: keeps the worklet pulled by the graph
-  const audio = { ctx, node, stream: null, player: null, elementSource: null, file: null, rate: ctx.sampleRate };
+  let stream = null;
   if (role === "mic") {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       throw new Error("this browser gives no microphone access here (it needs http://localhost or https)");
     }
-    audio.stream = await navigator.mediaDevices.getUserMedia({
+    stream = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
     });
-    ctx.createMediaStreamSource(audio.stream).connect(node);
-  } else {
-    const file = $("file").files[0];
-    if (!file) throw new Error("choose an audio file first");
-    attachFile(audio, file);
   }
-  if (ctx.state === "suspended") await ctx.resume();
-  $("sent").title = `${ctx.sampleRate} Hz mono s16le`;
+  const file = role === "file" ? $("file").files[0] : null;
+  if (role === "file" && !file) throw new Error("choose an audio file first");
+  const capture = await startCapture(stream, { chunkMs: CHUNK_MS, onChunk: onPcm });
+  const audio = { capture, rate: capture.sampleRate, file: null };
+  if (file) attachFile(audio, file);
+  $("sent").title = `${capture.sampleRate} Hz mono s16le`;
   return audio;
 }
 
 // Play `file` through the audio graph: to the speakers (the person hears it) and to the worklet (the room hears it).
 function attachFile(audio, file) {
-  if (audio.player) {
-    audio.player.pause();
-    audio.elementSource.disconnect();
-  }
   // A media element can feed only one audio graph in its life, so every file gets a fresh element.
   const player = new Audio();
   player.controls = true;
   player.src = URL.createObjectURL(file);
-  const source = audio.ctx.createMediaElementSource(player);
-  source.connect(audio.ctx.destination);
-  source.connect(audio.node);
-  const node = audio.node;
-  player.onplay = () => node.port.postMessage({ active: true });
-  player.onpause = () => node.port.postMessage({ active: false });
-  player.onended = () => node.port.postMessage({ active: false });
-  node.port.postMessage({ active: false });
   player.id = "player";
   $("player").replaceWith(player);
-  Object.assign(audio, { player, elementSource: source, file });
+  audio.capture.attachElement(player);
+  audio.file = file;
   player.play().catch((err) => showError("The file cannot be played.", String(err)));
 }
 
@@ -353,16 +246,10 @@ function audioErrorText(err) {
   return "Could not start the audio input.";
 }
 
-function onPcm(data) {
-  const ws = state.ws;
-  $("level").style.width = `${Math.min(100, data.level * 300).toFixed(0)}%`;
-  if (!ws || ws.readyState !== WebSocket.OPEN) return;
-  if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
-    state.droppedChunks += 1;
-    return;
-  }
-  ws.send(data.pcm);
-  state.sentSamples += data.pcm.byteLength / 2;
+function onPcm(pcm, level) {
+  $("level").style.width = `${Math.min(100, level * 300).toFixed(0)}%`;
+  if (!state.client || !state.client.sendAudio(pcm)) return;
+  state.sentSamples += pcm.byteLength / 2;
   $("sent").textContent = (state.sentSamples / state.audio.rate).toFixed(1);
 }
 
@@ -370,34 +257,11 @@ function stopAudio() {
   const audio = state.audio;
   state.audio = null;
   if (!audio) return;
-  if (audio.stream) audio.stream.getTracks().forEach((t) => t.stop());
-  if (audio.player) audio.player.pause();
-  audio.node.port.onmessage = null;
-  audio.ctx.close();
+  audio.capture.stop();
   state.sentSamples = 0;
 }
 
 // --------------------------------------------------------------------------------------------------------- messages
-
-function handleMessage(msg) {
-  switch (msg.type) {
-    case "welcome":
-      onWelcome(msg);
-      break;
-    case "mood":
-      onMood(msg);
-      break;
-    case "source":
-      $("source-state").textContent = msg.state;
-      $("source-state").dataset.state = msg.state;
-      break;
-    case "error":
-      showError(`Server error: ${msg.code}${msg.fatal ? " (fatal)" : ""}`, msg.message);
-      break;
-    default:
-      break; // newer message types: ignore, as protocol v1 clients should
-  }
-}
 
 function onWelcome(msg) {
   const model = msg.model || {};
@@ -874,17 +738,17 @@ function init() {
   });
   $("preset").addEventListener("change", () => {
     const name = $("preset").value.trim();
-    if (name && state.role !== "listener") send({ type: "preset", name });
+    if (name && state.role !== "listener" && state.client) state.client.preset(name);
   });
   $("file").addEventListener("change", () => {
     // A new file while streaming: replace the source audio and tell the room a new track starts.
     const file = $("file").files[0];
     if (file && state.wantConnected && state.role === "file" && state.audio) {
       attachFile(state.audio, file);
-      sendTrack(file);
+      if (state.client) state.client.track(fileTrack(file));
     }
   });
-  window.addEventListener("beforeunload", () => { if (state.ws) state.ws.close(1000, "page closed"); });
+  window.addEventListener("beforeunload", () => { if (state.client) state.client.close(1000, "page closed"); });
   drawPlane();
   if (params.get("connect") === "1") connect();
 }

@@ -5,6 +5,7 @@
 // page announces `sample_rate=<context rate>` when it connects, as protocol v1 asks).
 // Main thread <- {pcm: ArrayBuffer (Int16 little-endian), level: rms 0..1}  (the buffer is transferred, not copied)
 // Main thread -> {active: bool}  (paused sources send nothing, so stream_time only counts real audio)
+// Loaded by startCapture() in index.js (same folder), so the page and npm users get it from the same place.
 
 const DEFAULT_CHUNK_MS = 100;
 

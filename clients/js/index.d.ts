@@ -1,0 +1,323 @@
+// Types for sendreturn-mood-client (src/index.js), protocol v1.
+// Every interface tagged `@schema FILE[#POINTER]` mirrors that JSON Schema in schema/v1/ field for field (names,
+// and which are optional); test/types.test.js checks that they cover exactly the schema's messages and fields.
+// Servers only ever add fields and message types: clients must ignore what they do not know.
+
+export declare const PROTOCOL_VERSION: 1;
+export declare const ROOM_RE: RegExp;
+export declare const CLOSE_TEXT: Record<number, string>;
+
+export type Role = "source" | "listener";
+export type Encoding = "pcm_s16le" | "pcm_f32le";
+export type ErrorCode =
+  | "bad_message" | "bad_audio" | "rate_limited" | "not_allowed" | "too_big" | "unauthorized" | "server_error";
+export type HttpErrorCode =
+  | "bad_request" | "unauthorized" | "forbidden_origin" | "not_found" | "source_taken" | "rate_limited" | "server_full";
+/** label -> probability (they sum to 1), in the model's label order */
+export type Probabilities = Record<string, number>;
+
+/** @schema common.json#/$defs/audio */
+export interface AudioFormat {
+  encoding: Encoding;
+  sample_rate: number;
+  channels: number;
+}
+
+/** @schema common.json#/$defs/track */
+export interface Track {
+  id: string;
+  title?: string;
+  artist?: string;
+}
+
+/** @schema welcome.json#/properties/model */
+export interface ModelInfo {
+  name: string;
+  version: string;
+  moods: string[];
+  genres: string[];
+  /** where each mood sits on the valence/arousal plane (server extension) */
+  coordinates?: Record<string, { valence: number; arousal: number }>;
+}
+
+/** @schema welcome.json#/properties/analysis */
+export interface AnalysisInfo {
+  window_seconds: number;
+  hop_seconds: number;
+}
+
+/** @schema welcome.json */
+export interface WelcomeMessage {
+  type: "welcome";
+  protocol: 1;
+  room: string;
+  role: Role;
+  /** sources only */
+  audio?: AudioFormat;
+  model: ModelInfo;
+  analysis: AnalysisInfo;
+  preset: string;
+}
+
+/** @schema mood.json#/properties/instant */
+export interface InstantMood {
+  probabilities: Probabilities;
+  valence: number;
+  arousal: number;
+}
+
+/** @schema mood.json#/properties/genre */
+export interface Genre {
+  label: string;
+  probabilities: Probabilities;
+}
+
+/** @schema mood.json */
+export interface MoodMessage {
+  type: "mood";
+  room: string;
+  seq: number;
+  stream_time: number;
+  /** only after a track message */
+  track?: Track;
+  mood: string;
+  confidence: number;
+  probabilities: Probabilities;
+  valence: number;
+  arousal: number;
+  instant: InstantMood;
+  /** only when the model has genres */
+  genre?: Genre;
+  /** effect parameter -> value (numbers; colours as "#rrggbb") */
+  effects: Record<string, number | string>;
+  preset: string;
+  /** "silent": the window was below the server's silence threshold (mood held, effects at rest) */
+  state?: "music" | "silent";
+  /** the analysed window's level in dB re a full-scale sine (-120: digital silence) */
+  level_db?: number;
+  latency_ms: number;
+}
+
+/** @schema source.json */
+export interface SourceMessage {
+  type: "source";
+  state: "connected" | "disconnected";
+}
+
+/** @schema error.json */
+export interface ErrorMessage {
+  type: "error";
+  code: ErrorCode;
+  message: string;
+  fatal: boolean;
+}
+
+export type ServerMessage = WelcomeMessage | MoodMessage | SourceMessage | ErrorMessage;
+
+/** @schema track.json */
+export interface TrackMessage {
+  type: "track";
+  id: string;
+  title?: string;
+  artist?: string;
+}
+
+/** @schema preset.json */
+export interface PresetMessage {
+  type: "preset";
+  name: string;
+}
+
+/** @schema end.json */
+export interface EndMessage {
+  type: "end";
+}
+
+/** @schema keepalive.json */
+export interface KeepaliveMessage {
+  type: "keepalive";
+}
+
+export type ClientMessage = TrackMessage | PresetMessage | EndMessage | KeepaliveMessage;
+
+/** @schema handshake-query.json */
+export interface HandshakeQuery {
+  role?: Role;
+  encoding?: Encoding;
+  sample_rate?: number;
+  channels?: number;
+  preset?: string;
+  token?: string;
+}
+
+/** @schema http-error.json#/properties/error */
+export interface HttpErrorDetail {
+  code: HttpErrorCode;
+  message: string;
+}
+
+/** @schema http-error.json */
+export interface HttpError {
+  error: HttpErrorDetail;
+}
+
+/** @schema room-info.json */
+export interface RoomInfo {
+  room: string;
+  source: boolean;
+  listeners: number;
+  seq: number;
+  track: Track | null;
+  preset: string;
+  audio_seconds: number;
+}
+
+/** @schema healthz.json#/properties/model */
+export interface HealthModel {
+  name: string;
+  version: string;
+  path: string;
+}
+
+/** @schema healthz.json#/properties/broker */
+export interface HealthBroker {
+  kind: string;
+  node: string;
+  connected: boolean;
+}
+
+/** @schema healthz.json */
+export interface Health {
+  status: "ok" | "degraded" | "shutting_down";
+  version: string;
+  protocol: 1;
+  model: HealthModel;
+  rooms: number;
+  connections: number;
+  broker?: HealthBroker;
+}
+
+// ------------------------------------------------------------------------------------------------- the client
+
+export interface Refusal {
+  code: "unreachable" | "server_full" | "bad_request" | "source_taken" | "unknown";
+  message: string;
+}
+
+export interface CloseInfo {
+  code: number;
+  reason: string;
+  wasClean: boolean;
+  /** false: the handshake failed (see `refusal`) */
+  opened: boolean;
+  willReconnect: boolean;
+  delayMs: number;
+  refusal: Refusal | null;
+}
+
+export interface MoodClientEvents {
+  open: { url: string };
+  welcome: WelcomeMessage;
+  mood: MoodMessage;
+  source: SourceMessage;
+  /** an `error` message from the server (fatal ones are followed by a close) */
+  error: ErrorMessage;
+  /** every server message, including types this version does not know */
+  message: ServerMessage | { type: string; [field: string]: unknown };
+  close: CloseInfo;
+  reconnecting: { attempt: number; delayMs: number; reason: string };
+  refused: Refusal & { willRetry: boolean };
+}
+
+/** The parts of a WHATWG WebSocket the client uses (browsers, Node >= 22, the `ws` package). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  readonly bufferedAmount: number;
+  binaryType: string;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+  onclose: ((event: { code: number; reason: string; wasClean: boolean }) => void) | null;
+  send(data: string | ArrayBufferLike | ArrayBufferView): void;
+  close(code?: number, reason?: string): void;
+}
+
+export interface MoodClientOptions {
+  /** server base URL, e.g. "ws://127.0.0.1:8765" */
+  url: string;
+  room: string;
+  role?: Role;
+  encoding?: Encoding;
+  sampleRate?: number;
+  channels?: number;
+  preset?: string;
+  token?: string;
+  /** a WebSocket constructor; default: globalThis.WebSocket */
+  WebSocket?: new (url: string) => WebSocketLike;
+  reconnect?: boolean;
+  /** failed attempts in a row before giving up (default: no limit) */
+  maxRetries?: number;
+  backoff?: { startMs?: number; maxMs?: number; factor?: number };
+  /** send `keepalive` after this long without sending anything; 0: never (default 30000) */
+  keepaliveMs?: number;
+  /** sendAudio drops audio while more than this many bytes wait in the socket (default 512 KiB) */
+  maxBufferedBytes?: number;
+  /** ask the server over HTTP why a handshake failed (default true) */
+  diagnose?: boolean;
+}
+
+export interface EndResult {
+  last: MoodMessage | null;
+  code: number | null;
+  reason: string;
+}
+
+export declare function roomUrl(base: string, room: string, params?: Partial<Record<keyof HandshakeQuery, string | number | undefined | null>>): string;
+
+export declare class MoodClient {
+  constructor(options: MoodClientOptions);
+  readonly options: Required<Omit<MoodClientOptions, "preset" | "token">> & Pick<MoodClientOptions, "preset" | "token">;
+  readonly url: string;
+  readonly state: "idle" | "connecting" | "open" | "closed";
+  readonly isOpen: boolean;
+  readonly welcome: WelcomeMessage | null;
+  readonly last: MoodMessage | null;
+  readonly currentTrack: Track | null;
+  readonly sentBytes: number;
+  readonly droppedChunks: number;
+  on<K extends keyof MoodClientEvents>(type: K, listener: (data: MoodClientEvents[K]) => void): () => void;
+  off<K extends keyof MoodClientEvents>(type: K, listener: (data: MoodClientEvents[K]) => void): void;
+  /** resolves with the first welcome; rejects when closed before it without reconnecting */
+  connect(): Promise<WelcomeMessage>;
+  diagnose(): Promise<Refusal>;
+  sendAudio(pcm: ArrayBufferLike | ArrayBufferView): boolean;
+  sendFloat(samples: Float32Array | number[]): boolean;
+  track(track: Track): boolean;
+  preset(name: string): boolean;
+  keepalive(): boolean;
+  end(options?: { timeoutMs?: number }): Promise<EndResult>;
+  close(code?: number, reason?: string): void;
+}
+
+export declare function encodePcm(samples: Float32Array | number[], encoding?: Encoding): ArrayBuffer;
+
+export declare function streamSamples(
+  client: MoodClient, samples: Float32Array, options?: { chunkMs?: number; speed?: number },
+): Promise<number>;
+
+export interface Capture {
+  context: AudioContext;
+  node: AudioWorkletNode;
+  /** the AudioContext's rate: announce it as the source client's sampleRate */
+  sampleRate: number;
+  onChunk: ((pcm: ArrayBuffer, level: number) => void) | null;
+  level: number;
+  setActive(active: boolean): void;
+  attachElement(element: HTMLMediaElement): void;
+  stop(): Promise<void>;
+}
+
+export declare function startCapture(
+  input: MediaStream | HTMLMediaElement | null,
+  options?: { context?: AudioContext; chunkMs?: number; workletUrl?: string; onChunk?: (pcm: ArrayBuffer, level: number) => void },
+): Promise<Capture>;

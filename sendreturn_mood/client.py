@@ -1,0 +1,629 @@
+"""An asyncio client for protocol v1 (docs/PROTOCOL.md): what a Python program uses to feed a room or follow one.
+
+    from sendreturn_mood.client import Listener, Mood, Source
+
+    async with Listener("ws://127.0.0.1:8765", "lobby") as room:      # reconnects with backoff on drops
+        async for update in room:                                     # Welcome | Mood | SourceState | ServerError |
+            if isinstance(update, Mood):                              # Unknown | Disconnected | Reconnecting
+                scene.apply(update.effects)
+
+    async with Source("ws://127.0.0.1:8765", "lobby", on_event=print) as src:
+        await src.send_file("song.mp3")                               # track + paced PCM, resumes after a drop
+        last = await src.end()                                        # the server's last update, then close 1000
+
+Why these shapes: updates are typed dataclasses (every field of the schema in schema/v1/, plus `raw`, the exact
+text the server sent, and `extra`, fields this version does not know: the protocol only ever adds fields). A
+listener is an async iterator because that is how a game loop or a bridge consumes a stream; connection events
+come through the same iterator, so a program sees a drop as data instead of an exception it has to catch. A
+source streams at `speed` times real time (0 = as fast as the server's rate limit allows) and remembers its
+position, so a reconnect resumes the current track where it was (sending `track` again, because analysis restarts
+on a new connection).
+
+Refusals that retrying cannot fix (400, 401, 403, 404) raise `Refused`; others (409 source_taken, 503 server_full,
+network errors, close 1001 on a server restart) are retried with exponential backoff until `retries` attempts in a
+row have failed (`GaveUp`). A fatal `error` message from the server raises `FatalServerError` on the source side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Union
+from urllib.parse import quote, urlencode
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from . import pcm
+from .audiofiles import find_audio  # noqa: F401  (part of this module's API: files and folders -> audio files)
+
+DEFAULT_URL = "ws://127.0.0.1:8765"
+FATAL_STATUS = frozenset({400, 401, 403, 404})  # refusals that retrying cannot fix (409, 503: retry)
+OPEN_TIMEOUT_S = 10.0
+END_TIMEOUT_S = 30.0  # after `end`, how long to wait for the server's last update and close
+READ_SECONDS = 10.0  # audio decoded per file read (then sent in chunk_ms pieces)
+KEEPALIVE_S = 30.0  # a `keepalive` text message after this long without sending anything (None: never)
+
+
+# ---------------------------------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class _Message:
+    raw: str = field(repr=False, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Welcome(_Message):
+    protocol: int = 1
+    room: str = ""
+    role: str = ""
+    model: dict[str, Any] = field(default_factory=dict)
+    analysis: dict[str, float] = field(default_factory=dict)
+    preset: str = ""
+    audio: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Mood(_Message):
+    room: str = ""
+    seq: int = 0
+    stream_time: float = 0.0
+    mood: str = ""
+    confidence: float = 0.0
+    probabilities: dict[str, float] = field(default_factory=dict)
+    valence: float = 0.0
+    arousal: float = 0.0
+    instant: dict[str, Any] = field(default_factory=dict)
+    effects: dict[str, float | str] = field(default_factory=dict)
+    preset: str = ""
+    latency_ms: float = 0.0
+    track: dict[str, str] | None = None
+    genre: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SourceState(_Message):
+    state: str = ""
+
+    @property
+    def connected(self) -> bool:
+        return self.state == "connected"
+
+
+@dataclass(frozen=True)
+class ServerError(_Message):
+    code: str = ""
+    message: str = ""
+    fatal: bool = False
+
+
+@dataclass(frozen=True)
+class Unknown(_Message):
+    """A message type this client does not know (a later server may add some): `raw` has it all."""
+
+    type: str = ""
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """The connection ended (`code`/`reason` from the close frame; 1006 when there was none)."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Reconnecting:
+    """About to wait `delay` seconds and connect again (attempt `attempt` in a row)."""
+
+    reason: str
+    delay: float
+    attempt: int
+
+
+ServerMessage = Union[Welcome, Mood, SourceState, ServerError, Unknown]
+Event = Union[ServerMessage, Disconnected, Reconnecting]
+_TYPES: dict[str, type[_Message]] = {"welcome": Welcome, "mood": Mood, "source": SourceState, "error": ServerError}
+
+
+def parse_message(raw: str) -> ServerMessage:
+    """A server text frame -> its dataclass. Unknown fields go to `extra`, unknown types become `Unknown`."""
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError(f"server messages are JSON objects, got {raw[:80]!r}")
+    kind = str(data.get("type", ""))
+    cls = _TYPES.get(kind)
+    if cls is None:
+        return Unknown(raw=raw, type=kind, extra={k: v for k, v in data.items() if k != "type"})
+    known = {f.name for f in fields(cls)} - {"raw", "extra"}
+    return cls(
+        raw=raw,
+        extra={k: v for k, v in data.items() if k not in known and k != "type"},
+        **{k: v for k, v in data.items() if k in known},
+    )
+
+
+def client_message(kind: str, **fields_: Any) -> str:
+    """A client text message (schema/v1/client-message.json); None fields are left out. Every text message the
+    clients send is built here (the tests validate them against the schema)."""
+    return json.dumps({"type": kind, **{k: v for k, v in fields_.items() if v is not None}})
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+class ClientError(Exception):
+    """Base of the errors this module raises."""
+
+
+class Refused(ClientError):
+    """The server refused the handshake for a reason retrying cannot fix. `body` is its JSON answer when it sent one."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status} {body}".strip())
+        self.status = status
+        self.body = body
+        try:
+            err = json.loads(body)["error"]
+            self.code, self.message = str(err["code"]), str(err["message"])
+        except (ValueError, KeyError, TypeError):
+            self.code, self.message = "", body
+
+
+class GaveUp(ClientError):
+    """`retries` connection attempts in a row failed."""
+
+
+class FatalServerError(ClientError):
+    """The server sent a fatal `error` for this stream (then closed it)."""
+
+    def __init__(self, error: ServerError) -> None:
+        super().__init__(error.raw)
+        self.error = error
+
+
+# ---------------------------------------------------------------------------------------------------- connecting
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff between reconnect attempts: start, doubling (factor) up to max, in seconds."""
+
+    start: float = 0.5
+    max: float = 10.0
+    factor: float = 2.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.start
+        while True:
+            yield delay
+            delay = min(delay * self.factor, self.max)
+
+
+def room_url(base: str, room: str, **params: Any) -> str:
+    """ws://HOST:PORT/v1/rooms/{room}?... (None parameters left out; the room name is escaped)."""
+    query = urlencode({k: v for k, v in params.items() if v is not None})
+    return f"{base.rstrip('/')}/v1/rooms/{quote(room, safe='')}" + (f"?{query}" if query else "")
+
+
+def _refusal_text(exc: InvalidStatus) -> str:
+    body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
+    return f"HTTP {exc.response.status_code} {body}".strip()
+
+
+async def _open(url: str, open_timeout: float) -> ClientConnection:
+    """One connection attempt. Raises Refused (do not retry) or ConnectionError(reason) (may retry)."""
+    try:
+        return await connect(url, compression=None, proxy=None, open_timeout=open_timeout, max_size=None)
+    except InvalidStatus as exc:
+        body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
+        if exc.response.status_code in FATAL_STATUS:
+            raise Refused(exc.response.status_code, body) from exc
+        raise ConnectionError(f"refused: {_refusal_text(exc)}") from exc
+    except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
+        raise ConnectionError(f"cannot connect ({type(exc).__name__}: {exc})") from exc
+
+
+async def _keepalive(ws: ClientConnection, last_send: list[float], every: float) -> None:
+    """Send `keepalive` whenever nothing was sent for `every` seconds (proxies close idle connections)."""
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            await asyncio.sleep(max(0.05, last_send[0] + every - time.monotonic()))
+            if time.monotonic() - last_send[0] >= every:
+                await ws.send(client_message("keepalive"))
+                last_send[0] = time.monotonic()
+
+
+# ---------------------------------------------------------------------------------------------------- listener
+
+
+class Listener:
+    """Follow a room: `async for event in listener` yields server messages and connection events, reconnecting
+    with backoff until `retries` attempts in a row fail (-1: forever). Raises Refused or GaveUp."""
+
+    def __init__(
+        self,
+        url: str,
+        room: str,
+        *,
+        token: str | None = None,
+        retries: int = -1,
+        backoff: Backoff = Backoff(),
+        keepalive: float | None = KEEPALIVE_S,
+        open_timeout: float = OPEN_TIMEOUT_S,
+    ) -> None:
+        self.url = room_url(url, room, role="listener", token=token)
+        self.retries = retries
+        self.backoff = backoff
+        self.keepalive = keepalive
+        self.open_timeout = open_timeout
+        self._ws: ClientConnection | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> "Listener":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop: the iterator ends after the current connection closes."""
+        self._closed = True
+        if self._ws is not None:
+            await self._ws.close()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self.events()
+
+    async def events(self) -> AsyncIterator[Event]:
+        delays = self.backoff.delays()
+        failures = 0
+        while not self._closed:
+            try:
+                ws = await _open(self.url, self.open_timeout)
+            except ConnectionError as exc:
+                reason = str(exc)
+            else:
+                self._ws = ws
+                delays, failures = self.backoff.delays(), 0
+                last_send = [time.monotonic()]
+                pinger = asyncio.create_task(_keepalive(ws, last_send, self.keepalive)) if self.keepalive else None
+                try:
+                    async for raw in ws:
+                        if isinstance(raw, str):
+                            yield parse_message(raw)
+                except ConnectionClosed:
+                    pass
+                finally:  # also when the consumer stops iterating (break, an exception): close the connection
+                    if pinger is not None:
+                        pinger.cancel()
+                    await ws.close()
+                    self._ws = None
+                code = ws.close_code if ws.close_code is not None else 1006
+                yield Disconnected(code, ws.close_reason or "")
+                reason = f"closed by the server ({code} {ws.close_reason})" if ws.close_reason else f"closed by the server ({code})"
+            if self._closed:
+                return
+            failures += 1
+            if 0 <= self.retries < failures:
+                raise GaveUp(f"{reason}; gave up after {failures} attempts")
+            delay = next(delays)
+            yield Reconnecting(reason, delay, failures)
+            await asyncio.sleep(delay)
+
+
+# ---------------------------------------------------------------------------------------------------- source
+
+
+@dataclass
+class EndResult:
+    """What `Source.end` saw: the server's last update on this connection, how many updates, the close code."""
+
+    last: Mood | None
+    updates: int
+    close_code: int | None
+
+
+class Source:
+    """Be a room's source. The audio format is fixed per connection (protocol v1): `send_file` and `send_array`
+    (re)connect with their audio's format; `connect` + `send_frames` send PCM bytes as they are.
+
+    `on_event` gets every server message and connection event (Disconnected, Reconnecting) as it arrives."""
+
+    def __init__(
+        self,
+        url: str,
+        room: str,
+        *,
+        encoding: str = "pcm_s16le",
+        preset: str | None = None,
+        token: str | None = None,
+        retries: int = 10,
+        backoff: Backoff = Backoff(),
+        keepalive: float | None = KEEPALIVE_S,
+        open_timeout: float = OPEN_TIMEOUT_S,
+        on_event: Callable[[Event], Any] | None = None,
+    ) -> None:
+        if encoding not in pcm.ENCODINGS:
+            raise ValueError(f"encoding must be one of {', '.join(pcm.ENCODINGS)}")
+        self.base, self.room, self.encoding = url, room, encoding
+        self.preset_name, self.token = preset, token
+        self.retries, self.backoff, self.keepalive, self.open_timeout = retries, backoff, keepalive, open_timeout
+        self.on_event = on_event
+        self.format: tuple[int, int] | None = None  # (sample_rate, channels) of the open connection
+        self.updates = 0  # mood updates received on this source's connections
+        self.last: Mood | None = None
+        self._track: dict[str, str] | None = None  # re-sent after a reconnect
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self._last_send = [time.monotonic()]
+        self._fatal: ServerError | None = None
+        self._callback_error: Exception | None = None
+
+    async def __aenter__(self) -> "Source":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
+
+    def _emit(self, event: Event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    # ------------------------------------------------------------------------------------------ connection
+
+    async def connect(self, sample_rate: int, channels: int = 1) -> None:
+        """Open a connection announcing this format (ending a connection with another format first), retrying
+        with backoff. Raises Refused or GaveUp."""
+        if self._ws is not None and self.format == (sample_rate, channels):
+            return
+        if self._ws is not None:
+            await self.end()
+        delays = self.backoff.delays()
+        attempt = 0
+        url = room_url(self.base, self.room, role="source", encoding=self.encoding, sample_rate=sample_rate,
+                       channels=channels, preset=self.preset_name, token=self.token)
+        while True:
+            try:
+                ws = await _open(url, self.open_timeout)
+                break
+            except ConnectionError as exc:
+                attempt += 1
+                if 0 <= self.retries < attempt:
+                    raise GaveUp(f"could not connect after {attempt} attempts ({exc})") from exc
+                delay = next(delays)
+                self._emit(Reconnecting(str(exc), delay, attempt))
+                await asyncio.sleep(delay)
+        self._ws, self.format, self._fatal = ws, (sample_rate, channels), None
+        self._last_send[0] = time.monotonic()
+        self._reader = asyncio.create_task(self._read(ws))
+        if self.keepalive:
+            self._pinger = asyncio.create_task(_keepalive(ws, self._last_send, self.keepalive))
+
+    async def _read(self, ws: ClientConnection) -> None:
+        """Take the server's messages until it closes. An exception in `on_event` (e.g. BrokenPipeError when
+        printing to a closed pipe) closes the connection and is raised by the next call on this source."""
+        try:
+            try:
+                async for raw in ws:
+                    if not isinstance(raw, str):
+                        continue
+                    msg = parse_message(raw)
+                    if isinstance(msg, Mood):
+                        self.updates += 1
+                        self.last = msg
+                    elif isinstance(msg, ServerError) and msg.fatal:
+                        self._fatal = msg
+                    self._emit(msg)
+            except ConnectionClosed:
+                pass
+            code = ws.close_code if ws.close_code is not None else 1006
+            self._emit(Disconnected(code, ws.close_reason or ""))
+        except Exception as exc:  # the callback's, not the connection's
+            self._callback_error = exc
+            await ws.close()
+
+    def _raise_callback_error(self) -> None:
+        if self._callback_error is not None:
+            exc, self._callback_error = self._callback_error, None
+            raise exc
+
+    async def _drop(self) -> None:
+        """Forget a connection that broke (after letting its reader take the last messages: a fatal error?)."""
+        ws, self._ws = self._ws, None
+        if self._pinger is not None:
+            self._pinger.cancel()
+        if self._reader is not None:
+            await asyncio.wait([self._reader], timeout=2.0)
+        if ws is not None:
+            await ws.close()
+        self._raise_callback_error()
+        if self._fatal is not None:
+            raise FatalServerError(self._fatal)
+
+    async def _reconnect(self) -> None:
+        fmt = self.format
+        assert fmt is not None
+        await self._drop()
+        await self.connect(*fmt)
+        if self._track is not None:
+            await self._send(client_message("track", **self._track))
+
+    async def _send(self, data: str | bytes) -> None:
+        self._raise_callback_error()
+        assert self._ws is not None, "not connected"
+        await self._ws.send(data)
+        self._last_send[0] = time.monotonic()
+
+    async def _send_resuming(self, data: str | bytes) -> None:
+        """Send; after a dropped connection reconnect (resending the track) and send again."""
+        while True:
+            try:
+                await self._send(data)
+                return
+            except ConnectionClosed:
+                await self._reconnect()
+
+    # ------------------------------------------------------------------------------------------ messages
+
+    async def track(self, id: str, title: str | None = None, artist: str | None = None) -> None:
+        """A new track starts: the room's analysis restarts, later updates carry it (sent again after reconnects)."""
+        self._track = {k: v for k, v in {"id": id, "title": title, "artist": artist}.items() if v is not None}
+        await self._send_resuming(client_message("track", **self._track))
+
+    async def preset(self, name: str) -> None:
+        """Switch the room's effect preset (an unknown name comes back as a non-fatal bad_message error)."""
+        self.preset_name = name
+        await self._send_resuming(client_message("preset", name=name))
+
+    async def send_frames(self, data: bytes) -> None:
+        """PCM bytes in the announced format, sent as they are (call `connect` first)."""
+        await self._send_resuming(data)
+
+    async def end(self, timeout: float = END_TIMEOUT_S) -> EndResult:
+        """Send `end`, wait for the server's last update and its close (1000). Returns what was seen."""
+        if self._ws is None:
+            return EndResult(self.last, self.updates, None)
+        ws = self._ws
+        try:
+            await self._send(client_message("end"))
+            if self._reader is not None:
+                await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+        except ConnectionClosed:
+            pass
+        except asyncio.TimeoutError:
+            pass
+        await self._drop()
+        self.format = None
+        return EndResult(self.last, self.updates, ws.close_code)
+
+    async def close(self) -> None:
+        """Close without `end` (listeners see the source disconnect)."""
+        if self._ws is not None:
+            with contextlib.suppress(FatalServerError):
+                await self._drop()
+        self.format = None
+
+    # ------------------------------------------------------------------------------------------ audio
+
+    async def send_array(
+        self, audio: np.ndarray, sample_rate: int, *, speed: float = 1.0, chunk_ms: float = 100.0, start: int = 0,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Float audio, [frames] or [frames, channels] in -1..1, from frame `start` on, paced at `speed` times real
+        time (0: unpaced). Connects with this format if needed. Returns the number of frames sent."""
+        audio = np.asarray(audio, dtype=np.float32)
+        block = audio[:, None] if audio.ndim == 1 else audio
+        chunk = max(1, round(sample_rate * chunk_ms / 1000))
+        return await self._stream(_chunks(block, start, chunk), sample_rate, block.shape[1], sample_rate, speed, start, progress)
+
+    async def send_file(
+        self, path: str | Path, *, speed: float = 1.0, chunk_ms: float = 100.0, sample_rate: int | None = None,
+        channels: int | None = None, track: bool = True, start: int = 0, progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Stream an audio file (wav, flac, ogg, mp3, ... anything libsndfile reads): a `track` message named after
+        the file and its tags, then its audio paced at `speed` times real time, at its own rate and channels unless
+        `sample_rate` (resampled with soxr) or `channels` (1: downmix) say otherwise. A dropped connection is
+        reopened and the file resumes where it was. Raises soundfile.LibsndfileError for a file it cannot read."""
+        import soundfile as sf
+
+        path = Path(path)
+        with sf.SoundFile(path) as f:
+            rate = sample_rate or f.samplerate
+            n_channels = channels or min(f.channels, pcm.MAX_CHANNELS)
+            await self.connect(rate, n_channels)
+            if track:
+                await self.track(**track_fields(path))
+            chunk = max(1, round(f.samplerate * chunk_ms / 1000))
+            resampler = None
+            if rate != f.samplerate:
+                import soxr
+
+                resampler = soxr.ResampleStream(f.samplerate, rate, n_channels, dtype="float32")
+            blocks = _file_chunks(f, start, chunk, n_channels, resampler)
+            return await self._stream(blocks, f.samplerate, n_channels, rate, speed, start, progress)
+
+    async def _stream(
+        self, blocks: Iterator[tuple[int, np.ndarray]], in_rate: int, channels: int, out_rate: int, speed: float,
+        start: int, progress: Callable[[int], None] | None,
+    ) -> int:
+        """Send (frames read, float block) pairs paced on the input's clock; resume after drops."""
+        await self.connect(out_rate, channels)
+        t0 = time.monotonic()
+        sent_s = 0.0
+        position = start
+        for n_read, block in blocks:
+            if len(block):
+                await self._send_resuming(pcm.encode(block.reshape(-1), self.encoding))
+            position += n_read
+            sent_s += n_read / in_rate
+            if progress is not None:
+                progress(position)
+            if speed > 0:
+                delay = t0 + sent_s / speed - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    continue
+            await asyncio.sleep(0)  # unpaced: still let the reader take the updates as they come
+        return position - start
+
+
+def _chunks(block: np.ndarray, start: int, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    for i in range(start, len(block), chunk):
+        piece = block[i : i + chunk]
+        yield len(piece), piece
+
+
+def _file_chunks(f: Any, start: int, chunk: int, channels: int, resampler: Any) -> Iterator[tuple[int, np.ndarray]]:
+    """(frames read, [frames, channels] float32 at the output rate) from frame `start` on. Decodes READ_SECONDS at
+    a time and slices: memory stays bounded for long files, and the MP3 decoder is not stopped at every chunk
+    boundary (libmpg123 prints spurious warnings when it is)."""
+    if start:
+        f.seek(start)
+    position = start
+    block_frames = max(chunk, int(f.samplerate * READ_SECONDS) // chunk * chunk)
+    while True:
+        block = f.read(block_frames, dtype="float32", always_2d=True)
+        if len(block) == 0:
+            return
+        for i in range(0, len(block), chunk):
+            piece = to_channels(block[i : i + chunk], channels)
+            position += len(piece)
+            if resampler is not None:
+                piece = resampler.resample_chunk(piece, last=position >= f.frames)
+            yield min(chunk, len(block) - i), piece
+
+
+def to_channels(block: np.ndarray, channels: int) -> np.ndarray:
+    """[frames, file_channels] -> [frames, channels]: keep, or downmix to mono (duplicated when channels > 1)."""
+    if block.shape[1] == channels:
+        return block
+    mono = block.mean(axis=1, keepdims=True)
+    return np.repeat(mono, channels, axis=1)
+
+
+def track_fields(path: Path) -> dict[str, str]:
+    """The `track` fields for a file: id from the file name, title/artist from its tags when it has them."""
+    import soundfile as sf
+
+    out = {"id": f"file:{path.name}", "title": path.stem}
+    try:
+        tags: Mapping[str, str] = sf.SoundFile(path).copy_metadata()
+    except (sf.LibsndfileError, RuntimeError):
+        tags = {}
+    for key in ("title", "artist"):
+        if tags.get(key):
+            out[key] = tags[key]
+    return out
