@@ -274,6 +274,9 @@ class Outbox:
         if kind == MOOD and sum(1 for k, _ in self._items if k == MOOD) >= self.size:
             self._drop_oldest_mood()
         if self.max_bytes is not None:
+            if len(text) > self.max_bytes:  # could never fit: older updates are not evicted for it
+                self._drop()
+                return
             while self.queued_bytes + len(text) > self.max_bytes and kind == MOOD and self._drop_oldest_mood():
                 pass
             if self.queued_bytes + len(text) > self.max_bytes:

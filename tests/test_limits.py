@@ -81,3 +81,24 @@ def test_keyed_rate_limiter():
     assert r.allow("b", now=1.0)
     r.allow("c", now=1.0)
     assert len(r) == 2  # bounded: the least recently used key went
+
+
+async def test_outbox_is_bounded_in_bytes():
+    from sendreturn_mood.rooms import CONTROL, MOOD, Outbox
+
+    box = Outbox(4, max_bytes=1000)
+    box.deliver("w" * 300, CONTROL)
+    box.deliver("e" * 600, CONTROL)
+    box.deliver("x" * 200, CONTROL)  # does not fit: dropped
+    assert box.queued_bytes == 900 and box.dropped == 1
+    await box.next()  # the welcome leaves: room again
+    for i in range(3):
+        box.deliver(str(i) * 150, MOOD)
+    # 600 + 3 x 150 > 1000: the oldest mood updates make room for the newest
+    assert box.queued_bytes <= 1000 and [t[0] for _, t in box._items][-1] == "2"
+    queued = list(box._items)
+    box.deliver("z" * 2000, MOOD)  # larger than the whole budget: dropped, nothing else evicted for it
+    assert list(box._items) == queued
+    while len(box):
+        await box.next()
+    assert box.queued_bytes == 0
