@@ -52,9 +52,11 @@ def _fuzz(args: argparse.Namespace) -> int:
 
     server, base, host, port = _start(args, FUZZ_SERVER_CONFIG)
     try:
+        before = (server.rss_mb(), server.fds()) if server else None
         good = GoodRoom(base, GOOD_ROOM, load_audio(90, 48000), 48000, {**FUZZ_SERVER_CONFIG, **({"model": {"path": args.model}} if args.model else {})}).start()
         result = fuzz(host, port, args.cases, args.seed, server_alive=(lambda: server.alive) if server else None, progress=1000)
         room = good.stop()
+        after = (server.rss_mb(), server.fds()) if server else None
     finally:
         if server is not None:
             server.stop()
@@ -67,6 +69,8 @@ def _fuzz(args: argparse.Namespace) -> int:
                               "errors": room.errors, "completed": room.done, "failure": room.failure},
         "server tracebacks": None if server is None else server.tracebacks,
         "server ERROR lines": None if server is None else server.errors,
+        "server rss_mb before/after": None if before is None else [round(before[0], 1), round(after[0], 1)],  # type: ignore[index]
+        "server fds before/after": None if before is None else [before[1], after[1]],  # type: ignore[index]
     }
     if result.failures:
         report["failing case"] = result.failing_case
