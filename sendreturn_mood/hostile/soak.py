@@ -30,6 +30,7 @@ class SoakResult:
     reconnects: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     samples: list[tuple[float, float, int]] = field(default_factory=list)  # (seconds, rss MB, fds)
+    stall_log: list[str] = field(default_factory=list)
 
     def slopes(self) -> tuple[float, float]:
         late = [s for s in self.samples if s[0] >= WARM_UP_SECONDS] or self.samples
@@ -48,6 +49,7 @@ async def _room(base: str, i: int, audio: np.ndarray, rate: int, until: float, c
     async def listen() -> None:
         while time.monotonic() < until:
             async with connect(url, proxy=None, compression=None, **address) as ws:
+                last_update[0] = time.monotonic()  # a reconnect's own gap is not the server's stall
                 last = 0
                 deadline = min(until, time.monotonic() + churn)
                 while time.monotonic() < deadline:
@@ -89,6 +91,8 @@ async def _room(base: str, i: int, audio: np.ndarray, rate: int, until: float, c
                 next_track = now + churn
             if now - last_update[0] > STALL_SECONDS:
                 result.stalls += 1
+                if len(result.stall_log) < 20:
+                    result.stall_log.append(f"soak{i} at {now - t0:.0f} s")
                 last_update[0] = now
             delay = t0 + k * FRAME_SECONDS - time.monotonic()
             if delay > 0:
@@ -134,7 +138,8 @@ def summary(result: SoakResult, server: Any) -> dict[str, Any]:
         "updates": result.updates,
         "missed_updates (seq gaps)": result.seq_gaps,
         "updates per room-minute": round(result.updates / max(1e-9, result.rooms * result.minutes), 1),
-        "stalls (10 s of streaming without an update)": result.stalls,
+        "stalls (a listener connected for 10 s without an update while its source streams)": result.stalls,
+        "stalls, first 20": result.stall_log,
         "listener reconnects": result.reconnects,
         "errors": result.errors,
         "rss_mb start/end": [round(first[1], 1), round(last[1], 1)],
