@@ -86,6 +86,13 @@ class Mood(_Message):
     latency_ms: float = 0.0
     track: dict[str, str] | None = None
     genre: dict[str, Any] | None = None
+    state: str | None = None  # "music" | "silent" (servers that detect silence)
+    level_db: float | None = None
+
+    @property
+    def silent(self) -> bool:
+        """The analysed window was silence: the mood fields hold their last music values, effects are at rest."""
+        return self.state == "silent"
 
 
 @dataclass(frozen=True)
