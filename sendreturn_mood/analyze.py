@@ -1,8 +1,9 @@
 """`python -m sendreturn_mood analyze FILE... [--json]`: the server's streaming path, run over audio files.
 
 Files go through exactly what a room's source goes through (`AnalysisStream` for resampling, log-mel and windows,
-`MoodModel.predict`, `MoodTracker` for smoothing, hysteresis and effects), so the per-hop values printed here are
-the `mood` messages the server would broadcast for the same audio and settings. That makes `analyze` the tool to
+`MoodModel.predict`, `TrackChangeDetector` for track changes heard in the audio, `MoodTracker` for smoothing,
+hysteresis and effects), so the per-hop values and track changes printed here are the `mood` and `track_change`
+messages the server would broadcast for the same audio and settings. That makes `analyze` the tool to
 check what a room will see for a song, and the reference the server is tested against.
 """
 
@@ -22,6 +23,7 @@ from .effects import EffectsError, load_presets
 from .model import ModelError, ModelInfo, MoodModel
 from .pcm import BadAudio, check_samples
 from .pipeline import AnalysisStream, Window, window_plan
+from .trackchange import TrackChangeDetector, TrackChangeError, detector_from_config
 from .tracker import DECIMALS, SILENT, MoodTracker, tracker_from_config
 
 READ_BLOCK_SECONDS = 60.0  # files go through the pipeline in blocks this long: memory stays bounded, and few
@@ -64,9 +66,13 @@ def _decoder_reason(error: Exception) -> str:
     return reason
 
 
-def predict_windows(model: MoodModel, windows: list[Window], max_batch: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """Per-window (mood probabilities, genre probabilities or None), batching windows of equal length."""
-    out: list[tuple[np.ndarray, np.ndarray | None]] = []
+Row = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+
+
+def predict_windows(model: MoodModel, windows: list[Window], max_batch: int) -> list[Row]:
+    """Per-window (mood probabilities, genre probabilities or None, embedding or None), batching windows of equal
+    length."""
+    out: list[Row] = []
     i = 0
     while i < len(windows):
         j = i + 1
@@ -74,28 +80,44 @@ def predict_windows(model: MoodModel, windows: list[Window], max_batch: int) -> 
             j += 1
         pred = model.predict(np.stack([w.logmel for w in windows[i:j]]))
         for k in range(j - i):
-            out.append((pred.moods[k], None if pred.genres is None else pred.genres[k]))
+            out.append((
+                pred.moods[k],
+                None if pred.genres is None else pred.genres[k],
+                None if pred.embeddings is None else pred.embeddings[k],
+            ))
         i = j
     return out
 
 
 def analyze_file(
-    path: str | Path, model: MoodModel, config: dict[str, Any], preset: str | None = None, tracker: MoodTracker | None = None
+    path: str | Path,
+    model: MoodModel,
+    config: dict[str, Any],
+    preset: str | None = None,
+    tracker: MoodTracker | None = None,
+    detector: TrackChangeDetector | None = None,
 ) -> dict[str, Any]:
     """Analyse one file through the server's streaming path -> the dict `--json` prints for it.
 
     `timeline` holds one `MoodTracker.update` result per hop (what the server broadcasts, minus type/room/seq/
-    track/latency_ms); the whole-file summary is the mean of the instant probabilities over all windows.
+    track/latency_ms); `track_changes` the changes the room's detector hears (the server's `track_change`
+    messages minus type/room; each resets the smoothing, as in a room); the whole-file summary is the mean of the
+    instant probabilities over all windows.
     """
     path = Path(path)
     info = model.info
+    plan = window_plan(info, config)
     if tracker is None:
         presets = load_presets(config["effects"]["file"], config["effects"]["default_preset"])
         tracker = tracker_from_config(info, config, presets, preset)
     else:
         tracker.reset()
+    if detector is None:
+        detector = detector_from_config(config, info, info.frontend.frames_to_seconds(plan.window_frames), model.has_embedding)
+    else:
+        detector.reset()
     rate, blocks = read_blocks(path)
-    stream = AnalysisStream(info.frontend, rate, window_plan(info, config))
+    stream = AnalysisStream(info.frontend, rate, plan)
     windows: list[Window] = []
     samples = 0
     for block in blocks:
@@ -116,12 +138,20 @@ def analyze_file(
         preds = predict_windows(model, windows, int(config["analysis"]["max_batch"]))
     except Exception as e:  # onnxruntime raises its own exception types; name the file and carry on with the others
         raise AnalyzeError(f"{path}: inference failed: {e}") from None
-    timeline = [tracker.update(m, g, w.stream_time, w.logmel) for w, (m, g) in zip(windows, preds)]
+    timeline = []
+    track_changes = []
+    for w, (m, g, e) in zip(windows, preds):  # the order of rooms.Room.on_window: detector, then smoothing
+        change = detector.update(w.stream_time, w.logmel, e, g)
+        if change is not None:
+            tracker.reset()
+            track_changes.append(change.to_dict())
+        timeline.append(tracker.update(m, g, w.stream_time, w.logmel))
     silent = [u.get("state") == SILENT for u in timeline]
     if not all(silent):  # the summary is about the music: silent windows say nothing about mood
         preds = [p for p, quiet in zip(preds, silent) if not quiet]
 
-    mean = np.mean([m for m, _ in preds], axis=0) if not all(silent) else np.full(len(info.mood_labels), 1 / len(info.mood_labels))
+    n_moods = len(info.mood_labels)
+    mean = np.mean([m for m, _, _ in preds], axis=0) if not all(silent) else np.full(n_moods, 1 / n_moods)
     va = mean @ info.valence_arousal
     labels = info.mood_labels
     result: dict[str, Any] = {
@@ -135,7 +165,7 @@ def analyze_file(
         "valence": round(float(va[0]), DECIMALS) + 0.0,
         "arousal": round(float(va[1]), DECIMALS) + 0.0,
     }
-    genre_preds = [g for _, g in preds if g is not None]
+    genre_preds = [g for _, g, _ in preds if g is not None]
     if info.genres and genre_preds:
         gmean = np.mean(genre_preds, axis=0)
         result["genre"] = {
@@ -143,6 +173,8 @@ def analyze_file(
             "probabilities": {label: round(float(p), DECIMALS) for label, p in zip(info.genres, gmean)},
         }
     result["silent_spans"] = silent_spans(windows, silent, info.frontend.frames_to_seconds)
+    result["track_detection"] = detector.enabled
+    result["track_changes"] = track_changes
     result["timeline"] = timeline
     return result
 
@@ -172,6 +204,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="configuration YAML (defaults: `config` subcommand)")
     parser.add_argument("--model", metavar="PATH", help="ONNX model (default: config model.path, else the shipped one)")
     parser.add_argument("--preset", metavar="NAME", help="effect preset (default: config effects.default_preset)")
+    parser.add_argument(
+        "--track-detection", choices=("on", "off"),
+        help="hear track changes in the audio, as a room does (default: config track_detection.enabled)",
+    )
 
 
 def format_human(result: dict[str, Any]) -> str:
@@ -182,7 +218,14 @@ def format_human(result: dict[str, Any]) -> str:
         f"{result['model']['name']} {result['model']['version']}, preset {result['preset']})",
         "    time  mood        conf  " + " ".join(f"{label[:7]:>7}" for label in labels) + "  valence arousal",
     ]
+    changes = {c["detected_at"]: c for c in result.get("track_changes", [])}
     for u in result["timeline"]:
+        if u["stream_time"] in changes:
+            c = changes[u["stream_time"]]
+            lines.append(
+                f"  ------  track change heard (a new track from ~{c['stream_time']:.1f} s; score {c['score']:.2f} "
+                f">= {c['threshold']:.2f}): smoothing restarts"
+            )
         probs = " ".join(f"{u['probabilities'][label]:7.2f}" for label in labels)
         genre = f"  {u['genre']['label']}" if "genre" in u else ""
         genre += "  (silent: held)" if u.get("state") == SILENT else ""
@@ -204,13 +247,17 @@ def format_human(result: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     """0: every file analysed; 1: some file could not be analysed (others still were); 2: bad setup."""
     try:
-        config = load_config(args.config, {"model.path": args.model})
+        switch = {"on": True, "off": False}.get(args.track_detection or "")
+        config = load_config(args.config, {"model.path": args.model, "track_detection.enabled": switch})
         model = MoodModel(config["model"]["path"], threads=int(config["model"]["threads"]))
         presets = load_presets(config["effects"]["file"], config["effects"]["default_preset"])
         if args.preset is not None and args.preset not in presets:
             raise EffectsError(f"unknown preset {args.preset!r} (presets: {', '.join(presets.names)})")
         tracker = tracker_from_config(model.info, config, presets, args.preset)
-    except (ConfigError, ModelError, EffectsError) as e:
+        plan = window_plan(model.info, config)
+        window_seconds = model.info.frontend.frames_to_seconds(plan.window_frames)
+        detector = detector_from_config(config, model.info, window_seconds, model.has_embedding)
+    except (ConfigError, ModelError, EffectsError, TrackChangeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     status = 0
@@ -228,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
         files += found
     for i, file in enumerate(files):
         try:
-            result = analyze_file(file, model, config, tracker=tracker)
+            result = analyze_file(file, model, config, tracker=tracker, detector=detector)
         except AnalyzeError as e:
             print(f"error: {e}", file=sys.stderr)
             status = 1

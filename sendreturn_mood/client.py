@@ -44,10 +44,12 @@ from .audiofiles import find_audio  # noqa: F401  (part of this module's API: fi
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
 FATAL_STATUS = frozenset({400, 401, 403, 404})  # refusals that retrying cannot fix (409, 503: retry)
+FINAL_CLOSE_CODES = frozenset({1000, 1003, 1008, 1009})  # closes a listener does not reconnect after (as the JS client)
 OPEN_TIMEOUT_S = 10.0
 END_TIMEOUT_S = 30.0  # after `end`, how long to wait for the server's last update and close
 READ_SECONDS = 10.0  # audio decoded per file read (then sent in chunk_ms pieces)
 KEEPALIVE_S = 30.0  # a `keepalive` text message after this long without sending anything (None: never)
+MAX_MESSAGE_BYTES = 1 << 20  # server messages are a few hundred bytes; anything near this is not protocol v1
 
 
 # ---------------------------------------------------------------------------------------------------- messages
@@ -68,6 +70,7 @@ class Welcome(_Message):
     analysis: dict[str, float] = field(default_factory=dict)
     preset: str = ""
     audio: dict[str, Any] | None = None
+    track_detection: dict[str, bool] | None = None  # sources: {"enabled": bool} (server extension)
 
 
 @dataclass(frozen=True)
@@ -86,12 +89,12 @@ class Mood(_Message):
     latency_ms: float = 0.0
     track: dict[str, str] | None = None
     genre: dict[str, Any] | None = None
-    state: str | None = None  # "music" | "silent" (servers that detect silence)
-    level_db: float | None = None
+    state: str | None = None  # "music" | "silent" (servers with silence detection)
+    level_db: float | None = None  # the analysed window's level, dB re a full-scale sine
 
     @property
     def silent(self) -> bool:
-        """The analysed window was silence: the mood fields hold their last music values, effects are at rest."""
+        """The window was below the server's silence threshold: mood held, effects going to rest."""
         return self.state == "silent"
 
 
@@ -109,6 +112,19 @@ class ServerError(_Message):
     code: str = ""
     message: str = ""
     fatal: bool = False
+
+
+@dataclass(frozen=True)
+class TrackChange(_Message):
+    """The server heard a new track start at `stream_time` (announced at `detected_at`); the room's smoothing
+    restarted there (server extension: docs/PROTOCOL.md)."""
+
+    room: str = ""
+    source: str = ""
+    stream_time: float = 0.0
+    detected_at: float = 0.0
+    score: float = 0.0
+    threshold: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -135,9 +151,11 @@ class Reconnecting:
     attempt: int
 
 
-ServerMessage = Union[Welcome, Mood, SourceState, ServerError, Unknown]
+ServerMessage = Union[Welcome, Mood, SourceState, ServerError, TrackChange, Unknown]
 Event = Union[ServerMessage, Disconnected, Reconnecting]
-_TYPES: dict[str, type[_Message]] = {"welcome": Welcome, "mood": Mood, "source": SourceState, "error": ServerError}
+_TYPES: dict[str, type[_Message]] = {
+    "welcome": Welcome, "mood": Mood, "source": SourceState, "error": ServerError, "track_change": TrackChange,
+}
 
 
 def parse_message(raw: str) -> ServerMessage:
@@ -228,7 +246,7 @@ def _refusal_text(exc: InvalidStatus) -> str:
 async def _open(url: str, open_timeout: float) -> ClientConnection:
     """One connection attempt. Raises Refused (do not retry) or ConnectionError(reason) (may retry)."""
     try:
-        return await connect(url, compression=None, proxy=None, open_timeout=open_timeout, max_size=None)
+        return await connect(url, compression=None, proxy=None, open_timeout=open_timeout, max_size=MAX_MESSAGE_BYTES)
     except InvalidStatus as exc:
         body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
         if exc.response.status_code in FATAL_STATUS:
@@ -253,7 +271,8 @@ async def _keepalive(ws: ClientConnection, last_send: list[float], every: float)
 
 class Listener:
     """Follow a room: `async for event in listener` yields server messages and connection events, reconnecting
-    with backoff until `retries` attempts in a row fail (-1: forever). Raises Refused or GaveUp."""
+    with backoff until `retries` attempts in a row fail (-1: forever). Raises Refused or GaveUp. The iteration ends
+    after `close()`, or after a close the server means (1000, 1003, 1008, 1009)."""
 
     def __init__(
         self,
@@ -315,6 +334,8 @@ class Listener:
                     self._ws = None
                 code = ws.close_code if ws.close_code is not None else 1006
                 yield Disconnected(code, ws.close_reason or "")
+                if code in FINAL_CLOSE_CODES:
+                    return  # a normal end, or the server's policy: reconnecting would not change it
                 reason = f"closed by the server ({code} {ws.close_reason})" if ws.close_reason else f"closed by the server ({code})"
             if self._closed:
                 return
@@ -494,6 +515,11 @@ class Source:
         """Switch the room's effect preset (an unknown name comes back as a non-fatal bad_message error)."""
         self.preset_name = name
         await self._send_resuming(client_message("preset", name=name))
+
+    async def track_detection(self, enabled: bool) -> None:
+        """Switch the room's track-change detection on or off (server extension; not re-sent after a reconnect:
+        a new connection starts with the server's default)."""
+        await self._send_resuming(client_message("track_detection", enabled=bool(enabled)))
 
     async def send_frames(self, data: bytes) -> None:
         """PCM bytes in the announced format, sent as they are (call `connect` first)."""

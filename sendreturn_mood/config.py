@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from .trackchange import DetectorSettings, TrackChangeError
+
 DEFAULT_CONFIG_TEXT = resources.files("sendreturn_mood").joinpath("default_config.yaml").read_text()
 DEFAULTS: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG_TEXT)
 
@@ -88,6 +90,10 @@ def _check(c: dict[str, Any]) -> None:
         raise ConfigError("smoothing.time_constant_seconds must be >= 0")
     if not 0 <= s["hysteresis"] < 1:
         raise ConfigError("smoothing.hysteresis must be in [0, 1)")
+    try:
+        DetectorSettings.from_config(c)
+    except TrackChangeError as e:
+        raise ConfigError(str(e)) from None
     if not 0 <= c["server"]["port"] <= 65535:
         raise ConfigError("server.port must be in 0..65535")
     b = c["broker"]

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .metrics import ServerMetrics
-from .model import MoodModel
+from .model import MoodModel, Prediction
 from .pipeline import Window
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,18 @@ class Result:
     moods: np.ndarray | None  # [n_moods] softmax, None on failure
     genres: np.ndarray | None  # [n_genres] or None
     error: Exception | None = None
+    embedding: np.ndarray | None = None  # [d] the model's embedding, when it has one (track-change detection)
 
 
 Deliver = Callable[[Job, Result], None]
+
+
+def _result(pred: Prediction, k: int) -> Result:
+    return Result(
+        pred.moods[k],
+        None if pred.genres is None else pred.genres[k],
+        embedding=None if pred.embeddings is None else pred.embeddings[k],
+    )
 
 
 class InferenceWorker:
@@ -147,7 +156,7 @@ class InferenceWorker:
             try:
                 pred = self.model.predict(np.stack([windows[i] for i in idx]))
                 for k, i in enumerate(idx):
-                    results[i] = Result(pred.moods[k], None if pred.genres is None else pred.genres[k])
+                    results[i] = _result(pred, k)
             except Exception as e:  # retry alone: only the window(s) that really fail get an error
                 log.warning("batch of %d failed (%s); retrying windows one by one", len(idx), e)
                 for i in idx:
@@ -158,6 +167,6 @@ class InferenceWorker:
     def _one(self, window: np.ndarray) -> Result:
         try:
             pred = self.model.predict(window[None])
-            return Result(pred.moods[0], None if pred.genres is None else pred.genres[0])
+            return _result(pred, 0)
         except Exception as e:
             return Result(None, None, e)

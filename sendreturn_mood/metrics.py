@@ -110,6 +110,7 @@ class ServerMetrics:
             "update_latency_seconds", "Arrival of a window's last audio byte to its mood update being sent.", r, LATENCY_BUCKETS
         )
         self.updates = Counter("mood_updates_total", "Mood updates broadcast (one per room per analysed window).", r)
+        self.track_changes = Counter("track_changes_detected_total", "Track changes heard in the audio (track_change messages).", r)
         self.messages_sent = Counter("messages_sent_total", "Messages written to clients.", r)
         self.errors = Counter("errors_total", "Error messages sent to clients by code.", r, ["code"])
         self.dropped = Counter("dropped_messages_total", "Mood updates dropped from full per-client send queues.", r)

@@ -141,6 +141,7 @@ class Prediction:
 
     moods: np.ndarray  # [batch, n_moods]
     genres: np.ndarray | None  # [batch, n_genres] or None
+    embeddings: np.ndarray | None = None  # [batch, d] the graph's `embedding` output, when it has one
 
 
 def default_model_path() -> Path:
@@ -204,14 +205,23 @@ class MoodModel:
         self.info = read_info(self.session, str(self.path))
         names = {o.name for o in self.session.get_outputs()}
         self._outputs = [MOOD_OUTPUT] + ([GENRE_OUTPUT] if self.info.genres and GENRE_OUTPUT in names else [])
+        # the embedding is what the track-change detector compares (sendreturn_mood/trackchange.py)
+        self.has_embedding = EMBEDDING_OUTPUT in names
+        if self.has_embedding:
+            self._outputs.append(EMBEDDING_OUTPUT)
 
     def predict(self, batch: np.ndarray) -> Prediction:
         """log-mel windows [batch, n_mels, frames] -> softmax probabilities."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim == 2:
             batch = batch[None]
-        out = self.session.run(self._outputs, {INPUT_NAME: batch})
-        return Prediction(moods=softmax(out[0]), genres=softmax(out[1]) if len(out) > 1 else None)
+        out = dict(zip(self._outputs, self.session.run(self._outputs, {INPUT_NAME: batch})))
+        genres = out.get(GENRE_OUTPUT)
+        return Prediction(
+            moods=softmax(out[MOOD_OUTPUT]),
+            genres=None if genres is None else softmax(genres),
+            embeddings=out.get(EMBEDDING_OUTPUT),
+        )
 
 
 def write_metadata(onnx_path: str | os.PathLike[str], info: ModelInfo) -> None:

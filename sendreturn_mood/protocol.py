@@ -37,7 +37,8 @@ DEFAULT_ROLE = "listener"
 DEFAULT_ENCODING = "pcm_s16le"
 DEFAULT_SAMPLE_RATE = 48000
 DEFAULT_CHANNELS = 1
-QUERY_KEYS = ("role", "encoding", "sample_rate", "channels", "preset", "token")
+QUERY_KEYS = ("role", "encoding", "sample_rate", "channels", "preset", "token", "track_detection")
+SWITCH_VALUES = {"on": True, "off": False}  # the values of the `track_detection` query parameter
 MAX_TEXT_FIELD = 512  # longest track id/title/artist or preset name accepted in a client message
 MAX_TEXT_MESSAGE = 8192  # bytes: the longest valid client text message is ~1.6 KB; longer is bad_message, unparsed
 MAX_NUMBER_CHARS = 32  # a JSON number literal longer than this is bad_message (Python's int() refuses > 4300 digits
@@ -71,8 +72,8 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVER_ERROR = 1011
 
-CLIENT_MESSAGE_TYPES = ("track", "preset", "end", "keepalive")
-SOURCE_ONLY_MESSAGES = ("track", "preset", "end")
+CLIENT_MESSAGE_TYPES = ("track", "preset", "end", "keepalive", "track_detection")
+SOURCE_ONLY_MESSAGES = ("track", "preset", "end", "track_detection")
 
 
 class ProtocolError(Exception):
@@ -110,6 +111,7 @@ class ConnectParams:
     channels: int = DEFAULT_CHANNELS
     preset: str | None = None
     token: str | None = None
+    track_detection: bool | None = None  # source only: switch the room's track-change detection (None: the default)
 
     @property
     def is_source(self) -> bool:
@@ -196,12 +198,17 @@ def parse_connect(path: str, authorization: str | None = None, presets: Iterable
     preset = query.get("preset")
     if preset is not None and presets is not None and preset not in set(presets):
         raise Refusal(BAD_REQUEST, f"unknown preset {shown(preset)}; known: {', '.join(sorted(presets))}")
+    detection = query.get("track_detection")
+    if detection is not None and detection not in SWITCH_VALUES:
+        raise Refusal(BAD_REQUEST, f"track_detection must be on or off, got {shown(detection)}")
     token = query.get("token")
     if token is None and authorization is not None:
         token = bearer_token(authorization)
     if token is not None and not TOKEN_RE.fullmatch(token):
         raise Refusal(UNAUTHORIZED, "an access token is 1 to 4096 visible ASCII characters")  # never echoed
-    return ConnectParams(room, role, encoding, sample_rate, channels, preset, token)
+    return ConnectParams(
+        room, role, encoding, sample_rate, channels, preset, token, None if detection is None else SWITCH_VALUES[detection]
+    )
 
 
 def parse_query(query: str) -> dict[str, str]:
@@ -284,11 +291,18 @@ class End:
 
 
 @dataclass(frozen=True)
+class TrackDetection:
+    """Switch the room's track-change detection on or off (an extension of v1: docs/PROTOCOL.md)."""
+
+    enabled: bool
+
+
+@dataclass(frozen=True)
 class Keepalive:
     pass
 
 
-ClientMessage = Track | PresetChange | End | Keepalive
+ClientMessage = Track | PresetChange | End | Keepalive | TrackDetection
 
 
 def _text_field(msg: dict[str, Any], key: str, required: bool) -> str | None:
@@ -349,6 +363,11 @@ def parse_client_message(text: str) -> ClientMessage:
         return PresetChange(_text_field(msg, "name", True))  # type: ignore[arg-type]
     if kind == "end":
         return End()
+    if kind == "track_detection":
+        enabled = msg.get("enabled")
+        if not isinstance(enabled, bool):
+            raise MessageError(BAD_MESSAGE, "'track_detection' needs a boolean field 'enabled'")
+        return TrackDetection(enabled)
     return Keepalive()
 
 
@@ -376,6 +395,11 @@ def mood(room: str, seq: int, analysis: Mapping[str, Any], track: Mapping[str, A
             msg[key] = value
     msg["latency_ms"] = round(latency_ms, 3)
     return msg
+
+
+def track_change(room: str, change: Mapping[str, Any]) -> dict[str, Any]:
+    """A track change heard in the audio (an extension of v1): `change` = TrackChange.to_dict()."""
+    return {"type": "track_change", "room": room, **change}
 
 
 def source_state(connected: bool) -> dict[str, Any]:

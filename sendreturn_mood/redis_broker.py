@@ -1,8 +1,8 @@
 """Rooms shared by any number of processes and machines through Redis (`broker.url: redis://...`).
 
 The same pattern as Socket.IO's Redis adapter or Django Channels' Redis layer: every process keeps its own local
-members; a room's messages go out on one Redis pub/sub channel per room, and every process with a member in that
-room is subscribed to it. What must be decided once for the whole cluster lives in Redis keys:
+members; a room's messages go out on one Redis pub/sub channel per room, and every process with listeners in that
+room (other than the process of its source) is subscribed to it. What must be decided once for the whole cluster lives in Redis keys:
 
     {prefix}src:{room}       the room's source slot: the holder's id, with a lease (PX) its process renews; a
                              process that dies stops renewing, the key expires, and listeners elsewhere are told
@@ -117,7 +117,7 @@ class RedisBroker(Broker):
         self._pending: collections.deque[tuple[str, tuple[Any, ...]]] = collections.deque()
         self._wake = asyncio.Event()
         self._claims: dict[str, str] = {}  # room -> holder, for this node's sources
-        self._wanted: set[str] = set()  # rooms with a local member: subscribe
+        self._wanted: set[str] = set()  # rooms with local listeners and a source elsewhere: subscribed
         self._subscribed: set[str] = set()
         self._sub_lock = asyncio.Lock()
         self._sub_dirty = asyncio.Event()
@@ -173,8 +173,8 @@ class RedisBroker(Broker):
         pipe = self._redis.pipeline(transaction=False)
         for room, holder in self._claims.items():
             pipe.evalsha(self._scripts["release"], 1, self._k("src", room), holder)
-        for room in self._wanted:
-            pipe.hdel(self._k("members", room), self.node)
+        for room in self.registry or []:
+            pipe.hdel(self._k("members", room.name), self.node)
         pipe.zrem(self._k("nodes"), self.node)
         pipe.delete(self._k("node", self.node), self._k("noderooms", self.node))
         await pipe.execute()
@@ -264,7 +264,7 @@ class RedisBroker(Broker):
         await pipe.execute()
         await self._renew()
         async with self._sub_lock:
-            names = [r.name for r in rooms]
+            names = [r.name for r in rooms if r.listeners and r.source is None]
             if names:
                 await self._pubsub.subscribe(*(self._channel(n) for n in names))
             self._subscribed = set(names)
@@ -334,17 +334,23 @@ class RedisBroker(Broker):
     # ------------------------------------------------------------------------------------------------ membership
 
     def room_opened(self, room: "Room") -> None:
-        self._wanted.add(room.name)
-        self._sub_dirty.set()
         self._queue("sadd", (self._k("noderooms", self.node), room.name))
 
     def room_closed(self, room: "Room") -> None:
-        self._wanted.discard(room.name)
-        self._sub_dirty.set()
+        self._want(room)
         self._queue("srem", (self._k("noderooms", self.node), room.name))
 
     def members_changed(self, room: "Room") -> None:
+        self._want(room)
         self._queue("members", (room,))
+
+    def _want(self, room: "Room") -> None:
+        """Subscribe to a room's channel only while it has local listeners and its source is elsewhere: a room whose
+        source is here publishes everything its local members need, so its own messages need not come back."""
+        wanted = bool(room.listeners) and room.source is None and not room.closed
+        if wanted != (room.name in self._wanted):
+            (self._wanted.add if wanted else self._wanted.discard)(room.name)
+            self._sub_dirty.set()
 
     def _members(self, pipe: Any, room: "Room") -> None:
         key = self._k("members", room.name)
@@ -377,6 +383,7 @@ class RedisBroker(Broker):
 
     async def _subscribe_now(self, name: str) -> None:
         async with self._sub_lock:
+            self._wanted.add(name)
             if name not in self._subscribed and self._pubsub is not None:
                 await self._pubsub.subscribe(self._channel(name))
                 self._subscribed.add(name)

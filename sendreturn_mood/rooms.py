@@ -23,6 +23,7 @@ import numpy as np
 
 from . import protocol
 from .metrics import ServerMetrics
+from .tracker import NonFiniteOutput
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -59,6 +60,7 @@ class Room:
     audio_seconds: float = 0.0
     closed: bool = False
     remote_source: bool = False  # a source is connected to this room on another process (as far as we know)
+    detector: Any = None  # sendreturn_mood.trackchange.TrackChangeDetector, or None (detection not available)
 
     @property
     def preset(self) -> str:
@@ -86,21 +88,40 @@ class Room:
 
     # -------------------------------------------------------------------------------------------- analysis state
 
-    def start_source(self, preset: str | None, last_seq: int = 0) -> None:
-        """A new source restarts the room's analysis: new track generation, no track, smoothing reset, its
-        `preset` (if given) becomes the room's preset, and `seq` continues above `last_seq` (the highest seq the
-        room ever published, on any process)."""
+    def start_source(self, preset: str | None, last_seq: int = 0, track_detection: bool | None = None) -> None:
+        """A new source restarts the room's analysis: new track generation, no track, smoothing and track-change
+        detection reset, its `preset` (if given) becomes the room's preset, its `track_detection` (None: the
+        configured default) switches detection, and `seq` continues above `last_seq` (the highest seq the room
+        ever published, on any process)."""
         self.generation += 1
         self.track = None
         self.seq = max(self.seq, last_seq)
         self.tracker.reset()
         if preset is not None:
             self.tracker.set_preset(preset)
+        if self.detector is not None:
+            self.detector.reset()
+            self.detector.set_enabled(self.detector.settings.enabled if track_detection is None else track_detection)
 
     def new_track(self, track: dict[str, str]) -> None:
+        """An explicit `track` message: it always wins over detection, whose history restarts with the track (no
+        detected change comes sooner than `track_detection.min_track_seconds` after it)."""
         self.track = track
         self.generation += 1
         self.tracker.reset()
+        if self.detector is not None:
+            self.detector.reset()
+
+    @property
+    def track_detection(self) -> bool:
+        return self.detector is not None and self.detector.enabled
+
+    def set_track_detection(self, enabled: bool) -> bool:
+        """Switch track-change detection; False when this server has none to switch (then nothing changes)."""
+        if self.detector is None:
+            return False
+        self.detector.set_enabled(enabled)
+        return True
 
     def set_preset(self, name: str) -> None:
         """Raises KeyError(name) for an unknown preset."""
@@ -129,6 +150,34 @@ class Room:
         self.seq += 1
         return protocol.mood(self.name, self.seq, analysis, self.track, latency_ms)
 
+    def on_window(
+        self,
+        generation: int,
+        moods: np.ndarray,
+        genres: np.ndarray | None,
+        stream_time: float,
+        latency_ms: float,
+        logmel: np.ndarray | None = None,
+        embedding: np.ndarray | None = None,
+    ) -> list[dict[str, Any]]:
+        """`on_result` with track-change detection: the window's log-mel and the model's embedding and genres go to
+        the detector first; when it hears a new track the smoothing restarts (as after a `track` message) and a
+        `track_change` message comes before this window's `mood` message. [] when the window is stale.
+        Raises tracker.NonFiniteOutput (nothing changed) for outputs that are not finite."""
+        if not self.is_current(generation):
+            return []
+        if not all(x is None or np.isfinite(x).all() for x in (moods, genres, embedding)):
+            # before the detector and the smoothing see it: a failed window, nothing of the room's state changes
+            raise NonFiniteOutput("the model's outputs for this window are not finite")
+        out = []
+        if self.detector is not None and logmel is not None:
+            change = self.detector.update(stream_time, logmel, embedding, genres)
+            if change is not None:
+                self.tracker.reset()
+                out.append(protocol.track_change(self.name, change.to_dict()))
+        msg = self.on_result(generation, moods, genres, stream_time, latency_ms, logmel)
+        return out + ([msg] if msg is not None else [])
+
 
 class RoomRegistry:
     """All rooms with a member on this process. Every method runs on the event loop thread."""
@@ -139,8 +188,10 @@ class RoomRegistry:
         max_rooms: int,
         metrics: ServerMetrics | None = None,
         broker: "Broker | None" = None,
+        make_detector: Callable[[], Any] | None = None,
     ) -> None:
         self._make_tracker = make_tracker
+        self._make_detector = make_detector
         self.max_rooms = max_rooms
         self.metrics = metrics
         self.broker = broker
@@ -167,18 +218,22 @@ class RoomRegistry:
         if is_source and room is not None and room.source is not None:
             raise RoomError(protocol.SOURCE_TAKEN, f"room {name!r} already has a source")
 
-    def join(self, name: str, member: Member, is_source: bool, preset: str | None = None, last_seq: int = 0) -> Room:
+    def join(
+        self, name: str, member: Member, is_source: bool, preset: str | None = None, last_seq: int = 0,
+        track_detection: bool | None = None,
+    ) -> Room:
         """Add a member (creating the room if needed); a source starts the room's analysis (`Room.start_source`)."""
         self.check_join(name, is_source)
         room = self._rooms.get(name)
         created = room is None
         if room is None:
             room = Room(name, self._make_tracker(preset if is_source else None))
+            room.detector = self._make_detector() if self._make_detector is not None else None
             self._rooms[name] = room
         if is_source:
             room.source = member
             room.remote_source = False
-            room.start_source(preset, last_seq)
+            room.start_source(preset, last_seq, track_detection)
         else:
             room.listeners.add(member)
         if self.broker is not None:

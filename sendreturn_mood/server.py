@@ -50,6 +50,7 @@ from websockets.http11 import Request, Response
 from . import __version__, protocol
 from .auth import OPEN, Authenticator, Grant, SourceReservations, install_log_redaction, redact
 from .broker import Broker, Claim, make_broker
+from .config import ConfigError
 from .effects import load_presets
 from .inference import InferenceWorker, Job, Result
 from .limits import ClientLimits, KeyedRateLimiter, origin_policy_from_config
@@ -60,6 +61,7 @@ from .pipeline import AnalysisStream, window_plan
 from .protocol import ConnectParams, Refusal
 from .rooms import CONTROL, Outbox, Room, RoomError, RoomRegistry
 from .session import Broadcast, Close, Drain, Reply, RoomChanged, Session, SessionSettings, Submit
+from .trackchange import TrackChangeError, detector_from_config
 from .tracker import NonFiniteOutput, tracker_from_config
 
 log = logging.getLogger(__name__)
@@ -133,7 +135,7 @@ class MoodServer:
         self.metrics = ServerMetrics()
         self.broker = broker or make_broker(config, self.metrics)
         self.metrics.node.set(1, node=self.broker.node, broker=self.broker.kind)
-        self.rooms = RoomRegistry(self._make_tracker, int(s["max_rooms"]), self.metrics, self.broker)
+        self.rooms = RoomRegistry(self._make_tracker, int(s["max_rooms"]), self.metrics, self.broker, self._make_detector)
         self.broker.on_source_lost = self._source_lost
         self.worker: InferenceWorker | None = None
         self.connections = 0
@@ -142,6 +144,10 @@ class MoodServer:
         self._metrics_server: Server | None = None
         self._static = static_root()
         self._holder_ids = itertools.count(1)
+        try:  # a detector the model cannot feed (feature: embedding, and the model has none) fails here, not on join
+            self._make_detector()
+        except TrackChangeError as e:
+            raise ConfigError(str(e)) from None
         self._warm_up()
         model_public = {
             "name": self.info.name,
@@ -177,6 +183,9 @@ class MoodServer:
 
     def _make_tracker(self, preset: str | None) -> Any:
         return tracker_from_config(self.info, self.config, self.presets, preset)
+
+    def _make_detector(self) -> Any:
+        return detector_from_config(self.config, self.info, self.window_seconds, self.model.has_embedding)
 
     async def start(self) -> None:
         """Connect the broker (BrokerError when it cannot be reached), start the worker, listen."""
@@ -445,7 +454,9 @@ class MoodServer:
                 return None, None
         try:
             preset = (params.preset or claim.preset) if claim else None
-            room = self.rooms.join(params.room, conn, params.is_source, preset, claim.last_seq if claim else 0)
+            room = self.rooms.join(
+                params.room, conn, params.is_source, preset, claim.last_seq if claim else 0, params.track_detection
+            )
         except RoomError as e:
             if claim is not None:
                 await self.broker.release_source(params.room, claim.holder)
@@ -524,20 +535,24 @@ class MoodServer:
             return
         latency = time.perf_counter() - job.arrival
         try:
-            msg = room.on_result(
-                job.generation, result.moods, result.genres, job.window.stream_time, latency * 1000.0, job.window.logmel
+            messages = room.on_window(
+                job.generation, result.moods, result.genres, job.window.stream_time, latency * 1000.0,
+                job.window.logmel, result.embedding,
             )
-        except NonFiniteOutput:  # the room's smoothing and seq are untouched; this window is lost, as a failed one
+        except NonFiniteOutput:  # the room's smoothing, detector and seq are untouched; this window is lost
             log.warning("room %s: the model's outputs for a window were not finite; it was skipped", room.name)
             self.metrics.errors.inc(code=protocol.SERVER_ERROR)
             self.rooms.publish(room, protocol.error(protocol.SERVER_ERROR, "analysis of a window failed; it was skipped"))
             return
-        if msg is None:
+        if not messages:
             self.metrics.dropped_windows.inc()
             return
         self.metrics.latency.observe(latency)
         self.metrics.updates.inc()
-        self.rooms.publish(room, msg)
+        for msg in messages:  # a track_change (control: never conflated) comes before its window's mood
+            if msg["type"] == "track_change":
+                self.metrics.track_changes.inc()
+            self.rooms.publish(room, msg)
 
 
 def _header(request: Request, name: str, default: str | None = "") -> Any:

@@ -147,6 +147,7 @@ class Session:
         welcome = protocol.welcome(self.params, s.model_public, s.window_seconds, s.hop_seconds, self.room.preset)
         actions: list[Action] = [Reply(welcome)]
         if self.is_source:
+            welcome["track_detection"] = {"enabled": self.room.track_detection}  # an extension: docs/PROTOCOL.md
             actions += [RoomChanged(), Broadcast(protocol.source_state(True))]
         return actions
 
@@ -220,6 +221,10 @@ class Session:
                 known = ", ".join(self.settings.presets)
                 return [_error(protocol.BAD_MESSAGE, f"unknown preset {msg.name[:40]!r}; known: {known}")]
             return [RoomChanged()]
+        if isinstance(msg, protocol.TrackDetection):
+            if not self.room.set_track_detection(msg.enabled):
+                return [_error(protocol.BAD_MESSAGE, "this server has no track-change detection to switch")]
+            return []
         # End: analyse the tail; the connection closes with 1000 once the last update has been delivered.
         self.ended = True
         tail = [Submit(w, now, self.room.generation) for w in self.stream.finish()]

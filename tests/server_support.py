@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -159,8 +160,14 @@ def http_get(server: MoodServer, path: str) -> tuple[int, dict[str, str], bytes]
 
 
 def metric_value(text: str, name: str) -> float:
-    """The value of one sample line (exact name including labels) in Prometheus text."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
+    """The value of one sample in Prometheus text, read with prometheus_client's own parser; `name` is the sample
+    name with its labels as they are written, e.g. 'sendreturn_errors_total{code="bad_audio"}'."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    base, _, labels = name.partition("{")
+    wanted = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == base and sample.labels == wanted:
+                return float(sample.value)
     raise AssertionError(f"{name} not in metrics")

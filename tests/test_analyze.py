@@ -25,8 +25,10 @@ from sendreturn_mood.pipeline import AnalysisStream
 from sendreturn_mood.tracker import tracker_from_config
 from tests.conftest import REPO, shared_data_or_skip
 
-SUMMARY_FIELDS = {"file", "duration", "model", "preset", "windows", "mood", "probabilities", "valence", "arousal", "genre", "silent_spans", "timeline"}
-UPDATE_FIELDS = {"stream_time", "mood", "confidence", "probabilities", "valence", "arousal", "instant", "genre", "effects", "state", "level_db", "preset"}
+SUMMARY_FIELDS = {"file", "duration", "model", "preset", "windows", "mood", "probabilities", "valence", "arousal", "genre", "timeline",
+                  "track_detection", "track_changes", "silent_spans"}
+UPDATE_FIELDS = {"stream_time", "mood", "confidence", "probabilities", "valence", "arousal", "instant", "genre", "effects", "state",
+                 "level_db", "preset"}
 SHORT_CLIP = "Q1/MT0013621344.mp3"  # the one 10 s clip of 4Q
 
 

@@ -21,6 +21,7 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import REPO, shared_data_or_skip
+from tests.server_support import checked
 from tests.test_examples import start_server
 
 pytestmark = pytest.mark.browser
@@ -76,9 +77,9 @@ def listen_once(ws_url: str, room: str) -> tuple[dict, dict]:
     from websockets.sync.client import connect
 
     with connect(f"{ws_url}/v1/rooms/{room}", compression=None, proxy=None, open_timeout=10) as ws:
-        welcome = json.loads(ws.recv(timeout=10))
+        welcome = checked(json.loads(ws.recv(timeout=10)))
         while True:
-            msg = json.loads(ws.recv(timeout=15))
+            msg = checked(json.loads(ws.recv(timeout=15)))
             if msg["type"] == "mood":
                 return welcome, msg
 

@@ -38,7 +38,10 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
 
 def test_dataclasses_cover_exactly_the_schema_fields():
-    for cls, name in ((sr.Welcome, "welcome"), (sr.Mood, "mood"), (sr.SourceState, "source"), (sr.ServerError, "error")):
+    classes = ((sr.Welcome, "welcome"), (sr.Mood, "mood"), (sr.SourceState, "source"), (sr.ServerError, "error"),
+               (sr.TrackChange, "track_change"))
+    assert sorted(name for _, name in classes) == sorted(contract.message_types(contract.SERVER_MESSAGE))
+    for cls, name in classes:
         mine = {f.name for f in dataclasses.fields(cls)} - {"raw", "extra"}
         assert mine == set(contract.load(name)["properties"]) - {"type"}, name
 
@@ -69,12 +72,13 @@ async def test_source_and_listener_see_typed_updates(tiny_model_path, sent):
             await src.connect(RATE, 2)
             await src.track("spotify:track:1", title="One", artist="Someone")
             await src.preset("dramatic")
+            await src.track_detection(False)
             frames = await src.send_array(audio.reshape(-1, 2), RATE, speed=0)
             result = await src.end()
         await asyncio.wait_for(listener, 10)
 
     assert frames == 3 * RATE
-    assert [m["type"] for m in sent] == ["track", "preset", "end"]
+    assert [m["type"] for m in sent] == ["track", "preset", "track_detection", "end"]
     assert result.close_code == 1000 and result.updates >= 4 and isinstance(result.last, sr.Mood)
     welcome = events[0]
     assert isinstance(welcome, sr.Welcome) and welcome.audio == {"encoding": "pcm_s16le", "sample_rate": RATE, "channels": 2}

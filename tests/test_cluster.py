@@ -19,9 +19,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from sendreturn_mood import contract
 from sendreturn_mood.pcm import encode
 from tests.cluster_support import RedisServer, ServerProcess, write_config
-from tests.server_support import tone
+from tests.server_support import checked, tone
 
 pytestmark = pytest.mark.slow
 LEASE = 1.5  # seconds: short, so the crash tests are quick
@@ -79,7 +80,7 @@ def url(server: ServerProcess, room: str, **params: Any) -> str:
 async def join(server: ServerProcess, room: str, **params: Any) -> AsyncIterator[ClientConnection]:
     """A connected client whose welcome has been read (a source's own `source: connected` too)."""
     async with connect(url(server, room, **params), proxy=None, compression=None) as ws:
-        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        welcome = checked(json.loads(await asyncio.wait_for(ws.recv(), 10)))
         assert welcome["type"] == "welcome"
         if params.get("role") == "source":
             assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "source", "state": "connected"}
@@ -93,7 +94,7 @@ async def texts_until(ws: ClientConnection, done: Any, timeout: float = 20.0) ->
     while True:
         text = await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic()))
         out.append(text)
-        if done(json.loads(text)):
+        if done(checked(json.loads(text))):  # what crossed processes keeps to schema/v1/ too
             return out
 
 
@@ -169,9 +170,11 @@ async def test_room_state_health_and_metrics_tell_the_truth_across_processes(clu
         await wait_for(room_seen, 10, "the room's state on C")
         status, body = b.http("/v1/rooms/state")
         assert status == 200
+        contract.validate("room-info", body, strict=True)  # the cluster's HTTP bodies keep to schema/v1/
         assert body["source"] is True and body["listeners"] == 2 and body["preset"] == "subtle"
         assert body["track"] == {"id": "x1", "artist": "Someone"}
         status, health = b.http("/healthz")
+        contract.validate("healthz", health, strict=True)
         assert status == 200 and health["status"] == "ok" and health["broker"]["connected"] is True
         assert health["broker"]["cluster"]["nodes"] == 3
         _, metrics = a.http("/metrics")

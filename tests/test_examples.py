@@ -21,6 +21,7 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import REPO, shared_data_or_skip
+from tests.server_support import checked
 
 EXAMPLES = REPO / "examples"
 HOP_SECONDS = 0.5
@@ -109,7 +110,8 @@ class Proc:
         self._drain()
 
     def json_lines(self) -> list[dict]:
-        return [json.loads(line) for line in self.out if line.startswith("{")]
+        """The server messages the example printed with --json, each validated against the protocol's schema."""
+        return [checked(json.loads(line)) for line in self.out if line.startswith("{")]
 
     def report(self) -> str:
         return f"exit={self.popen.poll()}\nstdout:\n" + "\n".join(self.out[-30:]) + "\nstderr:\n" + "\n".join(self.err[-30:])

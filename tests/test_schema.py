@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urldefrag
@@ -61,6 +62,8 @@ def test_asyncapi_document_is_valid_and_every_ref_resolves():
     errors = sorted(jsonschema.Draft7Validator(official).iter_errors(doc), key=lambda e: list(e.path))
     assert not errors, [f"{list(e.path)}: {e.message[:200]}" for e in errors[:5]]
     assert doc["asyncapi"] == "3.0.0"
+    for name, channel in doc["channels"].items():  # every {parameter} of an address is described
+        assert set(re.findall(r"\{(\w+)\}", channel["address"])) == set(channel.get("parameters", {})), name
 
     # every $ref, followed into the schema files and through theirs, points at something that exists
     seen: set[tuple[Path, str]] = set()

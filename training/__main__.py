@@ -28,6 +28,7 @@ MODULE_COMMANDS = {
     "bench": ("training.bench", "measure inference time per window"),
     "baselines": ("training.baselines", "non-CNN baselines on the same artist-grouped folds"),
     "ceiling": ("training.ceiling", "what the teacher's features reach on a task (the students' ceiling)"),
+    "trackchange-eval": ("training.trackchange", "evaluate the track-change detector on streams of real songs"),
 }
 
 EPILOG = """\

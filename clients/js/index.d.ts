@@ -57,6 +57,13 @@ export interface WelcomeMessage {
   model: ModelInfo;
   analysis: AnalysisInfo;
   preset: string;
+  /** sources only (server extension) */
+  track_detection?: TrackDetectionInfo;
+}
+
+/** @schema welcome.json#/properties/track_detection */
+export interface TrackDetectionInfo {
+  enabled: boolean;
 }
 
 /** @schema mood.json#/properties/instant */
@@ -112,7 +119,20 @@ export interface ErrorMessage {
   fatal: boolean;
 }
 
-export type ServerMessage = WelcomeMessage | MoodMessage | SourceMessage | ErrorMessage;
+/** @schema track_change.json */
+export interface TrackChangeMessage {
+  type: "track_change";
+  room: string;
+  source: "detected";
+  /** where the new track is estimated to start (the mood messages' stream_time clock) */
+  stream_time: number;
+  /** stream_time of the update that confirmed it */
+  detected_at: number;
+  score: number;
+  threshold: number;
+}
+
+export type ServerMessage = WelcomeMessage | MoodMessage | SourceMessage | ErrorMessage | TrackChangeMessage;
 
 /** @schema track.json */
 export interface TrackMessage {
@@ -138,7 +158,13 @@ export interface KeepaliveMessage {
   type: "keepalive";
 }
 
-export type ClientMessage = TrackMessage | PresetMessage | EndMessage | KeepaliveMessage;
+/** @schema track_detection.json */
+export interface TrackDetectionMessage {
+  type: "track_detection";
+  enabled: boolean;
+}
+
+export type ClientMessage = TrackMessage | PresetMessage | EndMessage | KeepaliveMessage | TrackDetectionMessage;
 
 /** @schema handshake-query.json */
 export interface HandshakeQuery {
@@ -148,6 +174,8 @@ export interface HandshakeQuery {
   channels?: number;
   preset?: string;
   token?: string;
+  /** server extension, source only */
+  track_detection?: "on" | "off";
 }
 
 /** @schema http-error.json#/properties/error */
@@ -179,11 +207,24 @@ export interface HealthModel {
   path: string;
 }
 
+/** @schema healthz.json#/properties/broker/properties/cluster */
+export interface HealthCluster {
+  nodes: number;
+  rooms: number;
+  connections: number;
+}
+
 /** @schema healthz.json#/properties/broker */
 export interface HealthBroker {
-  kind: string;
+  kind: "memory" | "redis";
   node: string;
   connected: boolean;
+  /** redis: the broker URL, password redacted */
+  url?: string;
+  reconnects?: number;
+  pending?: number;
+  /** redis: the whole cluster (the top-level rooms and connections are this process's) */
+  cluster?: HealthCluster;
 }
 
 /** @schema healthz.json */
@@ -222,6 +263,8 @@ export interface MoodClientEvents {
   source: SourceMessage;
   /** an `error` message from the server (fatal ones are followed by a close) */
   error: ErrorMessage;
+  /** the server heard a new track start in the audio (the room's smoothing restarted) */
+  track_change: TrackChangeMessage;
   /** every server message, including types this version does not know */
   message: ServerMessage | { type: string; [field: string]: unknown };
   close: CloseInfo;
@@ -252,6 +295,8 @@ export interface MoodClientOptions {
   channels?: number;
   preset?: string;
   token?: string;
+  /** source: the room's track-change detection at connect (the track_detection query; default: the server's setting) */
+  trackDetection?: boolean;
   /** a WebSocket constructor; default: globalThis.WebSocket */
   WebSocket?: new (url: string) => WebSocketLike;
   reconnect?: boolean;
@@ -295,6 +340,8 @@ export declare class MoodClient {
   track(track: Track): boolean;
   preset(name: string): boolean;
   keepalive(): boolean;
+  /** source: switch the room's track-change detection on or off */
+  trackDetection(enabled: boolean): boolean;
   end(options?: { timeoutMs?: number }): Promise<EndResult>;
   close(code?: number, reason?: string): void;
 }

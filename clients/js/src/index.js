@@ -53,7 +53,8 @@ export function roomUrl(base, room, params = {}) {
 
 export class MoodClient {
   constructor(options) {
-    const o = { ...DEFAULTS, ...options, backoff: { ...DEFAULTS.backoff, ...(options && options.backoff) } };
+    const given = Object.fromEntries(Object.entries(options || {}).filter(([, v]) => v !== undefined)); // undefined: the default
+    const o = { ...DEFAULTS, ...given, backoff: { ...DEFAULTS.backoff, ...given.backoff } };
     if (!o.url) throw new TypeError("options.url is required (e.g. ws://127.0.0.1:8765)");
     if (!ROOM_RE.test(o.room || "")) throw new TypeError("options.room must be 1 to 64 characters of A-Z a-z 0-9 _ . -");
     if (o.role !== "source" && o.role !== "listener") throw new TypeError('options.role must be "source" or "listener"');
@@ -91,6 +92,7 @@ export class MoodClient {
     const params = { role: o.role, token: o.token };
     if (o.role === "source") {
       Object.assign(params, { encoding: o.encoding, sample_rate: o.sampleRate, channels: o.channels, preset: o.preset });
+      if (typeof o.trackDetection === "boolean") params.track_detection = o.trackDetection ? "on" : "off";
     }
     return roomUrl(o.url, o.room, params);
   }
@@ -183,7 +185,7 @@ export class MoodClient {
     if (msg.type === "welcome") this.welcome = msg;
     if (msg.type === "mood") this.last = msg;
     this._emit("message", msg);
-    if (["welcome", "mood", "source", "error"].includes(msg.type)) this._emit(msg.type, msg);
+    if (["welcome", "mood", "source", "error", "track_change"].includes(msg.type)) this._emit(msg.type, msg);
     // other types: a newer server's additions; `message` listeners see them, v1 clients ignore them
   }
 
@@ -332,6 +334,11 @@ export class MoodClient {
 
   keepalive() {
     return this._sendJson({ type: "keepalive" });
+  }
+
+  /** Switch the room's track-change detection on or off (source only). */
+  trackDetection(enabled) {
+    return this._sendJson({ type: "track_detection", enabled: Boolean(enabled) });
   }
 
   /** No more audio: the server analyses the tail, sends the last mood and closes with 1000. Resolves then with

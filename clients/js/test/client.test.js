@@ -55,12 +55,14 @@ test("a source and a listener: typed events, track, preset, end", { skip }, asyn
   assert.equal(welcomeL.role, "listener");
   assert.equal(welcomeL.protocol, 1);
 
-  const source = client({ room: "js-typed", role: "source", sampleRate: RATE, channels: 2, encoding: "pcm_f32le", preset: "subtle" });
+  const source = client({ room: "js-typed", role: "source", sampleRate: RATE, channels: 2, encoding: "pcm_f32le", preset: "subtle", trackDetection: false });
   const moods = [];
   source.on("mood", (m) => moods.push(m));
   const welcome = await source.connect();
   assert.deepEqual(welcome.audio, { encoding: "pcm_f32le", sample_rate: RATE, channels: 2 });
   assert.equal(welcome.preset, "subtle");
+  assert.deepEqual(welcome.track_detection, { enabled: false });
+  assert.ok(source.trackDetection(true));
   assert.ok(source.track({ id: "js:1", title: "One", artist: "Someone" }));
   assert.ok(source.preset("dramatic"));
   const frames = await streamSamples(source, tone(3, RATE, 2), { speed: 0 });
@@ -141,6 +143,8 @@ test("helpers: urls, PCM encoding, option errors", () => {
   assert.deepEqual([...new Float32Array(encodePcm([0.25], "pcm_f32le"))], [0.25]);
   assert.throws(() => new MoodClient({ url: "ws://h:1", room: "no spaces" }), /room/);
   assert.throws(() => new MoodClient({ url: "ws://h:1", room: "r", role: "dj" }), /role/);
+  const defaults = new MoodClient({ url: "ws://h:1", room: "r", role: "source", sampleRate: undefined });
+  assert.equal(defaults.url, "ws://h:1/v1/rooms/r?role=source&encoding=pcm_s16le&sample_rate=48000&channels=1");
   const saved = globalThis.WebSocket;
   try {
     globalThis.WebSocket = undefined;
