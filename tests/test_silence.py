@@ -156,3 +156,17 @@ def test_analyze_reports_silent_spans(tiny_model_path: Path, tmp_path: Path):
     assert 6.0 <= start <= 7.0 and 15.0 <= end <= 16.0
     silent = [u for u in result["timeline"] if u["state"] == "silent"]
     assert all(u["level_db"] == SILENCE_FLOOR_DB for u in silent)
+
+
+@pytest.mark.parametrize("bad", ["moods", "genres", "embedding"])
+def test_a_room_refuses_non_finite_outputs_before_any_state_changes(bad):
+    from sendreturn_mood.rooms import Room
+
+    room = Room("r", tracker())
+    outputs = {"moods": HAPPY.copy(), "genres": GENRE.copy(), "embedding": np.ones(8)}
+    outputs[bad][0] = np.nan
+    with pytest.raises(NonFiniteOutput):
+        room.on_window(0, outputs["moods"], outputs["genres"], 3.0, 1.0, None, outputs["embedding"])
+    assert room.seq == 0
+    [msg] = room.on_window(0, HAPPY, GENRE, 3.0, 1.0, None, np.ones(8))
+    assert msg["seq"] == 1 and msg["mood"] == "happy"  # the failed window left nothing behind
