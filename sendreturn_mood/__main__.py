@@ -1,5 +1,5 @@
-"""Command line: `python -m sendreturn_mood serve | config | models [MODEL] | analyze PATH...` (or `sendreturn-mood ...`,
-the console script pip installs).
+"""Command line: `python -m sendreturn_mood serve | config | models [MODEL] | analyze PATH... | token --room R --role
+ROLE` (or `sendreturn-mood ...`, the console script pip installs).
 
 `serve` prints two start-up lines on stdout (where it listens, which model it loaded) and flushes them, because
 scripts and tests read the real port from there when started with `--port 0`. Everything else is logged.
@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .analyze import add_arguments
 
     add_arguments(sub.add_parser("analyze", help="analyse audio files with the same streaming path as the server"))
+    from .token_cli import add_arguments as add_token_arguments
+
+    add_token_arguments(sub.add_parser("token", help="mint a signed access token for a room and role"))
     return parser
 
 
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         from .analyze import run
 
         return int(run(args))
+    if args.command == "token":
+        from .token_cli import run as run_token
+
+        return run_token(args)
     return _serve(args)
 
 

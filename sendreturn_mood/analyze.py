@@ -21,9 +21,10 @@ from .audiofiles import AUDIO_EXTENSIONS, find_audio
 from .config import ConfigError, load_config
 from .effects import EffectsError, load_presets
 from .model import ModelError, ModelInfo, MoodModel
+from .pcm import BadAudio, check_samples
 from .pipeline import AnalysisStream, Window, window_plan
 from .trackchange import TrackChangeDetector, TrackChangeError, detector_from_config
-from .tracker import DECIMALS, MoodTracker, tracker_from_config
+from .tracker import DECIMALS, SILENT, MoodTracker, tracker_from_config
 
 READ_BLOCK_SECONDS = 60.0  # files go through the pipeline in blocks this long: memory stays bounded, and few
 # stops mid-file (libmpg123 prints spurious "part2_3_length" warnings at some block boundaries)
@@ -120,8 +121,10 @@ def analyze_file(
     windows: list[Window] = []
     samples = 0
     for block in blocks:
-        if not np.isfinite(block).all():
-            raise AnalyzeError(f"{path}: the decoded audio contains NaN or infinite samples")
+        try:
+            check_samples(block)  # the server's own check on float audio (bad_audio there)
+        except BadAudio as e:
+            raise AnalyzeError(f"{path}: the decoded audio is unusable: {e}") from None
         samples += block.size
         windows.extend(stream.push(block))
     duration = samples / rate
@@ -142,9 +145,13 @@ def analyze_file(
         if change is not None:
             tracker.reset()
             track_changes.append(change.to_dict())
-        timeline.append(tracker.update(m, g, w.stream_time))
+        timeline.append(tracker.update(m, g, w.stream_time, w.logmel))
+    silent = [u.get("state") == SILENT for u in timeline]
+    if not all(silent):  # the summary is about the music: silent windows say nothing about mood
+        preds = [p for p, quiet in zip(preds, silent) if not quiet]
 
-    mean = np.mean([m for m, _, _ in preds], axis=0)
+    n_moods = len(info.mood_labels)
+    mean = np.mean([m for m, _, _ in preds], axis=0) if not all(silent) else np.full(n_moods, 1 / n_moods)
     va = mean @ info.valence_arousal
     labels = info.mood_labels
     result: dict[str, Any] = {
@@ -165,10 +172,26 @@ def analyze_file(
             "label": info.genres[int(np.argmax(gmean))],
             "probabilities": {label: round(float(p), DECIMALS) for label, p in zip(info.genres, gmean)},
         }
+    result["silent_spans"] = silent_spans(windows, silent, info.frontend.frames_to_seconds)
     result["track_detection"] = detector.enabled
     result["track_changes"] = track_changes
     result["timeline"] = timeline
     return result
+
+
+def silent_spans(windows: list[Window], silent: list[bool], frames_to_seconds: Any) -> list[list[float]]:
+    """[start, end] seconds of the file covered by runs of silent windows (a window spans its frames up to its
+    stream_time, so a run covers from its first window's start to its last window's end)."""
+    spans: list[list[float]] = []
+    for w, quiet in zip(windows, silent):
+        if not quiet:
+            continue
+        start = max(0.0, w.stream_time - frames_to_seconds(w.logmel.shape[1]))
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = round(w.stream_time, DECIMALS)
+        else:
+            spans.append([round(start, DECIMALS), round(w.stream_time, DECIMALS)])
+    return spans
 
 
 # ------------------------------------------------------------------------------------------------------ the CLI
@@ -205,12 +228,15 @@ def format_human(result: dict[str, Any]) -> str:
             )
         probs = " ".join(f"{u['probabilities'][label]:7.2f}" for label in labels)
         genre = f"  {u['genre']['label']}" if "genre" in u else ""
+        genre += "  (silent: held)" if u.get("state") == SILENT else ""
         lines.append(
             f"  {u['stream_time']:6.1f}  {u['mood']:<10} {u['confidence']:5.2f}  {probs}  "
             f"{u['valence']:+7.2f} {u['arousal']:+7.2f}{genre}"
         )
     summary = " ".join(f"{label} {p:.2f}" for label, p in result["probabilities"].items())
     genre = f"  genre {result['genre']['label']}" if "genre" in result else ""
+    for start, end in result.get("silent_spans", []):
+        lines.append(f"  silent {start:.1f}-{end:.1f} s")
     lines.append(
         f"  summary: {result['mood']}  ({summary})  valence {result['valence']:+.2f}  "
         f"arousal {result['arousal']:+.2f}{genre}"

@@ -83,6 +83,8 @@ def _check(c: dict[str, Any]) -> None:
         raise ConfigError(f"analysis.hop_seconds must be in 0.1..30, got {a['hop_seconds']}")
     if a["window_seconds"] is not None and not 0.2 <= a["window_seconds"] <= 60:
         raise ConfigError(f"analysis.window_seconds must be in 0.2..60, got {a['window_seconds']}")
+    if a["silence_db"] is not None and not -120 <= a["silence_db"] <= 0:
+        raise ConfigError(f"analysis.silence_db must be in -120..0 (dB re full scale) or null, got {a['silence_db']}")
     if a["max_batch"] < 1:
         raise ConfigError("analysis.max_batch must be >= 1")
     if not 0 <= a["batch_tick_ms"] <= 100:

@@ -10,6 +10,7 @@ File layout::
     parameters:                    # every parameter a client may receive, declared once
       reverb_mix: {type: float, range: [0, 1], neutral: 0.0, max_rate: 0.1}
       tint:       {type: colour, neutral: "#ffffff", max_rate: 60}
+      fog_density: {type: float, range: [0, 1], neutral: 0.0, rest: 0.2}   # rest: the value during silence
     presets:
       default:
         description: ...
@@ -28,6 +29,11 @@ from `input` (default [-1, 1], clamped) onto [0, 1], shapes it with the curve (l
 neutral value (0 = no effect, 1 = as written, >1 = exaggerated), the result is clamped to the parameter's range, and
 the value may move towards it by at most `max_rate * rate_scale * dt` per update (dt in stream seconds). Colours blend
 in RGB and their `max_rate` is in RGB units (0-255) per second per channel.
+
+Rest state: while the room is silent (no audio above the silence threshold, see tracker.py) there is no mood to map,
+so every parameter moves, at its preset's `max_rate`, to its declared `rest` value (default: its `neutral` value,
+i.e. effects off) and stays there until music comes back; then it moves to the mood's targets again. The rest value
+is the same in every preset: silence looks the same whatever the room's style.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ RESOLUTION = 1e-4  # wire values are rounded to about this fraction of the param
 # the server and `analyze` would print different JSON for the same song
 
 TOP_KEYS = ("version", "description", "parameters", "presets")
-PARAM_KEYS = ("type", "range", "neutral", "max_rate", "unit", "description")
+PARAM_KEYS = ("type", "range", "neutral", "rest", "max_rate", "unit", "description")
 PRESET_KEYS = ("description", "extends", "intensity", "rate_scale", "parameters")
 MAPPING_KEYS = ("value", "moods", "valence", "arousal", "max_rate")
 TERM_KEYS = ("curve", "input", "output", "exponent", "steepness")
@@ -109,6 +115,11 @@ class Parameter:
     max_rate: float | None = None
     unit: str = ""
     description: str = ""
+    rest: float | RGB | None = None  # the value during silence; None: the neutral value
+
+    @property
+    def rest_value(self) -> float | RGB:
+        return self.neutral if self.rest is None else self.rest
 
     @property
     def decimals(self) -> int:
@@ -309,14 +320,17 @@ def _parameter(c: _Checker, name: str, raw: Any) -> Parameter:
     if kind == "colour":
         if "range" in d:
             raise c.fail(f"{where}.range", "colours have no range")
-        return Parameter(name, kind, c.colour(d["neutral"], f"{where}.neutral"), **common)  # type: ignore[arg-type]
+        rest = c.colour(d["rest"], f"{where}.rest") if d.get("rest") is not None else None
+        return Parameter(name, kind, c.colour(d["neutral"], f"{where}.neutral"), rest=rest, **common)  # type: ignore[arg-type]
     if "range" not in d:
         raise c.fail(f"{where}.range", "missing ([min, max] for a float parameter)")
     low, high = c.pair(d["range"], f"{where}.range")
     if not low < high:
         raise c.fail(f"{where}.range", f"min must be below max, got {d['range']!r}")
     p = Parameter(name, kind, 0.0, low, high, **common)  # type: ignore[arg-type]
-    return Parameter(name, kind, c.in_range(d["neutral"], p, f"{where}.neutral"), low, high, **common)  # type: ignore
+    neutral = c.in_range(d["neutral"], p, f"{where}.neutral")
+    rest = c.in_range(d["rest"], p, f"{where}.rest") if d.get("rest") is not None else None
+    return Parameter(name, kind, neutral, low, high, rest=rest, **common)  # type: ignore
 
 
 def _term(c: _Checker, raw: Any, input_name: str, where: str) -> Term:
@@ -470,9 +484,23 @@ class EffectState:
         self._values: dict[str, float | RGB] | None = None
 
     def update(self, probabilities: Mapping[str, float], valence: float, arousal: float, dt: float) -> dict[str, Any]:
-        """New values after `dt` stream seconds, rounded for the wire (floats to 4 decimals, colours "#rrggbb")."""
+        """New values after `dt` stream seconds, rounded for the wire (floats to 4 decimals, colours "#rrggbb").
+
+        Raises ValueError, leaving the state untouched, for a non-finite input: a NaN would otherwise stay in the
+        room's effect values for the rest of the track."""
+        if not all(math.isfinite(v) for v in (valence, arousal, dt, *probabilities.values())):
+            raise ValueError("effects need finite probabilities, valence, arousal and time step")
         preset = self._preset
-        targets = preset.targets(probabilities, valence, arousal)
+        return self._move(preset.targets(probabilities, valence, arousal), dt)
+
+    def rest(self, dt: float) -> dict[str, Any]:
+        """Silence: every value moves towards its parameter's rest value (see the module docstring)."""
+        if not math.isfinite(dt):
+            raise ValueError("effects need a finite time step")
+        return self._move({p.name: p.rest_value for p in self.presets.parameters}, dt)
+
+    def _move(self, targets: dict[str, float | RGB], dt: float) -> dict[str, Any]:
+        preset = self._preset
         if self._values is None:
             self._values = targets
         else:

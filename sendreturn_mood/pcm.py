@@ -1,4 +1,12 @@
-"""Raw PCM frames from the wire -> mono float32 samples, with the checks protocol v1 promises (`bad_audio`)."""
+"""Raw PCM frames from the wire -> mono float32 samples, with the checks protocol v1 promises (`bad_audio`).
+
+Float audio is refused (never clipped) when a sample is NaN, infinite or beyond MAX_FLOAT_AMPLITUDE. A finite but
+absurd sample is as broken as a NaN: one 1e30 sample overflowed the log-mel's float32 power to inf, the model
+answered NaN, and the room's smoothing stayed NaN for the rest of the track (issue 13). Clipping would hide the
+usual cause, a client sending int16-scaled floats (32767.0), behind a square wave analysed as music; refusing the
+frame with `bad_audio` tells that client what is wrong while the room keeps running. Up to +24 dBFS is accepted as
+it is: float pipelines legitimately overshoot 1.0, and 16 x full scale keeps every front-end power far inside float32.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ ENCODINGS: dict[str, np.dtype] = {
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
 MAX_CHANNELS = 8
+MAX_FLOAT_AMPLITUDE = 16.0  # |sample| above this (+24 dBFS) is bad_audio; see the module docstring
 
 
 class BadAudio(ValueError):
@@ -35,8 +44,7 @@ def decode(data: bytes, encoding: str, channels: int) -> np.ndarray:
         return _s16_to_mono(x, channels)
     else:
         x = x.astype(np.float32)
-        if not np.isfinite(x).all():
-            raise BadAudio("NaN or infinite float samples")
+        check_samples(x)
     if channels > 1:
         x = _downmix(x, channels)
     return x
@@ -55,6 +63,21 @@ def _s16_to_mono(x: np.ndarray, channels: int) -> np.ndarray:
             acc += f[k::channels]
     acc /= np.float32(32768 * channels)
     return acc
+
+
+def check_samples(x: np.ndarray) -> None:
+    """Raise BadAudio unless every float sample is finite and within +-MAX_FLOAT_AMPLITUDE (two passes, no copy:
+    min/max propagate NaN, so one comparison catches NaN, infinities and absurd values)."""
+    if x.size == 0:
+        return
+    lo, hi = float(x.min()), float(x.max())
+    if -MAX_FLOAT_AMPLITUDE <= lo and hi <= MAX_FLOAT_AMPLITUDE:
+        return
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise BadAudio("NaN or infinite float samples")
+    peak = max(abs(lo), abs(hi))
+    hint = " (int16-scaled floats? pcm_f32le samples are in [-1, 1])" if peak >= 256 else ""
+    raise BadAudio(f"float sample of magnitude {peak:.3g} beyond the limit of {MAX_FLOAT_AMPLITUDE:g}{hint}")
 
 
 def _downmix(x: np.ndarray, channels: int) -> np.ndarray:

@@ -14,16 +14,24 @@ Fatal vs non-fatal errors (what the server does with each error code, documented
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import PROTOCOL_VERSION
 from .pcm import ENCODINGS, MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 ROOM_PATH_PREFIX = "/v1/rooms/"
-ROOM_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+ROOM_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # always fullmatch: `$` would accept a trailing newline
+# The raw path segment: the room's own characters, or percent-escapes (RFC 3986 says %41 and A are the same URI,
+# so escapes of the allowed characters are decoded; any other escape, %0A or %2F, leaves a character the rules refuse)
+ROOM_SEGMENT_RE = re.compile(r"(?:[A-Za-z0-9_.\-]|%[0-9A-Fa-f]{2}){1,192}")
+REQUEST_TARGET_RE = re.compile(r"[\x21-\x7e]{1,4096}")  # visible ASCII only: urlsplit silently drops TAB/CR/LF
+INT_PARAM_RE = re.compile(r"[0-9]{1,9}")  # int() would also take " 48000\n", "4_8000", "+48000" and non-ASCII digits
+TOKEN_RE = re.compile(r"[\x21-\x7e]{1,4096}")  # a token is visible ASCII (JWTs are base64url and dots)
+MAX_QUERY_FIELDS = 32  # parameters in one handshake query; more is refused (parsing stays bounded)
 ROLES = ("source", "listener")
 DEFAULT_ROLE = "listener"
 DEFAULT_ENCODING = "pcm_s16le"
@@ -32,6 +40,11 @@ DEFAULT_CHANNELS = 1
 QUERY_KEYS = ("role", "encoding", "sample_rate", "channels", "preset", "token", "track_detection")
 SWITCH_VALUES = {"on": True, "off": False}  # the values of the `track_detection` query parameter
 MAX_TEXT_FIELD = 512  # longest track id/title/artist or preset name accepted in a client message
+MAX_TEXT_MESSAGE = 8192  # bytes: the longest valid client text message is ~1.6 KB; longer is bad_message, unparsed
+MAX_NUMBER_CHARS = 32  # a JSON number literal longer than this is bad_message (Python's int() refuses > 4300 digits
+# with ValueError, and long literals cost quadratic time)
+MAX_ECHO = 40  # characters of a client's value quoted back in an error message (see `shown`)
+MAX_ERROR_MESSAGE = 300  # characters of any error message (the whole message, after quoting)
 
 # Error codes (in `error` messages and in refusal bodies).
 BAD_REQUEST = "bad_request"
@@ -45,7 +58,11 @@ NOT_ALLOWED = "not_allowed"
 TOO_BIG = "too_big"
 SERVER_ERROR = "server_error"
 ERROR_CODES = (BAD_MESSAGE, BAD_AUDIO, RATE_LIMITED, NOT_ALLOWED, TOO_BIG, UNAUTHORIZED, SERVER_ERROR)
-REFUSAL_STATUS = {BAD_REQUEST: 400, UNAUTHORIZED: 401, SOURCE_TAKEN: 409, SERVER_FULL: 503}
+FORBIDDEN_ORIGIN = "forbidden_origin"  # additive: a web page whose Origin is not allowed (HTTP 403)
+NOT_FOUND = "not_found"
+# additive refusals: 403 forbidden_origin, 404 not_found (HTTP room state), 429 rate_limited (per-address limits)
+REFUSAL_STATUS = {BAD_REQUEST: 400, UNAUTHORIZED: 401, FORBIDDEN_ORIGIN: 403, NOT_FOUND: 404, SOURCE_TAKEN: 409,
+                  RATE_LIMITED: 429, SERVER_FULL: 503}
 
 # Close codes.
 CLOSE_NORMAL = 1000
@@ -104,17 +121,48 @@ class ConnectParams:
 # ---------------------------------------------------------------------------------------------------- handshake
 
 
+def shown(value: Any, limit: int = MAX_ECHO) -> str:
+    """A client's value as it may be quoted in an error message or a log line: its repr, cut to `limit` characters.
+
+    Every message that echoes input goes through this, whatever the value's type: an echoed 1 MiB list of "é" was
+    3 MB of escaped JSON per reply (issue 13). repr() of a huge container is itself costly, so strings and short
+    containers are cut before repr."""
+    if isinstance(value, str):
+        text = repr(value[: limit + 1])
+    elif isinstance(value, (list, tuple, dict)):
+        text = f"<{type(value).__name__} of {len(value)}>"
+    elif isinstance(value, (bool, type(None), float)):
+        text = repr(value)
+    elif isinstance(value, int):
+        text = repr(value) if abs(value) < 10**limit else "<int too long>"
+    else:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_target(path: str) -> None:
+    """Refuse a request target holding anything but visible ASCII (Refusal bad_request).
+
+    urlsplit silently removes TAB, CR and LF, so "lob\tby" would become room "lobby"; the protocol's characters never
+    need them, so a target holding them (or spaces, or non-ASCII) is refused before any parsing."""
+    if not REQUEST_TARGET_RE.fullmatch(path):
+        raise Refusal(BAD_REQUEST, "the request target must be 1 to 4096 visible ASCII characters (percent-encode the rest)")
+
+
 def room_from_path(path: str) -> str | None:
     """The room name if `path` (with or without a query) is /v1/rooms/{room}; None for other paths.
 
     Raises Refusal(bad_request) for a /v1/rooms/ path whose room name breaks the rules, so a client gets a clear
-    message rather than a 404."""
+    message rather than a 404. Percent-escapes of the room's own characters are decoded (RFC 3986 equivalence);
+    any other escape (lobby%0A, a%2Fb) and any raw character outside the rules is refused, never dropped."""
+    check_target(path)
     target = urlsplit(path).path
     if not target.startswith(ROOM_PATH_PREFIX):
         return None
-    room = unquote(target[len(ROOM_PATH_PREFIX) :])
-    if not ROOM_NAME_RE.match(room):
-        raise Refusal(BAD_REQUEST, f"room name {room[:80]!r} must be 1 to 64 characters of A-Z a-z 0-9 _ . -")
+    raw = target[len(ROOM_PATH_PREFIX) :]
+    room = unquote(raw) if ROOM_SEGMENT_RE.fullmatch(raw) else None
+    if room is None or not ROOM_NAME_RE.fullmatch(room):
+        raise Refusal(BAD_REQUEST, f"room name {shown(raw)} must be 1 to 64 characters of A-Z a-z 0-9 _ . -")
     return room
 
 
@@ -122,10 +170,9 @@ def _int_param(query: Mapping[str, str], key: str, default: int, lo: int, hi: in
     raw = query.get(key)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise Refusal(BAD_REQUEST, f"{key} must be an integer, got {raw[:40]!r}") from None
+    if not INT_PARAM_RE.fullmatch(raw):
+        raise Refusal(BAD_REQUEST, f"{key} must be an integer written in ASCII digits, got {shown(raw)}")
+    value = int(raw)
     if not lo <= value <= hi:
         raise Refusal(BAD_REQUEST, f"{key} must be in {lo}..{hi}, got {value}")
     return value
@@ -138,34 +185,60 @@ def parse_connect(path: str, authorization: str | None = None, presets: Iterable
     their meaning would be ambiguous. `presets`, when given, is the set of known preset names."""
     room = room_from_path(path)
     if room is None:
-        raise Refusal(BAD_REQUEST, f"path must be {ROOM_PATH_PREFIX}{{room}}, got {urlsplit(path).path[:80]!r}")
-    multi = parse_qs(urlsplit(path).query, keep_blank_values=True)
-    for key in QUERY_KEYS:
-        if len(multi.get(key, [])) > 1:
-            raise Refusal(BAD_REQUEST, f"query parameter {key} given more than once")
-    query = {k: v[0] for k, v in multi.items()}
+        raise Refusal(BAD_REQUEST, f"path must be {ROOM_PATH_PREFIX}{{room}}, got {shown(urlsplit(path).path)}")
+    query = parse_query(urlsplit(path).query)
     role = query.get("role", DEFAULT_ROLE)
     if role not in ROLES:
-        raise Refusal(BAD_REQUEST, f"role must be one of {', '.join(ROLES)}, got {role[:40]!r}")
+        raise Refusal(BAD_REQUEST, f"role must be one of {', '.join(ROLES)}, got {shown(role)}")
     encoding = query.get("encoding", DEFAULT_ENCODING)
     if encoding not in ENCODINGS:
-        raise Refusal(BAD_REQUEST, f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding[:40]!r}")
+        raise Refusal(BAD_REQUEST, f"encoding must be one of {', '.join(ENCODINGS)}, got {shown(encoding)}")
     sample_rate = _int_param(query, "sample_rate", DEFAULT_SAMPLE_RATE, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
     channels = _int_param(query, "channels", DEFAULT_CHANNELS, 1, MAX_CHANNELS)
     preset = query.get("preset")
     if preset is not None and presets is not None and preset not in set(presets):
-        raise Refusal(BAD_REQUEST, f"unknown preset {preset[:40]!r}; known: {', '.join(sorted(presets))}")
+        raise Refusal(BAD_REQUEST, f"unknown preset {shown(preset)}; known: {', '.join(sorted(presets))}")
     detection = query.get("track_detection")
     if detection is not None and detection not in SWITCH_VALUES:
-        raise Refusal(BAD_REQUEST, f"track_detection must be on or off, got {detection[:40]!r}")
+        raise Refusal(BAD_REQUEST, f"track_detection must be on or off, got {shown(detection)}")
     token = query.get("token")
-    if token is None and authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            token = value.strip()
+    if token is None and authorization is not None:
+        token = bearer_token(authorization)
+    if token is not None and not TOKEN_RE.fullmatch(token):
+        raise Refusal(UNAUTHORIZED, "an access token is 1 to 4096 visible ASCII characters")  # never echoed
     return ConnectParams(
         room, role, encoding, sample_rate, channels, preset, token, None if detection is None else SWITCH_VALUES[detection]
     )
+
+
+def parse_query(query: str) -> dict[str, str]:
+    """A handshake's query string -> {key: value}, refusing what would be ambiguous or unbounded (bad_request).
+
+    Unknown parameters are ignored (later protocol versions may add some), but at most MAX_QUERY_FIELDS of them;
+    a known one given twice is refused; values must decode to visible ASCII (an escaped control character such as
+    role=source%0A is refused here rather than compared and refused later with a confusing message)."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS, errors="strict")
+    except ValueError:
+        raise Refusal(BAD_REQUEST, f"the query must be at most {MAX_QUERY_FIELDS} key=value pairs of UTF-8") from None
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in QUERY_KEYS:
+            continue
+        if key in out:
+            raise Refusal(BAD_REQUEST, f"query parameter {key} given more than once")
+        if key != "token" and not REQUEST_TARGET_RE.fullmatch(value):
+            raise Refusal(BAD_REQUEST, f"query parameter {key} must be visible ASCII, got {shown(value)}")
+        out[key] = value
+    return out
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value; None for other schemes or an empty value."""
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
 
 
 def check_token(params: ConnectParams, tokens: Iterable[str]) -> None:
@@ -180,7 +253,12 @@ def check_token(params: ConnectParams, tokens: Iterable[str]) -> None:
 
 
 def refusal_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
+    return json.dumps({"error": {"code": code, "message": bounded_message(message)}}).encode()
+
+
+def bounded_message(message: str) -> str:
+    """An error message cut to MAX_ERROR_MESSAGE characters: the last bound on anything a client can make us say."""
+    return message if len(message) <= MAX_ERROR_MESSAGE else message[: MAX_ERROR_MESSAGE - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------------- client -> server
@@ -238,19 +316,47 @@ def _text_field(msg: dict[str, Any], key: str, required: bool) -> str | None:
     return value
 
 
+def _refuse_constant(name: str) -> Any:
+    raise MessageError(BAD_MESSAGE, f"{name} is not a JSON number (text messages are strict JSON)")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise MessageError(BAD_MESSAGE, f"numbers in text messages have at most {MAX_NUMBER_CHARS} characters")
+    return int(text)
+
+
+def _bounded_float(text: str) -> float:
+    value = float(text) if len(text) <= MAX_NUMBER_CHARS else math.inf
+    if not math.isfinite(value):
+        raise MessageError(BAD_MESSAGE, f"numbers in text messages are finite and have at most {MAX_NUMBER_CHARS} characters")
+    return value
+
+
+def loads_strict(text: str) -> Any:
+    """Strict JSON: no NaN/Infinity, number literals of at most MAX_NUMBER_CHARS characters. MessageError(bad_message)
+    for anything else, never another exception (a 4,301-digit integer made json.loads raise ValueError, which the
+    server reported as server_error and closed with 1011)."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int, parse_float=_bounded_float)
+    except MessageError:
+        raise
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        raise MessageError(BAD_MESSAGE, "text messages must be JSON objects") from None
+
+
 def parse_client_message(text: str) -> ClientMessage:
     """A client's text frame -> a message object, or MessageError(bad_message). Unknown extra fields are ignored
-    (forward compatibility); missing or mistyped known fields are refused."""
-    try:
-        msg = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        raise MessageError(BAD_MESSAGE, "text messages must be JSON objects") from None
+    (forward compatibility); missing or mistyped known fields are refused. Frames over MAX_TEXT_MESSAGE bytes are
+    refused without being parsed."""
+    if len(text) > MAX_TEXT_MESSAGE or len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_MESSAGE:
+        raise MessageError(BAD_MESSAGE, f"text messages are at most {MAX_TEXT_MESSAGE} bytes")
+    msg = loads_strict(text)
     if not isinstance(msg, dict):
         raise MessageError(BAD_MESSAGE, "text messages must be JSON objects")
     kind = msg.get("type")
     if kind not in CLIENT_MESSAGE_TYPES:
-        shown = kind[:40] if isinstance(kind, str) else kind
-        raise MessageError(BAD_MESSAGE, f"unknown message type {shown!r}; known: {', '.join(CLIENT_MESSAGE_TYPES)}")
+        raise MessageError(BAD_MESSAGE, f"unknown message type {shown(kind)}; known: {', '.join(CLIENT_MESSAGE_TYPES)}")
     if kind == "track":
         return Track(_text_field(msg, "id", True), _text_field(msg, "title", False), _text_field(msg, "artist", False))  # type: ignore[arg-type]
     if kind == "preset":
@@ -301,7 +407,7 @@ def source_state(connected: bool) -> dict[str, Any]:
 
 
 def error(code: str, message: str, fatal: bool = False) -> dict[str, Any]:
-    return {"type": "error", "code": code, "message": message, "fatal": fatal}
+    return {"type": "error", "code": code, "message": bounded_message(message), "fatal": fatal}
 
 
 def encode(msg: Mapping[str, Any]) -> str:

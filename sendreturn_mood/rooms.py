@@ -23,6 +23,7 @@ import numpy as np
 
 from . import protocol
 from .metrics import ServerMetrics
+from .tracker import NonFiniteOutput
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -131,13 +132,21 @@ class Room:
         return not self.closed and generation == self.generation
 
     def on_result(
-        self, generation: int, moods: np.ndarray, genres: np.ndarray | None, stream_time: float, latency_ms: float
+        self,
+        generation: int,
+        moods: np.ndarray,
+        genres: np.ndarray | None,
+        stream_time: float,
+        latency_ms: float,
+        logmel: np.ndarray | None = None,
     ) -> dict[str, Any] | None:
         """One window's model output -> the room's next `mood` message, or None when the window is stale (its
-        track or source ended while it waited for the model)."""
+        track or source ended while it waited for the model). `logmel` (the window itself) gives the tracker its
+        level, for the silent state. Raises tracker.NonFiniteOutput, seq untouched, for outputs that are not
+        finite: the caller treats that window as failed."""
         if not self.is_current(generation):
             return None
-        analysis = self.tracker.update(moods, genres, stream_time)
+        analysis = self.tracker.update(moods, genres, stream_time, logmel)
         self.seq += 1
         return protocol.mood(self.name, self.seq, analysis, self.track, latency_ms)
 
@@ -153,16 +162,20 @@ class Room:
     ) -> list[dict[str, Any]]:
         """`on_result` with track-change detection: the window's log-mel and the model's embedding and genres go to
         the detector first; when it hears a new track the smoothing restarts (as after a `track` message) and a
-        `track_change` message comes before this window's `mood` message. [] when the window is stale."""
+        `track_change` message comes before this window's `mood` message. [] when the window is stale.
+        Raises tracker.NonFiniteOutput (nothing changed) for outputs that are not finite."""
         if not self.is_current(generation):
             return []
+        if not all(x is None or np.isfinite(x).all() for x in (moods, genres, embedding)):
+            # before the detector and the smoothing see it: a failed window, nothing of the room's state changes
+            raise NonFiniteOutput("the model's outputs for this window are not finite")
         out = []
         if self.detector is not None and logmel is not None:
             change = self.detector.update(stream_time, logmel, embedding, genres)
             if change is not None:
                 self.tracker.reset()
                 out.append(protocol.track_change(self.name, change.to_dict()))
-        msg = self.on_result(generation, moods, genres, stream_time, latency_ms)
+        msg = self.on_result(generation, moods, genres, stream_time, latency_ms, logmel)
         return out + ([msg] if msg is not None else [])
 
 
@@ -274,37 +287,58 @@ class Outbox:
     When it is full, the oldest queued mood update is dropped (counted in metrics), so a slow client receives
     fewer, newer updates and never blocks the room. Control messages (welcome, source changes, errors) are not
     conflated; a hard cap of `size + CONTROL_SLACK` items still bounds a client that provokes errors and never reads.
+    `max_bytes` bounds the queued text as well (issue 13: a client that never reads and provokes large replies held
+    ~120 MB): a mood update that does not fit pushes out older mood updates, anything else that does not fit is
+    dropped (counted the same way).
     """
 
-    def __init__(self, size: int, metrics: ServerMetrics | None = None) -> None:
+    def __init__(self, size: int, metrics: ServerMetrics | None = None, max_bytes: int | None = None) -> None:
         self.size = max(1, size)
         self.metrics = metrics
+        self.max_bytes = max_bytes
         self._items: collections.deque[tuple[str, str]] = collections.deque()
         self._ready = asyncio.Event()
         self._closing: tuple[int, str] | None = None
         self.dropped = 0
+        self.queued_bytes = 0  # characters of text queued (ASCII JSON: bytes on the wire)
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self.metrics:
+            self.metrics.dropped.inc()
+
+    def _drop_oldest_mood(self) -> bool:
+        for i, (k, text) in enumerate(self._items):
+            if k == MOOD:
+                del self._items[i]
+                self.queued_bytes -= len(text)
+                self._drop()
+                return True
+        return False
 
     def deliver(self, text: str, kind: str) -> None:
         if self._closing is not None:
             return
         if len(self._items) >= self.size + CONTROL_SLACK:
             # A client that never reads but keeps provoking errors: drop rather than grow without bound.
-            self.dropped += 1
-            if self.metrics:
-                self.metrics.dropped.inc()
+            self._drop()
             return
         if kind == MOOD and sum(1 for k, _ in self._items if k == MOOD) >= self.size:
-            for i, (k, _) in enumerate(self._items):
-                if k == MOOD:
-                    del self._items[i]
-                    break
-            self.dropped += 1
-            if self.metrics:
-                self.metrics.dropped.inc()
+            self._drop_oldest_mood()
+        if self.max_bytes is not None:
+            if len(text) > self.max_bytes:  # could never fit: older updates are not evicted for it
+                self._drop()
+                return
+            while self.queued_bytes + len(text) > self.max_bytes and kind == MOOD and self._drop_oldest_mood():
+                pass
+            if self.queued_bytes + len(text) > self.max_bytes:
+                self._drop()
+                return
         self._items.append((kind, text))
+        self.queued_bytes += len(text)
         self._ready.set()
 
     def close(self, code: int, reason: str = "") -> None:
@@ -321,7 +355,9 @@ class Outbox:
                 return None
             self._ready.clear()
             await self._ready.wait()
-        return self._items.popleft()
+        item = self._items.popleft()
+        self.queued_bytes -= len(item[1])
+        return item
 
     @property
     def closing(self) -> tuple[int, str] | None:

@@ -44,15 +44,17 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import __version__, protocol
+from .auth import OPEN, Authenticator, Grant, SourceReservations, install_log_redaction, redact
 from .broker import Broker, Claim, make_broker
 from .config import ConfigError
 from .effects import load_presets
 from .inference import InferenceWorker, Job, Result
+from .limits import ClientLimits, KeyedRateLimiter, origin_policy_from_config
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServerMetrics
 from .model import MoodModel
@@ -61,13 +63,15 @@ from .protocol import ConnectParams, Refusal
 from .rooms import CONTROL, Outbox, Room, RoomError, RoomRegistry
 from .session import Broadcast, Close, Drain, Reply, RoomChanged, Session, SessionSettings, Submit
 from .trackchange import TrackChangeError, detector_from_config
-from .tracker import tracker_from_config
+from .tracker import NonFiniteOutput, tracker_from_config
 
 log = logging.getLogger(__name__)
 
 WS_MAX_QUEUE = 4  # received messages buffered per connection before reading pauses (TCP pushes back): bounds memory
 WS_SIZE_SLACK = 4  # the websocket layer accepts up to this many times max_message_bytes so we can answer too_big
 INFERENCE_QUEUE_SIZE = 1024  # windows; beyond it sources wait (back-pressure), see inference.py
+WS_MAX_QUEUE = 4  # frames the websocket layer buffers per connection before it stops reading (default 16 x 4 MiB)
+TAKEOVER_WAIT_SECONDS = 3.0  # a reserving source reconnecting waits this long for its old connection to leave
 STATIC_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 STATIC_HIDDEN_SUFFIXES = (".py", ".pyc")
 CONTENT_TYPES = {
@@ -94,6 +98,8 @@ class Connection:
     params: ConnectParams
     outbox: Outbox
     last_job: Job | None = field(default=None)
+    grant: Grant = OPEN
+    address: str = ""
 
     @property
     def role(self) -> str:
@@ -120,7 +126,14 @@ class MoodServer:
         self.hop_seconds = self.info.frontend.frames_to_seconds(self.plan.hop_frames)
         self.max_message_bytes = int(s["max_message_bytes"])
         self.max_connections = int(s["max_connections"])
-        self.tokens = [str(t) for t in (s["auth_tokens"] or [])]
+        self.auth = Authenticator.from_config(config)  # AuthError (a ConfigError) for an unusable secret or token
+        self.reservations = SourceReservations(float(s["auth"]["reserve_seconds"]), int(s["max_rooms"]))
+        self.origins = origin_policy_from_config(s, [str(s["host"])])
+        self.client_limits = ClientLimits(int(s["max_connections_per_address"]), int(s["max_rooms_per_address"]))
+        per_minute = float(s["room_creations_per_minute"])
+        self.room_creations = KeyedRateLimiter(per_minute / 60.0, per_minute)
+        per_second = float(s["http_requests_per_second"])
+        self.http_requests = KeyedRateLimiter(per_second, 2 * per_second)
         self.metrics = ServerMetrics()
         self.broker = broker or make_broker(config, self.metrics)
         self.metrics.node.set(1, node=self.broker.node, broker=self.broker.kind)
@@ -190,6 +203,8 @@ class MoodServer:
         gc.collect()
         gc.freeze()
         s = self.config["server"]
+        # the websockets library logs request lines and headers at debug level: never with a token in them
+        install_log_redaction("websockets.server", "websockets", __name__)
         await self.broker.start(self.rooms)
         a = self.config["analysis"]
         self.worker = InferenceWorker(
@@ -261,37 +276,68 @@ class MoodServer:
     # ------------------------------------------------------------------------------------------------ HTTP
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
-        if not upgrade:
-            return await self._http(request)
+        """Every HTTP request: plain GETs are answered here, websocket handshakes are checked (refused with a JSON
+        4xx/503) or let through. Nothing a client sends may end in a 500 with a traceback: odd requests (duplicated
+        headers, control characters) are 400s."""
         try:
-            params = protocol.parse_connect(request.path, request.headers.get("Authorization"), self.presets.names)
-            protocol.check_token(params, self.tokens)
-            if self.closing:
-                raise Refusal(protocol.SERVER_FULL, "the server is shutting down")
-            if self.connections >= self.max_connections:
-                raise Refusal(protocol.SERVER_FULL, f"this server already has its maximum of {self.max_connections} connections")
-            try:
-                self.rooms.check_join(params.room, params.is_source)
-            except RoomError as e:
-                raise Refusal(e.code, e.message) from None
-            if params.is_source and await self.broker.source_present(params.room):
-                raise Refusal(protocol.SOURCE_TAKEN, f"room {params.room!r} already has a source")
+            upgrade = "websocket" in _header(request, "Upgrade").lower()
+            if not upgrade:
+                return await self._http(connection, request)
+            params = await self._check_handshake(connection, request)
         except Refusal as r:
             self.metrics.refusals.inc(code=r.code)
-            log.info("refused %s: %s %s", request.path[:120], r.code, r.message)
+            log.info("refused %s: %s %s", redact(request.path), r.code, r.message)
             return _response(r.status, r.body(), "application/json")
+        except Exception:
+            log.exception("handling the request for %s failed", redact(request.path))
+            return _json(500, {"error": {"code": protocol.SERVER_ERROR, "message": "internal server error"}})
         connection.sr_params = params  # type: ignore[attr-defined]  # read by _handle
         return None
+
+    async def _check_handshake(self, connection: ServerConnection, request: Request) -> tuple[ConnectParams, Grant]:
+        """The handshake's checks, cheapest first. Refusal for anything refused."""
+        self.origins.check(_header(request, "Origin", None), _header(request, "Host", None))
+        params = protocol.parse_connect(request.path, _header(request, "Authorization", None), self.presets.names)
+        grant = self.auth.authorize(params.token, params.room, params.role)
+        if self.closing:
+            raise Refusal(protocol.SERVER_FULL, "the server is shutting down")
+        if self.connections >= self.max_connections:
+            raise Refusal(protocol.SERVER_FULL, f"this server already has its maximum of {self.max_connections} connections")
+        address = _address(connection)
+        self.client_limits.check(address, params.room)
+        takeover = params.is_source and self.reservations.check(params.room, grant, time.time())
+        if takeover:
+            await self._replace_source(params.room, grant)
+        try:
+            self.rooms.check_join(params.room, params.is_source)
+        except RoomError as e:
+            raise Refusal(e.code, e.message) from None
+        if params.is_source and await self.broker.source_present(params.room):
+            raise Refusal(protocol.SOURCE_TAKEN, f"room {protocol.shown(params.room)} already has a source")
+        if self.rooms.get(params.room) is None and not self.room_creations.allow(address):
+            raise Refusal(protocol.RATE_LIMITED, "this address is opening rooms too fast (server.room_creations_per_minute)")
+        return params, grant
+
+    async def _replace_source(self, name: str, grant: Grant) -> None:
+        """A reserving source reconnects while its old connection is still registered (half-dead TCP): close the
+        old one and wait (bounded) for it to leave, so the new one is not refused by its own ghost."""
+        room = self.rooms.get(name)
+        old = room.source if room is not None else None
+        if isinstance(old, Connection) and old.grant.subject == grant.subject:
+            log.info("room %s: the source reconnected; closing its previous connection", name)
+            old.outbox.close(protocol.CLOSE_POLICY, "replaced by a new connection of the same source")
+            deadline = time.monotonic() + TAKEOVER_WAIT_SECONDS
+            while room is not None and room.source is old and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
 
     async def _metrics_only(self, connection: ServerConnection, request: Request) -> Response:
         """`server.metrics_port`: this process's /metrics and /healthz on a port of its own (with `--workers`, each
         worker has one, so Prometheus scrapes every worker, not whichever the kernel picks); nothing else there."""
         if urlsplit(request.path).path in ("/metrics", "/healthz"):
-            return await self._http(request)
+            return await self._http(connection, request)
         return _json(404, {"error": {"code": "not_found", "message": "this port serves /metrics and /healthz only"}})
 
-    async def _http(self, request: Request) -> Response:
+    async def _http(self, connection: ServerConnection, request: Request) -> Response:
         path = urlsplit(request.path).path
         if path == "/healthz":
             return _json(200, await self.health())
@@ -299,15 +345,27 @@ class MoodServer:
             self.metrics.queue_depth.set(self.worker.depth if self.worker else 0)
             return _response(200, self.metrics.render().encode(), METRICS_CONTENT_TYPE)
         if path.startswith(protocol.ROOM_PATH_PREFIX):
-            try:
-                name = protocol.room_from_path(path)
-            except Refusal as r:
-                return _response(r.status, r.body(), "application/json")
-            info = await self.broker.snapshot(name or "")
-            if info is None:
-                return _json(404, {"error": {"code": "not_found", "message": f"no room {name!r} (nobody is connected to it)"}})
-            return _json(200, info)
+            return await self._room_state(connection, request)
         return self._static_file(path)
+
+    async def _room_state(self, connection: ServerConnection, request: Request) -> Response:
+        """GET /v1/rooms/{room}: rate-limited per address, and when auth is on it needs a token for that room (any
+        role), so room names, tracks and titles cannot be probed (issue 13). Refusal for everything refused."""
+        if not self.http_requests.allow(_address(connection)):
+            raise Refusal(protocol.RATE_LIMITED, "too many requests from this address (server.http_requests_per_second)")
+        name = protocol.room_from_path(request.path) or ""
+        if self.auth.enabled:
+            token = protocol.parse_query(urlsplit(request.path).query).get("token")
+            authorization = _header(request, "Authorization", None)
+            if token is None and authorization is not None:
+                token = protocol.bearer_token(authorization)
+            grant = self.auth.verify(token)
+            if not grant.covers(name):
+                raise Refusal(protocol.UNAUTHORIZED, f"this access token is not valid for room {protocol.shown(name)}")
+        info = await self.broker.snapshot(name)
+        if info is None:
+            raise Refusal(protocol.NOT_FOUND, f"no room {protocol.shown(name)} (nobody is connected to it)")
+        return _json(200, info)
 
     async def health(self) -> dict[str, Any]:
         broker = await self.broker.health()
@@ -340,8 +398,15 @@ class MoodServer:
     # ------------------------------------------------------------------------------------------------ websocket
 
     async def _handle(self, ws: ServerConnection) -> None:
-        params: ConnectParams = ws.sr_params  # type: ignore[attr-defined]
-        conn = Connection(params, Outbox(int(self.config["server"]["send_queue_size"]), self.metrics))
+        params, grant = ws.sr_params  # type: ignore[attr-defined]
+        s = self.config["server"]
+        outbox = Outbox(int(s["send_queue_size"]), self.metrics, int(s["send_queue_bytes"]))
+        conn = Connection(params, outbox, grant=grant, address=_address(ws))
+        try:
+            self.client_limits.add(conn.address, params.room)  # two handshakes may have raced past the check
+        except Refusal as r:
+            await ws.close(protocol.CLOSE_POLICY, r.message[:120])
+            return
         sender = asyncio.get_running_loop().create_task(self._send_loop(ws, conn.outbox))
         self.connections += 1
         self.metrics.connections.inc(role=params.role)
@@ -374,6 +439,8 @@ class MoodServer:
                 self.rooms.publish(room, protocol.source_state(False))
             if claim is not None:
                 await self.broker.release_source(params.room, claim.holder)
+                self.reservations.disconnected(params.room, grant, time.time())
+            self.client_limits.remove(conn.address, params.room)
             self.connections -= 1
             self.metrics.connections.dec(role=params.role)
             conn.outbox.close(protocol.CLOSE_NORMAL)
@@ -391,7 +458,7 @@ class MoodServer:
         if params.is_source:
             claim = await self.broker.claim_source(params.room, f"{self.broker.node}/{next(self._holder_ids)}")
             if claim is None:
-                self._refuse(conn, f"room {params.room!r} already has a source")
+                self._refuse(conn, f"room {protocol.shown(params.room)} already has a source")
                 return None, None
         try:
             preset = (params.preset or claim.preset) if claim else None
@@ -405,6 +472,8 @@ class MoodServer:
             return None, None
         if not params.is_source:
             await self.broker.sync_room(room)
+        else:
+            self.reservations.connected(params.room, conn.grant)
         return room, claim
 
     def _source_lost(self, room: Room) -> None:
@@ -473,10 +542,16 @@ class MoodServer:
             self.rooms.publish(room, protocol.error(protocol.SERVER_ERROR, "analysis of a window failed; it was skipped"))
             return
         latency = time.perf_counter() - job.arrival
-        messages = room.on_window(
-            job.generation, result.moods, result.genres, job.window.stream_time, latency * 1000.0,
-            job.window.logmel, result.embedding,
-        )
+        try:
+            messages = room.on_window(
+                job.generation, result.moods, result.genres, job.window.stream_time, latency * 1000.0,
+                job.window.logmel, result.embedding,
+            )
+        except NonFiniteOutput:  # the room's smoothing, detector and seq are untouched; this window is lost
+            log.warning("room %s: the model's outputs for a window were not finite; it was skipped", room.name)
+            self.metrics.errors.inc(code=protocol.SERVER_ERROR)
+            self.rooms.publish(room, protocol.error(protocol.SERVER_ERROR, "analysis of a window failed; it was skipped"))
+            return
         if not messages:
             self.metrics.dropped_windows.inc()
             return
@@ -486,6 +561,24 @@ class MoodServer:
             if msg["type"] == "track_change":
                 self.metrics.track_changes.inc()
             self.rooms.publish(room, msg)
+
+
+def _header(request: Request, name: str, default: str | None = "") -> Any:
+    """A header that must appear at most once: a duplicated Authorization, Upgrade, Origin or Host is a 400, not
+    a guess (which of two Authorization values would count?) and not a 500 (MultipleValuesError)."""
+    try:
+        return request.headers.get(name, default)
+    except MultipleValuesError:
+        raise Refusal(protocol.BAD_REQUEST, f"the {name} header may appear only once") from None
+
+
+def _address(connection: ServerConnection) -> str:
+    """The client's address (the TCP peer: behind a proxy, the proxy's)."""
+    try:
+        peer = connection.remote_address
+        return str(peer[0]) if peer else "?"
+    except Exception:  # a transport already gone
+        return "?"
 
 
 def _response(status: int, body: bytes, content_type: str, cache: bool = False) -> Response:

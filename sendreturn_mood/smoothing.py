@@ -48,6 +48,9 @@ class ExpSmoother:
     def update(self, x: np.ndarray, dt: float) -> np.ndarray:
         """Add an observation `dt` seconds after the previous one; return the smoothed value (a copy)."""
         x = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(x).all() or not math.isfinite(dt):
+            # refused before it is mixed in: one NaN would stay in the average for the rest of the track
+            raise ValueError("smoothing needs finite values and time steps")
         if self._value is None or self._value.shape != x.shape:
             self._value = x.copy()
         else:

@@ -8,19 +8,40 @@ float is rounded (4 decimals; effect values to ~1e-4 of their range, see effects
 Valence/arousal: the smoothed values are computed from the smoothed probabilities (probabilities @ the mood
 coordinates of the model's metadata). The smoothing is linear, so this equals smoothing valence and arousal
 separately with the same time constant, and it keeps V/A consistent with the reported probabilities.
+
+Silence (issue 13: a muted microphone was broadcast as "angry 0.34"): when the caller passes the window's level
+(`level_db`, or its `logmel` and the tracker reads the level from it, see level.py) and it is below the silence
+threshold, the update says `"state": "silent"`; the smoothed probabilities, labels, valence/arousal and genre hold
+their last music values (the uniform distribution if the track has had no music yet), `instant` is the uniform
+distribution (a silent window says nothing about mood), and the effects move to their rest values. The next music
+window is smoothed against the held value with the time since the last music window, so music after a long pause
+takes over quickly. Updates with a level carry `"state": "music"` and `level_db` otherwise. Without a level (older
+callers) the update is computed as before and carries neither field.
+
+Model outputs that are not finite are refused with NonFiniteOutput before any state changes: the caller treats that
+window as failed, and the room's smoothing stays sound (one NaN used to stay in it for the rest of the track).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from .effects import EffectState, Presets
+from .level import window_level_db
 from .model import ModelInfo
 from .smoothing import ExpSmoother, LabelHysteresis
 
 DECIMALS = 4
+LEVEL_DECIMALS = 1
+SILENT = "silent"
+MUSIC = "music"
+
+
+class NonFiniteOutput(ValueError):
+    """A window whose model outputs (or stream time) are not finite: treat it as a failed window."""
 
 
 def _r(x: float) -> float:
@@ -35,7 +56,13 @@ class MoodTracker:
     """Per-room state after the model: smoothing, hysteresis, effects. The server and analyze both use it."""
 
     def __init__(
-        self, info: ModelInfo, presets: Presets, preset: str | None, time_constant: float, hysteresis: float
+        self,
+        info: ModelInfo,
+        presets: Presets,
+        preset: str | None,
+        time_constant: float,
+        hysteresis: float,
+        silence_db: float | None = None,
     ) -> None:
         presets.check_moods(info.mood_labels)  # EffectsError naming the file and key of an unknown mood
         self.info = info
@@ -47,6 +74,9 @@ class MoodTracker:
         self._genre = ExpSmoother(time_constant)
         self._label = LabelHysteresis(hysteresis)
         self._genre_label = LabelHysteresis(hysteresis)
+        self.silence_db = silence_db  # None: never silent
+        self._uniform = np.full(len(self.labels), 1.0 / len(self.labels))
+        self._genre_uniform = np.full(len(self.genres), 1.0 / len(self.genres)) if self.genres else None
         self.reset()
 
     @property
@@ -65,21 +95,82 @@ class MoodTracker:
         self._genre_label.reset()
         self._effects.reset()
         self._last_time: float | None = None
+        self._last_music_time: float | None = None
 
-    def update(self, moods: np.ndarray, genres: np.ndarray | None, stream_time: float) -> dict[str, Any]:
-        """One window's softmax outputs ([n_moods], [n_genres] or None) at `stream_time` -> the mood fields."""
+    def level_of(self, logmel: np.ndarray) -> float:
+        """A window's level in dB re full scale, read from its log-mel with this model's front end (level.py)."""
+        return window_level_db(logmel, self.info.frontend)
+
+    def is_silent(self, level_db: float | None) -> bool:
+        return level_db is not None and self.silence_db is not None and level_db < self.silence_db
+
+    def update(
+        self,
+        moods: np.ndarray,
+        genres: np.ndarray | None,
+        stream_time: float,
+        logmel: np.ndarray | None = None,
+        *,
+        level_db: float | None = None,
+    ) -> dict[str, Any]:
+        """One window's softmax outputs ([n_moods], [n_genres] or None) at `stream_time` -> the mood fields.
+
+        `logmel` (the window the outputs came from) or `level_db` enables the silence state; see the module
+        docstring. Raises NonFiniteOutput (state untouched) for non-finite outputs or time."""
         instant = np.asarray(moods, dtype=np.float64).reshape(-1)
         if instant.size != len(self.labels):
             raise ValueError(f"expected {len(self.labels)} mood probabilities, got {instant.size}")
+        genre_in = None if genres is None or not self.genres else np.asarray(genres, dtype=np.float64).reshape(-1)
+        if not (np.isfinite(instant).all() and math.isfinite(stream_time) and (genre_in is None or np.isfinite(genre_in).all())):
+            raise NonFiniteOutput("the model's outputs for this window are not finite")
+        if level_db is None and logmel is not None:
+            level_db = self.level_of(logmel)
         dt = 0.0 if self._last_time is None else max(0.0, float(stream_time) - self._last_time)
         self._last_time = float(stream_time)
+        if self.is_silent(level_db):
+            out = self._silent(stream_time, dt)
+        else:
+            out = self._music(instant, genre_in, stream_time, dt)
+        if level_db is not None:
+            out["state"] = SILENT if self.is_silent(level_db) else MUSIC
+            out["level_db"] = round(float(level_db), LEVEL_DECIMALS) + 0.0
+        out["preset"] = self.preset
+        return out
 
-        smooth = self._moods.update(instant, dt)
+    def _music(self, instant: np.ndarray, genres: np.ndarray | None, stream_time: float, dt: float) -> dict[str, Any]:
+        # smoothing steps over silent windows: the time since the last music window, not since the last update
+        music_dt = 0.0 if self._last_music_time is None else max(0.0, float(stream_time) - self._last_music_time)
+        self._last_music_time = float(stream_time)
+        smooth = self._moods.update(instant, music_dt)
         idx = self._label.update(smooth)
+        out = self._fields(stream_time, idx, smooth, instant)
+        if genres is not None:
+            g = self._genre.update(genres, music_dt)
+            out["genre"] = {"label": self.genres[self._genre_label.update(g)], "probabilities": _probs(self.genres, g)}
+        va = smooth @ self._coords
+        out["effects"] = self._effects.update(dict(zip(self.labels, smooth.tolist())), float(va[0]), float(va[1]), dt)
+        return out
+
+    def _silent(self, stream_time: float, dt: float) -> dict[str, Any]:
+        """Hold what the music said (or the uniform distribution before any music); effects go to rest."""
+        smooth = self._moods.value
+        if smooth is None:
+            smooth = self._uniform
+        idx = self._label.current if self._label.current is not None else int(np.argmax(smooth))
+        out = self._fields(stream_time, idx, smooth, self._uniform)
+        if self._genre_uniform is not None:
+            g = self._genre.value
+            g = self._genre_uniform if g is None else g
+            gi = self._genre_label.current if self._genre_label.current is not None else int(np.argmax(g))
+            out["genre"] = {"label": self.genres[gi], "probabilities": _probs(self.genres, g)}
+        out["effects"] = self._effects.rest(dt)
+        return out
+
+    def _fields(self, stream_time: float, idx: int, smooth: np.ndarray, instant: np.ndarray) -> dict[str, Any]:
         va_instant = instant @ self._coords
         va = smooth @ self._coords
         probabilities = _probs(self.labels, smooth)
-        out: dict[str, Any] = {
+        return {
             "stream_time": _r(stream_time),
             "mood": self.labels[idx],
             "confidence": probabilities[self.labels[idx]],
@@ -92,12 +183,6 @@ class MoodTracker:
                 "arousal": _r(va_instant[1]),
             },
         }
-        if self.genres and genres is not None:
-            g = self._genre.update(np.asarray(genres, dtype=np.float64).reshape(-1), dt)
-            out["genre"] = {"label": self.genres[self._genre_label.update(g)], "probabilities": _probs(self.genres, g)}
-        out["effects"] = self._effects.update(dict(zip(self.labels, smooth.tolist())), float(va[0]), float(va[1]), dt)
-        out["preset"] = self.preset
-        return out
 
 
 def tracker_from_config(
@@ -105,4 +190,8 @@ def tracker_from_config(
 ) -> MoodTracker:
     """A tracker with the config's smoothing settings; `preset` None: the presets' default."""
     s = config["smoothing"]
-    return MoodTracker(info, presets, preset, float(s["time_constant_seconds"]), float(s["hysteresis"]))
+    silence = config["analysis"]["silence_db"]
+    return MoodTracker(
+        info, presets, preset, float(s["time_constant_seconds"]), float(s["hysteresis"]),
+        None if silence is None else float(silence),
+    )

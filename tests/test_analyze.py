@@ -26,8 +26,9 @@ from sendreturn_mood.tracker import tracker_from_config
 from tests.conftest import REPO, shared_data_or_skip
 
 SUMMARY_FIELDS = {"file", "duration", "model", "preset", "windows", "mood", "probabilities", "valence", "arousal", "genre", "timeline",
-                  "track_detection", "track_changes"}
-UPDATE_FIELDS = {"stream_time", "mood", "confidence", "probabilities", "valence", "arousal", "instant", "genre", "effects", "preset"}
+                  "track_detection", "track_changes", "silent_spans"}
+UPDATE_FIELDS = {"stream_time", "mood", "confidence", "probabilities", "valence", "arousal", "instant", "genre", "effects", "state",
+                 "level_db", "preset"}
 SHORT_CLIP = "Q1/MT0013621344.mp3"  # the one 10 s clip of 4Q
 
 
@@ -123,10 +124,10 @@ def test_analyze_agrees_with_a_server_like_chunked_path(graded_model: MoodModel)
     for i in range(0, len(pcm), step):
         for w in stream.push(decode(pcm[i : i + step], "pcm_f32le", 2)):
             p = model.predict(w.logmel[None])
-            updates.append(tracker.update(p.moods[0], p.genres[0], w.stream_time))
+            updates.append(tracker.update(p.moods[0], p.genres[0], w.stream_time, w.logmel))
     for w in stream.finish():
         p = model.predict(w.logmel[None])
-        updates.append(tracker.update(p.moods[0], p.genres[0], w.stream_time))
+        updates.append(tracker.update(p.moods[0], p.genres[0], w.stream_time, w.logmel))
 
     assert [u["stream_time"] for u in updates] == [u["stream_time"] for u in reference["timeline"]]
     # a round trip through 48 kHz is not bit-exact audio, so compare values, not bytes
@@ -150,10 +151,10 @@ def test_same_audio_gives_identical_json_whatever_the_chunking(graded_model: Moo
     for i in range(0, len(y), 320):
         for w in stream.push(y[i : i + 320]):
             p = model.predict(w.logmel[None])
-            updates.append(tracker.update(p.moods[0], p.genres[0], w.stream_time))
+            updates.append(tracker.update(p.moods[0], p.genres[0], w.stream_time, w.logmel))
     for w in stream.finish():
         p = model.predict(w.logmel[None])
-        updates.append(tracker.update(p.moods[0], p.genres[0], w.stream_time))
+        updates.append(tracker.update(p.moods[0], p.genres[0], w.stream_time, w.logmel))
     assert json.dumps(updates) == json.dumps(reference["timeline"])
 
 

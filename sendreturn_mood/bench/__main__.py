@@ -1,4 +1,4 @@
-"""`python -m sendreturn_mood.bench audio | model | server | cluster`: each subcommand is one module (see its --help)."""
+"""`python -m sendreturn_mood.bench audio | model | server | cluster | silence`: each subcommand is one module (see its --help)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ COMMANDS = {
     "model": "the model's ms per window at batch 1/8/32 (optionally side by side with another model)",
     "server": "the whole server under load: CPU per room-second, latency, capacity, memory",
     "cluster": "rooms across 1..P server processes through Redis: updates/s, latency, server and Redis CPU, drops",
+    "silence": "window levels of real music, white noise and silence (to choose analysis.silence_db)",
 }
 
 

@@ -44,7 +44,7 @@ import numpy as np
 import yaml
 
 from .common import FRAME_SECONDS, music_like
-from .server import metric, proc_cpu_seconds, scrape_metrics, spawn_server
+from .server import load_limits, metric, proc_cpu_seconds, scrape_metrics, spawn_server
 
 ROOMS_PER_CLIENT = 250
 SONGS = 16  # distinct audio variants, cycled over rooms
@@ -83,11 +83,7 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
 
 def start_servers(args: argparse.Namespace, processes: int, rooms: int, broker: str | None, tmp: Path) -> list[tuple[subprocess.Popen[str], int]]:
     config: dict[str, Any] = {
-        "server": {
-            "max_connections": max(1000, rooms * (2 + args.listeners)),
-            "max_rooms": max(500, rooms + 10),
-            "rate_limit_factor": max(8.0, args.speed * 2),
-        },
+        "server": {**load_limits(rooms, args.listeners), "rate_limit_factor": max(8.0, args.speed * 2)},
         "analysis": {"hop_seconds": args.hop, "max_batch": args.max_batch},
         "logging": {"level": "warning"},
     }

@@ -1,0 +1,397 @@
+"""Access control: which client may do what in which room, as room-scoped signed tokens or a static list.
+
+Two modes, usable together (both off: the server is open, as before):
+
+- **Signed tokens** (`server.auth.secret`, or the environment variable named by `server.auth.secret_env`): a JWT
+  signed with HS256, the way LiveKit and Agora grant access: your backend (or `python -m sendreturn_mood token`)
+  mints a short-lived token for one room and role, the client presents it (`?token=` or `Authorization: Bearer`),
+  and the server checks signature, expiry and scope without any call back. Claims::
+
+      iss, aud    "sendreturn-mood" (configurable): a token for another service is refused
+      exp, iat    expiry (required) and issue time; nbf honoured; lifetime at most server.auth.max_ttl_seconds
+      jti         token id (listed in server.auth.revoked: refused)
+      room        the room name, or a glob over room names ("team-*", "*"): the token is good for those rooms only
+      roles       ["source"], ["listener"] or both: a listener token cannot stream, a source token for room A
+                  cannot listen to or take room B
+      sub         who holds it (free text, <= 128 visible characters); required with `reserve`
+      reserve     true: this source's slot is kept for it (see below)
+
+- **Static tokens** (`server.auth_tokens`): the simple mode. Any listed token grants every role in every room.
+
+Reserved source slots: a room has one source, and when it drops (network change, laptop lid) another client could
+take the room before it reconnects. A source whose token says `reserve: true` holds the slot while connected and
+for `server.auth.reserve_seconds` after it leaves; during that time only a source token with the same `sub` may take
+the room (others get 409 source_taken), and a new connection with the same `sub` replaces a still-registered old
+one (a half-dead connection would otherwise block its own reconnection until the ping timeout).
+
+Tokens are secrets: no message, log line or exception text here contains one, and `redact` removes them from
+request targets before anything is logged.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import logging
+import math
+import os
+import re
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+from urllib.parse import quote, unquote
+
+from . import protocol
+from .config import ConfigError
+from .protocol import ROLES, Refusal
+
+ALGORITHM = "HS256"
+MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash output
+ROOM_PATTERN_RE = re.compile(r"[A-Za-z0-9_.\-*?\[\]!]{1,64}")
+SUBJECT_RE = re.compile(r"[\x20-\x7e]{1,128}")
+TTL_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)")
+TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+REDACTED = "REDACTED"
+SECRET_QUERY_KEYS = ("token", "access_token")
+MAX_LOGGED_TARGET = 160
+
+
+class AuthError(ConfigError):
+    """A configuration or minting request that cannot work (no secret, bad room pattern, TTL too long)."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a verified token allows."""
+
+    room: str  # a room name or a glob over room names
+    roles: frozenset[str]
+    subject: str | None = None
+    reserve: bool = False
+    token_id: str | None = None
+    expires_at: float | None = None  # unix time; None for static tokens
+    static: bool = False
+
+    def covers(self, room: str) -> bool:
+        return fnmatch.fnmatchcase(room, self.room)
+
+    def allows(self, room: str, role: str) -> bool:
+        return role in self.roles and self.covers(room)
+
+
+OPEN = Grant("*", frozenset(ROLES), static=True)  # what everyone gets when auth is off
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    secret: bytes | None
+    static_tokens: tuple[str, ...]
+    issuer: str
+    audience: str
+    leeway: float
+    max_ttl: float
+    reserve_seconds: float
+    revoked: frozenset[str]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> "AuthSettings":
+        """The server's auth settings; the secret comes from `server.auth.secret`, else the environment variable
+        named by `server.auth.secret_env`. Raises AuthError for a secret shorter than 32 bytes or a bad token."""
+        s = config["server"]
+        a = s["auth"]
+        env = os.environ if environ is None else environ
+        raw = a["secret"] if a["secret"] is not None else env.get(str(a["secret_env"] or ""), "") or None
+        secret = None if raw is None else str(raw).encode()
+        if secret is not None and len(secret) < MIN_SECRET_BYTES:
+            where = "server.auth.secret" if a["secret"] is not None else f"${a['secret_env']}"
+            raise AuthError(f"{where}: an HS256 secret needs at least {MIN_SECRET_BYTES} bytes (got {len(secret)})")
+        tokens = tuple(str(t) for t in (s["auth_tokens"] or []))
+        for i, t in enumerate(tokens):
+            if not protocol.TOKEN_RE.fullmatch(t):
+                raise AuthError(f"server.auth_tokens[{i}]: a token is 1 to 4096 visible ASCII characters")
+        return cls(
+            secret=secret,
+            static_tokens=tokens,
+            issuer=str(a["issuer"]),
+            audience=str(a["audience"]),
+            leeway=float(a["leeway_seconds"]),
+            max_ttl=float(a["max_ttl_seconds"]),
+            reserve_seconds=float(a["reserve_seconds"]),
+            revoked=frozenset(str(j) for j in (a["revoked"] or [])),
+        )
+
+
+class Authenticator:
+    """Verifies tokens into grants and mints signed ones. Pure (time is passed in or read from time.time)."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self.settings = settings
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> "Authenticator":
+        return cls(AuthSettings.from_config(config, environ))
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.secret is not None or bool(self.settings.static_tokens)
+
+    @property
+    def can_mint(self) -> bool:
+        return self.settings.secret is not None
+
+    # ------------------------------------------------------------------------------------------------ verify
+
+    def verify(self, token: str | None, now: float | None = None) -> Grant:
+        """The grant a token carries (OPEN when auth is off). Refusal(unauthorized) otherwise; the message never
+        contains the token."""
+        if not self.enabled:
+            return OPEN
+        if token is None:
+            raise Refusal(protocol.UNAUTHORIZED, "this server needs an access token (?token= or Authorization: Bearer)")
+        encoded = token.encode()
+        if any(hmac.compare_digest(encoded, t.encode()) for t in self.settings.static_tokens):
+            return Grant("*", frozenset(ROLES), static=True)
+        if self.settings.secret is None or token.count(".") != 2:
+            raise Refusal(protocol.UNAUTHORIZED, "invalid access token")
+        return self._verify_jwt(token, time.time() if now is None else now)
+
+    def authorize(self, token: str | None, room: str, role: str, now: float | None = None) -> Grant:
+        """verify() and check that the grant covers `role` in `room` (Refusal unauthorized if not)."""
+        grant = self.verify(token, now)
+        if not grant.covers(room):
+            raise Refusal(protocol.UNAUTHORIZED, f"this access token is not valid for room {protocol.shown(room)}")
+        if role not in grant.roles:
+            raise Refusal(protocol.UNAUTHORIZED, f"this access token does not grant the {role} role")
+        return grant
+
+    def _verify_jwt(self, token: str, now: float) -> Grant:
+        import jwt
+
+        s = self.settings
+        try:
+            # exp/nbf are checked below against `now` (one clock for every check, and testable)
+            claims = jwt.decode(
+                token,
+                s.secret,  # type: ignore[arg-type]
+                algorithms=[ALGORITHM],
+                audience=s.audience,
+                issuer=s.issuer,
+                options={"require": ["exp", "iss", "aud"], "verify_exp": False, "verify_nbf": False, "verify_iat": False},
+            )
+        except jwt.InvalidAudienceError:
+            raise Refusal(protocol.UNAUTHORIZED, "access token is for another service (aud)") from None
+        except jwt.InvalidIssuerError:
+            raise Refusal(protocol.UNAUTHORIZED, "access token from an unknown issuer (iss)") from None
+        except jwt.PyJWTError:  # bad signature, malformed, wrong algorithm, missing claim: one answer for all
+            raise Refusal(protocol.UNAUTHORIZED, "invalid access token") from None
+        except Exception:  # pragma: no cover - whatever the library raises for hostile input is still a 401
+            raise Refusal(protocol.UNAUTHORIZED, "invalid access token") from None
+        return self._grant(claims, now)
+
+    def _grant(self, claims: Mapping[str, Any], now: float) -> Grant:
+        s = self.settings
+
+        def bad(what: str) -> Refusal:
+            return Refusal(protocol.UNAUTHORIZED, f"invalid access token: {what}")
+
+        exp, nbf = claims["exp"], claims.get("nbf", 0)
+        for name, value in (("exp", exp), ("nbf", nbf)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise bad(f"{name} must be a number")
+        if exp + s.leeway <= now:
+            raise Refusal(protocol.UNAUTHORIZED, "access token expired")
+        if nbf - s.leeway > now:
+            raise Refusal(protocol.UNAUTHORIZED, "access token not valid yet (nbf)")
+        iat = claims.get("iat", now)
+        if not isinstance(iat, (int, float)) or isinstance(iat, bool) or not math.isfinite(iat):
+            raise bad("iat must be a number")
+        if exp - min(iat, now) > s.max_ttl + s.leeway:
+            raise bad(f"lifetime beyond the server's limit of {s.max_ttl:g} s")
+        room = claims.get("room")
+        if not isinstance(room, str) or not ROOM_PATTERN_RE.fullmatch(room):
+            raise bad("room must be a room name or pattern")
+        roles = claims.get("roles")
+        roles = [roles] if isinstance(roles, str) else roles
+        if not isinstance(roles, list) or not roles or not all(isinstance(r, str) and r in ROLES for r in roles):
+            raise bad(f"roles must be a non-empty list of {', '.join(ROLES)}")
+        sub = claims.get("sub")
+        if sub is not None and (not isinstance(sub, str) or not SUBJECT_RE.fullmatch(sub)):
+            raise bad("sub must be 1 to 128 visible characters")
+        reserve = claims.get("reserve", False)
+        if not isinstance(reserve, bool) or (reserve and sub is None):
+            raise bad("reserve must be true or false, and needs sub")
+        jti = claims.get("jti")
+        if jti is not None and not isinstance(jti, str):
+            raise bad("jti must be a string")
+        if jti is not None and jti in s.revoked:
+            raise Refusal(protocol.UNAUTHORIZED, "access token revoked")
+        return Grant(room, frozenset(roles), sub, reserve, jti, float(exp))
+
+    # ------------------------------------------------------------------------------------------------ mint
+
+    def mint(
+        self,
+        room: str,
+        roles: Iterable[str],
+        ttl: float,
+        subject: str | None = None,
+        reserve: bool = False,
+        now: float | None = None,
+        token_id: str | None = None,
+    ) -> str:
+        """A signed token for `roles` in `room` (a name or glob) valid for `ttl` seconds. AuthError if unusable."""
+        import jwt
+
+        s = self.settings
+        if s.secret is None:
+            raise AuthError("no signing secret: set server.auth.secret in the config or the environment variable "
+                            "named by server.auth.secret_env")
+        roles = sorted(set(roles))
+        if not roles or not set(roles) <= set(ROLES):
+            raise AuthError(f"roles must be some of {', '.join(ROLES)}")
+        if not ROOM_PATTERN_RE.fullmatch(room):
+            raise AuthError("room must be 1 to 64 characters of A-Z a-z 0-9 _ . - (or a glob with * ? [ ])")
+        if not 0 < ttl <= s.max_ttl:
+            raise AuthError(f"ttl must be in (0, {s.max_ttl:g}] seconds (server.auth.max_ttl_seconds)")
+        if subject is not None and not SUBJECT_RE.fullmatch(subject):
+            raise AuthError("sub must be 1 to 128 visible characters")
+        if reserve and subject is None:
+            raise AuthError("a reserved source slot needs a subject (--sub): the holder is recognised by it")
+        t = int(time.time() if now is None else now)
+        claims: dict[str, Any] = {
+            "iss": s.issuer,
+            "aud": s.audience,
+            "iat": t,
+            "nbf": t,
+            "exp": t + int(math.ceil(ttl)),
+            "jti": token_id or uuid.uuid4().hex,
+            "room": room,
+            "roles": roles,
+        }
+        if subject is not None:
+            claims["sub"] = subject
+        if reserve:
+            claims["reserve"] = True
+        return jwt.encode(claims, s.secret, algorithm=ALGORITHM)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------- reservations
+
+
+@dataclass
+class _Hold:
+    subject: str
+    until: float  # math.inf while the source is connected
+
+
+class SourceReservations:
+    """Room -> the subject whose source slot is held. Bounded: the oldest entries go first when full.
+
+    The registry of rooms forgets a room when its last member leaves; a reservation must outlive that (the source
+    is reconnecting), so it lives here, keyed by room name."""
+
+    def __init__(self, hold_seconds: float, max_entries: int = 10_000) -> None:
+        self.hold_seconds = float(hold_seconds)
+        self.max_entries = max(1, int(max_entries))
+        self._holds: OrderedDict[str, _Hold] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._holds)
+
+    def holder(self, room: str, now: float) -> str | None:
+        """The subject holding `room`'s source slot at `now`, or None."""
+        hold = self._holds.get(room)
+        if hold is None:
+            return None
+        if hold.until <= now:
+            del self._holds[room]
+            return None
+        return hold.subject
+
+    def check(self, room: str, grant: Grant, now: float) -> bool:
+        """May this grant's source take `room` now? Refusal(source_taken) if the slot is held for someone else.
+        Returns True when the grant is the holder itself (it may replace a still-registered old connection)."""
+        holder = self.holder(room, now)
+        if holder is None:
+            return False
+        if grant.subject == holder:
+            return True
+        hold = self._holds[room]
+        left = "" if math.isinf(hold.until) else f" for {max(0.0, hold.until - now):.0f} more seconds"
+        raise Refusal(protocol.SOURCE_TAKEN, f"room {protocol.shown(room)}'s source slot is reserved for its source{left}")
+
+    def connected(self, room: str, grant: Grant) -> None:
+        """A source with a reserving grant joined: hold the slot while it is connected."""
+        if grant.reserve and grant.subject is not None:
+            self._put(room, _Hold(grant.subject, math.inf))
+
+    def disconnected(self, room: str, grant: Grant, now: float) -> None:
+        """It left: keep the slot for hold_seconds (only if it is still the holder)."""
+        hold = self._holds.get(room)
+        if hold is not None and grant.reserve and hold.subject == grant.subject:
+            hold.until = now + self.hold_seconds
+
+    def _put(self, room: str, hold: _Hold) -> None:
+        self._holds.pop(room, None)
+        self._holds[room] = hold
+        while len(self._holds) > self.max_entries:
+            self._holds.popitem(last=False)
+
+
+# ---------------------------------------------------------------------------------------------------- logging
+
+
+def redact(target: str, limit: int = MAX_LOGGED_TARGET) -> str:
+    """A request target as it may be logged: token values replaced by REDACTED, anything but visible ASCII escaped,
+    cut to `limit` characters. Use it for every path or query that reaches a log line."""
+    path, sep, query = target.partition("?")
+    if sep:
+        parts = []
+        for pair in query.split("&"):
+            key, eq, _ = pair.partition("=")
+            if unquote(key).strip().lower() in SECRET_QUERY_KEYS:
+                pair = f"{key}={REDACTED}"
+            parts.append(pair)
+        target = path + "?" + "&".join(parts)
+    safe = quote(target, safe="".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%") + "%")
+    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
+
+
+SECRET_IN_TEXT_RE = re.compile(
+    r"(?i)((?:[?&\s]|^)(?:token|access_token)=)[^&\s\"']+|(bearer\s+)[^\s\"',]+"
+)
+
+
+def redact_text(text: str) -> str:
+    """Free text (a log message) with token values and bearer credentials replaced by REDACTED."""
+    return SECRET_IN_TEXT_RE.sub(lambda m: (m.group(1) or m.group(2)) + REDACTED, text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts tokens from every record it sees. The server installs it on the websockets
+    library's logger, whose debug output prints request lines and headers (`?token=...`, `Authorization: Bearer`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+def install_log_redaction(*logger_names: str) -> None:
+    """Add one RedactingFilter to each named logger (idempotent)."""
+    for name in logger_names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
+
+
+def parse_ttl(text: str) -> float:
+    """'90' / '90s' / '15m' / '1h' / '7d' -> seconds (ValueError otherwise)."""
+    m = TTL_RE.fullmatch(text.strip().lower())
+    if m is None:
+        raise ValueError(f"a duration like 90s, 15m, 1h or 7d, got {text[:20]!r}")
+    return float(m.group(1)) * TTL_UNITS[m.group(2)]

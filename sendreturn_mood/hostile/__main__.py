@@ -1,0 +1,109 @@
+"""`python -m sendreturn_mood.hostile fuzz|soak`: see the package docstring and docs/RELIABILITY.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="attack this running server (ws://HOST:PORT) instead of starting one")
+    p.add_argument("--model", help="ONNX model for the started server (default: the shipped one)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sendreturn_mood.hostile", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fuzz", help="Hypothesis protocol fuzzer with a well-behaved room streaming beside it")
+    f.add_argument("--cases", type=int, default=10_000)
+    f.add_argument("--seed", type=int, help="Hypothesis seed (default: derandomized, the same cases every run)")
+    _server_args(f)
+    s = sub.add_parser("soak", help="N rooms streaming for M minutes with churn; RSS and fd slopes")
+    s.add_argument("--rooms", type=int, default=50)
+    s.add_argument("--minutes", type=float, default=10.0)
+    s.add_argument("--rate", type=int, default=16000, help="sample rate the sources stream (mono s16le)")
+    s.add_argument("--churn-seconds", type=float, default=30.0, help="each listener reconnects and each source "
+                   "starts a new track this often")
+    _server_args(s)
+    return parser
+
+
+def _start(args: argparse.Namespace, config: dict[str, Any]) -> tuple[Any, str, str, int]:
+    from .harness import ServerProcess
+
+    if args.url:
+        host, _, port = args.url.removeprefix("ws://").rstrip("/").partition(":")
+        return None, args.url.rstrip("/"), host, int(port)
+    if args.model:
+        config = {**config, "model": {"path": args.model}}
+    server = ServerProcess(config).start()
+    return server, f"ws://127.0.0.1:{server.port}", "127.0.0.1", server.port
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    from .fuzz import FUZZ_SERVER_CONFIG, GOOD_ROOM, fuzz
+    from .harness import GoodRoom, load_audio
+
+    server, base, host, port = _start(args, FUZZ_SERVER_CONFIG)
+    try:
+        before = (server.rss_mb(), server.fds()) if server else None
+        good = GoodRoom(base, GOOD_ROOM, load_audio(90, 48000), 48000, {**FUZZ_SERVER_CONFIG, **({"model": {"path": args.model}} if args.model else {})}).start()
+        result = fuzz(host, port, args.cases, args.seed, server_alive=(lambda: server.alive) if server else None, progress=1000)
+        room = good.stop()
+        after = (server.rss_mb(), server.fds()) if server else None
+    finally:
+        if server is not None:
+            server.stop()
+    report = {
+        "cases run": result.cases,
+        "failures": result.failures,
+        "seconds": round(result.seconds, 1),
+        "http statuses": dict(sorted(result.statuses.items())),
+        "well-behaved room": {"updates expected": room.expected, "received": room.received, "missed": room.missed,
+                              "errors": room.errors, "completed": room.done, "failure": room.failure},
+        "server tracebacks": None if server is None else server.tracebacks,
+        "server ERROR lines": None if server is None else server.errors,
+        "server rss_mb before/after": None if before is None else [round(before[0], 1), round(after[0], 1)],  # type: ignore[index]
+        "server fds before/after": None if before is None else [before[1], after[1]],  # type: ignore[index]
+    }
+    if result.failures:
+        report["failing case"] = result.failing_case
+        report["violations"] = result.violations
+    print(json.dumps(report, indent=2))
+    ok = not result.failures and room.done and room.missed == 0 and not (server and (server.tracebacks or server.errors))
+    if server is not None and not ok:
+        print("\n".join(list(server.log)[-30:]), file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from .harness import load_audio
+    from .soak import soak, summary
+
+    config = {"server": {"max_rooms": max(500, args.rooms + 10), "max_connections": max(1000, 4 * args.rooms)},
+              "logging": {"level": "warning"}}
+    server, base, _, _ = _start(args, config)
+    try:
+        result = asyncio.run(soak(base, server, args.rooms, args.minutes, load_audio(120, args.rate), args.rate, args.churn_seconds))
+    finally:
+        if server is not None:
+            server.stop()
+    report = summary(result, server)
+    print(json.dumps(report, indent=2))
+    bad = result.seq_gaps or result.stalls or (server is not None and (server.tracebacks or server.errors))
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _fuzz(args) if args.command == "fuzz" else _soak(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

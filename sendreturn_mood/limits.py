@@ -1,0 +1,196 @@
+"""Bounds on what one client can cause, as pure bookkeeping the server consults at the handshake (no I/O here).
+
+- `OriginPolicy`: which web pages may open a websocket to this server. Browsers send `Origin` and any page the user
+  opens could otherwise join, listen to or stream into a local server (issue 13). Non-browser clients send no Origin
+  and are not affected.
+- `ClientLimits`: connections and rooms per client address, so one client holding `max_rooms` idle listeners cannot
+  shut everyone else out.
+- `KeyedRateLimiter`: token buckets per key (client address), bounded in the number of keys: room creations per
+  address, HTTP room-state requests per address (room names could be probed at ~1,000 requests/s).
+
+Client addresses are the TCP peer's: behind a reverse proxy every client has the proxy's address, so raise the
+per-address limits there (or let the proxy enforce them).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Iterable
+from urllib.parse import urlsplit
+
+from . import protocol
+from .protocol import Refusal
+
+LOCALHOST_NAMES = ("localhost", "127.0.0.1", "::1")
+MAX_TRACKED_KEYS = 10_000  # rate-limiter buckets kept (least recently used go first)
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1 (hostnames other than localhost are not resolved)."""
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_port(netloc: str, default_port: int | None) -> tuple[str, int | None]:
+    parsed = urlsplit("//" + netloc)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    return (parsed.hostname or ""), (port if port is not None else default_port)
+
+
+@dataclass(frozen=True)
+class OriginPolicy:
+    """Allow-list for the `Origin` header of browser connections.
+
+    Allowed: no Origin (not a browser); the page's own origin (Origin's host:port equal to the Host header, and when
+    the server listens on loopback the Host must be a loopback name too, which stops DNS-rebinding pages); any
+    http(s) origin on localhost when `allow_localhost`; and every entry of `allowed` (an exact origin such as
+    "https://game.example.com", a wildcard subdomain "https://*.example.com", or "*" for any)."""
+
+    allowed: tuple[str, ...] = ()
+    allow_localhost: bool = True
+    server_is_loopback: bool = True
+
+    def allows(self, origin: str | None, host_header: str | None) -> bool:
+        if origin is None:
+            return True
+        origin = origin.strip()
+        if "*" in self.allowed:
+            return True
+        lowered = origin.lower()
+        for entry in self.allowed:
+            e = entry.lower().rstrip("/")
+            if e == lowered:
+                return True
+            if "://*." in e:
+                scheme, _, suffix = e.partition("://*.")
+                o_scheme, _, o_rest = lowered.partition("://")
+                if o_scheme == scheme and o_rest.endswith("." + suffix) and "/" not in o_rest:
+                    return True
+        parts = urlsplit(lowered)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+            return False  # "null" (sandboxed frames, file://) and anything odd
+        default = 443 if parts.scheme == "https" else 80
+        o_host, o_port = _host_port(parts.netloc, default)
+        if self.allow_localhost and is_loopback(o_host):
+            return True
+        if host_header:
+            h_host, h_port = _host_port(host_header.strip().lower(), default)
+            if (o_host, o_port) == (h_host, h_port) and (not self.server_is_loopback or is_loopback(h_host)):
+                return True
+        return False
+
+    def check(self, origin: str | None, host_header: str | None) -> None:
+        """Refusal (HTTP 403 forbidden_origin) for an origin that is not allowed."""
+        if not self.allows(origin, host_header):
+            raise Refusal(
+                protocol.FORBIDDEN_ORIGIN,
+                f"web pages from origin {protocol.shown(origin, 80)} may not connect (server.allowed_origins)",
+            )
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    t: float
+
+
+class KeyedRateLimiter:
+    """One token bucket per key (`rate` per second, `burst` at most), at most `max_keys` keys (LRU)."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = MAX_TRACKED_KEYS) -> None:
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.max_keys = max(1, int(max_keys))
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allow(self, key: str, cost: float = 1.0, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        b = self._buckets.pop(key, None)
+        if b is None:
+            b = _Bucket(self.burst, now)
+        b.tokens = min(self.burst, b.tokens + max(0.0, now - b.t) * self.rate)
+        b.t = now
+        ok = b.tokens >= cost
+        if ok:
+            b.tokens -= cost
+        self._buckets[key] = b
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return ok
+
+
+@dataclass
+class _Usage:
+    connections: int = 0
+    rooms: dict[str, int] = field(default_factory=dict)
+
+
+class ClientLimits:
+    """Connections and distinct rooms per client address. `check` at the handshake, `add`/`remove` around the
+    connection's life (so two handshakes racing past `check` are still bounded by `add`)."""
+
+    def __init__(self, max_connections: int, max_rooms: int) -> None:
+        self.max_connections = int(max_connections)
+        self.max_rooms = int(max_rooms)
+        self._usage: dict[str, _Usage] = {}
+
+    def check(self, address: str, room: str) -> None:
+        """Refusal(rate_limited, HTTP 429) if `address` may not open another connection to `room`."""
+        u = self._usage.get(address)
+        if u is None:
+            return
+        if u.connections >= self.max_connections:
+            raise Refusal(protocol.RATE_LIMITED, f"this address already has {u.connections} connections (the limit per address)")
+        if room not in u.rooms and len(u.rooms) >= self.max_rooms:
+            raise Refusal(protocol.RATE_LIMITED, f"this address is already in {len(u.rooms)} rooms (the limit per address)")
+
+    def add(self, address: str, room: str) -> None:
+        self.check(address, room)
+        u = self._usage.setdefault(address, _Usage())
+        u.connections += 1
+        u.rooms[room] = u.rooms.get(room, 0) + 1
+
+    def remove(self, address: str, room: str) -> None:
+        u = self._usage.get(address)
+        if u is None:
+            return
+        u.connections -= 1
+        left = u.rooms.get(room, 0) - 1
+        if left > 0:
+            u.rooms[room] = left
+        else:
+            u.rooms.pop(room, None)
+        if u.connections <= 0:
+            del self._usage[address]
+
+    def usage(self, address: str) -> tuple[int, int]:
+        u = self._usage.get(address)
+        return (0, 0) if u is None else (u.connections, len(u.rooms))
+
+    def __len__(self) -> int:
+        return len(self._usage)
+
+
+def origin_policy_from_config(server: dict, bind_hosts: Iterable[str]) -> OriginPolicy:
+    """The policy for `server.allowed_origins` / `server.allow_localhost_origins` on these bound addresses."""
+    return OriginPolicy(
+        tuple(str(o) for o in (server["allowed_origins"] or [])),
+        bool(server["allow_localhost_origins"]),
+        all(is_loopback(h) for h in bind_hosts),
+    )
