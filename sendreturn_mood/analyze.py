@@ -121,7 +121,7 @@ def analyze_file(
     timeline = [tracker.update(m, g, w.stream_time) for w, (m, g) in zip(windows, preds)]
 
     mean = np.mean([m for m, _ in preds], axis=0)
-    va = mean @ info.valence_arousal
+    va = info.to_valence_arousal(mean)
     labels = info.mood_labels
     result: dict[str, Any] = {
         "file": str(path),

@@ -41,7 +41,6 @@ class MoodTracker:
         self.info = info
         self.labels = tuple(info.mood_labels)
         self.genres = tuple(info.genres)
-        self._coords = info.valence_arousal  # [n_moods, 2]
         self._effects = EffectState(presets, preset)  # KeyError(name) for an unknown preset
         self._moods = ExpSmoother(time_constant)
         self._genre = ExpSmoother(time_constant)
@@ -76,8 +75,8 @@ class MoodTracker:
 
         smooth = self._moods.update(instant, dt)
         idx = self._label.update(smooth)
-        va_instant = instant @ self._coords
-        va = smooth @ self._coords
+        va_instant = self.info.to_valence_arousal(instant)
+        va = self.info.to_valence_arousal(smooth)
         probabilities = _probs(self.labels, smooth)
         out: dict[str, Any] = {
             "stream_time": _r(stream_time),

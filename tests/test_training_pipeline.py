@@ -57,8 +57,8 @@ def parse(module, argv: list[str]) -> argparse.Namespace:
 def test_features_are_the_runtime_front_end_and_cached_by_recipe(tiny):
     from sendreturn_mood.frontend import log_mel
     from sendreturn_mood.resample import resample
-    from training.features import clip_logmel, dataset_logmels, decode, resolve_dataset
-    from training.teacher import TEACHER_SPEC
+    from training.cache import clip_logmel, dataset_logmels, decode, resolve_dataset
+    from training.recipe import FRONTEND as TEACHER_SPEC
 
     items = resolve_dataset(str(tiny["manifest"]))
     assert len(items) == 4 * CLIPS_PER_LABEL and {it.label for it in items} == set(MOODS_4Q)
@@ -79,7 +79,7 @@ def test_train_export_load_predict_evaluate(tiny):
     from sendreturn_mood.model import MoodModel
     from sendreturn_mood.pipeline import AnalysisStream, WindowPlan
     from training import evaluate, export, train
-    from training.features import decode
+    from training.cache import decode
 
     run_dir = tiny["base"] / "run"
     targs = parse(train, ["--data", str(tiny["manifest"]), "--out", str(run_dir), "--cache", str(tiny["cache"]),
@@ -133,7 +133,7 @@ def test_genre_branch_is_a_second_student_in_the_same_graph(tiny):
     from sendreturn_mood.model import MoodModel
     from training import evaluate, export, train
     from training.manifest import GENRES_EMOTIFY
-    from training.train import load_net
+    from training.checkpoints import load_net
 
     genre_manifest = write_manifest(read_folder(write_tiny_dataset(tiny["base"] / "genre_audio", GENRES_EMOTIFY)),
                                     tiny["base"] / "tiny_genre.csv")
@@ -184,7 +184,8 @@ def test_wise_fine_tune_ships_the_average_of_init_and_tuned_weights(tiny):
     import torch
 
     from sendreturn_mood.model import MoodModel
-    from training import evaluate, export, train
+    from training import export, train
+    from training.checkpoints import describe_chain
     from training.train import training_command
 
     common = ["--data", str(tiny["manifest"]), "--cache", str(tiny["cache"]), "--no-teacher", "--batch", "8",
@@ -211,7 +212,8 @@ def test_wise_fine_tune_ships_the_average_of_init_and_tuned_weights(tiny):
     assert train.run(targs) == 0
     for k, v in load(tuned / "best.ckpt")["net"].items():
         assert torch.equal(v, best["net"][k])
-    assert "weights averaged with its init, alpha 0.5" in evaluate.describe_student(str(tuned / "best.ckpt"), 0, "4q")
+    assert "weights averaged with its init, alpha 0.5" in describe_chain(str(tuned / "best.ckpt"), 0, "4q")
+    assert best["command"] == training_command(best["args"]), "the checkpoint carries its own reproduce line"
     onnx_path = tiny["base"] / "wise.onnx"
     assert export.run(parse(export, ["--ckpt", str(tuned / "best.ckpt"), "--out", str(onnx_path), "--mood-data",
                                      str(tiny["manifest"]), "--genre-data", "", "--report", "", "--cache", str(tiny["cache"]),
@@ -231,11 +233,12 @@ def test_mood_ensemble_graph_computes_what_evaluate_scored(tiny):
 
     from sendreturn_mood.model import MoodModel
     from training import evaluate, export, train
-    from training.features import dataset_logmels, resolve_dataset
-    from training.heads import embed, ensemble_probs, fit_linear, torch_embedder, windows
+    from training.cache import dataset_logmels, resolve_dataset
+    from training.cv import LinearHead
+    from training.heads import embed, torch_embedder, windows
     from training.manifest import GENRES_EMOTIFY
-    from training.teacher import TEACHER_SPEC
-    from training.train import load_net
+    from training.recipe import FRONTEND as TEACHER_SPEC
+    from training.checkpoints import load_net
 
     genre_manifest = write_manifest(read_folder(write_tiny_dataset(tiny["base"] / "ens_genre_audio", GENRES_EMOTIFY)),
                                     tiny["base"] / "ens_genre.csv")
@@ -263,7 +266,7 @@ def test_mood_ensemble_graph_computes_what_evaluate_scored(tiny):
     y = np.array([MOODS_4Q.index(items[i].label) for i in clip_idx])
     nets = [load_net(r / "best.ckpt")[0] for r in runs]
     Xs = [embed(torch_embedder(n), per_clip) for n in nets]
-    expected = ensemble_probs(Xs, [fit_linear(X, y, 4, 0.5) for X in Xs])
+    expected = LinearHead(4, C=0.5).fit(Xs, y, [items[i].group or items[i].file for i in clip_idx]).predict_proba(Xs)
     allw = np.concatenate(per_clip)
     np.testing.assert_allclose(model.predict(allw).moods, expected, atol=1e-4)
     mood_logits, emb = ort.InferenceSession(str(onnx_path)).run(["mood_logits", "embedding"], {"logmel": allw})
@@ -346,7 +349,8 @@ def test_classification_report_matches_sklearn_and_calibration():
 
 
 def test_select_C_uses_only_the_data_it_is_given():
-    from training.heads import C_GRID, select_C
+    from training.cv import select_C
+    from training.recipe import C_GRID
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(4), 30)
@@ -362,16 +366,15 @@ def test_plots_are_written(tmp_path):
 
 
 def test_card_says_only_what_the_fold_chains_heard():
-    """The card's honesty line is read from the report's per-fold chains, never typed by hand."""
+    """The card's honesty line is read from the list of folds the report recorded (from the checkpoint chains)."""
     from training.card import honesty
 
-    strict = {"mood": {"methods": {"student_cnn": {"fold_students": {
-        "0": "runs/a: fine-tuned with labels on 4q without 4q fold 0 (audio and labels), from: distilled (no labels) on 4q without 4q fold 0 (audio and labels)"}}}}}
-    leaky = {"mood": {"methods": {"student_cnn": {"fold_students": {
-        **strict["mood"]["methods"]["student_cnn"]["fold_students"],
-        "1": "runs/b: fine-tuned with labels on 4q without 4q fold 1 (audio and labels), from: distilled (no labels) on 4q incl. 4q fold 1's test clips (audio only)"}}}}}
-    assert "Nor did their audio" in honesty(strict)
-    assert "fold(s) 1 did hear" in honesty(leaky) and "Nor did" not in honesty(leaky)
+    def report(heard):
+        return {"mood": {"methods": {"student_cnn": {"folds_that_heard_their_test_clips": heard}}}}
+
+    assert "Nor did their audio" in honesty(report([]))
+    assert "fold(s) 1 did hear" in honesty(report([1])) and "Nor did" not in honesty(report([1]))
+    assert "not recorded" in honesty({"mood": {"methods": {"student_cnn": {}}}})
 
 
 def test_card_seed_noise_line_comes_from_the_seed_experiment(tmp_path):
