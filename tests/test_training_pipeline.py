@@ -101,6 +101,16 @@ def test_train_export_load_predict_evaluate(tiny):
     assert export.run(eargs) == 0
     card = onnx_path.with_suffix(".md").read_text()
     assert "Model card: tiny-pipeline" in card and "Known limits" in card
+    with pytest.raises(SystemExit, match="--force"):  # never overwrites a model silently
+        export.run(eargs)
+    before = onnx_path.read_bytes()
+    report = tiny["base"] / "report.json"
+    report.write_text(json.dumps({"summary": {"mood_student_cnn_clip_macro_f1": 0.5}, "command": "python -m training evaluate x"}))
+    assert export.run(parse(export, ["--refresh", str(onnx_path), "--report", str(report), "--mood-data", ""])) == 0
+    assert MoodModel(onnx_path).info.metrics == {"mood_student_cnn_clip_macro_f1": 0.5}
+    import onnx
+
+    assert onnx.load(str(onnx_path)).graph == onnx.load_from_string(before).graph, "refresh leaves the weights alone"
 
     model = MoodModel(onnx_path)
     assert model.info.mood_labels == list(MOODS_4Q) and model.info.patch_frames == 187

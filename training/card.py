@@ -84,7 +84,7 @@ def seed_noise(report: dict, folder: Path = EVAL_DIR / "experiments") -> list[st
     read from that experiment's record (absent record: no line)."""
     f = folder / f"{SEED_EXPERIMENT}.json"
     s = report.get("summary", {})
-    if not f.is_file() or "mood_student_cnn_clip_macro_f1" not in s:
+    if not f.is_file() or not {"mood_student_cnn_clip_macro_f1", "mood_student_cnn_window_accuracy"} <= set(s):
         return []
     other = json.loads(f.read_text())["summary"]
     key = "mood_student_cnn"

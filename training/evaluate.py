@@ -132,8 +132,10 @@ def evaluate_task(items: list[Item], labels, ckpt: str, fold_ckpts: dict[int, st
         T = teacher_features(items, cache, teachers)
         if len(T) != len(clip_idx):
             raise RuntimeError("teacher patches and student windows differ: the teacher cache uses another hop")
-        methods[name] = grouped_cv(T, clip_idx, y_clip, groups, labels, folds, lambda: LinearHead(len(labels), C=C)).report
-        methods[name]["teachers"] = list(teachers)
+        tres = grouped_cv(T, clip_idx, y_clip, groups, labels, folds, lambda: LinearHead(len(labels), C=C))
+        methods[name] = {**tres.report, "teachers": list(teachers), "context": context_curve(tres, clip_idx, y_clip)}
+        if va:
+            methods[name]["valence_arousal"] = valence_arousal_report(lambda k: [T], tres, clip_idx, y_clip, groups, labels, folds)
     from sklearn.dummy import DummyClassifier
 
     methods["majority"] = grouped_cv(np.zeros((len(clip_idx), 1)), clip_idx, y_clip, groups, labels, folds,
@@ -193,26 +195,31 @@ def markdown(report: dict) -> str:
         for lab, pc in pooled["per_class"].items():
             lines.append(f"| {lab} | {pc['precision']:.3f} | {pc['recall']:.3f} | {pc['f1']:.3f} | {pc['support']} |")
         lines += ["", f"![confusion]({task}_student_clip_confusion.png) ![reliability]({task}_student_window_reliability.png)", ""]
-        if "context" in st:
-            ctx = st["context"]
-            lines += ["Longer context (student): accuracy when the probabilities of N consecutive windows are averaged "
-                      "(every run of N windows in each test clip; 1 window = 3 s, each further window +1.5 s):", "",
-                      "| windows | " + " | ".join(ctx) + " |", "|---" * (len(ctx) + 1) + "|",
-                      "| accuracy | " + " | ".join(f"{v:.3f}" for v in ctx.values()) + " |", ""]
-        if "valence_arousal" in st:
-            s = st["valence_arousal"]["summary"]
-            zeros = [f"({r['zero'][0]:+.2f}, {r['zero'][1]:+.2f})" for r in st["valence_arousal"]["folds"]]
-            lines += ["### Valence/arousal signs (student)", "",
+        with_ctx = {n: m["context"] for n, m in r["methods"].items() if "context" in m}
+        if with_ctx:
+            cols = list(next(iter(with_ctx.values())))
+            lines += ["Longer context: accuracy when the probabilities of N consecutive windows are averaged (every run "
+                      "of N windows in each test clip, each clip weighing the same; 1 window = 3 s, each further window "
+                      "+1.5 s; `clip` = all of them):", "",
+                      "| method \\ windows | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+            lines += [f"| {n} | " + " | ".join(f"{c[k]:.3f}" for k in cols) + " |" for n, c in with_ctx.items()]
+            lines.append("")
+        with_va = {n: m["valence_arousal"] for n, m in r["methods"].items() if "valence_arousal" in m}
+        if with_va:
+            lines += ["### Valence/arousal signs", "",
                       "The server reports valence/arousal as probability-weighted quadrant centres. How often do "
                       "their signs name the true quadrant, next to how often the label is right? *Calibrated*: the "
                       "zero point of each axis moved to the value that, on the training folds' held-out window "
                       "probabilities (inner grouped CV), makes the signs agree most often with the true quadrants "
-                      f"(`training.valence_arousal`; per fold (valence, arousal) zero: {', '.join(zeros)}).", "",
-                      "| level | label accuracy | signs give the quadrant | calibrated signs give the quadrant |",
-                      "|---|---|---|---|"]
-            for level in ("window", "clip"):
-                lines.append(f"| {level} | {fmt(s, f'{level}_label_accuracy')} | {fmt(s, f'{level}_signs')} | "
-                             f"{fmt(s, f'{level}_signs_calibrated')} |")
+                      "(`training.valence_arousal`), then applied to the test fold.", "",
+                      "| method | level | label accuracy | signs give the quadrant | calibrated signs give the quadrant | "
+                      "zero (valence, arousal) per fold |", "|---|---|---|---|---|---|"]
+            for name, v in with_va.items():
+                s = v["summary"]
+                zeros = ", ".join(f"({f['zero'][0]:+.2f}, {f['zero'][1]:+.2f})" for f in v["folds"])
+                for level in ("window", "clip"):
+                    lines.append(f"| {name} | {level} | {fmt(s, f'{level}_label_accuracy')} | {fmt(s, f'{level}_signs')} | "
+                                 f"{fmt(s, f'{level}_signs_calibrated')} | {zeros if level == 'window' else ''} |")
             lines.append("")
     if report.get("baselines"):
         lines += ["## Non-model baselines (`python -m training baselines`)", "",
@@ -243,10 +250,10 @@ def summarize(report: dict) -> dict:
                 for key in ("accuracy", "macro_f1"):
                     summary[f"{task}_{name}_{level}_{key}"] = round(s[f"{key}_mean"], 4)
                     summary[f"{task}_{name}_{level}_{key}_std"] = round(s[f"{key}_std"], 4)
-        va = m["student_cnn"].get("valence_arousal")
-        if va:
-            for key, v in va["summary"].items():
-                summary[f"{task}_student_cnn_va_{key}"] = round(v, 4)
+        for name in ("student_cnn", *TEACHER_ROWS):
+            va = m.get(name, {}).get("valence_arousal")
+            for key, v in (va or {}).get("summary", {}).items():
+                summary[f"{task}_{name}_va_{key}"] = round(v, 4)
     return summary
 
 

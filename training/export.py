@@ -249,6 +249,20 @@ def read_report(path: str) -> dict:
     return json.loads(Path(path).read_text()) if path and Path(path).is_file() else {}
 
 
+def zero_from_model(model, mood_data: str, cache, C: float) -> list[float]:
+    """The valence/arousal zero points of a model exported before they were recorded: the same inner-CV fit as
+    `fit_heads`, on the `embedding` its graph outputs (the features its mood head was fitted on)."""
+    from training.cache import cache_dir, dataset_logmels, resolve_dataset
+    from training.cv import groups_of
+    from training.heads import embed, windows
+
+    items = resolve_dataset(mood_data)
+    per_clip, clip_idx = windows(dataset_logmels(items, model.info.frontend, cache_dir(cache)))
+    X = embed(lambda x: model.session.run(["embedding"], {"logmel": x})[0], per_clip)
+    y = np.array([MOODS_4Q.index(items[i].label) for i in clip_idx])
+    return va_zero([X], clip_idx, y, np.array(groups_of(items)), C)
+
+
 def refresh(args: argparse.Namespace) -> int:
     """New report numbers into a shipped model's metadata and card; the graph (weights) must stay byte-identical."""
     import dataclasses
@@ -260,9 +274,13 @@ def refresh(args: argparse.Namespace) -> int:
 
     path = Path(args.refresh)
     before = onnx.load(str(path)).graph.SerializeToString()
-    info = MoodModel(path).info
+    model = MoodModel(path)
+    info = model.info
     report = read_report(args.report)
-    zero = info.provenance.get("heads", {}).get("mood", {}).get("valence_arousal_zero")
+    mood_head = info.provenance.get("heads", {}).get("mood", {})
+    if "valence_arousal_zero" not in mood_head and args.mood_data and isinstance(mood_head.get("C"), float):
+        mood_head["valence_arousal_zero"] = zero_from_model(model, args.mood_data, args.cache, mood_head["C"])
+    zero = mood_head.get("valence_arousal_zero")
     info = dataclasses.replace(info, metrics=report.get("summary", {}),
                                valence_arousal_zero=tuple(zero) if zero and calibration_helps(report) else None)
     write_metadata(path, info)
