@@ -133,6 +133,16 @@ def test_train_export_load_predict_evaluate(tiny):
     st = rep["mood"]["methods"]["student_cnn"]
     assert len(st["window"]["folds"]) == 5 and 0.0 <= st["clip"]["summary"]["accuracy_mean"] <= 1.0
     assert (out / "report.md").is_file() and (out / "mood_student_clip_confusion.png").stat().st_size > 1000
+    va = st["valence_arousal"]["summary"]
+    assert 0 <= va["window_signs_mean"] <= 1 and 0 <= va["clip_signs_calibrated_mean"] <= 1
+    assert set(st["context"]) == {"1", "2", "4", "8", "16", "clip"}
+    assert st["folds_that_heard_their_test_clips"] == [0, 1, 2, 3, 4], "one student for every fold heard them all"
+
+    vargs.only_folds, vargs.out = [0, 2], str(tiny["base"] / "eval_partial")
+    assert evaluate.run(vargs) == 0
+    part = json.loads((tiny["base"] / "eval_partial" / "report.json").read_text())["mood"]
+    assert part["folds_scored"] == [0, 2] and len(part["methods"]["student_cnn"]["window"]["folds"]) == 2
+    assert "Only folds 0, 2 were scored" in (tiny["base"] / "eval_partial" / "report.md").read_text()
 
 
 def test_genre_branch_is_a_second_student_in_the_same_graph(tiny):

@@ -37,6 +37,8 @@ def experiments_table(folder: Path = EVAL_DIR / "experiments", current: str | No
         e = json.loads(f.read_text())
         s = e.get("summary", {})
         tag = e.get("tag", f.stem) + (" (this model)" if current and e.get("command") == current else "")
+        if len(e.get("folds_scored", range(5))) < 5:
+            tag += f" (only folds {', '.join(map(str, e['folds_scored']))})"
         rows.append(
             f"| {tag} | {e.get('description', '')} | {heard_text(e.get('folds_that_heard_their_test_clips'))} | "
             f"{_fmt(s, 'window_accuracy', 'mood_student_cnn')} | "

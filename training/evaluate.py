@@ -100,28 +100,30 @@ def context_curve(res: CVResult, clip_idx: np.ndarray, y_clip: np.ndarray, ns=CO
 
 
 def evaluate_task(items: list[Item], labels, ckpt: str, fold_ckpts: dict[int, str], cache, C, teacher_rows,
-                  head_input: str, dataset: str, head: str = "linear", va: bool = False) -> dict:
+                  head_input: str, dataset: str, head: str = "linear", va: bool = False,
+                  only_folds: list[int] | None = None) -> dict:
     from training.cache import dataset_logmels
     from training.checkpoints import describe_chain, heard_test_fold
     from training.heads import windows
     from training.recipe import FRONTEND
     from training.teacher import teacher_features
 
-    folds = dataset_folds(items)
+    fold_ids = only_folds if only_folds else list(range(N_SPLITS))
+    folds = [dataset_folds(items)[k] for k in fold_ids]  # position j scores fold fold_ids[j]
     per_clip, clip_idx = windows(dataset_logmels(items, FRONTEND, cache))
     y_clip = np.array([labels.index(it.label) for it in items])
     groups = np.array(groups_of(items))
     t0 = time.time()
     shared = student_features(ckpt, per_clip, head_input)
-    per_fold = {k: student_features(p, per_clip, head_input) for k, p in fold_ckpts.items()}
+    per_fold = {k: student_features(p, per_clip, head_input) for k, p in fold_ckpts.items() if k in fold_ids}
 
-    def features(k: int) -> list[np.ndarray]:
-        return per_fold.get(k, shared)
+    def features(j: int) -> list[np.ndarray]:
+        return per_fold.get(fold_ids[j], shared)
 
     make_head = (lambda: HEADS[head](len(labels), C=C)) if head != "linear" or C is not None else (lambda: LinearHead(len(labels)))
     res = grouped_cv(features, clip_idx, y_clip, groups, labels, folds, make_head)
     student = {**res.report, "head": head, "context": context_curve(res, clip_idx, y_clip)}
-    scorers = {k: fold_ckpts.get(k, ckpt) for k in range(len(folds))}
+    scorers = {k: fold_ckpts.get(k, ckpt) for k in fold_ids}
     student["fold_students"] = {str(k): describe_chain(p, k, dataset) for k, p in scorers.items()}
     student["folds_that_heard_their_test_clips"] = [k for k, p in scorers.items() if heard_test_fold(p, k, dataset)]
     if va:
@@ -140,7 +142,8 @@ def evaluate_task(items: list[Item], labels, ckpt: str, fold_ckpts: dict[int, st
 
     methods["majority"] = grouped_cv(np.zeros((len(clip_idx), 1)), clip_idx, y_clip, groups, labels, folds,
                                      lambda: SklearnModel(DummyClassifier(strategy="prior"), len(labels))).report
-    return {"n_clips": len(items), "n_windows": int(len(clip_idx)), "labels": list(labels), "methods": methods}
+    return {"n_clips": len(items), "n_windows": int(len(clip_idx)), "labels": list(labels), "methods": methods,
+            "folds_scored": fold_ids}
 
 
 def fmt(s: dict, key: str) -> str:
@@ -174,7 +177,9 @@ def markdown(report: dict) -> str:
         if task not in report:
             continue
         r = report[task]
-        lines += [f"## {title}", "", f"{r['n_clips']} clips, {r['n_windows']} windows.", "",
+        scored = r.get("folds_scored", list(range(N_SPLITS)))
+        partial = "" if len(scored) == N_SPLITS else f" **Only folds {', '.join(map(str, scored))} were scored.**"
+        lines += [f"## {title}", "", f"{r['n_clips']} clips, {r['n_windows']} windows.{partial}", "",
                   "| method | window acc | window macro-F1 | clip acc | clip macro-F1 | window ECE |", "|---|---|---|---|---|---|"]
         for name, m in r["methods"].items():
             w, c = m.get("window", {}).get("summary", {}), m["clip"]["summary"]
@@ -281,6 +286,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--C", type=float, default=None,
                         help="fixed logistic regression C (None: chosen per fold by inner grouped CV on the training fold)")
     parser.add_argument("--cache", default=None, help="feature cache folder (None: $SENDRETURN_CACHE, else cache/)")
+    parser.add_argument("--only-folds", type=int, nargs="+", default=None,
+                        help="score only these folds (e.g. while a chain is still running; None: all folds); the "
+                             "summary is then over those folds only and the report says which")
     parser.add_argument("--tag", default=None, help="also record this run as OUT/../experiments/TAG.json (for the card; "
                         "None: not recorded)")
     parser.add_argument("--experiments", default=str(DEFAULT_OUT / "experiments"), help="folder of the --tag records")
@@ -310,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
     for task, data, labels, ckpt, fc, head in tasks:
         report[task] = evaluate_task(resolve_dataset(data), labels, ckpt, fc, cache, args.C,
                                      rows if task in args.teacher_tasks else {}, args.head_input, data, head,
-                                     va=task == "mood")
+                                     va=task == "mood", only_folds=args.only_folds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bl = Path(args.baselines)
@@ -335,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
         mood = report["mood"]["methods"]["student_cnn"]
         exp.write_text(json.dumps({"tag": args.tag, "description": args.description, "command": report["command"],
                                    "git_commit": report["git_commit"], "summary": summary,
-                                   "fold_students": mood["fold_students"],
+                                   "folds_scored": report["mood"]["folds_scored"], "fold_students": mood["fold_students"],
                                    "folds_that_heard_their_test_clips": mood["folds_that_heard_their_test_clips"]}, indent=1))
     print(json.dumps(summary, indent=1))
     print(f"wrote {out / 'report.json'}, {out / 'report.md'} and PNGs")
