@@ -144,6 +144,10 @@ def test_train_export_load_predict_evaluate(tiny):
     assert part["folds_scored"] == [0, 2] and len(part["methods"]["student_cnn"]["window"]["folds"]) == 2
     assert "Only folds 0, 2 were scored" in (tiny["base"] / "eval_partial" / "report.md").read_text()
 
+    vargs.only_folds, vargs.out, vargs.ckpt = None, str(tiny["base"] / "eval_none"), None  # teachers/majority only
+    assert evaluate.run(vargs) == 0
+    assert set(json.loads((tiny["base"] / "eval_none" / "report.json").read_text())["mood"]["methods"]) == {"majority"}
+
 
 def test_genre_branch_is_a_second_student_in_the_same_graph(tiny):
     """export --genre-ckpt: mood and embedding from the mood student, genre from the genre student, one ONNX file."""
