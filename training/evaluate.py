@@ -292,7 +292,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use the --fold-ckpt students for the genre folds too (they left out fold K of the genre data)")
     parser.add_argument("--genre-head", choices=sorted(HEADS), default="linear",
                         help="the student's genre head: linear, or rff (random Fourier features + linear: SVM-like)")
-    parser.add_argument("--mood-data", default="4q", help="mood dataset (4q, a manifest CSV or a folder)")
+    parser.add_argument("--mood-data", default="4q", help="mood dataset (4q, a manifest CSV or a folder); '' skips mood")
     parser.add_argument("--genre-data", default="emotify", help="genre dataset; '' skips the genre evaluation")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="report folder (report.json, report.md, PNGs)")
     parser.add_argument("--baselines", default=str(DEFAULT_OUT / "baselines.json"), help="the baselines JSON to show beside")
@@ -329,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
     report: dict = {"command": invocation("evaluate"), "git_commit": git_commit(), "C": args.C, "C_grid": list(C_GRID),
                     "head_input": args.head_input, "folds": N_SPLITS, "fold_seed": FOLD_SEED}
     rows = {} if args.no_teacher else {n: t for n, t in TEACHER_ROWS.items() if all(teacher_available(x) for x in t)}
-    tasks = [("mood", args.mood_data, MOODS_4Q, args.ckpt, fold_ckpts, "linear")]
+    tasks = [("mood", args.mood_data, MOODS_4Q, args.ckpt, fold_ckpts, "linear")] if args.mood_data else []
     if args.genre_data:
         tasks.append(("genre", args.genre_data, GENRES_EMOTIFY, args.genre_ckpt or args.ckpt, genre_fold_ckpts, args.genre_head))
     for task, data, labels, ckpt, fc, head in tasks:
@@ -354,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
     report["summary"] = summary = summarize(report)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(markdown(report))
-    if args.tag:
+    if args.tag and "mood" in report:
         exp = Path(args.experiments) / f"{args.tag}.json"
         exp.parent.mkdir(parents=True, exist_ok=True)
         mood = report["mood"]["methods"].get("student_cnn", {})
