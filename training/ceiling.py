@@ -10,7 +10,8 @@ put on it, each on the same grouped folds as `training evaluate` (clip = window 
 - the same classifiers on the teacher's other outputs (tag logits, the 753-d `max_pool` its author recommends for
   transfer, embedding + `max_pool`), to see whether another layer holds more than the embedding;
 - the teacher's embedding concatenated with the hand-crafted librosa descriptors (`training.handcrafted`);
-- both teachers' embeddings (MSD + MagnaTagATune) side by side, when the second teacher is present;
+- both teachers' embeddings (MSD + MagnaTagATune) side by side, when the second teacher is present, also with the
+  SVM-like head a student graph can hold (random Fourier features + the linear head, `training.cv.RandomFeatureHead`);
 - with `--finetune-folds`, musicnn's mid/back end fine-tuned on the labels (front end frozen; `training.musicnn`),
   for a fixed number of epochs (the test fold never picks the epoch);
 - with `--student PATTERN` (a checkpoint per fold, `{k}` = fold, each trained without that fold's test clips), the
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from training.commandline import invocation
-from training.cv import LinearHead, SklearnModel, cross_validate, dataset_folds, groups_of
+from training.cv import LinearHead, RandomFeatureHead, SklearnModel, cross_validate, dataset_folds, groups_of
 from training.manifest import GENRES_EMOTIFY, MOODS_4Q, REPO
 from training.recipe import FRONTEND, HOP_FRAMES, PATCH_FRAMES
 
@@ -216,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
     for name, X in layers.items():
         res["methods"][f"teacher {name}, window LR C={LAYER_C}"] = cv(X, lr(LAYER_C))
         res["methods"][f"teacher {name}, window RBF SVM C={SVM_C}"] = cv(X, svm)
+    if "embedding, MSD + MTT teachers" in layers:  # the SVM-like head a student graph can hold (Linear -> cos -> Linear)
+        res["methods"]["teacher embedding, MSD + MTT teachers, window random Fourier features + LinearHead"] = cv(
+            layers["embedding, MSD + MTT teachers"], lambda: RandomFeatureHead(len(labels)))
     if args.student:
         res["methods"].update(student_heads(args.student, items, names, groups, folds, labels, cache))
     if args.finetune_folds:
