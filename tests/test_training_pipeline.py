@@ -411,3 +411,39 @@ def test_card_seed_noise_line_comes_from_the_seed_experiment(tmp_path):
         "mood_student_cnn_window_accuracy": 0.6632, "mood_student_cnn_clip_macro_f1": 0.7077}}))
     (line,) = seed_noise(report, tmp_path)
     assert "0.663 and clip macro-F1 0.708, against 0.667 / 0.719" in line
+
+
+def test_rff_genre_head_in_the_graph_computes_what_evaluate_scores(tiny):
+    """export --genre-head rff: the SVM-like head (random Fourier features + linear) lives in the ONNX graph as
+    Linear -> Cos -> Linear, and gives the probabilities `training.cv.RandomFeatureHead` gives on the embedding."""
+    import torch
+
+    from sendreturn_mood.model import MoodModel
+    from training import export, train
+    from training.cache import dataset_logmels, resolve_dataset
+    from training.checkpoints import load_net
+    from training.cv import RandomFeatureHead
+    from training.heads import embed, torch_embedder, windows
+    from training.manifest import GENRES_EMOTIFY
+    from training.recipe import FRONTEND
+
+    genre_manifest = write_manifest(read_folder(write_tiny_dataset(tiny["base"] / "rff_genre_audio", GENRES_EMOTIFY)),
+                                    tiny["base"] / "rff_genre.csv")
+    run = tiny["base"] / "rff_genre_run"
+    assert train.run(parse(train, ["--data", str(genre_manifest), "--out", str(run), "--tasks", "genre", "--cache",
+                                   str(tiny["cache"]), "--no-teacher", "--epochs", "1", "--batch", "8", "--channels", "8",
+                                   "16", "--embedding", "16", "--threads", "1", "--quiet"])) == 0
+    onnx_path = tiny["base"] / "rff.onnx"
+    assert export.run(parse(export, ["--ckpt", str(run / "best.ckpt"), "--out", str(onnx_path), "--mood-data", "",
+                                     "--genre-data", str(genre_manifest), "--genre-head", "rff", "--report", "",
+                                     "--cache", str(tiny["cache"]), "--C", "0.5"])) == 0
+    model = MoodModel(onnx_path)
+    assert model.info.provenance["heads"]["genre"]["head"] == "rff"
+    items = resolve_dataset(str(genre_manifest))
+    per_clip, clip_idx = windows(dataset_logmels(items, FRONTEND, tiny["cache"], progress=False))
+    X = embed(torch_embedder(load_net(run / "best.ckpt")[0]), per_clip)
+    y = np.array([GENRES_EMOTIFY.index(items[i].label) for i in clip_idx])
+    expected = RandomFeatureHead(4, C=0.5).fit([X], y, [items[i].file for i in clip_idx]).predict_proba([X])
+    with torch.no_grad():
+        got = model.predict(np.concatenate(per_clip)).genres
+    np.testing.assert_allclose(got, expected, atol=1e-4)

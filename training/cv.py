@@ -136,6 +136,8 @@ class RandomFeatureHead:
         rng = np.random.default_rng(self.seed)
         self.mean, self.scale = X.mean(axis=0), X.std(axis=0) + 1e-6
         self.omega = rng.normal(0.0, np.sqrt(2.0 / X.shape[1]), size=(X.shape[1], self.n_features))
+        self.omega[X.std(axis=0) < 1e-4] = 0.0  # a constant input (a dead unit) carries nothing; dividing by its ~0
+        # spread would only turn float32 rounding in the graph into large cosine arguments
         self.phase = rng.uniform(0.0, 2 * np.pi, size=self.n_features)
         self.linear = LinearHead(self.n_classes, self.C).fit([self.transform(X)], y, groups)
         return self

@@ -37,7 +37,8 @@ NUMBER_WORDS = {2: "Two", 3: "Three", 4: "Four", 5: "Five"}  # for the descripti
 ORDINALS = {2: "second", 3: "third", 4: "fourth", 5: "fifth"}
 
 
-def fit_heads(net, mood_items, genre_items, cache, C: float | None, head_input: str = "embedding", genre_net=None) -> dict:
+def fit_heads(net, mood_items, genre_items, cache, C: float | None, head_input: str = "embedding", genre_net=None,
+              genre_head: str = "linear") -> dict:
     """Fit and install the linear heads (`training.cv.LinearHead`, the head evaluation scores); returns counts for
     the provenance. With `genre_net` (a genre branch) the genre head is fitted on that student's embedding instead of
     `net`'s; a `MoodEnsemble` gets one mood head per member, each fitted on its own member's embedding."""
@@ -58,7 +59,19 @@ def fit_heads(net, mood_items, genre_items, cache, C: float | None, head_input: 
         per_clip, clip_idx = windows(dataset_logmels(items, FRONTEND, cache))
         Xs = [embed(torch_embedder(o, head_input), per_clip) for o in owners]
         y = np.array([labels.index(items[i].label) for i in clip_idx])
-        head = LinearHead(len(labels), C=C).fit(Xs, y, np.array(groups_of(items))[clip_idx])
+        groups = np.array(groups_of(items))[clip_idx]
+        if name == "genre" and genre_head == "rff":  # the SVM-like head, as layers in the graph
+            from training.cv import RandomFeatureHead
+            from training.net import RandomFeatureReadout
+
+            if head_input != "embedding":
+                raise SystemExit("export: --genre-head rff reads the embedding (--head-input embedding)")
+            head = RandomFeatureHead(len(labels), C=C).fit(Xs, y, groups)
+            owners[0].genre = RandomFeatureReadout.from_head(head)
+            info[name] = {"clips": len(items), "windows": int(len(clip_idx)), "head_input": head_input,
+                          "C": head.record(), "head": "rff", "random_features": head.n_features}
+            continue
+        head = LinearHead(len(labels), C=C).fit(Xs, y, groups)
         for owner, layer, (W, b) in zip(owners, layers, head.weights):
             set_linear(layer, W, b, owner.distill if head_input == "distill" else None)
         info[name] = {"clips": len(items), "windows": int(len(clip_idx)), "head_input": head_input, "C": head.record()}
@@ -242,6 +255,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--C", type=float, default=None, help="fixed logistic regression C for the heads (None: grouped inner CV)")
     parser.add_argument("--head-input", choices=("embedding", "distill"), default="embedding",
                         help="fit the heads on the embedding or on the distillation output (folded into the graph)")
+    parser.add_argument("--genre-head", choices=("linear", "rff"), default="linear",
+                        help="genre head: linear, or rff (random Fourier features + linear, an SVM-like head in the graph)")
     parser.add_argument("--cache", default=None, help="feature cache folder (None: $SENDRETURN_CACHE, else cache/)")
 
 
@@ -313,7 +328,8 @@ def run(args: argparse.Namespace) -> int:
     genre_net, genre_ck = load_net(args.genre_ckpt) if args.genre_ckpt else (None, None)
     mood_items = resolve_dataset(args.mood_data) if args.mood_data else []
     genre_items = resolve_dataset(args.genre_data) if args.genre_data else []
-    heads = fit_heads(net, mood_items, genre_items, cache_dir(args.cache), args.C, args.head_input, genre_net)
+    heads = fit_heads(net, mood_items, genre_items, cache_dir(args.cache), args.C, args.head_input, genre_net,
+                      args.genre_head)
     if genre_net is not None:
         from training.net import BranchedNet
 
