@@ -275,9 +275,11 @@ def write_card(path: Path, info, report: dict, check: dict) -> Path:
         "python -m training bench --json docs/evaluation/bench.json",
         "```",
         "",
-        f"Training: {facts.get('epochs', '-')} epochs max, batch {facts.get('batch', '-')}, AdamW lr {facts.get('lr', '-')} "
-        f"warm-up + cosine, seed {facts.get('seed', '-')}, early stopping on a 10 % artist-disjoint validation split "
-        f"(best epoch {facts.get('best_epoch', '-')}). Git commit at export: `{prov.get('git_commit')}`.",
+        (f"Training: {facts.get('epochs')} epochs max, batch {facts.get('batch')}, AdamW lr {facts.get('lr')} "
+         f"warm-up + cosine, seed {facts.get('seed')}, early stopping on a 10 % artist-disjoint validation split "
+         f"(best epoch {facts.get('best_epoch')})." if facts else
+         "Training: the commands above are exact (this model was exported before its metadata recorded the training "
+         "facts as data).") + f" Git commit at export: `{prov.get('git_commit')}`.",
         "",
         f"Export check: max |onnxruntime - torch| = {check.get('max_abs_diff_vs_torch', float('nan')):.1e} on random "
         f"windows of {info.patch_frames} and 40 frames; `sendreturn_mood.model.MoodModel` loads it.",
