@@ -152,7 +152,7 @@ def analyze_file(
 
     n_moods = len(info.mood_labels)
     mean = np.mean([m for m, _, _ in preds], axis=0) if not all(silent) else np.full(n_moods, 1 / n_moods)
-    va = mean @ info.valence_arousal
+    va = info.to_valence_arousal(mean)
     labels = info.mood_labels
     result: dict[str, Any] = {
         "file": str(path),

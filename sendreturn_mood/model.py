@@ -55,6 +55,9 @@ class ModelInfo:
     description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # optional calibration: the (valence, arousal) values that read as 0, fitted so the signs name the right quadrant
+    # more often (training.valence_arousal); None = report the probability-weighted centres as they are
+    valence_arousal_zero: tuple[float, float] | None = None
 
     @property
     def mood_labels(self) -> list[str]:
@@ -65,12 +68,23 @@ class ModelInfo:
         """[n_moods, 2] coordinates; probabilities @ this = reported (valence, arousal)."""
         return np.array([[m.valence, m.arousal] for m in self.moods], dtype=np.float64)
 
+    def to_valence_arousal(self, probs: np.ndarray) -> np.ndarray:
+        """Mood probabilities [..., n_moods] -> reported (valence, arousal) [..., 2]: the probability-weighted quadrant
+        centres, with each axis' zero moved to `valence_arousal_zero` when the model has one (a monotone map that
+        keeps -1 and 1 where they are, so only the sign boundary moves)."""
+        va = np.asarray(probs, dtype=np.float64) @ self.valence_arousal
+        if self.valence_arousal_zero is None:
+            return va
+        z = np.asarray(self.valence_arousal_zero, dtype=np.float64)
+        return np.where(va >= z, (va - z) / (1 - z), (va - z) / (1 + z))
+
     @property
     def window_seconds(self) -> float:
         return self.frontend.frames_to_seconds(self.patch_frames)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        extra = {} if self.valence_arousal_zero is None else {"valence_arousal_zero": list(self.valence_arousal_zero)}
+        return extra | {
             "schema_version": SCHEMA_VERSION,
             "name": self.name,
             "version": self.version,
@@ -122,6 +136,12 @@ class ModelInfo:
         genres = d.get("genres") or []
         if not isinstance(genres, list) or not all(isinstance(g, str) for g in genres):
             raise fail("'genres' must be a list of strings")
+        zero = d.get("valence_arousal_zero")
+        if zero is not None:
+            ok = isinstance(zero, list) and len(zero) == 2 and all(isinstance(v, (int, float)) for v in zero)
+            if not ok or not all(-1.0 < float(v) < 1.0 for v in zero):
+                raise fail("'valence_arousal_zero' must be [valence, arousal], each in (-1, 1)")
+            zero = (float(zero[0]), float(zero[1]))
         return cls(
             name=str(d["name"]),
             version=str(d["version"]),
@@ -132,6 +152,7 @@ class ModelInfo:
             genres=tuple(genres),
             provenance=dict(d.get("provenance") or {}),
             metrics=dict(d.get("metrics") or {}),
+            valence_arousal_zero=zero,
         )
 
 

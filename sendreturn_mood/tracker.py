@@ -68,7 +68,6 @@ class MoodTracker:
         self.info = info
         self.labels = tuple(info.mood_labels)
         self.genres = tuple(info.genres)
-        self._coords = info.valence_arousal  # [n_moods, 2]
         self._effects = EffectState(presets, preset)  # KeyError(name) for an unknown preset
         self._moods = ExpSmoother(time_constant)
         self._genre = ExpSmoother(time_constant)
@@ -147,7 +146,7 @@ class MoodTracker:
         if genres is not None:
             g = self._genre.update(genres, music_dt)
             out["genre"] = {"label": self.genres[self._genre_label.update(g)], "probabilities": _probs(self.genres, g)}
-        va = smooth @ self._coords
+        va = self.info.to_valence_arousal(smooth)
         out["effects"] = self._effects.update(dict(zip(self.labels, smooth.tolist())), float(va[0]), float(va[1]), dt)
         return out
 
@@ -167,8 +166,8 @@ class MoodTracker:
         return out
 
     def _fields(self, stream_time: float, idx: int, smooth: np.ndarray, instant: np.ndarray) -> dict[str, Any]:
-        va_instant = instant @ self._coords
-        va = smooth @ self._coords
+        va_instant = self.info.to_valence_arousal(instant)
+        va = self.info.to_valence_arousal(smooth)
         probabilities = _probs(self.labels, smooth)
         return {
             "stream_time": _r(stream_time),

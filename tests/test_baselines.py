@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from training import baselines
+from training import baselines, handcrafted
 from training.__main__ import main
+from training.cv import LinearHead, cross_validate
 from training.manifest import Item
 from training.metrics import group_folds
 
@@ -49,13 +50,13 @@ def tones(tmp_path_factory: pytest.TempPathFactory) -> list[Item]:
 
 
 def test_handcrafted_features_shape_and_cache(tones: list[Item], cache: Path) -> None:
-    r = baselines.HandcraftedRecipe()
-    clip, windows = baselines.clip_features(tones[0].file, r, cache)
-    assert clip.shape == (len(baselines.FEATURE_NAMES),) and np.isfinite(clip).all()
+    r = handcrafted.HandcraftedRecipe()
+    clip, windows = handcrafted.clip_features(tones[0].file, r, cache)
+    assert clip.shape == (len(handcrafted.FEATURE_NAMES),) and np.isfinite(clip).all()
     # 5 s at hop 256: 313 frames -> 3 s (187-frame) windows every 1.5 s (94 frames) start at frames 0 and 94
-    assert windows.shape == (2, len(baselines.FEATURE_NAMES)) and np.isfinite(windows).all()
+    assert windows.shape == (2, len(handcrafted.FEATURE_NAMES)) and np.isfinite(windows).all()
     assert len(list((cache / "handcrafted" / r.key()).glob("*.npz"))) == 1
-    clip2, windows2 = baselines.clip_features(tones[0].file, r, cache)
+    clip2, windows2 = handcrafted.clip_features(tones[0].file, r, cache)
     np.testing.assert_array_equal(clip, clip2)
     np.testing.assert_array_equal(windows, windows2)
 
@@ -83,7 +84,7 @@ def test_cross_validate_never_trains_on_test_groups() -> None:
     y = np.array([["a", "b"][i % 2] for i in range(20)]).repeat(3)
     X = np.eye(20)[np.repeat(np.arange(20), 3)] + 0.01 * rng.standard_normal((60, 20))  # features = group identity
     folds = group_folds(y, groups, n_splits=4, seed=0)
-    res = baselines.cross_validate(X, y, groups, ["a", "b"], folds, baselines.logreg_factory((1.0,)))
+    res = cross_validate(X, y, groups, ["a", "b"], folds, lambda: LinearHead(2, C=1.0))
     assert res["clip"]["summary"]["accuracy_mean"] < 0.8
 
 

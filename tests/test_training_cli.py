@@ -59,3 +59,33 @@ def test_module_subcommand_help_or_clear_unavailable_message(command: str, capsy
 def test_no_subcommand_is_an_error() -> None:
     r = run_cli()
     assert r.returncode == 2 and "SUBCOMMAND" in r.stderr
+
+
+@pytest.mark.parametrize("command", sorted(MODULE_COMMANDS))
+def test_every_option_has_help_and_shows_its_default(command: str) -> None:
+    """Each option of each subcommand explains itself and says its default in --help."""
+    import argparse
+
+    from training.__main__ import build_parser
+
+    def options(p: argparse.ArgumentParser):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sp in a.choices.values():
+                    yield from options(sp)
+            elif a.option_strings and a.dest != "help":
+                yield p, a
+
+    parser = build_parser(command)
+    for p, a in options(parser):
+        shown = p._get_formatter()._get_help_string(a)
+        assert a.help and "default" in shown.lower(), f"{command} {a.option_strings}: no help or no default shown"
+
+
+def test_defaults_never_point_into_site_packages(tmp_path, monkeypatch) -> None:
+    """An installed copy (no pyproject.toml beside the package) writes under the current directory."""
+    import training.manifest as manifest
+
+    monkeypatch.setattr(manifest, "_SOURCE", tmp_path / "site-packages")
+    monkeypatch.chdir(tmp_path)
+    assert manifest.project_root() == tmp_path

@@ -57,8 +57,8 @@ def parse(module, argv: list[str]) -> argparse.Namespace:
 def test_features_are_the_runtime_front_end_and_cached_by_recipe(tiny):
     from sendreturn_mood.frontend import log_mel
     from sendreturn_mood.resample import resample
-    from training.features import clip_logmel, dataset_logmels, decode, resolve_dataset
-    from training.teacher import TEACHER_SPEC
+    from training.cache import clip_logmel, dataset_logmels, decode, resolve_dataset
+    from training.recipe import FRONTEND as TEACHER_SPEC
 
     items = resolve_dataset(str(tiny["manifest"]))
     assert len(items) == 4 * CLIPS_PER_LABEL and {it.label for it in items} == set(MOODS_4Q)
@@ -79,7 +79,7 @@ def test_train_export_load_predict_evaluate(tiny):
     from sendreturn_mood.model import MoodModel
     from sendreturn_mood.pipeline import AnalysisStream, WindowPlan
     from training import evaluate, export, train
-    from training.features import decode
+    from training.cache import decode
 
     run_dir = tiny["base"] / "run"
     targs = parse(train, ["--data", str(tiny["manifest"]), "--out", str(run_dir), "--cache", str(tiny["cache"]),
@@ -101,6 +101,16 @@ def test_train_export_load_predict_evaluate(tiny):
     assert export.run(eargs) == 0
     card = onnx_path.with_suffix(".md").read_text()
     assert "Model card: tiny-pipeline" in card and "Known limits" in card
+    with pytest.raises(SystemExit, match="--force"):  # never overwrites a model silently
+        export.run(eargs)
+    before = onnx_path.read_bytes()
+    report = tiny["base"] / "report.json"
+    report.write_text(json.dumps({"summary": {"mood_student_cnn_clip_macro_f1": 0.5}, "command": "python -m training evaluate x"}))
+    assert export.run(parse(export, ["--refresh", str(onnx_path), "--report", str(report), "--mood-data", ""])) == 0
+    assert MoodModel(onnx_path).info.metrics == {"mood_student_cnn_clip_macro_f1": 0.5}
+    import onnx
+
+    assert onnx.load(str(onnx_path)).graph == onnx.load_from_string(before).graph, "refresh leaves the weights alone"
 
     model = MoodModel(onnx_path)
     assert model.info.mood_labels == list(MOODS_4Q) and model.info.patch_frames == 187
@@ -123,6 +133,20 @@ def test_train_export_load_predict_evaluate(tiny):
     st = rep["mood"]["methods"]["student_cnn"]
     assert len(st["window"]["folds"]) == 5 and 0.0 <= st["clip"]["summary"]["accuracy_mean"] <= 1.0
     assert (out / "report.md").is_file() and (out / "mood_student_clip_confusion.png").stat().st_size > 1000
+    va = st["valence_arousal"]["summary"]
+    assert 0 <= va["window_signs_mean"] <= 1 and 0 <= va["clip_signs_calibrated_mean"] <= 1
+    assert set(st["context"]) == {"1", "2", "4", "8", "16", "clip"}
+    assert st["folds_that_heard_their_test_clips"] == [0, 1, 2, 3, 4], "one student for every fold heard them all"
+
+    vargs.only_folds, vargs.out = [0, 2], str(tiny["base"] / "eval_partial")
+    assert evaluate.run(vargs) == 0
+    part = json.loads((tiny["base"] / "eval_partial" / "report.json").read_text())["mood"]
+    assert part["folds_scored"] == [0, 2] and len(part["methods"]["student_cnn"]["window"]["folds"]) == 2
+    assert "Only folds 0, 2 were scored" in (tiny["base"] / "eval_partial" / "report.md").read_text()
+
+    vargs.only_folds, vargs.out, vargs.ckpt = None, str(tiny["base"] / "eval_none"), None  # teachers/majority only
+    assert evaluate.run(vargs) == 0
+    assert set(json.loads((tiny["base"] / "eval_none" / "report.json").read_text())["mood"]["methods"]) == {"majority"}
 
 
 def test_genre_branch_is_a_second_student_in_the_same_graph(tiny):
@@ -133,7 +157,7 @@ def test_genre_branch_is_a_second_student_in_the_same_graph(tiny):
     from sendreturn_mood.model import MoodModel
     from training import evaluate, export, train
     from training.manifest import GENRES_EMOTIFY
-    from training.train import load_net
+    from training.checkpoints import load_net
 
     genre_manifest = write_manifest(read_folder(write_tiny_dataset(tiny["base"] / "genre_audio", GENRES_EMOTIFY)),
                                     tiny["base"] / "tiny_genre.csv")
@@ -184,7 +208,8 @@ def test_wise_fine_tune_ships_the_average_of_init_and_tuned_weights(tiny):
     import torch
 
     from sendreturn_mood.model import MoodModel
-    from training import evaluate, export, train
+    from training import export, train
+    from training.checkpoints import describe_chain
     from training.train import training_command
 
     common = ["--data", str(tiny["manifest"]), "--cache", str(tiny["cache"]), "--no-teacher", "--batch", "8",
@@ -211,7 +236,8 @@ def test_wise_fine_tune_ships_the_average_of_init_and_tuned_weights(tiny):
     assert train.run(targs) == 0
     for k, v in load(tuned / "best.ckpt")["net"].items():
         assert torch.equal(v, best["net"][k])
-    assert "weights averaged with its init, alpha 0.5" in evaluate.describe_student(str(tuned / "best.ckpt"), 0, "4q")
+    assert "weights averaged with its init, alpha 0.5" in describe_chain(str(tuned / "best.ckpt"), 0, "4q")
+    assert best["command"] == training_command(best["args"]), "the checkpoint carries its own reproduce line"
     onnx_path = tiny["base"] / "wise.onnx"
     assert export.run(parse(export, ["--ckpt", str(tuned / "best.ckpt"), "--out", str(onnx_path), "--mood-data",
                                      str(tiny["manifest"]), "--genre-data", "", "--report", "", "--cache", str(tiny["cache"]),
@@ -231,11 +257,12 @@ def test_mood_ensemble_graph_computes_what_evaluate_scored(tiny):
 
     from sendreturn_mood.model import MoodModel
     from training import evaluate, export, train
-    from training.features import dataset_logmels, resolve_dataset
-    from training.heads import embed, ensemble_probs, fit_linear, torch_embedder, windows
+    from training.cache import dataset_logmels, resolve_dataset
+    from training.cv import LinearHead
+    from training.heads import embed, torch_embedder, windows
     from training.manifest import GENRES_EMOTIFY
-    from training.teacher import TEACHER_SPEC
-    from training.train import load_net
+    from training.recipe import FRONTEND as TEACHER_SPEC
+    from training.checkpoints import load_net
 
     genre_manifest = write_manifest(read_folder(write_tiny_dataset(tiny["base"] / "ens_genre_audio", GENRES_EMOTIFY)),
                                     tiny["base"] / "ens_genre.csv")
@@ -263,7 +290,7 @@ def test_mood_ensemble_graph_computes_what_evaluate_scored(tiny):
     y = np.array([MOODS_4Q.index(items[i].label) for i in clip_idx])
     nets = [load_net(r / "best.ckpt")[0] for r in runs]
     Xs = [embed(torch_embedder(n), per_clip) for n in nets]
-    expected = ensemble_probs(Xs, [fit_linear(X, y, 4, 0.5) for X in Xs])
+    expected = LinearHead(4, C=0.5).fit(Xs, y, [items[i].group or items[i].file for i in clip_idx]).predict_proba(Xs)
     allw = np.concatenate(per_clip)
     np.testing.assert_allclose(model.predict(allw).moods, expected, atol=1e-4)
     mood_logits, emb = ort.InferenceSession(str(onnx_path)).run(["mood_logits", "embedding"], {"logmel": allw})
@@ -346,7 +373,8 @@ def test_classification_report_matches_sklearn_and_calibration():
 
 
 def test_select_C_uses_only_the_data_it_is_given():
-    from training.heads import C_GRID, select_C
+    from training.cv import select_C
+    from training.recipe import C_GRID
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(4), 30)
@@ -362,16 +390,15 @@ def test_plots_are_written(tmp_path):
 
 
 def test_card_says_only_what_the_fold_chains_heard():
-    """The card's honesty line is read from the report's per-fold chains, never typed by hand."""
+    """The card's honesty line is read from the list of folds the report recorded (from the checkpoint chains)."""
     from training.card import honesty
 
-    strict = {"mood": {"methods": {"student_cnn": {"fold_students": {
-        "0": "runs/a: fine-tuned with labels on 4q without 4q fold 0 (audio and labels), from: distilled (no labels) on 4q without 4q fold 0 (audio and labels)"}}}}}
-    leaky = {"mood": {"methods": {"student_cnn": {"fold_students": {
-        **strict["mood"]["methods"]["student_cnn"]["fold_students"],
-        "1": "runs/b: fine-tuned with labels on 4q without 4q fold 1 (audio and labels), from: distilled (no labels) on 4q incl. 4q fold 1's test clips (audio only)"}}}}}
-    assert "Nor did their audio" in honesty(strict)
-    assert "fold(s) 1 did hear" in honesty(leaky) and "Nor did" not in honesty(leaky)
+    def report(heard):
+        return {"mood": {"methods": {"student_cnn": {"folds_that_heard_their_test_clips": heard}}}}
+
+    assert "Nor did their audio" in honesty(report([]))
+    assert "fold(s) 1 did hear" in honesty(report([1])) and "Nor did" not in honesty(report([1]))
+    assert "not recorded" in honesty({"mood": {"methods": {"student_cnn": {}}}})
 
 
 def test_card_seed_noise_line_comes_from_the_seed_experiment(tmp_path):
@@ -384,3 +411,39 @@ def test_card_seed_noise_line_comes_from_the_seed_experiment(tmp_path):
         "mood_student_cnn_window_accuracy": 0.6632, "mood_student_cnn_clip_macro_f1": 0.7077}}))
     (line,) = seed_noise(report, tmp_path)
     assert "0.663 and clip macro-F1 0.708, against 0.667 / 0.719" in line
+
+
+def test_rff_genre_head_in_the_graph_computes_what_evaluate_scores(tiny):
+    """export --genre-head rff: the SVM-like head (random Fourier features + linear) lives in the ONNX graph as
+    Linear -> Cos -> Linear, and gives the probabilities `training.cv.RandomFeatureHead` gives on the embedding."""
+    import torch
+
+    from sendreturn_mood.model import MoodModel
+    from training import export, train
+    from training.cache import dataset_logmels, resolve_dataset
+    from training.checkpoints import load_net
+    from training.cv import RandomFeatureHead
+    from training.heads import embed, torch_embedder, windows
+    from training.manifest import GENRES_EMOTIFY
+    from training.recipe import FRONTEND
+
+    genre_manifest = write_manifest(read_folder(write_tiny_dataset(tiny["base"] / "rff_genre_audio", GENRES_EMOTIFY)),
+                                    tiny["base"] / "rff_genre.csv")
+    run = tiny["base"] / "rff_genre_run"
+    assert train.run(parse(train, ["--data", str(genre_manifest), "--out", str(run), "--tasks", "genre", "--cache",
+                                   str(tiny["cache"]), "--no-teacher", "--epochs", "1", "--batch", "8", "--channels", "8",
+                                   "16", "--embedding", "16", "--threads", "1", "--quiet"])) == 0
+    onnx_path = tiny["base"] / "rff.onnx"
+    assert export.run(parse(export, ["--ckpt", str(run / "best.ckpt"), "--out", str(onnx_path), "--mood-data", "",
+                                     "--genre-data", str(genre_manifest), "--genre-head", "rff", "--report", "",
+                                     "--cache", str(tiny["cache"]), "--C", "0.5"])) == 0
+    model = MoodModel(onnx_path)
+    assert model.info.provenance["heads"]["genre"]["head"] == "rff"
+    items = resolve_dataset(str(genre_manifest))
+    per_clip, clip_idx = windows(dataset_logmels(items, FRONTEND, tiny["cache"], progress=False))
+    X = embed(torch_embedder(load_net(run / "best.ckpt")[0]), per_clip)
+    y = np.array([GENRES_EMOTIFY.index(items[i].label) for i in clip_idx])
+    expected = RandomFeatureHead(4, C=0.5).fit([X], y, [items[i].file for i in clip_idx]).predict_proba([X])
+    with torch.no_grad():
+        got = model.predict(np.concatenate(per_clip)).genres
+    np.testing.assert_allclose(got, expected, atol=1e-4)

@@ -30,6 +30,7 @@ MODULE_COMMANDS = {
     "ceiling": ("training.ceiling", "what the teacher's features reach on a task (the students' ceiling)"),
     "quantize": ("training.quantize", "static int8 quantisation of an exported model, checked against the float model"),
     "trackchange-eval": ("training.trackchange", "evaluate the track-change detector on streams of real songs"),
+    "chain": ("training.chain", "run the strict per-fold training chain of the shipped recipe unattended"),
 }
 
 EPILOG = """\
@@ -40,6 +41,16 @@ typical workflow:
   python -m training features ... ; python -m training train ... ; python -m training evaluate ...
   python -m training export ...
 `python -m training <subcommand> --help` explains each one."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (unless the help already says what the default is)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text.lower():
+            return text
+        return text + " (default: %(default)s)"
 
 
 class Unavailable(Exception):
@@ -83,7 +94,7 @@ def _add_module_command(sub: argparse._SubParsersAction, name: str, selected: bo
         sub.add_parser(name, help=help_text, add_help=False)
         return
     mod = _load(module)
-    p = sub.add_parser(name, help=help_text, description=mod.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(name, help=help_text, description=mod.__doc__, formatter_class=HelpFormatter)
     mod.add_arguments(p)
     p.set_defaults(func=mod.run)
 
@@ -111,33 +122,36 @@ def _dataset_parser(sub: argparse._SubParsersAction) -> None:
         "dataset", help="build a validated manifest from a folder, a CSV, the shared 4Q/Emotify data or Spotify",
         description="Build one manifest (file,label,group,source) from a source of labelled audio, validate it "
         "(missing files, unknown labels, empty classes, a file under two labels) and write it with --out.",
+        formatter_class=HelpFormatter,
     )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     f = kinds.add_parser("folder", help="ROOT/<label>/*.{wav,mp3,flac,ogg}; each file is its own group",
                          description="Folder layout: the label is the sub-folder's name. No artist information, "
-                         "so each file is its own group.")
+                         "so each file is its own group.", formatter_class=HelpFormatter)
     f.add_argument("root", help="the ROOT folder")
     f.add_argument("--source", help="source name stored in the manifest (default: the folder's name)")
     _add_dataset_common(f)
     c = kinds.add_parser("csv", help="a CSV with columns file,label[,group] (relative paths resolve against the CSV)",
                          description="A CSV manifest: columns file and label, optional group and source. Relative "
-                         "paths resolve against the CSV's folder.")
+                         "paths resolve against the CSV's folder.", formatter_class=HelpFormatter)
     c.add_argument("file", help="the CSV file")
-    c.add_argument("--group-column", help="group clips by this column instead of 'group' (e.g. artist)")
+    c.add_argument("--group-column", default=None, help="group clips by this column instead of 'group' (e.g. artist)")
     _add_dataset_common(c)
     q = kinds.add_parser("4q", help="the shared 4Q mood data (../shared/data/moods-4q), grouped by artist",
                          description="4Q audio emotion dataset (Panda, Malheiro & Paiva 2018): label = the quadrant's "
-                         "mood (happy, angry, sad, calm), group = artist, for artist-disjoint splits.")
+                         "mood (happy, angry, sad, calm), group = artist, for artist-disjoint splits.",
+                         formatter_class=HelpFormatter)
     q.add_argument("--root", help="dataset folder (default ../shared/data/moods-4q)")
     _add_dataset_common(q, MOODS_4Q)
     e = kinds.add_parser("emotify", help="the shared Emotify genre data (../shared/data/emotify)",
                          description="Emotify (Aljanaki, Wiering & Veltkamp 2015): label = genre (classical, "
-                         "electronic, pop, rock); no artist column, so each clip is its own group.")
+                         "electronic, pop, rock); no artist column, so each clip is its own group.",
+                         formatter_class=HelpFormatter)
     e.add_argument("--root", help="dataset folder (default ../shared/data/emotify)")
     _add_dataset_common(e, GENRES_EMOTIFY)
     s = kinds.add_parser(
         "spotify", help="search playlists per mood on Spotify and download 30 s previews (the original SEND/RETURN way)",
-        description=_module_doc("training.spotify"), formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_module_doc("training.spotify"), formatter_class=HelpFormatter,
     )
     from . import spotify
 
@@ -177,7 +191,7 @@ def _spotify_predict_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "spotify-predict", help="fetch a Spotify track's 30 s preview (if Spotify offers one) and print its mood",
-        description=spotify.predict_description(), formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=spotify.predict_description(), formatter_class=HelpFormatter,
     )
     spotify.add_predict_arguments(p)
     p.set_defaults(func=spotify.run_predict)

@@ -99,23 +99,23 @@ def write_card(path: Path, info, report: dict, diff: float) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
-    parser.add_argument("--mood-data", default="4q")
-    parser.add_argument("--genre-data", default="emotify")
-    parser.add_argument("--report", default=str(REPO / "docs" / "evaluation" / "report.json"))
-    parser.add_argument("--cache", default=None)
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="ONNX file to write")
+    parser.add_argument("--mood-data", default="4q", help="labelled mood clips for the mood head")
+    parser.add_argument("--genre-data", default="emotify", help="labelled genre clips for the genre head")
+    parser.add_argument("--report", default=str(REPO / "docs" / "evaluation" / "report.json"),
+                        help="evaluation report whose teacher_lr rows go into the card")
+    parser.add_argument("--cache", default=None, help="feature cache folder (None: $SENDRETURN_CACHE, else cache/)")
 
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from sendreturn_mood.model import ModelInfo, MoodLabel, MoodModel, write_metadata
-    from training.evaluate import teacher_features
-    from training.export import git_commit
-    from training.features import cache_dir, resolve_dataset
-    from training.features import clip_logmel
-    from training.heads import fit_linear, select_C
-    from training.teacher import (CITATION, PATCH_FRAMES, TEACHER_LICENSE, TEACHER_PATH, TEACHER_SPEC, cut_patches,
-                                  dataset_teacher_outputs)
+    from training.cache import cache_dir, clip_logmel, resolve_dataset
+    from training.commandline import git_commit
+    from training.cv import LinearHead, groups_of
+    from training.recipe import FRONTEND, PATCH_FRAMES
+    from training.teacher import (CITATION, TEACHER_LICENSE, TEACHER_PATH, cut_patches, dataset_teacher_outputs,
+                                  teacher_features)
 
     cache = cache_dir(args.cache)
     heads, counts, check_x = {}, {}, None
@@ -124,12 +124,12 @@ def run(args: argparse.Namespace) -> int:
         outs = dataset_teacher_outputs(items, cache)
         X = teacher_features(items, cache)
         y = np.concatenate([[labels.index(it.label)] * len(o["starts"]) for it, o in zip(items, outs)])
-        groups = np.concatenate([[it.group or it.file] * len(o["starts"]) for it, o in zip(items, outs)])
-        C = select_C(X, y, groups, len(labels))
-        heads[out_name] = fit_linear(X, y, len(labels), C)
-        counts[out_name] = {"clips": len(items), "windows": int(len(X)), "C": C}
+        groups = np.concatenate([[g] * len(o["starts"]) for g, o in zip(groups_of(items), outs)])
+        head = LinearHead(len(labels)).fit([X], y, groups)
+        heads[out_name] = head.weights[0]
+        counts[out_name] = {"clips": len(items), "windows": int(len(X)), "C": head.record()}
         if check_x is None:
-            check_x = (cut_patches(clip_logmel(items[0].file, TEACHER_SPEC, cache), outs[0]["starts"][:2]), X[:2])
+            check_x = (cut_patches(clip_logmel(items[0].file, FRONTEND, cache), outs[0]["starts"][:2]), X[:2])
     out = Path(args.out)
     compose(TEACHER_PATH, heads, out)
     report = json.loads(Path(args.report).read_text()) if args.report and Path(args.report).is_file() else {}
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         name="mood_musicnn", version="1.0.0",
         description="musicnn (MSD) teacher + logistic-regression mood and genre heads on its embedding and tag logits "
         "(accurate variant, ~30x the default model's cost)",
-        frontend=TEACHER_SPEC, patch_frames=PATCH_FRAMES,
+        frontend=FRONTEND, patch_frames=PATCH_FRAMES,
         moods=tuple(MoodLabel(m, *MOOD_COORDINATES[m]) for m in MOODS_4Q), genres=GENRES_EMOTIFY,
         provenance={"data": ["moods-4q", "emotify"], "heads": counts, "git_commit": git_commit(),
                     "export_command": "python -m training.accurate " + " ".join(sys.argv[1:]),

@@ -1,40 +1,41 @@
 """Baselines the mood CNN must beat, on the same artist-grouped folds: majority class, hand-crafted features, Spotify's.
 
 Without them a CNN accuracy means little: 0.70 is impressive if hand-crafted features + logistic regression give
-0.50, and worthless if they give 0.70. So every baseline goes through `training.metrics` with the same folds
-(`group_folds(labels, groups, n_splits, seed)` over the dataset in manifest order) and the same report definitions:
+0.50, and worthless if they give 0.70. So every baseline goes through the evaluation spine (`training.cv`): the same
+folds (`dataset_folds` over the dataset in manifest order), the same grouped-CV loop and the same linear head as the
+student (standardised, class-balanced logistic regression, C by grouped inner CV on the training fold):
 
 - majority class (predicts the training fold's most frequent label);
 - hand-crafted librosa features (MFCC and delta-MFCC, spectral centroid/bandwidth/rolloff/flatness/contrast, chroma,
-  RMS, zero-crossing rate, onset strength: mean and std; tempo) + standardised logistic regression, C chosen by an
-  inner grouped CV on the training fold only. Two variants: one vector per whole clip, and one per 3 s window every
+  RMS, zero-crossing rate, onset strength: mean and std; tempo) + the linear head. Two variants: one vector per whole clip, and one per 3 s window every
   1.5 s (the runtime's geometry), scored per window and per clip (window probabilities averaged), like the CNN;
 - on ../shared/data/spotify-moods/data_moods.csv (no audio; labels Happy/Sad/Energetic/Calm; grouped by artist):
   a small neural network over Spotify's audio features (what the old student prototype did) and logistic regression
   on Spotify valence + energy alone, and valence alone (the signal SEND/RETURN used to drive its room). These are on
   a DIFFERENT dataset and label set: context for what Spotify's features could do, not a head-to-head comparison.
 
-Audio is decoded through `training.features` (cached); hand-crafted features are cached under <cache>/handcrafted/.
+Audio is decoded through `training.cache` (cached); hand-crafted features are cached under <cache>/handcrafted/.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import platform
 import sys
 import time
-import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from .commandline import invocation
+from .cv import LinearHead, SklearnModel, cross_validate, dataset_folds, groups_of
+from .handcrafted import FEATURE_NAMES, HandcraftedRecipe, dataset_features
 from .manifest import GENRES_EMOTIFY, MOODS_4Q, REPO, SHARED_DATA, Item, ManifestError
-from .metrics import classification_report, group_folds, summarize_folds
+from .recipe import C_GRID, FOLD_SEED, INNER_FOLDS, N_SPLITS
 
 DEFAULT_OUT = REPO / "docs" / "evaluation" / "baselines.json"
 SPOTIFY_MOODS_CSV = SHARED_DATA / "spotify-moods" / "data_moods.csv"
@@ -42,8 +43,6 @@ SPOTIFY_AUDIO_FEATURES = (
     "danceability", "acousticness", "energy", "instrumentalness", "liveness", "valence", "loudness", "speechiness", "tempo",
 )
 SPOTIFY_LABELS = ("Happy", "Sad", "Energetic", "Calm")
-C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)  # logistic-regression regularisation, chosen by inner grouped CV
-INNER_FOLDS = 3
 MLP_HIDDEN = (32, 16)
 SEED = 0
 KNOWN_ORDERS = (MOODS_4Q, GENRES_EMOTIFY, SPOTIFY_LABELS)  # report labels in the model's order when they match
@@ -54,112 +53,6 @@ SPOTIFY_NOTE = (
 )
 
 
-@dataclass(frozen=True)
-class HandcraftedRecipe:
-    """Everything that changes the hand-crafted features; its hash names the cache folder."""
-
-    sample_rate: int = 16000
-    n_fft: int = 1024
-    hop_length: int = 256  # the model front end's hop, so windows fall on the same frames
-    n_mfcc: int = 20
-    n_mels: int = 64
-    window_seconds: float = 3.0
-    hop_seconds: float = 1.5
-    version: int = 2  # 2: chroma with tuning=0
-
-    def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
-    @property
-    def window_frames(self) -> int:
-        return int(round(self.window_seconds * self.sample_rate / self.hop_length))
-
-    @property
-    def hop_frames(self) -> int:
-        return int(round(self.hop_seconds * self.sample_rate / self.hop_length))
-
-
-FRAME_FEATURES = (
-    [f"mfcc{i}" for i in range(20)] + [f"dmfcc{i}" for i in range(20)]
-    + ["centroid", "bandwidth", "rolloff", "flatness", "zcr", "rms"]
-    + [f"contrast{i}" for i in range(7)] + [f"chroma{i}" for i in range(12)] + ["onset"]
-)
-FEATURE_NAMES = [f"{f}_mean" for f in FRAME_FEATURES] + [f"{f}_std" for f in FRAME_FEATURES] + ["tempo"]
-
-
-def frame_features(y: np.ndarray, r: HandcraftedRecipe) -> np.ndarray:
-    """Frame-level descriptors [len(FRAME_FEATURES), frames] from one STFT (frames: 1 + len(y) // hop)."""
-    import librosa
-
-    S = np.abs(librosa.stft(y, n_fft=r.n_fft, hop_length=r.hop_length, center=True))
-    power = S**2
-    mel = librosa.feature.melspectrogram(S=power, sr=r.sample_rate, n_mels=r.n_mels)
-    log_mel = librosa.power_to_db(mel)
-    mfcc = librosa.feature.mfcc(S=log_mel, n_mfcc=r.n_mfcc)
-    width = min(9, mfcc.shape[1] - (1 - mfcc.shape[1] % 2)) if mfcc.shape[1] >= 3 else 0
-    dmfcc = librosa.feature.delta(mfcc, width=width) if width >= 3 else np.zeros_like(mfcc)
-    sr = r.sample_rate
-    rows = [
-        mfcc,
-        dmfcc,
-        librosa.feature.spectral_centroid(S=S, sr=sr),
-        librosa.feature.spectral_bandwidth(S=S, sr=sr),
-        librosa.feature.spectral_rolloff(S=S, sr=sr),
-        librosa.feature.spectral_flatness(S=S),
-        librosa.feature.zero_crossing_rate(y, frame_length=r.n_fft, hop_length=r.hop_length, center=True),
-        librosa.feature.rms(S=S, frame_length=r.n_fft),
-        librosa.feature.spectral_contrast(S=S, sr=sr, fmin=100.0, n_bands=6),
-        librosa.feature.chroma_stft(S=power, sr=sr, tuning=0.0),  # A440: tuning estimation is noisy (and warns on silence)
-        librosa.onset.onset_strength(S=log_mel, sr=sr)[None, :],
-    ]
-    n = min(x.shape[1] for x in rows)
-    return np.concatenate([x[:, :n] for x in rows], axis=0).astype(np.float32)
-
-
-def segment_vector(frames: np.ndarray, r: HandcraftedRecipe) -> np.ndarray:
-    """Mean and std of every frame descriptor over a segment, plus the segment's tempo."""
-    import librosa
-
-    onset = frames[-1]
-    if len(onset) >= 8 and onset.any():
-        tempo = float(librosa.feature.tempo(onset_envelope=onset, sr=r.sample_rate, hop_length=r.hop_length)[0])
-    else:
-        tempo = 0.0
-    return np.concatenate([frames.mean(axis=1), frames.std(axis=1), [tempo]]).astype(np.float32)
-
-
-def window_starts(n_frames: int, r: HandcraftedRecipe) -> np.ndarray:
-    """Window start frames: every hop, and at least one window (a short clip is one window)."""
-    if n_frames <= r.window_frames:
-        return np.array([0])
-    return np.arange(0, n_frames - r.window_frames + 1, r.hop_frames)
-
-
-def clip_features(file: str, r: HandcraftedRecipe, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """(clip vector, window vectors [n_windows, d]) of one file, cached by recipe and file."""
-    from .features import cache_dir, file_key, load_audio
-
-    path = cache_dir(cache) / "handcrafted" / r.key() / f"{file_key(file)}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            return z["clip"], z["windows"]
-    y = load_audio(file, r.sample_rate, cache)
-    frames = frame_features(y, r)
-    clip = segment_vector(frames, r)
-    windows = np.stack([segment_vector(frames[:, s : s + r.window_frames], r) for s in window_starts(frames.shape[1], r)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, clip=clip, windows=windows)
-    tmp.replace(path)
-    return clip, windows
-
-
-def dataset_features(items: Sequence[Item], r: HandcraftedRecipe, cache: Path | None, progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
-    from tqdm import tqdm
-
-    return [clip_features(it.file, r, cache) for it in tqdm(items, desc="hand-crafted features", disable=not progress, file=sys.stderr)]
-
-
 # -- classifiers ---------------------------------------------------------------------------------------------------
 
 
@@ -168,134 +61,26 @@ def label_order(found: set[str]) -> list[str]:
     return next((list(o) for o in KNOWN_ORDERS if set(o) == found), sorted(found))
 
 
-def _quiet_fit(model: Any, X: np.ndarray, y: np.ndarray) -> Any:
-    """Fit; sklearn's ConvergenceWarning is not an error here (max_iter is generous; tiny test data may not converge)."""
-    from sklearn.exceptions import ConvergenceWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return model.fit(X, y)
-
-
-def logreg_factory(C_grid: Sequence[float] = C_GRID, inner_folds: int = INNER_FOLDS) -> Callable[..., Any]:
-    """Standardised multinomial logistic regression; C picked by grouped CV inside the training fold only."""
-
-    def fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> Any:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import GridSearchCV, GroupKFold
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, random_state=SEED))
-        n_groups = len(set(groups))
-        if len(C_grid) == 1 or n_groups < inner_folds:
-            pipe.set_params(logisticregression__C=C_grid[0])
-            return _quiet_fit(pipe, X, y)
-        search = GridSearchCV(pipe, {"logisticregression__C": list(C_grid)}, cv=GroupKFold(n_splits=inner_folds),
-                              scoring="accuracy", n_jobs=1)
-        with warnings.catch_warnings():
-            from sklearn.exceptions import ConvergenceWarning
-
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            search.fit(X, y, groups=groups)
-        return search.best_estimator_
-
-    return fit
-
-
-def mlp_factory(hidden: Sequence[int] = MLP_HIDDEN) -> Callable[..., Any]:
+def mlp(n_classes: int) -> SklearnModel:
     """A small network (like the old Spotify-features prototype): standardised inputs, early stopping."""
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    def fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> Any:
-        from sklearn.neural_network import MLPClassifier
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
+    class SmallDataMLP(SklearnModel):
+        def fit(self, Xs, y, groups):  # early stopping needs enough rows for its own validation split
+            self.estimator.set_params(mlpclassifier__early_stopping=len(y) >= 100)
+            return super().fit(Xs, y, groups)
 
-        mlp = MLPClassifier(hidden_layer_sizes=tuple(hidden), alpha=1e-3, max_iter=2000, random_state=SEED,
-                            early_stopping=len(y) >= 100, n_iter_no_change=30)
-        return _quiet_fit(make_pipeline(StandardScaler(), mlp), X, y)
-
-    return fit
-
-
-def majority_factory() -> Callable[..., Any]:
-    def fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> Any:
-        from sklearn.dummy import DummyClassifier
-
-        return DummyClassifier(strategy="prior").fit(X, y)
-
-    return fit
+    return SmallDataMLP(make_pipeline(StandardScaler(), MLPClassifier(
+        hidden_layer_sizes=tuple(MLP_HIDDEN), alpha=1e-3, max_iter=2000, random_state=SEED, n_iter_no_change=30)), n_classes)
 
 
-def _probs_in_order(model: Any, X: np.ndarray, labels: Sequence[str]) -> np.ndarray:
-    """predict_proba with columns in `labels` order (a class absent from a training fold gets probability 0)."""
-    p = model.predict_proba(X)
-    out = np.zeros((len(X), len(labels)))
-    index = {lab: i for i, lab in enumerate(labels)}
-    for j, c in enumerate(model.classes_):
-        out[:, index[c]] = p[:, j]
-    return out
+def majority(n_classes: int) -> SklearnModel:
+    """Predicts the training fold's most frequent label (class priors as probabilities)."""
+    from sklearn.dummy import DummyClassifier
 
-
-def _short(report: dict) -> dict:
-    keep = ("n", "accuracy", "macro_f1", "ece", "nll", "confusion")
-    return {k: report[k] for k in keep if k in report}
-
-
-def _pooled(y_true: list[str], probs: list[np.ndarray], labels: Sequence[str]) -> dict:
-    p = np.concatenate(probs)
-    pred = [labels[i] for i in p.argmax(axis=1)]
-    rep = classification_report(y_true, pred, labels, p)
-    rep.pop("reliability", None)
-    return rep
-
-
-def cross_validate(
-    X: np.ndarray | list[np.ndarray],
-    y: Sequence[str],
-    groups: Sequence[str],
-    labels: Sequence[str],
-    folds: list[tuple[np.ndarray, np.ndarray]],
-    fit: Callable[..., Any],
-) -> dict:
-    """Per-clip features (X [n, d]) or per-window features (X a list of [n_windows_i, d]) on the given folds.
-
-    Per-window: the classifier trains on every window of the training clips (each labelled with its clip's label)
-    and is scored per window ("window") and per clip with window probabilities averaged ("clip"), like the CNN.
-    """
-    y = np.asarray(y)
-    groups = np.asarray(groups)
-    windowed = isinstance(X, list)
-    levels: dict[str, dict[str, list]] = {lvl: {"reports": [], "true": [], "probs": []} for lvl in (("window", "clip") if windowed else ("clip",))}
-    for train, test in folds:
-        if windowed:
-            Xtr = np.concatenate([X[i] for i in train])
-            ytr = np.concatenate([[y[i]] * len(X[i]) for i in train])
-            gtr = np.concatenate([[groups[i]] * len(X[i]) for i in train])
-        else:
-            Xtr, ytr, gtr = X[train], y[train], groups[train]
-        model = fit(Xtr, ytr, gtr)
-        if windowed:
-            pw = [_probs_in_order(model, X[i], labels) for i in test]
-            results = {
-                "window": (np.concatenate([[y[i]] * len(X[i]) for i in test]).tolist(), np.concatenate(pw)),
-                "clip": (y[test].tolist(), np.stack([p.mean(axis=0) for p in pw])),
-            }
-        else:
-            results = {"clip": (y[test].tolist(), _probs_in_order(model, X[test], labels))}
-        for lvl, (true, probs) in results.items():
-            pred = [labels[i] for i in probs.argmax(axis=1)]
-            levels[lvl]["reports"].append(classification_report(true, pred, labels, probs))
-            levels[lvl]["true"].extend(true)
-            levels[lvl]["probs"].append(probs)
-    out = {}
-    for lvl, d in levels.items():
-        out[lvl] = {
-            "summary": summarize_folds(d["reports"]),
-            "folds": [_short(r) for r in d["reports"]],
-            "pooled": _pooled(d["true"], d["probs"], labels),
-        }
-    return out
+    return SklearnModel(DummyClassifier(strategy="prior"), n_classes)
 
 
 # -- datasets ------------------------------------------------------------------------------------------------------
@@ -303,19 +88,19 @@ def cross_validate(
 
 def audio_baselines(
     items: Sequence[Item],
-    n_splits: int = 5,
-    seed: int = 0,
+    n_splits: int = N_SPLITS,
+    seed: int = FOLD_SEED,
     recipe: HandcraftedRecipe = HandcraftedRecipe(),
     cache: Path | None = None,
     windows: bool = True,
     C_grid: Sequence[float] = C_GRID,
     progress: bool = True,
 ) -> dict:
-    """Majority + hand-crafted features on an audio manifest, on `group_folds(labels, groups, n_splits, seed)`."""
+    """Majority + hand-crafted features on an audio manifest, on `dataset_folds(items, n_splits, seed)`."""
     labels = label_order({it.label for it in items})
     y = [it.label for it in items]
-    groups = [it.group or it.file for it in items]
-    folds = group_folds(y, groups, n_splits=n_splits, seed=seed)
+    groups = groups_of(items)
+    folds = dataset_folds(items, n_splits, seed)
     t0 = time.time()
     feats = dataset_features(items, recipe, cache, progress)
     feature_seconds = time.time() - t0
@@ -325,17 +110,20 @@ def audio_baselines(
         "labels": labels,
         "class_counts": {lab: y.count(lab) for lab in labels},
         "groups": len(set(groups)),
-        "folds": {"n_splits": n_splits, "seed": seed, "function": "training.metrics.group_folds(labels, groups)",
+        "folds": {"n_splits": n_splits, "seed": seed, "function": "training.cv.dataset_folds(items)",
                   "test_sizes": [int(len(te)) for _, te in folds]},
         "baselines": {},
     }
     b = out["baselines"]
     b["majority"] = {"description": "predicts the training fold's most frequent label (class priors as probabilities)",
-                     **cross_validate(X_clip, y, groups, labels, folds, majority_factory())}
-    lr = logreg_factory(C_grid)
+                     **cross_validate(X_clip, y, groups, labels, folds, lambda: majority(len(labels)))}
+
+    def lr() -> LinearHead:
+        return LinearHead(len(labels), grid=tuple(C_grid))
+
     b["handcrafted_logreg_clip"] = {
         "description": f"{len(FEATURE_NAMES)} librosa features over the whole clip (mean/std of frame descriptors + "
-        "tempo) -> standardised logistic regression, C by inner grouped CV",
+        "tempo) -> the linear head (training.cv.LinearHead)",
         **cross_validate(X_clip, y, groups, labels, folds, lr),
     }
     if windows:
@@ -365,13 +153,16 @@ def read_spotify_moods(path: str | Path = SPOTIFY_MOODS_CSV) -> tuple[np.ndarray
     return X, [r["mood"] for r in rows], [r["artist"] for r in rows], list(SPOTIFY_AUDIO_FEATURES)
 
 
-def spotify_baselines(path: str | Path = SPOTIFY_MOODS_CSV, n_splits: int = 5, seed: int = 0,
+def spotify_baselines(path: str | Path = SPOTIFY_MOODS_CSV, n_splits: int = N_SPLITS, seed: int = FOLD_SEED,
                       C_grid: Sequence[float] = C_GRID) -> dict:
     X, y, groups, cols = read_spotify_moods(path)
     labels = label_order(set(y))
-    folds = group_folds(y, groups, n_splits=n_splits, seed=seed)
+    folds = dataset_folds([Item(str(i), lab, g) for i, (lab, g) in enumerate(zip(y, groups))], n_splits, seed)
     col = {c: i for i, c in enumerate(cols)}
-    lr = logreg_factory(C_grid)
+
+    def lr() -> LinearHead:
+        return LinearHead(len(labels), grid=tuple(C_grid))
+
     return {
         "note": SPOTIFY_NOTE,
         "n": len(y),
@@ -380,11 +171,11 @@ def spotify_baselines(path: str | Path = SPOTIFY_MOODS_CSV, n_splits: int = 5, s
         "groups": len(set(groups)),
         "folds": {"n_splits": n_splits, "seed": seed, "grouping": "artist", "test_sizes": [int(len(te)) for _, te in folds]},
         "baselines": {
-            "majority": {"description": "most frequent training label", **cross_validate(X, y, groups, labels, folds, majority_factory())},
+            "majority": {"description": "most frequent training label", **cross_validate(X, y, groups, labels, folds, lambda: majority(len(labels)))},
             "spotify_features_mlp": {
                 "description": f"small neural network (MLP {list(MLP_HIDDEN)}, standardised inputs, early stopping) over "
                 f"Spotify audio features {cols}",
-                **cross_validate(X, y, groups, labels, folds, mlp_factory()),
+                **cross_validate(X, y, groups, labels, folds, lambda: mlp(len(labels))),
             },
             "spotify_features_logreg": {
                 "description": f"logistic regression over the same {len(cols)} Spotify audio features",
@@ -430,15 +221,15 @@ def markdown(results: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"results JSON (a .md table is written beside it; default {DEFAULT_OUT.relative_to(REPO)})")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON (a .md table is written beside it)")
     p.add_argument("--dataset", action="append", default=None,
                    help="audio dataset(s) for majority + hand-crafted baselines: 4q, emotify, a manifest CSV or a "
                    "ROOT/<label>/ folder (repeatable; default: 4q and emotify)")
     p.add_argument("--spotify-csv", default=str(SPOTIFY_MOODS_CSV),
-                   help="Spotify audio-features table for the Spotify baselines ('none' to skip; default the shared one)")
-    p.add_argument("--folds", type=int, default=5, help="grouped CV folds (default 5, as the model's evaluation)")
-    p.add_argument("--seed", type=int, default=0, help="fold seed (default 0, as the model's evaluation)")
-    p.add_argument("--cache", help="feature cache folder (default $SENDRETURN_CACHE or cache/)")
+                   help="Spotify audio-features table for the Spotify baselines ('none' to skip)")
+    p.add_argument("--folds", type=int, default=N_SPLITS, help="grouped CV folds (as the model's evaluation)")
+    p.add_argument("--seed", type=int, default=FOLD_SEED, help="fold seed (as the model's evaluation)")
+    p.add_argument("--cache", default=None, help="feature cache folder (None: $SENDRETURN_CACHE, else cache/)")
     p.add_argument("--no-windows", action="store_true", help="skip the per-window hand-crafted baseline")
     p.add_argument("--c-grid", default=",".join(f"{c:g}" for c in C_GRID),
                    help="logistic-regression C values tried by the inner grouped CV (comma-separated; one value = fixed)")
@@ -448,10 +239,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from threadpoolctl import threadpool_limits
 
-    from .features import resolve_dataset
+    from .cache import resolve_dataset
 
     t0 = time.time()
-    command = "python -m training baselines " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["baselines"] else "python -m training baselines"
+    command = invocation("baselines")
     results: dict[str, Any] = {
         "command": command,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -473,8 +264,8 @@ def run(args: argparse.Namespace) -> int:
         if args.spotify_csv and args.spotify_csv.lower() != "none":
             results["datasets"]["spotify-moods"] = spotify_baselines(args.spotify_csv, args.folds, args.seed, c_grid)
     results["classifiers"] = {
-        "logreg": f"StandardScaler + LogisticRegression(max_iter=3000); C from {list(c_grid)} by {INNER_FOLDS}-fold "
-        "GroupKFold inside each training fold",
+        "logreg": f"training.cv.LinearHead: standardised, class-balanced logistic regression; C from {list(c_grid)} by "
+        f"{INNER_FOLDS}-fold grouped CV inside each training fold (window log-likelihood), as the student's heads",
         "mlp": f"StandardScaler + MLPClassifier{MLP_HIDDEN} (alpha 1e-3, early stopping, seed {SEED})",
     }
     results["seconds"] = round(time.time() - t0, 1)

@@ -1,9 +1,10 @@
 """The model card (markdown) written beside an exported model, generated from the files that hold the numbers.
 
-Nothing in the card is typed by hand: metrics come from the evaluation report (`training evaluate`), the table of
-experiments from the per-experiment JSON files that `evaluate --tag` writes, latency from `training bench --json`,
-the commands from the checkpoint and the report. Regenerating the card after a new run can therefore never leave a
-stale number behind.
+Nothing in the card is typed by hand, and nothing is read back out of a sentence: metrics come from the evaluation
+report (`training evaluate`), the table of experiments from the per-experiment JSON files that `evaluate --tag`
+writes, latency from `training bench --json`, the training facts and commands from the model's own metadata (which
+export fills from the checkpoints). Regenerating the card after a new run can therefore never leave a stale number
+behind.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ def _fmt(summary: dict, key: str, prefix: str) -> str:
     return "-" if m is None else f"{m:.3f} ± {s:.3f}"
 
 
-def heard_folds(fold_students: dict) -> list[str] | None:
-    """Folds whose scoring chain heard that fold's test clips, from `evaluate.describe_student`'s wording; None for
-    records older than that wording (they described only the last stage of each chain, not what it started from)."""
-    if not all("distilled (no labels)" in d or "fine-tuned with labels" in d for d in fold_students.values()):
-        return None
-    return [k for k, d in fold_students.items() if "test clips" in d]
+def heard_text(heard: list[int] | None) -> str:
+    """The folds whose scoring chain heard their own test clips (recorded by `evaluate` as a list)."""
+    if heard is None:
+        return "not recorded (see what)"
+    return ", ".join(map(str, heard)) or "none"
 
 
 def experiments_table(folder: Path = EVAL_DIR / "experiments", current: str | None = None) -> list[str]:
@@ -37,10 +37,10 @@ def experiments_table(folder: Path = EVAL_DIR / "experiments", current: str | No
         e = json.loads(f.read_text())
         s = e.get("summary", {})
         tag = e.get("tag", f.stem) + (" (this model)" if current and e.get("command") == current else "")
-        heard = heard_folds(e["fold_students"]) if "fold_students" in e else None
-        heard_text = "not recorded (see what)" if heard is None else ", ".join(heard) or "none"
+        if len(e.get("folds_scored", range(5))) < 5:
+            tag += f" (only folds {', '.join(map(str, e['folds_scored']))})"
         rows.append(
-            f"| {tag} | {e.get('description', '')} | {heard_text} | "
+            f"| {tag} | {e.get('description', '')} | {heard_text(e.get('folds_that_heard_their_test_clips'))} | "
             f"{_fmt(s, 'window_accuracy', 'mood_student_cnn')} | "
             f"{_fmt(s, 'clip_accuracy', 'mood_student_cnn')} | {_fmt(s, 'clip_macro_f1', 'mood_student_cnn')} | "
             f"{_fmt(s, 'clip_accuracy', 'genre_student_cnn')} | `{e.get('command', '')}` |"
@@ -86,7 +86,7 @@ def seed_noise(report: dict, folder: Path = EVAL_DIR / "experiments") -> list[st
     read from that experiment's record (absent record: no line)."""
     f = folder / f"{SEED_EXPERIMENT}.json"
     s = report.get("summary", {})
-    if not f.is_file() or "mood_student_cnn_clip_macro_f1" not in s:
+    if not f.is_file() or not {"mood_student_cnn_clip_macro_f1", "mood_student_cnn_window_accuracy"} <= set(s):
         return []
     other = json.loads(f.read_text())["summary"]
     key = "mood_student_cnn"
@@ -99,26 +99,48 @@ def seed_noise(report: dict, folder: Path = EVAL_DIR / "experiments") -> list[st
 def honesty(report: dict) -> str:
     """What the students that scored each mood fold had heard of that fold, read from the report (which reads it
     from the checkpoint chains), so the card can never claim more than the evaluation did."""
-    students = report.get("mood", {}).get("methods", {}).get("student_cnn", {}).get("fold_students", {})
-    heard = heard_folds(students)
+    heard = report.get("mood", {}).get("methods", {}).get("student_cnn", {}).get("folds_that_heard_their_test_clips")
     text = "- **Honesty of the CV numbers**: no fold's test labels ever reached anything that scored that fold. "
-    if not students or heard is None:
+    if heard is None:
         return text + "(What each fold's chain heard is not recorded in this report.)"
     if not heard:
         return text + ("Nor did their audio: every stage of the chain that scores a fold (distillation included) was "
                        "trained without that fold's test clips (see the per-fold table).")
-    return text + (f"The distillation stage of fold(s) {', '.join(heard)} did hear the test clips' *audio* (unlabelled, "
+    return text + (f"The distillation stage of fold(s) {', '.join(map(str, heard))} did hear the test clips' *audio* (unlabelled, "
                    "transductive); see the per-fold table for which chain scored each fold and the experiments table "
                    "(`distill_lr` vs `distill_lr_all_audio`) for what hearing the test audio is worth.")
 
 
-def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
+TEACHER_WORDS = {"msd": "musicnn MSD model", "mtt": "musicnn MagnaTagATune model"}
+TEACHER_FILES = {"msd": "msd_musicnn.onnx", "mtt": "mtt_musicnn.onnx"}
+
+
+def valence_arousal_lines(report: dict, info) -> list[str]:
+    """The card's valence/arousal paragraph, from the report's held-out folds and the model's own metadata."""
     s = report.get("summary", {})
-    args = ck.get("args", {})
+    key = "mood_student_cnn_va_"
+    if f"{key}window_signs_mean" not in s:
+        return []
+    shipped = info.valence_arousal_zero
+    return [
+        "- **Valence/arousal** are the probability-weighted quadrant centres. On the held-out folds their signs name "
+        f"the true quadrant for {s[f'{key}window_signs_mean']:.3f} of windows and {s[f'{key}clip_signs_mean']:.3f} of "
+        f"clips, where the mood label is right for {s[f'{key}window_label_accuracy_mean']:.3f} / "
+        f"{s[f'{key}clip_label_accuracy_mean']:.3f}. With each axis' zero point fitted on the training folds only, the "
+        f"signs are right for {s[f'{key}window_signs_calibrated_mean']:.3f} / {s[f'{key}clip_signs_calibrated_mean']:.3f}. "
+        + (f"This model ships that calibration (metadata `valence_arousal_zero` = ({shipped[0]:+.2f}, {shipped[1]:+.2f}), "
+           "fitted on the held-out probabilities of an inner grouped CV over all labelled clips; the runtime applies it)."
+           if shipped else "This model does not ship a calibration (it did not make the signs agree better at both levels).")]
+
+
+def write_card(path: Path, info, report: dict, check: dict) -> Path:
+    s = report.get("summary", {})
     bench_file = EVAL_DIR / "bench.json"
     bench = json.loads(bench_file.read_text()) if bench_file.is_file() else None
     prov = info.provenance
-    teacher = bool(ck["cfg"].get("distill_dim"))
+    facts = prov.get("training", {})
+    teachers = prov.get("teachers", ["msd"] if prov.get("net", {}).get("distill_dim") else [])
+    teacher = bool(teachers)
     branch = prov.get("genre_branch")
     ensemble = prov.get("mood_ensemble", [])
     mood_commands = [c for m in ensemble for c in (m["init_command"], m["training_command"]) if c] or [
@@ -158,21 +180,24 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
     ]
     if teacher:
         lines += [
-            "- **Teacher**: musicnn MSD model (Pons & Serra, \"musicnn: pre-trained convolutional neural networks for music "
-            "audio tagging\", ISMIR 2019 LBD), ISC licence, `../shared/models/msd_musicnn.onnx`. The student first "
-            "regresses the teacher's 200-d embedding and 50 tag logits (standardised) on 3 s crops of the 4Q audio, with "
-            "no labels" + (f"; it is then fine-tuned ({args.get('epochs')} epochs, lr {args.get('lr')}) with the "
-                           f"cross-entropy of the labels of {', '.join(args.get('data', []))} (mood for 4Q, genre for "
-                           "Emotify) plus the same distillation loss"
-                           if args.get("init") else "") + "."
+            f"- **Teacher{'s' if len(teachers) > 1 else ''}**: "
+            + " and ".join(f"{TEACHER_WORDS.get(t, t)} (`../shared/models/{TEACHER_FILES.get(t, t)}`)" for t in teachers)
+            + " (Pons & Serra, \"musicnn: pre-trained convolutional neural networks for music audio tagging\", ISMIR "
+            "2019 LBD), ISC licence. The student first regresses "
+            + ("both teachers' 200-d embeddings and 50 tag logits side by side" if len(teachers) > 1
+               else "the teacher's 200-d embedding and 50 tag logits")
+            + " (standardised) on 3 s crops of the 4Q audio, with no labels"
+            + (f"; it is then fine-tuned ({facts.get('epochs')} epochs, lr {facts.get('lr')}) with the "
+               f"cross-entropy of the labels of {', '.join(facts.get('data', []))} (mood for 4Q, genre for "
+               "Emotify) plus the same distillation loss" if facts.get("fine_tuned_from") else "") + "."
             + (" The genre student starts from the same distilled student and is trained with the distillation loss on "
                f"{' + '.join(branch.get('trained_on', []))} audio plus the cross-entropy of the Emotify genre labels "
                "(its command is under Reproduce)." if branch else ""),
             honesty(report),
         ]
-    if args.get("wise") is not None:
-        lines.append(f"- **Weight averaging**: {'each' if ensemble else 'the'} shipped mood student is {1 - args['wise']:g} x the "
-                     f"checkpoint its fine-tune started from + {args['wise']:g} x the fine-tuned weights (`train --wise`; WiSE-FT, Wortsman et al., "
+    if facts.get("wise") is not None:
+        lines.append(f"- **Weight averaging**: {'each' if ensemble else 'the'} shipped mood student is {1 - facts['wise']:g} x the "
+                     f"checkpoint its fine-tune started from + {facts['wise']:g} x the fine-tuned weights (`train --wise`; WiSE-FT, Wortsman et al., "
                      "CVPR 2022): the average keeps more of what the start had learnt than the fine-tune alone (compare the "
                      "fine-tune alone, `shipped_strict_cv`, and the distilled student alone, `distill_strict_lr`, in the "
                      "experiments table).")
@@ -192,8 +217,12 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
         "| | window accuracy | window macro-F1 | clip accuracy | clip macro-F1 |",
         "|---|---|---|---|---|",
     ]
-    for task, name, label in (("mood", "student_cnn", "**this model, mood (4Q)**"), ("mood", "teacher_lr", "musicnn teacher + LR, mood (baseline, ~30 ms/window)"),
-                              ("genre", "student_cnn", "**this model, genre (Emotify)**"), ("genre", "teacher_lr", "musicnn teacher + LR, genre")):
+    for task, name, label in (("mood", "student_cnn", "**this model, mood (4Q)**"),
+                              ("mood", "teacher_lr", "musicnn MSD teacher + LR, mood (baseline, ~30 ms/window)"),
+                              ("mood", "teachers_lr", "musicnn MSD + MTT teachers + LR, mood (~60 ms/window)"),
+                              ("genre", "student_cnn", "**this model, genre (Emotify)**"),
+                              ("genre", "teacher_lr", "musicnn MSD teacher + LR, genre"),
+                              ("genre", "teachers_lr", "musicnn MSD + MTT teachers + LR, genre")):
         p = f"{task}_{name}"
         if f"{p}_window_accuracy" in s:
             lines.append(f"| {label} | {_fmt(s, 'window_accuracy', p)} | {_fmt(s, 'window_macro_f1', p)} | "
@@ -209,6 +238,7 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
     if s:
         lines += ["", "Targets: " + "; ".join(f"{name}: {'met' if v is not None and v >= t else 'NOT met'} "
                                              f"({'-' if v is None else f'{v:.3f}'})" for name, v, t in checks) + "."]
+    lines += ["", *valence_arousal_lines(report, info)]
     lines += ["", "Full report with the confusion matrices, per-class numbers, calibration and the non-model baselines: "
               "[`docs/evaluation/report.md`](../docs/evaluation/report.md).", ""]
     if "mood" in report:
@@ -245,9 +275,11 @@ def write_card(path: Path, info, report: dict, check: dict, ck: dict) -> Path:
         "python -m training bench --json docs/evaluation/bench.json",
         "```",
         "",
-        f"Training: {args.get('epochs')} epochs max, batch {args.get('batch')}, AdamW lr {args.get('lr')} warm-up + cosine, seed "
-        f"{args.get('seed')}, early stopping on a 10 % artist-disjoint validation split (best epoch "
-        f"{ck.get('state', {}).get('best_epoch')}). Git commit at export: `{prov.get('git_commit')}`.",
+        (f"Training: {facts.get('epochs')} epochs max, batch {facts.get('batch')}, AdamW lr {facts.get('lr')} "
+         f"warm-up + cosine, seed {facts.get('seed')}, early stopping on a 10 % artist-disjoint validation split "
+         f"(best epoch {facts.get('best_epoch')})." if facts else
+         "Training: the commands above are exact (this model was exported before its metadata recorded the training "
+         "facts as data).") + f" Git commit at export: `{prov.get('git_commit')}`.",
         "",
         f"Export check: max |onnxruntime - torch| = {check.get('max_abs_diff_vs_torch', float('nan')):.1e} on random "
         f"windows of {info.patch_frames} and 40 frames; `sendreturn_mood.model.MoodModel` loads it.",

@@ -4,11 +4,14 @@ The genre target (Emotify clip accuracy >= 0.85) is far above what the small stu
 compute on students we ask what the much heavier musicnn teacher itself reaches with the best classifiers we could
 put on it, each on the same grouped folds as `training evaluate` (clip = window probabilities averaged):
 
-- window-level logistic regression on the teacher's embedding (several C; the max over the grid is optimistic);
+- window-level logistic regression on the teacher's embedding: the evaluation's `LinearHead` (C by inner grouped CV
+  on the training fold), and the same head at several fixed C (the max over that grid is optimistic);
 - an RBF SVM on the same window features; a k-nearest-neighbour vote on clip-mean embeddings;
 - the same classifiers on the teacher's other outputs (tag logits, the 753-d `max_pool` its author recommends for
   transfer, embedding + `max_pool`), to see whether another layer holds more than the embedding;
-- the teacher's embedding concatenated with the hand-crafted librosa descriptors (`training.baselines`);
+- the teacher's embedding concatenated with the hand-crafted librosa descriptors (`training.handcrafted`);
+- both teachers' embeddings (MSD + MagnaTagATune) side by side, when the second teacher is present, also with the
+  SVM-like head a student graph can hold (random Fourier features + the linear head, `training.cv.RandomFeatureHead`);
 - with `--finetune-folds`, musicnn's mid/back end fine-tuned on the labels (front end frozen; `training.musicnn`),
   for a fixed number of epochs (the test fold never picks the epoch);
 - with `--student PATTERN` (a checkpoint per fold, `{k}` = fold, each trained without that fold's test clips), the
@@ -22,13 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 import numpy as np
 
+from training.commandline import invocation
+from training.cv import LinearHead, RandomFeatureHead, SklearnModel, cross_validate, dataset_folds, groups_of
 from training.manifest import GENRES_EMOTIFY, MOODS_4Q, REPO
+from training.recipe import FRONTEND, HOP_FRAMES, PATCH_FRAMES
 
 TASKS = {"genre": ("emotify", GENRES_EMOTIFY), "mood": ("4q", MOODS_4Q)}
 LR_GRID = (0.005, 0.02, 0.1, 0.5)
@@ -44,7 +49,7 @@ FT_JITTER = 16
 
 
 def clip_summary(result: dict) -> dict:
-    """The clip-level numbers of a `training.baselines.cross_validate` result: mean, std and per-fold accuracy."""
+    """The clip-level numbers of a `training.cv.cross_validate` result: mean, std and per-fold accuracy."""
     summary = result["clip"]["summary"]
     return {"clip_accuracy_mean": summary["accuracy_mean"], "clip_accuracy_std": summary["accuracy_std"],
             "folds": [f["accuracy"] for f in result["clip"]["folds"]]}
@@ -78,7 +83,7 @@ def finetune_fold(teacher_path, mels: list[np.ndarray], y: np.ndarray, tr, te, n
     import torch.nn.functional as F
 
     from training.musicnn import MusiCNN
-    from training.teacher import HOP_FRAMES, PATCH_FRAMES, cut_patches, patch_starts
+    from training.teacher import cut_patches, patch_starts
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -118,36 +123,36 @@ def finetune_fold(teacher_path, mels: list[np.ndarray], y: np.ndarray, tr, te, n
         return np.stack([torch.softmax(head(net.back(torch.from_numpy(crops(i, False)))[0]), 1).mean(0).numpy() for i in te])
 
 
-def student_heads(pattern: str, items, names, groups, folds, labels, cache, lr) -> dict:
+def student_heads(pattern: str, items, names, groups, folds, labels, cache) -> dict:
     """Clip accuracy of a linear and an RBF-SVM head on each fold's own student embedding (the student of fold k
     never heard fold k): if the SVM does no better than the linear head, the student's features are the limit."""
-    from training.baselines import cross_validate
-    from training.features import dataset_logmels
+    from training.cache import dataset_logmels
+    from training.checkpoints import load_net
     from training.heads import embed, torch_embedder, windows
-    from training.teacher import TEACHER_SPEC
-    from training.train import load_net
 
-    per_clip, _ = windows(dataset_logmels(items, TEACHER_SPEC, cache))
+    per_clip, _ = windows(dataset_logmels(items, FRONTEND, cache))
     accs: dict[str, list[float]] = {}
+    heads = (("window LR (LinearHead)", lambda: LinearHead(len(labels))),
+             (f"window RBF SVM C={SVM_C}", lambda: SklearnModel(SoftmaxSVC(), len(labels))))
     for k, fold in enumerate(folds):
         net, _ = load_net(pattern.format(k=k))
         fn = torch_embedder(net)
         X = [embed(fn, [w]) for w in per_clip]
-        for name, make in ((f"window LR C={LAYER_C}", lr(LAYER_C)), (f"window RBF SVM C={SVM_C}", SoftmaxSVC)):
-            r = cross_validate(X, names, groups, labels, [fold], lambda Xtr, ytr, _: make().fit(Xtr, ytr))
+        for name, make in heads:
+            r = cross_validate(X, names, groups, labels, [fold], make)
             accs.setdefault(f"student embedding ({pattern}), {name}", []).append(r["clip"]["folds"][0]["accuracy"])
     return {n: {"clip_accuracy_mean": float(np.mean(a)), "clip_accuracy_std": float(np.std(a)), "folds": a} for n, a in accs.items()}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", choices=sorted(TASKS), default="genre")
+    parser.add_argument("--task", choices=sorted(TASKS), default="genre", help="which labels the classifiers learn")
     parser.add_argument("--finetune-folds", type=int, nargs="*", default=[],
                         help="also fine-tune musicnn's back end for these folds (~8 min per fold on one core)")
     parser.add_argument("--epochs", type=int, default=FT_EPOCHS, help="fine-tuning epochs (fixed, not picked on the test fold)")
     parser.add_argument("--student", default=None,
                         help="per-fold student checkpoints, e.g. 'runs/genre/g2_x{k}/best.ckpt': classifiers on their embeddings")
     parser.add_argument("--out", default=None, help="JSON to write (default docs/evaluation/ceiling_<task>.json; .md beside it)")
-    parser.add_argument("--cache", default=None)
+    parser.add_argument("--cache", default=None, help="feature cache folder (None: $SENDRETURN_CACHE, else cache/)")
 
 
 def markdown(res: dict) -> str:
@@ -163,58 +168,62 @@ def markdown(res: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    from training.baselines import HandcraftedRecipe, cross_validate, dataset_features
-    from training.features import cache_dir, dataset_logmels, resolve_dataset
-    from training.metrics import group_folds
-    from training.teacher import TEACHER_PATH, TEACHER_SPEC, dataset_teacher_outputs, teacher_available
+    from training.cache import cache_dir, dataset_logmels, resolve_dataset
+    from training.handcrafted import HandcraftedRecipe, dataset_features
+    from training.teacher import TEACHER_PATH, dataset_teacher_outputs, teacher_available
 
     if not teacher_available():
         raise SystemExit(f"the teacher is missing: {TEACHER_PATH}")
-    warnings.filterwarnings("ignore", category=ConvergenceWarning)
     dataset, labels = TASKS[args.task]
     cache = cache_dir(args.cache)
     items = resolve_dataset(dataset)
     y = np.array([labels.index(it.label) for it in items])
     names = [it.label for it in items]
-    groups = [it.group or it.file for it in items]
-    folds = group_folds(names, groups, 5, 0)
+    groups = groups_of(items)
+    folds = dataset_folds(items)
     outputs = dataset_teacher_outputs(items, cache)
     teacher = [o["embedding"] for o in outputs]
     hand = [w for _, w in dataset_features(items, HandcraftedRecipe(), cache)]
     combined = [np.concatenate([t[: min(len(t), len(h))], h[: min(len(t), len(h))]], axis=1) for t, h in zip(teacher, hand)]
-    argv = sys.argv[sys.argv.index("ceiling") + 1 :] if "ceiling" in sys.argv else sys.argv[1:]
-    res = {"task": args.task, "dataset": dataset, "command": shlex.join(["python", "-m", "training", "ceiling", *argv]), "methods": {}}
+    res = {"task": args.task, "dataset": dataset, "command": invocation("ceiling"), "methods": {}}
 
     def cv(X, make) -> dict:
-        return clip_summary(cross_validate(X, names, groups, labels, folds, lambda Xtr, ytr, _: make().fit(Xtr, ytr)))
+        return clip_summary(cross_validate(X, names, groups, labels, folds, make))
 
-    def lr(C: float):
-        return lambda: make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000))
+    def lr(C: float | None = None):
+        return lambda: LinearHead(len(labels), C=C)
 
+    def svm():
+        return SklearnModel(SoftmaxSVC(), len(labels))
+
+    res["methods"]["teacher embedding, window LR (LinearHead: C by inner grouped CV)"] = cv(teacher, lr())
     for C in LR_GRID:
         res["methods"][f"teacher embedding, window LR C={C}"] = cv(teacher, lr(C))
-    res["methods"][f"teacher embedding, window RBF SVM C={SVM_C}"] = cv(teacher, SoftmaxSVC)
+    res["methods"][f"teacher embedding, window RBF SVM C={SVM_C}"] = cv(teacher, svm)
     clip_means = np.stack([t.mean(axis=0) for t in teacher])
     res["methods"][f"teacher clip-mean embedding, {KNN_K}-NN (cosine)"] = cv(
-        clip_means, lambda: KNeighborsClassifier(KNN_K, metric="cosine"))
+        clip_means, lambda: SklearnModel(KNeighborsClassifier(KNN_K, metric="cosine"), len(labels)))
     res["methods"][f"teacher embedding + hand-crafted, window LR C={COMBINED_C}"] = cv(combined, lr(COMBINED_C))
     layers = {"tag logits": [o["logits"] for o in outputs], "max_pool": [o["max_pool"] for o in outputs],
               "embedding + max_pool": [np.concatenate([o["embedding"], o["max_pool"]], axis=1) for o in outputs]}
+    if teacher_available("mtt"):
+        mtt = dataset_teacher_outputs(items, cache, name="mtt")
+        layers["embedding, MSD + MTT teachers"] = [np.concatenate([a["embedding"], b["embedding"]], axis=1)
+                                                  for a, b in zip(outputs, mtt)]
+        layers["embedding + tag logits, MSD + MTT teachers"] = [
+            np.concatenate([a["embedding"], a["logits"], b["embedding"], b["logits"]], axis=1) for a, b in zip(outputs, mtt)]
     for name, X in layers.items():
         res["methods"][f"teacher {name}, window LR C={LAYER_C}"] = cv(X, lr(LAYER_C))
-        res["methods"][f"teacher {name}, window RBF SVM C={SVM_C}"] = cv(X, SoftmaxSVC)
+        res["methods"][f"teacher {name}, window RBF SVM C={SVM_C}"] = cv(X, svm)
+    if "embedding, MSD + MTT teachers" in layers:  # the SVM-like head a student graph can hold (Linear -> cos -> Linear)
+        res["methods"]["teacher embedding, MSD + MTT teachers, window random Fourier features + LinearHead"] = cv(
+            layers["embedding, MSD + MTT teachers"], lambda: RandomFeatureHead(len(labels)))
     if args.student:
-        res["methods"].update(student_heads(args.student, items, names, groups, folds, labels, cache, lr))
+        res["methods"].update(student_heads(args.student, items, names, groups, folds, labels, cache))
     if args.finetune_folds:
-        mels = dataset_logmels(items, TEACHER_SPEC, cache)
+        mels = dataset_logmels(items, FRONTEND, cache)
         accs = []
         for k in args.finetune_folds:
             t0 = time.time()

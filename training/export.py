@@ -5,8 +5,11 @@ labelled mood clip) and the genre head (same on the genre clips) and fold them i
 export `logmel [batch, n_mels, frames] -> mood_logits, genre_logits, embedding` with dynamic batch and frames;
 embed the `ModelInfo` JSON (front end, patch length, moods with valence/arousal, genres, provenance, metrics);
 then check it: onnxruntime vs torch on the same inputs (a full patch and a short tail window) and
-`sendreturn_mood.model.MoodModel` loads it and predicts. The card is generated from the evaluation report, so every
-number in it comes from a command.
+`sendreturn_mood.model.MoodModel` loads it and predicts. The card is generated from the metadata and the evaluation
+report, so every number in it comes from a command. An existing file is never overwritten without `--force`.
+
+`--refresh MODEL.onnx` re-reads a shipped model's own metadata, puts the current report's numbers into it and
+rewrites its card, leaving the graph and its weights byte for byte as they were (checked).
 """
 
 from __future__ import annotations
@@ -15,18 +18,18 @@ import argparse
 import datetime as dt
 import json
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from training.commandline import git_commit, invocation
 from training.manifest import GENRES_EMOTIFY, MOOD_COORDINATES, MOODS_4Q, REPO
 
 DEFAULT_OUT = REPO / "exported_models" / "mood_cnn.onnx"
+DEFAULT_REPORT = REPO / "docs" / "evaluation" / "report.json"
 OPSET = 18
 VERIFY_ATOL = 1e-3
 DEFAULT_NAME = "mood_cnn"
@@ -34,43 +37,59 @@ NUMBER_WORDS = {2: "Two", 3: "Three", 4: "Four", 5: "Five"}  # for the descripti
 ORDINALS = {2: "second", 3: "third", 4: "fourth", 5: "fifth"}
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def fit_heads(net, mood_items, genre_items, cache, C: float | None, head_input: str = "embedding", genre_net=None) -> dict:
-    """Fit and install the linear heads; returns counts for the provenance. With `genre_net` (a genre branch) the
-    genre head is fitted on that student's embedding instead of `net`'s; a `MoodEnsemble` gets one mood head per
-    member, each fitted on its own member's embedding (as `evaluate` scores it)."""
-    from training.features import dataset_logmels
-    from training.heads import embed, fit_linear, per_member, select_C, set_linear, torch_embedder, windows
+def fit_heads(net, mood_items, genre_items, cache, C: float | None, head_input: str = "embedding", genre_net=None,
+              genre_head: str = "linear") -> dict:
+    """Fit and install the linear heads (`training.cv.LinearHead`, the head evaluation scores); returns counts for
+    the provenance. With `genre_net` (a genre branch) the genre head is fitted on that student's embedding instead of
+    `net`'s; a `MoodEnsemble` gets one mood head per member, each fitted on its own member's embedding."""
+    from training.cache import dataset_logmels
+    from training.cv import LinearHead, groups_of
+    from training.heads import embed, set_linear, torch_embedder, windows
     from training.net import MoodEnsemble
-    from training.teacher import TEACHER_SPEC
+    from training.recipe import FRONTEND
 
     info: dict = {}
     members = list(net.members) if isinstance(net, MoodEnsemble) else [net]
-    jobs = [("mood", mood_items, MOODS_4Q, m) for m in members]
-    jobs.append(("genre", genre_items, GENRES_EMOTIFY, genre_net if genre_net is not None else members[0]))
-    for name, items, labels, owner in jobs:
-        layer = owner.mood if name == "mood" else owner.genre
-        if not items or layer is None:
+    jobs = [("mood", mood_items, MOODS_4Q, members), ("genre", genre_items, GENRES_EMOTIFY,
+                                                      [genre_net if genre_net is not None else members[0]])]
+    for name, items, labels, owners in jobs:
+        layers = [o.mood if name == "mood" else o.genre for o in owners]
+        if not items or any(layer is None for layer in layers):
             continue
-        per_clip, clip_idx = windows(dataset_logmels(items, TEACHER_SPEC, cache))
-        X = embed(torch_embedder(owner, head_input), per_clip)
+        per_clip, clip_idx = windows(dataset_logmels(items, FRONTEND, cache))
+        Xs = [embed(torch_embedder(o, head_input), per_clip) for o in owners]
         y = np.array([labels.index(items[i].label) for i in clip_idx])
-        groups = np.array([items[i].group or items[i].file for i in clip_idx])
-        c = C if C is not None else select_C(X, y, groups, len(labels))
-        W, b = fit_linear(X, y, len(labels), c)
-        set_linear(layer, W, b, owner.distill if head_input == "distill" else None)
-        info.setdefault(name, {"clips": len(items), "windows": int(len(X)), "head_input": head_input, "C": []})["C"].append(c)
-    for head in info.values():
-        head["C"] = per_member(head["C"])
+        groups = np.array(groups_of(items))[clip_idx]
+        if name == "genre" and genre_head == "rff":  # the SVM-like head, as layers in the graph
+            from training.cv import RandomFeatureHead
+            from training.net import RandomFeatureReadout
+
+            if head_input != "embedding":
+                raise SystemExit("export: --genre-head rff reads the embedding (--head-input embedding)")
+            head = RandomFeatureHead(len(labels), C=C).fit(Xs, y, groups)
+            owners[0].genre = RandomFeatureReadout.from_head(head)
+            info[name] = {"clips": len(items), "windows": int(len(clip_idx)), "head_input": head_input,
+                          "C": head.record(), "head": "rff", "random_features": head.n_features}
+            continue
+        head = LinearHead(len(labels), C=C).fit(Xs, y, groups)
+        for owner, layer, (W, b) in zip(owners, layers, head.weights):
+            set_linear(layer, W, b, owner.distill if head_input == "distill" else None)
+        info[name] = {"clips": len(items), "windows": int(len(clip_idx)), "head_input": head_input, "C": head.record()}
+        if name == "mood":
+            info[name]["valence_arousal_zero"] = va_zero(Xs, clip_idx, y, np.array(groups_of(items)), head.chosen)
     if genre_net is not None and "genre" in info:
         info["genre"]["branch"] = "separate genre student (see provenance.genre_branch)"
     return info
+
+
+def va_zero(Xs, clip_idx, y_win, groups_clip, C) -> list[float]:
+    """The valence/arousal zero points the evaluation's calibration fits (`training.valence_arousal`), here on the
+    held-out window probabilities of an inner grouped CV over all labelled mood clips."""
+    from training.valence_arousal import held_out_zero
+
+    y_clip = np.zeros(int(clip_idx.max()) + 1, dtype=int)
+    y_clip[clip_idx] = y_win
+    return list(held_out_zero(Xs, clip_idx, y_clip, groups_clip, MOODS_4Q, np.arange(len(y_clip)), C))
 
 
 def export_onnx(net, path: Path, n_mels: int, patch: int) -> None:
@@ -118,68 +137,66 @@ def verify(net, path: Path, n_mels: int, patch: int) -> dict:
     return {"max_abs_diff_vs_torch": worst, "runtime_loader": "ok"}
 
 
-def init_command(args: dict) -> str | None:
-    """The training command of the checkpoint a fine-tuning run started from (recorded in that checkpoint)."""
-    from training.train import training_command
+def training_facts(ck: dict) -> dict:
+    """The facts about a student's training run that the card states, recorded as data in the metadata."""
+    from training.checkpoints import teachers_of
 
-    init = args.get("init")
-    if not init or not Path(init).is_file():
-        return None
-    import torch
-
-    return training_command(torch.load(init, map_location="cpu", weights_only=False).get("args", {}))
+    a = ck.get("args", {})
+    return {"data": a.get("data", []), "epochs": a.get("epochs"), "batch": a.get("batch"), "lr": a.get("lr"),
+            "seed": a.get("seed"), "best_epoch": ck.get("state", {}).get("best_epoch"), "supervised": bool(a.get("supervised")),
+            "fine_tuned_from": a.get("init"), "wise": a.get("wise"), "teachers": teachers_of(ck)}
 
 
-def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, command: str, teacher_used: bool,
-               genre_ck: dict | None = None, more_mood_cks: tuple[dict, ...] = ()):
+def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, command: str,
+               genre_ck: dict | None = None, more_mood_cks: tuple[dict, ...] = (), va_zero: list[float] | None = None):
     """The model's metadata. `ck` is the (first) mood student's checkpoint; `more_mood_cks` the other members of a
     mood ensemble, whose commands go into provenance.mood_ensemble."""
     from sendreturn_mood.model import ModelInfo, MoodLabel
-    from training.teacher import CITATION, PATCH_FRAMES, TEACHER_SPEC
-    from training.train import training_command
+    from training.checkpoints import command_of, init_command, teachers_of
+    from training.recipe import FRONTEND, PATCH_FRAMES
+    from training.teacher import teacher_model
 
+    teachers = teachers_of(ck)
+    if genre_ck is not None:
+        teachers += [t for t in teachers_of(genre_ck) if t not in teachers]
     citations = [
         "R. Panda, R. Malheiro, R. P. Paiva, \"Novel audio features for music emotion recognition\", IEEE Trans. "
         "Affective Computing, 2018 (4Q dataset)",
         "A. Aljanaki, F. Wiering, R. C. Veltkamp, \"Studying emotion induced by music through a crowdsourcing game\", "
         "Information Processing & Management, 2016 (Emotify)",
-    ]
+    ] + [teacher_model(t).citation for t in teachers]
     args = ck.get("args", {})
-    if teacher_used:
-        citations.append(CITATION)
     if args.get("wise") is not None:
         citations.append("M. Wortsman et al., \"Robust fine-tuning of zero-shot models\", CVPR 2022 (WiSE-FT weight averaging)")
+    teacher_names = " + ".join(f"musicnn {teacher_model(t).tags} model" for t in teachers)
     provenance = {
         "data": ["moods-4q (4Q, artist groups)", "emotify (genres)"],
         "student_trained_on": args.get("data", []),
         "excluded_fold": args.get("exclude_fold"),
         "split": "artist-grouped stratified 5-fold CV for the metrics; final heads fitted on all labelled clips",
-        "training_command": training_command(args),
-        "init_command": init_command(args),
+        "training_command": command_of(ck),
+        "init_command": init_command(ck),
+        "training": training_facts(ck),
+        "teachers": teachers,
         "export_command": command,
         "git_commit": git_commit(),
         "exported": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "licences": {"model": "MIT (project)", "teacher": "musicnn MSD model, ISC (msd_musicnn.LICENSE.md)" if teacher_used else None,
+        "licences": {"model": "MIT (project)", "teacher": f"{teacher_names}, ISC (msd_musicnn.LICENSE.md)" if teachers else None,
                      "data": "4Q and Emotify: research use only; audio not redistributed"},
         "citations": citations,
         "heads": heads,
         "net": ck["cfg"],
     }
     if more_mood_cks:
-        provenance["mood_ensemble"] = [
-            {"seed": a.get("seed"), "training_command": training_command(a), "init_command": init_command(a)}
-            for a in (c.get("args", {}) for c in (ck, *more_mood_cks))
-        ]
+        provenance["mood_ensemble"] = [{"seed": c.get("args", {}).get("seed"), "training_command": command_of(c),
+                                        "init_command": init_command(c)} for c in (ck, *more_mood_cks)]
     if genre_ck is not None:
-        genre_args = genre_ck.get("args", {})
-        provenance["genre_branch"] = {
-            "net": genre_ck["cfg"],
-            "trained_on": genre_args.get("data", []),
-            "training_command": training_command(genre_args),
-            "init_command": init_command(genre_args),
-        }
+        provenance["genre_branch"] = {"net": genre_ck["cfg"], "trained_on": genre_ck.get("args", {}).get("data", []),
+                                      "training_command": command_of(genre_ck), "init_command": init_command(genre_ck),
+                                      "teachers": teachers_of(genre_ck)}
     n_mood = 1 + len(more_mood_cks)
     n_students = n_mood + (genre_ck is not None)
+    teacher_words = " and ".join(f"musicnn ({teacher_model(t).tags})" for t in teachers_of(ck))
     return ModelInfo(
         name=name,
         version=version,
@@ -188,76 +205,151 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
         + (f"; the mood is the mean of {str(NUMBER_WORDS.get(n_mood, n_mood)).lower()} students' logits (same recipe, different seeds)"
            if n_mood > 1 else "")
         + (f"; the genre comes from a {ORDINALS.get(n_students, 'further')} student trained for it" if genre_ck is not None else "") + "; "
-        + ("distilled from musicnn (MSD)" if teacher_used else "trained from scratch")
+        + (f"distilled from {teacher_words}" if teacher_words else "trained from scratch")
         + (", fine-tuned with labels" if args.get("init") and args.get("supervised") else "")
         + (" and averaged with the distilled weights" if args.get("wise") is not None else "")
         + ", linear heads on its embedding",
-        frontend=TEACHER_SPEC,
+        frontend=FRONTEND,
         patch_frames=PATCH_FRAMES,
         moods=tuple(MoodLabel(m, *MOOD_COORDINATES[m]) for m in MOODS_4Q),
         genres=GENRES_EMOTIFY,
         provenance=provenance,
         metrics=metrics,
+        valence_arousal_zero=tuple(va_zero) if va_zero else None,
     )
 
 
+def calibration_helps(report: dict) -> bool:
+    """Ship the valence/arousal zero points only if, in the report's held-out folds, the calibrated signs named the
+    true quadrant more often than the raw ones at both levels (window and clip)."""
+    s = report.get("summary", {})
+    keys = [("mood_student_cnn_va_window_signs_calibrated_mean", "mood_student_cnn_va_window_signs_mean"),
+            ("mood_student_cnn_va_clip_signs_calibrated_mean", "mood_student_cnn_va_clip_signs_mean")]
+    return all(k in s and c in s and s[c] > s[k] for c, k in keys)
+
+
+def refuse_overwrite(paths: list[Path], force: bool) -> None:
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not force:
+        raise SystemExit(f"export: {', '.join(existing)} exists; pass --force to overwrite it (or --out elsewhere)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True,
+    parser.add_argument("--ckpt", default=None,
                         help="training checkpoint (runs/<name>/best.ckpt); A,B = an ensemble of mood students (logits averaged)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"ONNX file to write (default {DEFAULT_OUT})")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="ONNX file to write (refused if it exists, unless --force)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out and its card")
+    parser.add_argument("--refresh", default=None, metavar="MODEL",
+                        help="instead of exporting: put the --report numbers into MODEL's metadata and rewrite its card "
+                             "(weights untouched; None: export --ckpt)")
     parser.add_argument("--genre-ckpt", default=None,
-                        help="a genre branch: a second student whose embedding feeds the genre head (both in one graph)")
+                        help="a genre branch: a second student whose embedding feeds the genre head (both in one graph; "
+                             "None: the genre head reads the mood student)")
     parser.add_argument("--mood-data", default="4q", help="labelled mood clips for the mood head ('' = keep the trained head)")
     parser.add_argument("--genre-data", default="emotify", help="labelled genre clips for the genre head ('' = keep the trained head)")
-    parser.add_argument("--report", default=str(REPO / "docs" / "evaluation" / "report.json"),
-                        help="evaluation report JSON whose summary goes into the metadata and the card")
-    parser.add_argument("--card", default=None, help="model card to write (default: OUT with .md)")
-    parser.add_argument("--name", default=DEFAULT_NAME)
-    parser.add_argument("--version", default="1.0.0")
-    parser.add_argument("--C", type=float, default=None, help="logistic regression C for the heads (default: grouped CV)")
+    parser.add_argument("--report", default=str(DEFAULT_REPORT),
+                        help="evaluation report JSON whose summary goes into the metadata and the card ('' = none)")
+    parser.add_argument("--card", default=None, help="model card to write (None: OUT with .md)")
+    parser.add_argument("--name", default=DEFAULT_NAME, help="model name in the metadata")
+    parser.add_argument("--version", default="1.0.0", help="model version in the metadata")
+    parser.add_argument("--C", type=float, default=None, help="fixed logistic regression C for the heads (None: grouped inner CV)")
     parser.add_argument("--head-input", choices=("embedding", "distill"), default="embedding",
                         help="fit the heads on the embedding or on the distillation output (folded into the graph)")
-    parser.add_argument("--cache", default=None, help="feature cache folder")
+    parser.add_argument("--genre-head", choices=("linear", "rff"), default="linear",
+                        help="genre head: linear, or rff (random Fourier features + linear, an SVM-like head in the graph)")
+    parser.add_argument("--cache", default=None, help="feature cache folder (None: $SENDRETURN_CACHE, else cache/)")
+
+
+def read_report(path: str) -> dict:
+    return json.loads(Path(path).read_text()) if path and Path(path).is_file() else {}
+
+
+def zero_from_model(model, mood_data: str, cache, C: float) -> list[float]:
+    """The valence/arousal zero points of a model exported before they were recorded: the same inner-CV fit as
+    `fit_heads`, on the `embedding` its graph outputs (the features its mood head was fitted on)."""
+    from training.cache import cache_dir, dataset_logmels, resolve_dataset
+    from training.cv import groups_of
+    from training.heads import embed, windows
+
+    items = resolve_dataset(mood_data)
+    per_clip, clip_idx = windows(dataset_logmels(items, model.info.frontend, cache_dir(cache)))
+    X = embed(lambda x: model.session.run(["embedding"], {"logmel": x})[0], per_clip)
+    y = np.array([MOODS_4Q.index(items[i].label) for i in clip_idx])
+    return va_zero([X], clip_idx, y, np.array(groups_of(items)), C)
+
+
+def refresh(args: argparse.Namespace) -> int:
+    """New report numbers into a shipped model's metadata and card; the graph (weights) must stay byte-identical."""
+    import dataclasses
+
+    import onnx
+
+    from sendreturn_mood.model import MoodModel, write_metadata
+    from training.card import write_card
+
+    path = Path(args.refresh)
+    before = onnx.load(str(path)).graph.SerializeToString()
+    model = MoodModel(path)
+    info = model.info
+    report = read_report(args.report)
+    mood_head = info.provenance.get("heads", {}).get("mood", {})
+    if "valence_arousal_zero" not in mood_head and args.mood_data and isinstance(mood_head.get("C"), float):
+        mood_head["valence_arousal_zero"] = zero_from_model(model, args.mood_data, args.cache, mood_head["C"])
+    zero = mood_head.get("valence_arousal_zero")
+    info = dataclasses.replace(info, metrics=report.get("summary", {}),
+                               valence_arousal_zero=tuple(zero) if zero and calibration_helps(report) else None)
+    write_metadata(path, info)
+    if onnx.load(str(path)).graph.SerializeToString() != before:
+        raise RuntimeError(f"{path}: the graph changed while refreshing its metadata")
+    card = Path(args.card) if args.card else path.with_suffix(".md")
+    write_card(card, info, report, info.provenance.get("export_check", {}))
+    print(f"{path}: metadata refreshed from {args.report} (graph unchanged); {card} rewritten")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if args.refresh:
+        return refresh(args)
+    if not args.ckpt:
+        raise SystemExit("export: --ckpt is required (or --refresh MODEL)")
     import torch
 
     from sendreturn_mood.model import write_metadata
+    from training.cache import cache_dir, resolve_dataset
     from training.card import write_card
-    from training.features import cache_dir, resolve_dataset
-    from training.train import load_net, load_student
+    from training.checkpoints import load_net, load_student
 
+    out = Path(args.out)
+    card = Path(args.card) if args.card else out.with_suffix(".md")
+    refuse_overwrite([out, card], args.force)
     torch.set_num_threads(2)
     net, (ck, *more_mood_cks) = load_student(args.ckpt)
     genre_net, genre_ck = load_net(args.genre_ckpt) if args.genre_ckpt else (None, None)
     mood_items = resolve_dataset(args.mood_data) if args.mood_data else []
     genre_items = resolve_dataset(args.genre_data) if args.genre_data else []
-    heads = fit_heads(net, mood_items, genre_items, cache_dir(args.cache), args.C, args.head_input, genre_net)
+    heads = fit_heads(net, mood_items, genre_items, cache_dir(args.cache), args.C, args.head_input, genre_net,
+                      args.genre_head)
     if genre_net is not None:
         from training.net import BranchedNet
 
         net = BranchedNet(net, genre_net)
     net.eval()
-    report = {}
-    if args.report and Path(args.report).is_file():
-        report = json.loads(Path(args.report).read_text())
-    metrics = report.get("summary", {})
-    out = Path(args.out)
-    command = shlex.join(["python", "-m", "training", "export"] + (sys.argv[sys.argv.index("export") + 1 :] if "export" in sys.argv else []))
-    teacher_used = bool(ck["cfg"].get("distill_dim"))
-    info = build_info(ck, args.name, args.version, metrics, heads, command, teacher_used, genre_ck, tuple(more_mood_cks))
+    report = read_report(args.report)
+    zero = heads.get("mood", {}).get("valence_arousal_zero")
+    info = build_info(ck, args.name, args.version, report.get("summary", {}), heads, invocation("export"), genre_ck,
+                      tuple(more_mood_cks), zero if calibration_helps(report) else None)
     export_onnx(net, out, info.frontend.n_mels, info.patch_frames)
     write_metadata(out, info)
     check = verify(net, out, info.frontend.n_mels, info.patch_frames)
+    info.provenance["export_check"] = check  # recorded, so a later --refresh can restate it on the card
+    write_metadata(out, info)
     print(f"{out}: exported and verified ({check['max_abs_diff_vs_torch']:.1e} max |onnxruntime - torch|, runtime loader ok)")
-    if teacher_used and out.resolve().parent == DEFAULT_OUT.parent:
+    if info.provenance["teachers"] and out.resolve().parent == DEFAULT_OUT.parent.resolve():
         from training.teacher import TEACHER_LICENSE
 
         shutil.copyfile(TEACHER_LICENSE, out.parent / TEACHER_LICENSE.name)  # the ISC notice travels with derived weights
-    card = Path(args.card) if args.card else out.with_suffix(".md")
-    write_card(card, info, report, check, ck)
+    write_card(card, info, report, check)
     print(f"{card}: model card written")
     return 0
 

@@ -1,128 +1,45 @@
-"""Compute and cache log-mel features of a dataset with the runtime's own front end.
+"""Compute and cache log-mel features (and the teachers' outputs) of datasets with the runtime's own front end.
 
-Training must see exactly the features the server computes, so this module never re-implements the front end: it
-decodes audio once (cached as float32 .npy at the model rate), resamples with the runtime's resampler and calls
-`sendreturn_mood.frontend.log_mel`. Features are cached under `<cache>/logmel/<FrontEndSpec.key()>/`, so a change
-of recipe can never silently reuse stale features. Datasets are named like everywhere in `training`: a manifest CSV,
-a folder in the ROOT/<label>/ layout, or the shorthands `4q` / `emotify` for the shared research data.
+The work is done by the library modules `training.cache` (decoding, log-mels) and `training.teacher` (musicnn
+outputs on the window grid); this command fills the cache ahead of training so the training runs themselves only
+read it. Datasets: `4q`, `emotify`, a manifest CSV or a ROOT/<label>/ folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import sys
 import time
-from pathlib import Path
-from typing import Iterable
 
-import numpy as np
-
-from sendreturn_mood.frontend import FrontEndSpec, log_mel
-from sendreturn_mood.resample import resample
-from training.manifest import REPO, SHARED_DATA, Item, ManifestError, read_4q, read_emotify, read_folder, read_manifest
-
-DEFAULT_CACHE = REPO / "cache"
-SHORTHANDS = {"4q": lambda: read_4q(SHARED_DATA / "moods-4q"), "emotify": lambda: read_emotify(SHARED_DATA / "emotify")}
-
-
-def cache_dir(path: str | os.PathLike[str] | None = None) -> Path:
-    """The feature cache: explicit path, else $SENDRETURN_CACHE, else `cache/` in the repository (gitignored)."""
-    return Path(path or os.environ.get("SENDRETURN_CACHE") or DEFAULT_CACHE)
-
-
-def resolve_dataset(name: str) -> list[Item]:
-    """`4q`, `emotify`, a manifest CSV or a ROOT/<label>/ folder -> items. Missing shared data is an error here."""
-    if name in SHORTHANDS:
-        root = SHARED_DATA / ("moods-4q" if name == "4q" else "emotify")
-        if not (root / "labels.csv").is_file():
-            raise ManifestError(f"{name}: the shared research data is not at {root}")
-        return SHORTHANDS[name]()
-    path = Path(name)
-    if path.is_dir():
-        return read_folder(path)
-    if path.is_file():
-        return read_manifest(path)
-    raise ManifestError(f"{name}: not '4q', 'emotify', a manifest CSV or a ROOT/<label>/ folder")
-
-
-def file_key(file: str | os.PathLike[str]) -> str:
-    """Cache key of an audio file: absolute path, size and mtime (an edited file is decoded again)."""
-    p = Path(file).resolve()
-    st = p.stat()
-    return hashlib.sha1(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
-
-
-def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    """Write via a temporary name so a killed run never leaves a truncated cache entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
-
-
-def decode(file: str | os.PathLike[str], sample_rate: int) -> np.ndarray:
-    """Any soundfile-readable file (wav, flac, ogg, mp3) -> mono float32 at `sample_rate` (runtime resampler)."""
-    import soundfile as sf
-
-    y, sr = sf.read(str(file), dtype="float32", always_2d=True)
-    y = y.mean(axis=1)
-    if sr != sample_rate:
-        y = resample(y, sr, sample_rate)
-    return np.ascontiguousarray(y, dtype=np.float32)
-
-
-def load_audio(file: str | os.PathLike[str], sample_rate: int, cache: Path | None = None) -> np.ndarray:
-    """Decoded mono audio at `sample_rate`, cached under <cache>/audio/<rate>/."""
-    path = cache_dir(cache) / "audio" / str(sample_rate) / f"{file_key(file)}.npy"
-    if path.is_file():
-        return np.load(path)
-    y = decode(file, sample_rate)
-    _atomic_save(path, y)
-    return y
-
-
-def clip_logmel(file: str | os.PathLike[str], spec: FrontEndSpec, cache: Path | None = None) -> np.ndarray:
-    """Log-mel [n_mels, frames] of a whole clip, cached under <cache>/logmel/<spec.key()>/."""
-    path = cache_dir(cache) / "logmel" / spec.key() / f"{file_key(file)}.npy"
-    if path.is_file():
-        return np.load(path)
-    mel = log_mel(load_audio(file, spec.sample_rate, cache), spec)
-    _atomic_save(path, mel)
-    return mel
-
-
-def dataset_logmels(items: Iterable[Item], spec: FrontEndSpec, cache: Path | None = None, progress: bool = True) -> list[np.ndarray]:
-    """Log-mels of every item, in order (computed once, then read from the cache)."""
-    from tqdm import tqdm
-
-    items = list(items)
-    return [clip_logmel(it.file, spec, cache) for it in tqdm(items, desc="log-mel", disable=not progress, file=sys.stderr)]
+from training.cache import DEFAULT_CACHE, cache_dir, dataset_logmels, resolve_dataset
+from training.recipe import DEFAULT_TEACHERS, FRONTEND, HOP_FRAMES
+from training.teacher import TEACHERS, dataset_teacher_outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("datasets", nargs="+", help="4q, emotify, a manifest CSV or a ROOT/<label>/ folder")
-    parser.add_argument("--cache", default=None, help=f"feature cache folder (default $SENDRETURN_CACHE or {DEFAULT_CACHE})")
-    parser.add_argument("--teacher", action="store_true", help="also cache the musicnn teacher's outputs on patches")
-    parser.add_argument("--teacher-hop", type=int, default=None, help="teacher patch hop in frames (default: training.teacher)")
+    parser.add_argument("--cache", default=None,
+                        help=f"feature cache folder (default: $SENDRETURN_CACHE, else {DEFAULT_CACHE})")
+    parser.add_argument("--teacher", action="store_true", help="also cache the teachers' outputs on every window (default: off)")
+    parser.add_argument("--teachers", nargs="+", choices=sorted(TEACHERS), default=list(DEFAULT_TEACHERS),
+                        help=f"which teachers --teacher runs (default: {' '.join(DEFAULT_TEACHERS)})")
+    parser.add_argument("--teacher-hop", type=int, default=HOP_FRAMES,
+                        help=f"teacher patch hop in frames (default: {HOP_FRAMES}, the runtime's hop)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.teacher import TEACHER_SPEC, dataset_teacher_outputs
-
+    cache = cache_dir(args.cache)
     for name in args.datasets:
         items = resolve_dataset(name)
         t0 = time.time()
-        mels = dataset_logmels(items, TEACHER_SPEC, cache_dir(args.cache))
+        mels = dataset_logmels(items, FRONTEND, cache)
         frames = sum(m.shape[1] for m in mels)
-        print(f"{name}: {len(items)} clips, {frames} frames ({TEACHER_SPEC.frames_to_seconds(frames) / 3600:.2f} h) "
-              f"log-mel cached under {cache_dir(args.cache) / 'logmel' / TEACHER_SPEC.key()} in {time.time() - t0:.0f} s")
-        if args.teacher:
-            kw = {"hop_frames": args.teacher_hop} if args.teacher_hop else {}
+        print(f"{name}: {len(items)} clips, {frames} frames ({FRONTEND.frames_to_seconds(frames) / 3600:.2f} h) "
+              f"log-mel cached under {cache / 'logmel' / FRONTEND.key()} in {time.time() - t0:.0f} s")
+        for teacher in args.teachers if args.teacher else ():
             t0 = time.time()
-            outs = dataset_teacher_outputs(items, cache=cache_dir(args.cache), **kw)
-            print(f"{name}: teacher outputs for {sum(len(o['starts']) for o in outs)} patches in {time.time() - t0:.0f} s")
+            outs = dataset_teacher_outputs(items, cache, args.teacher_hop, name=teacher)
+            print(f"{name}: teacher {teacher} outputs for {sum(len(o['starts']) for o in outs)} patches in {time.time() - t0:.0f} s")
     return 0
 
 

@@ -1,9 +1,10 @@
-"""Linear mood/genre heads on a frozen embedding: windows -> embeddings -> logistic regression -> logits.
+"""What a head sees: windows -> a student's embeddings, and a fitted head copied into the network.
 
-The same few functions serve evaluation (a head fitted per fold on the training fold's windows only) and export
-(a head fitted on all labelled windows, then folded into the network's final Linear layer so the ONNX file computes
-it). Heads are trained per window (3 s patch), not on clip averages, because the runtime classifies single windows;
-clip-level results average the window probabilities.
+The heads themselves (standardised, class-balanced logistic regression, C by inner grouped CV) are
+`training.cv.LinearHead`, the same for the student and every baseline. They are trained per window (3 s patch), not
+on clip averages, because the runtime classifies single windows; clip-level results average window probabilities.
+Export fits the same head on all labelled windows and folds it into the network's final Linear layer, so the ONNX
+file computes exactly what evaluation scored.
 """
 
 from __future__ import annotations
@@ -12,14 +13,11 @@ from typing import Callable
 
 import numpy as np
 
-from training.teacher import HOP_FRAMES, PATCH_FRAMES, cut_patches, patch_starts
+from training.recipe import HOP_FRAMES, PATCH_FRAMES
+from training.teacher import cut_patches, patch_starts
 
-LR_C = 0.5  # inverse L2 strength of the logistic-regression heads when not selected by inner CV
-C_GRID = (0.001, 0.005, 0.02, 0.1, 0.5)  # candidates for `select_C` (inner grouped CV on the training data only); 0.001 added
-# when strict CV kept picking the old lower edge (0.005) on every fold
-INNER_FOLDS = 3
-LR_MAX_ITER = 2000
 EMBED_BATCH = 64
+HEAD_INPUTS = ("embedding", "distill")
 
 
 def windows(mels: list[np.ndarray], patch: int = PATCH_FRAMES, hop: int = HOP_FRAMES) -> tuple[list[np.ndarray], np.ndarray]:
@@ -33,9 +31,6 @@ def embed(fn: Callable[[np.ndarray], np.ndarray], per_clip: list[np.ndarray], ba
     """Apply an embedding function batch-wise to all windows -> [n_windows, d]."""
     allw = np.concatenate(per_clip)
     return np.concatenate([fn(allw[i : i + batch]) for i in range(0, len(allw), batch)])
-
-
-HEAD_INPUTS = ("embedding", "distill")
 
 
 def torch_embedder(net, head_input: str = "embedding") -> Callable[[np.ndarray], np.ndarray]:
@@ -53,65 +48,6 @@ def torch_embedder(net, head_input: str = "embedding") -> Callable[[np.ndarray],
             return (net.distill(e) if head_input == "distill" else e).numpy()
 
     return fn
-
-
-def fit_linear(X: np.ndarray, y: np.ndarray, n_classes: int, C: float = LR_C, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Standardise + multinomial logistic regression, folded into one affine map: logits = X @ W.T + b."""
-    from sklearn.linear_model import LogisticRegression
-
-    mean = X.mean(axis=0)
-    scale = X.std(axis=0) + 1e-6
-    lr = LogisticRegression(C=C, max_iter=LR_MAX_ITER, random_state=seed, class_weight="balanced")
-    lr.fit((X - mean) / scale, y)
-    W = np.zeros((n_classes, X.shape[1]))
-    b = np.full(n_classes, -30.0)  # a class absent from training gets ~zero probability
-    for k, cls in enumerate(lr.classes_):
-        W[cls] = lr.coef_[k] / scale if len(lr.classes_) > 2 else 0.0
-        b[cls] = lr.intercept_[k] - (lr.coef_[k] / scale) @ mean if len(lr.classes_) > 2 else 0.0
-    if len(lr.classes_) == 2:  # binary sklearn models have one coefficient row: logit(class1) - logit(class0)
-        w = lr.coef_[0] / scale
-        W[lr.classes_[1]], b[lr.classes_[1]] = w, lr.intercept_[0] - w @ mean
-        W[lr.classes_[0]], b[lr.classes_[0]] = 0.0, 0.0
-    return W.astype(np.float32), b.astype(np.float32)
-
-
-def select_C(X: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, grid=C_GRID, seed: int = 0) -> float:
-    """Pick C by grouped inner cross-validation on training windows only (window log-likelihood), so the outer test
-    fold never influences the choice."""
-    from training.metrics import group_folds
-
-    clip_groups = np.asarray(groups)
-    folds = group_folds(y.astype(str).tolist(), clip_groups.tolist(), INNER_FOLDS, seed)
-    scores = []
-    for C in grid:
-        nll = 0.0
-        for tr, te in folds:
-            W, b = fit_linear(X[tr], y[tr], n_classes, C, seed)
-            p = linear_probs(X[te], W, b)
-            nll -= np.log(np.clip(p[np.arange(len(te)), y[te]], 1e-12, 1)).sum()
-        scores.append(nll)
-    return float(grid[int(np.argmin(scores))])
-
-
-def linear_probs(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return softmax(X @ W.T + b)
-
-
-def ensemble_probs(Xs: list[np.ndarray], heads: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Class probabilities of several members' linear heads: softmax of their mean logits, as `MoodEnsemble` computes."""
-    return softmax(np.mean([X @ W.T + b for X, (W, b) in zip(Xs, heads)], axis=0))
-
-
-def per_member(values: list):
-    """How a per-member quantity (e.g. each head's C) is recorded: the plain value for a single student, the list
-    for an ensemble, so single-student reports and metadata keep their old shape."""
-    return values[0] if len(values) == 1 else values
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def set_linear(layer, W: np.ndarray, b: np.ndarray, through=None) -> None:

@@ -12,7 +12,17 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg")
-REPO = Path(__file__).resolve().parent.parent
+_SOURCE = Path(__file__).resolve().parent.parent
+
+
+def project_root() -> Path:
+    """Where training's default inputs and outputs live: the source checkout this code runs from, or, for an
+    installed copy (no pyproject.toml beside the package, e.g. site-packages), the current directory. So no default
+    ever points into site-packages."""
+    return _SOURCE if (_SOURCE / "pyproject.toml").is_file() else Path.cwd()
+
+
+REPO = project_root()
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # 4Q quadrants as the product's moods (Russell's circumplex): the labels the shipped model predicts.

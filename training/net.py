@@ -90,6 +90,35 @@ class MoodNet(nn.Module):
         return out
 
 
+class RandomFeatureReadout(nn.Module):
+    """`training.cv.RandomFeatureHead` as layers: logits = W (sqrt(2/D) cos(A e + c)) + b, where A and c fold in the
+    head's standardisation and its random projection. Why: an RBF-kernel-like head (an SVM was clearly better than
+    a linear head on the teachers' genre features) that is still two matrix products and a cosine in the graph."""
+
+    def __init__(self, A, c, W, b) -> None:
+        super().__init__()
+        self.project = nn.Linear(A.shape[1], A.shape[0])
+        self.out = nn.Linear(W.shape[1], W.shape[0])
+        with torch.no_grad():
+            self.project.weight.copy_(torch.as_tensor(A, dtype=torch.float32))
+            self.project.bias.copy_(torch.as_tensor(c, dtype=torch.float32))
+            self.out.weight.copy_(torch.as_tensor(W, dtype=torch.float32))
+            self.out.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
+
+    @classmethod
+    def from_head(cls, head) -> "RandomFeatureReadout":
+        """From a fitted `RandomFeatureHead` (numpy), folding sqrt(2/D) into the output layer."""
+        import numpy as np
+
+        A = (head.omega / head.scale[:, None]).T
+        c = head.phase - (head.mean / head.scale) @ head.omega
+        W, b = head.linear.weights[0]
+        return cls(A, c, W * np.sqrt(2.0 / head.n_features), b)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cos(self.project(e)))
+
+
 class MoodEnsemble(nn.Module):
     """Several mood students (e.g. the same recipe from different seeds) read as one: the embedding is theirs
     concatenated, the mood logits the mean of their own heads' logits (each head fitted on its member's embedding).

@@ -32,7 +32,7 @@ SEED = 0
 
 def load_windows(data: list[str], spec, patch: int, hop: int, cache) -> list[tuple[str, str, np.ndarray]]:
     """(dataset, label, [n, n_mels, patch] windows) per clip, cut on the runtime's grid."""
-    from training.features import dataset_logmels, resolve_dataset
+    from training.cache import dataset_logmels, resolve_dataset
     from training.heads import windows
 
     clips = []
@@ -111,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from sendreturn_mood.model import MoodModel
-    from training.features import cache_dir
+    from training.cache import cache_dir
     from training.teacher import HOP_FRAMES
 
     model = Path(args.model) if args.model else MoodModel().path

@@ -367,12 +367,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--features", default=f"{FEATURE_EMBEDDING},{EMBEDDING_ALONE},{FEATURE_LOGMEL}",
         help=f"detector features to evaluate ({EMBEDDING_ALONE}: the embedding without the genre probabilities)",
     )
-    parser.add_argument("--songs-per-stream", type=int, default=SONGS_PER_STREAM)
+    parser.add_argument("--songs-per-stream", type=int, default=SONGS_PER_STREAM, help="songs concatenated into each test stream")
     parser.add_argument("--gap", type=float, default=2.0, help="seconds of silence between songs in the `gap` streams")
     parser.add_argument("--crossfade", type=float, default=3.0, help="seconds of crossfade in the `crossfade` streams")
     parser.add_argument("--tolerance", type=float, default=3.0, help="a detection within this many seconds of a boundary is a hit")
     parser.add_argument("--limit", type=int, help="use only this many songs (quick runs; the report is then not the real one)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the song shuffle and the tune/report split")
     parser.add_argument("--out", help="write the results as JSON here (e.g. docs/evaluation/trackchange.json)")
     parser.add_argument("--report", help="write the Markdown report here (e.g. docs/evaluation/trackchange.md)")
 

@@ -4,7 +4,9 @@ One readable loop. Each epoch visits every cached teacher patch of every clip on
 augmentation on the student's input only: random crop jitter around the patch, random gain (applied in the power
 domain, exactly as louder audio would be), optional mixing of two crops (distillation targets mixed linearly) and
 spectrogram masking (time and mel bands). The target is the teacher's standardised embedding + tag logits, so the
-student learns the teacher's view of the music without needing any label. With `--supervised`, labelled clips add
+student learns the teacher's view of the music without needing any label. With `--teachers msd mtt` the target is
+both teachers' embeddings + tag logits side by side (one regression head predicts all of them): the MagnaTagATune
+model describes instrumentation and texture, the MSD model era, scene and genre words, and the student learns both. With `--supervised`, labelled clips add
 a cross-entropy term (mood labels for 4Q-style datasets, genre labels for Emotify-style ones), balanced per class.
 
 Honesty in cross-validation: `--exclude-fold K` leaves the audio of 4Q fold K's test clips out of training entirely
@@ -38,7 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
+from training.checkpoints import interpolate
+from training.commandline import PROG
 from training.manifest import GENRES_EMOTIFY, MOODS_4Q, Item
+from training.recipe import DEFAULT_TEACHERS, FOLD_SEED, HOP_FRAMES, N_SPLITS, PATCH_FRAMES
 
 DEFAULT_OUT = Path("runs") / "student"
 VALID_FRACTION = 0.1
@@ -127,21 +132,23 @@ def mix(x, targets, rng: np.random.Generator):
 class Data:
     """Clips' log-mels in memory, the list of patches and (with the teacher) their distillation targets."""
 
-    def __init__(self, items: list[Item], cache: Path | None, hop_frames: int, use_teacher: bool = True) -> None:
-        from training.features import dataset_logmels
-        from training.teacher import PATCH_FRAMES, TEACHER_SPEC, dataset_teacher_outputs, patch_starts
+    def __init__(self, items: list[Item], cache: Path | None, hop_frames: int, teachers: tuple[str, ...] = DEFAULT_TEACHERS) -> None:
+        from training.cache import dataset_logmels
+        from training.recipe import FRONTEND
+        from training.teacher import dataset_teacher_outputs, patch_starts
 
         self.items = items
         self.patch = PATCH_FRAMES
-        self.mels = [np.ascontiguousarray(m, dtype=np.float32) for m in dataset_logmels(items, TEACHER_SPEC, cache)]
+        self.mels = [np.ascontiguousarray(m, dtype=np.float32) for m in dataset_logmels(items, FRONTEND, cache)]
         self.patches: list[Patch] = []
         self.targets: np.ndarray | None = None
-        if use_teacher:
+        if teachers:  # every teacher runs on the same window grid, so their rows line up
+            per_teacher = [dataset_teacher_outputs(items, cache, hop_frames, name=t) for t in teachers]
             rows = []
-            for c, o in enumerate(dataset_teacher_outputs(items, cache, hop_frames)):
-                for s, e, lg in zip(o["starts"], o["embedding"], o["logits"]):
+            for c, outs in enumerate(zip(*per_teacher)):
+                for i, s in enumerate(outs[0]["starts"]):
                     self.patches.append(Patch(c, int(s), len(rows)))
-                    rows.append(np.concatenate([e, lg]))
+                    rows.append(np.concatenate([np.concatenate([o["embedding"][i], o["logits"][i]]) for o in outs]))
             self.targets = np.stack(rows).astype(np.float32)
         else:
             for c, m in enumerate(self.mels):
@@ -181,10 +188,9 @@ def train(args: argparse.Namespace) -> Path:
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from training.features import cache_dir, resolve_dataset
-    from training.metrics import group_folds
+    from training.cache import cache_dir, resolve_dataset
+    from training.cv import dataset_folds
     from training.net import MoodNet, NetConfig, count_parameters
-    from training.teacher import HOP_FRAMES
 
     if args.wise is not None and not (args.init and 0.0 <= args.wise <= 1.0):
         raise SystemExit("--wise needs --init (the weights to average with) and a value in [0, 1]")
@@ -198,14 +204,13 @@ def train(args: argparse.Namespace) -> Path:
     for name in args.data:
         ds = resolve_dataset(name)
         if args.exclude_fold is not None and name in args.fold_data:
-            folds = group_folds([i.label for i in ds], [i.group or i.file for i in ds], args.folds, args.fold_seed)
-            test = set(folds[args.exclude_fold][1].tolist())
+            test = set(dataset_folds(ds, args.folds, args.fold_seed)[args.exclude_fold][1].tolist())
             excluded += len(test)
             ds = [it for k, it in enumerate(ds) if k not in test]
         items += ds
     use_teacher = not args.no_teacher
     supervised = args.supervised or not use_teacher
-    data = Data(items, cache_dir(args.cache), args.teacher_hop or HOP_FRAMES, use_teacher)
+    data = Data(items, cache_dir(args.cache), args.teacher_hop, tuple(args.teachers) if use_teacher else ())
     valid_clip = split_groups(items, VALID_FRACTION, args.seed)
     train_p = [p for p in data.patches if not valid_clip[p.clip]]
     valid_p = [p for p in data.patches if valid_clip[p.clip]]
@@ -306,7 +311,8 @@ def train(args: argparse.Namespace) -> Path:
         print(f"epoch {epoch + 1}: train {json.dumps({k: round(v / max(n, 1), 4) for k, v in sums.items()})} "
               f"valid loss {val:.4f} ({time.time() - t0:.0f} s)", file=sys.stderr)
         ckpt = {"net": net.state_dict(), "cfg": cfg.to_dict(), "opt": opt.state_dict(),
-                "state": state, "target_mean": t_mean, "target_std": t_std, "args": vars(args), "items": [it.file for it in items]}
+                "state": state, "target_mean": t_mean, "target_std": t_std, "args": vars(args), "items": [it.file for it in items],
+                "command": training_command(vars(args))}
         improved = val < state["best_val"]
         if improved:
             state["best_val"], state["best_epoch"] = val, epoch + 1
@@ -330,78 +336,45 @@ def train(args: argparse.Namespace) -> Path:
     return out / "best.ckpt"
 
 
-def interpolate(init: dict, tuned: dict, alpha: float) -> dict:
-    """Checkpoint `tuned` with every floating-point tensor replaced by (1 - alpha) * init + alpha * tuned (integer
-    buffers such as batch-norm counters stay the tuned ones). Both must be the same network: a fine-tune and its init."""
-    if init["cfg"] != tuned["cfg"]:
-        raise ValueError(f"cannot average different networks: {init['cfg']} vs {tuned['cfg']}")
-    net = {k: (1 - alpha) * init["net"][k] + alpha * v if v.is_floating_point() else v for k, v in tuned["net"].items()}
-    return {**tuned, "net": net}
-
-
-def load_net(ckpt_path: str | os.PathLike[str]):
-    """(MoodNet in eval mode, checkpoint dict) from a training checkpoint."""
-    import torch
-
-    from training.net import MoodNet, NetConfig
-
-    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    net = MoodNet(NetConfig.from_dict(ck["cfg"]))
-    net.load_state_dict(ck["net"])
-    net.eval()
-    return net, ck
-
-
-ENSEMBLE_SEP = ","  # `--ckpt A,B`: the mood students of one ensemble (see training.net.MoodEnsemble)
-
-
-def ensemble_members(spec: str) -> list[str]:
-    """The checkpoint paths in a `--ckpt` value: one for a single student, several for an ensemble `A,B`."""
-    return spec.split(ENSEMBLE_SEP)
-
-
-def load_student(spec: str):
-    """(net in eval mode, [checkpoint dicts]) from `PATH` (one MoodNet) or `PATH,PATH,...` (a MoodEnsemble)."""
-    from training.net import MoodEnsemble
-
-    loaded = [load_net(p) for p in ensemble_members(spec)]
-    if len(loaded) == 1:
-        return loaded[0][0], [loaded[0][1]]
-    return MoodEnsemble([n for n, _ in loaded]).eval(), [ck for _, ck in loaded]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", nargs="+", default=["4q", "emotify"], help="datasets whose audio is used (4q, emotify, manifest CSV, folder)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"run folder for checkpoints and history (default {DEFAULT_OUT})")
-    parser.add_argument("--cache", default=None, help="feature cache folder")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    from training.teacher import TEACHERS
+
+    parser.add_argument("--data", nargs="+", default=["4q", "emotify"],
+                        help="datasets whose audio is used (4q, emotify, manifest CSV, folder)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="run folder for checkpoints and history")
+    parser.add_argument("--cache", default=None, help="feature cache folder (None: $SENDRETURN_CACHE, else cache/)")
+    parser.add_argument("--epochs", type=int, default=12, help="maximum number of epochs")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests; None: no limit)")
+    parser.add_argument("--batch", type=int, default=64, help="windows per optimisation step")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW, warm-up then cosine)")
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     parser.add_argument("--patience", type=int, default=3, help="early stopping patience in epochs")
-    parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
-    parser.add_argument("--embedding", type=int, default=128)
+    parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128], help="channels of the CNN blocks")
+    parser.add_argument("--embedding", type=int, default=128, help="embedding size (the linear heads' input)")
     parser.add_argument("--supervised", action="store_true", help="add mood/genre cross-entropy on labelled clips")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS),
                         help="which labels --supervised learns from (e.g. only genre for a genre branch)")
     parser.add_argument("--no-teacher", action="store_true", help="no distillation: supervised cross-entropy only")
-    parser.add_argument("--ce-weight", type=float, default=0.5)
+    parser.add_argument("--teachers", nargs="+", choices=sorted(TEACHERS), default=list(DEFAULT_TEACHERS),
+                        help="distil from these teachers together (their embeddings + tag logits side by side)")
+    parser.add_argument("--ce-weight", type=float, default=0.5, help="weight of the cross-entropy next to the distillation loss")
     parser.add_argument("--mix", action="store_true", help="mix pairs of crops (power domain)")
     parser.add_argument("--no-masks", action="store_true", help="no spectrogram masking")
-    parser.add_argument("--exclude-fold", type=int, default=None, help="leave out the test clips of this fold of --fold-data")
+    parser.add_argument("--exclude-fold", type=int, default=None,
+                        help="leave out the test clips of this fold of --fold-data (None: train on everything)")
     parser.add_argument("--fold-data", nargs="+", default=["4q"],
                         help="datasets whose fold --exclude-fold is left out (the same folds as `evaluate`)")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--fold-seed", type=int, default=0)
-    parser.add_argument("--teacher-hop", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--folds", type=int, default=N_SPLITS, help="number of grouped folds --exclude-fold counts in")
+    parser.add_argument("--fold-seed", type=int, default=FOLD_SEED, help="seed of the grouped folds")
+    parser.add_argument("--teacher-hop", type=int, default=HOP_FRAMES, help="frames between cached teacher windows")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, order and augmentation")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (use 1 on a shared machine)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
-    parser.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning a distilled student)")
+    parser.add_argument("--init", default=None,
+                        help="start from this checkpoint's weights (fine-tuning a distilled student; None: random)")
     parser.add_argument("--wise", type=float, default=None, metavar="ALPHA",
                         help="with --init: best.ckpt = (1 - ALPHA) * init + ALPHA * fine-tuned weights (WiSE-FT); "
-                             "the fine-tuned ones stay in tuned.ckpt")
+                             "the fine-tuned ones stay in tuned.ckpt (None: no averaging)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -410,13 +383,15 @@ def training_command(args: dict) -> str:
     the options that differ from the defaults), so it is exact however the run was started."""
     p = argparse.ArgumentParser()
     add_arguments(p)
-    parts = ["python", "-m", "training", "train"]
+    parts = [*PROG, "train"]
     for action in p._actions:
         if not action.option_strings or action.dest == "help" or action.dest not in args:
             continue
         value = args[action.dest]
         if isinstance(value, str) and isinstance(action.default, list):
             value = [value]  # older checkpoints stored single-dataset options as a string
+        if action.dest == "teacher_hop" and value is None:
+            continue  # older checkpoints stored the default hop as None
         if value == action.default or (isinstance(value, (list, tuple)) and list(value) == list(action.default or [])):
             continue
         flag = action.option_strings[0]

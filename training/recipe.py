@@ -1,0 +1,36 @@
+"""The shipped recipe's constants, in one place: front end, window grid, folds, linear heads, training stages.
+
+Every command reads these instead of keeping its own copy, so a comparison between two models (or between the
+student and a baseline) can only differ in what the experiment changes. `docs/evaluation/reproduce.md` gives the
+commands that use them; measured results live there and in the model card, not here.
+"""
+
+from __future__ import annotations
+
+from sendreturn_mood.frontend import FrontEndSpec
+
+# -- front end and window grid (the runtime's geometry; musicnn's own recipe so one log-mel cache serves teacher
+# and student) -------------------------------------------------------------------------------------------------
+FRONTEND = FrontEndSpec(
+    sample_rate=16000, n_fft=512, hop_length=256, n_mels=96, fmin=0.0, fmax=8000.0, mel_norm="slaney",
+    log="log10_scaled", log_scale=10000.0, log_offset=1.0, quantize="float16",
+)
+PATCH_FRAMES = 187  # 3 s, what musicnn was trained on and what the runtime classifies
+HOP_FRAMES = 94  # ~1.5 s between windows (the runtime hop): ~19 windows per 30 s clip
+
+# -- cross-validation: the one definition of the folds (`training.cv.dataset_folds`) --------------------------------
+N_SPLITS = 5
+FOLD_SEED = 0
+
+# -- linear heads: one rule for every head, the student's and every baseline's (`training.cv.LinearHead`) -----------
+C_GRID = (0.001, 0.005, 0.02, 0.1, 0.5, 2.0)  # inverse L2 strength candidates (log-spaced, x4-5 apart)
+INNER_FOLDS = 3  # grouped inner CV on the training fold only; C maximises held-out window log-likelihood
+LR_MAX_ITER = 2000
+
+# -- teachers ----------------------------------------------------------------------------------------------------
+DEFAULT_TEACHERS = ("msd",)  # the distillation targets of the 1.x students (`training.teacher.TEACHERS`)
+
+# -- the training stages of the shipped chain (train options; `python -m training chain` runs them per fold) -------
+DISTILL = {"epochs": 8}  # label-free distillation on the mood data's audio
+FINE_TUNE = {"supervised": True, "ce_weight": 1.0, "epochs": 2, "lr": 0.001, "wise": 0.5}  # mood labels, WiSE average
+GENRE_BRANCH = {"supervised": True, "tasks": ["genre"], "ce_weight": 1.0, "epochs": 4, "patience": 4, "lr": 0.001}
