@@ -91,6 +91,16 @@ class Broker:
         """Bring a local room's view of the shared state (preset, a source on another process) up to date before
         a listener is welcomed. In memory the local room is the whole truth."""
 
+    async def reserved_for(self, room: str) -> str | None:
+        """The subject another process holds this room's source slot for (a reserving token's source that is
+        connected there or left less than `server.auth.reserve_seconds` ago), or None. In memory the server's own
+        `auth.SourceReservations` is the whole truth, so there is never another process's reservation."""
+        return None
+
+    def hold_source(self, room: str, subject: str, seconds: float, connected: bool) -> None:
+        """Hold `room`'s source slot for `subject` across the cluster: while its source is connected (`connected`,
+        renewed with its lease) or for `seconds` after it left."""
+
     # -------------------------------------------------------------------------------------------- membership
 
     def room_opened(self, room: "Room") -> None:

@@ -8,6 +8,9 @@ room (other than the process of its source) is subscribed to it. What must be de
                              process that dies stops renewing, the key expires, and listeners elsewhere are told
     {prefix}room:{room}      hash: seq (the highest published: a source that moves continues above it), preset,
                              track, audio_seconds - what `GET /v1/rooms/{room}` and a late listener's welcome need
+    {prefix}resv:{room}      the subject a reserving source's slot is held for (while it is connected, renewed with
+                             its lease, and `server.auth.reserve_seconds` after it left), so no other client can
+                             take the room on any process while that source reconnects
     {prefix}members:{room}   hash: node -> listeners of the room on that node
     {prefix}nodes            sorted set: node -> last heartbeat (ms); a node missing heartbeats is dead
     {prefix}node:{node}      hash: connections, rooms of that node (expires with it)
@@ -121,6 +124,7 @@ class RedisBroker(Broker):
         self._pending: collections.deque[tuple[str, tuple[Any, ...]]] = collections.deque()
         self._wake = asyncio.Event()
         self._claims: dict[str, str] = {}  # room -> holder, for this node's sources
+        self._holds: dict[str, tuple[str, float]] = {}  # room -> (subject, hold seconds) of this node's reserving sources
         self._wanted: set[str] = set()  # rooms with local listeners and a source elsewhere: subscribed
         self._subscribed: set[str] = set()
         self._sub_lock = asyncio.Lock()
@@ -323,6 +327,25 @@ class RedisBroker(Broker):
         except CallErrors:
             return False
 
+    async def reserved_for(self, room: str) -> str | None:
+        if not self._up or self._redis is None:
+            return None
+        try:
+            holder = await self._redis.get(self._k("resv", room))
+        except CallErrors:
+            return None
+        return str(holder) if holder else None
+
+    def hold_source(self, room: str, subject: str, seconds: float, connected: bool) -> None:
+        if connected:
+            self._holds[room] = (subject, seconds)
+            ms = self.lease_ms + int(seconds * 1000)
+        else:
+            self._holds.pop(room, None)
+            ms = int(seconds * 1000)
+        if ms > 0:
+            self._queue("resv", (room, subject, ms))
+
     async def _renew(self) -> None:
         """Renew this node's slots; a slot that another holder has now is lost: its local source is closed."""
         if not self._claims or self._redis is None:
@@ -465,6 +488,9 @@ class RedisBroker(Broker):
                     self._members(pipe, args[0])
                 elif op == "state":
                     self._state(pipe, args[0])
+                elif op == "resv":
+                    room, subject, ms = args
+                    pipe.set(self._k("resv", room), subject, px=ms)
                 else:  # sadd / srem
                     getattr(pipe, op)(*args)
             try:
@@ -538,6 +564,8 @@ class RedisBroker(Broker):
         for room in rooms:
             if room.source is not None and room.name in self._claims:
                 pipe.hset(self._k("room", room.name), "audio_seconds", round(room.audio_seconds, 3))
+        for name, (subject, seconds) in self._holds.items():  # a crashed process's holds expire after `seconds`
+            pipe.set(self._k("resv", name), subject, px=self.lease_ms + int(seconds * 1000))
         await pipe.execute()
 
     async def _watch_remote_sources(self) -> None:

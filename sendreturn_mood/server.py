@@ -308,6 +308,10 @@ class MoodServer:
         takeover = params.is_source and self.reservations.check(params.room, grant, time.time())
         if takeover:
             await self._replace_source(params.room, grant)
+        elif params.is_source:  # a reservation held on another process of the cluster
+            holder = await self.broker.reserved_for(params.room)
+            if holder is not None and holder != grant.subject:
+                raise Refusal(protocol.SOURCE_TAKEN, f"room {protocol.shown(params.room)}'s source slot is reserved for its source")
         try:
             self.rooms.check_join(params.room, params.is_source)
         except RoomError as e:
@@ -440,6 +444,8 @@ class MoodServer:
             if claim is not None:
                 await self.broker.release_source(params.room, claim.holder)
                 self.reservations.disconnected(params.room, grant, time.time())
+                if grant.reserve and grant.subject is not None:
+                    self.broker.hold_source(params.room, grant.subject, self.reservations.hold_seconds, connected=False)
             self.client_limits.remove(conn.address, params.room)
             self.connections -= 1
             self.metrics.connections.dec(role=params.role)
@@ -474,6 +480,8 @@ class MoodServer:
             await self.broker.sync_room(room)
         else:
             self.reservations.connected(params.room, conn.grant)
+            if conn.grant.reserve and conn.grant.subject is not None:
+                self.broker.hold_source(params.room, conn.grant.subject, self.reservations.hold_seconds, connected=True)
         return room, claim
 
     def _source_lost(self, room: Room) -> None:

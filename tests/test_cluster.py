@@ -332,3 +332,33 @@ async def test_two_sources_accepted_while_redis_was_away_are_reconciled(cluster,
     finally:
         await ws_a.close()
         await ws_b.close()
+
+
+async def test_a_reserved_source_slot_holds_on_every_process(tmp_path, tiny_model_path, redis_server):
+    """A reserving token's source drops from A: no other client can take the room on B while the slot is held, and
+    the same source may come back through B."""
+    from sendreturn_mood.auth import Authenticator
+    from sendreturn_mood.config import load_config
+
+    secret = "s" * 40
+    config = write_config(tmp_path, **{"broker.lease_seconds": LEASE, "server.auth.secret": secret, "server.auth.reserve_seconds": 30})
+    auth = Authenticator.from_config(load_config(config))
+    dj = auth.mint("stage", ["source"], 600, subject="dj", reserve=True)
+    intruder = auth.mint("*", ["source", "listener"], 600, subject="intruder")
+    a, b = ServerProcess(config, tiny_model_path, redis_server.url), ServerProcess(config, tiny_model_path, redis_server.url)
+    try:
+        async with join(a, "stage", role="source", sample_rate=16000, token=dj):
+            with pytest.raises(InvalidStatus) as e:  # taken while connected, from the other process
+                async with connect(url(b, "stage", role="source", token=intruder), proxy=None):
+                    pass
+            assert e.value.response.status_code == 409
+        await wait_for(lambda: b.http(f"/v1/rooms/stage?token={dj}")[0] == 404, 5, "the room to empty")
+        with pytest.raises(InvalidStatus) as e:  # the DJ dropped: the slot is still held for it, on every process
+            async with connect(url(b, "stage", role="source", token=intruder), proxy=None):
+                pass
+        assert e.value.response.status_code == 409 and "reserved" in json.loads(e.value.response.body)["error"]["message"]
+        async with join(b, "stage", role="source", sample_rate=16000, token=dj):  # the DJ comes back through B
+            pass
+    finally:
+        a.stop()
+        b.stop()
