@@ -4,7 +4,7 @@ A room exists while anyone is connected to it; it has at most one source and any
 process, a room's state (local members, seq, current track, track generation, mood tracker and preset) lives only
 here, behind `RoomRegistry`, and every message to a room's members goes through `RoomRegistry.publish`, which
 encodes it once, hands it to the local members and to the broker (`broker.py`), which carries it to the room's
-members on other processes. The analysis of a room runs where its source is connected: `Room.on_result` turns a
+members on other processes. The analysis of a room runs where its source is connected: `Room.on_window` turns a
 window's model output into the room's next `mood` message (smoothing, seq) with no I/O.
 
 Members are anything with `deliver(text, kind)`: the server's per-connection outbox (`Outbox` below), which is
@@ -131,25 +131,6 @@ class Room:
         """Whether a window of `generation` still belongs to the room's current track and source."""
         return not self.closed and generation == self.generation
 
-    def on_result(
-        self,
-        generation: int,
-        moods: np.ndarray,
-        genres: np.ndarray | None,
-        stream_time: float,
-        latency_ms: float,
-        logmel: np.ndarray | None = None,
-    ) -> dict[str, Any] | None:
-        """One window's model output -> the room's next `mood` message, or None when the window is stale (its
-        track or source ended while it waited for the model). `logmel` (the window itself) gives the tracker its
-        level, for the silent state. Raises tracker.NonFiniteOutput, seq untouched, for outputs that are not
-        finite: the caller treats that window as failed."""
-        if not self.is_current(generation):
-            return None
-        analysis = self.tracker.update(moods, genres, stream_time, logmel)
-        self.seq += 1
-        return protocol.mood(self.name, self.seq, analysis, self.track, latency_ms)
-
     def on_window(
         self,
         generation: int,
@@ -160,10 +141,12 @@ class Room:
         logmel: np.ndarray | None = None,
         embedding: np.ndarray | None = None,
     ) -> list[dict[str, Any]]:
-        """`on_result` with track-change detection: the window's log-mel and the model's embedding and genres go to
-        the detector first; when it hears a new track the smoothing restarts (as after a `track` message) and a
-        `track_change` message comes before this window's `mood` message. [] when the window is stale.
-        Raises tracker.NonFiniteOutput (nothing changed) for outputs that are not finite."""
+        """One window's model output -> the room's next messages: its `mood` update (smoothing, seq), preceded by a
+        `track_change` when the detector hears a new track (the window's log-mel and the model's embedding and genres
+        go to the detector first; the smoothing then restarts, as after a `track` message). [] when the window is
+        stale (its track or source ended while it waited for the model). `logmel` also gives the tracker its level,
+        for the silent state. Raises tracker.NonFiniteOutput, with nothing of the room's state changed (seq
+        included), for outputs that are not finite: the caller treats that window as failed."""
         if not self.is_current(generation):
             return []
         if not all(x is None or np.isfinite(x).all() for x in (moods, genres, embedding)):
@@ -175,8 +158,10 @@ class Room:
             if change is not None:
                 self.tracker.reset()
                 out.append(protocol.track_change(self.name, change.to_dict()))
-        msg = self.on_result(generation, moods, genres, stream_time, latency_ms, logmel)
-        return out + ([msg] if msg is not None else [])
+        analysis = self.tracker.update(moods, genres, stream_time, logmel)
+        self.seq += 1
+        out.append(protocol.mood(self.name, self.seq, analysis, self.track, latency_ms))
+        return out
 
 
 class RoomRegistry:

@@ -4,7 +4,7 @@ in, actions out), what a room does with a window's model output is `rooms.Room`'
 members on other processes is the broker's (`broker.py`).
 
     frames -> Session.receive -> [Reply | Broadcast | Submit | RoomChanged | Drain | Close] -> carried out here
-    Submit -> worker (one thread, batched over all rooms) -> _deliver on the loop -> Room.on_result -> publish
+    Submit -> worker (one thread, batched over all rooms) -> _deliver on the loop -> Room.on_window -> publish
     publish -> every local member's bounded Outbox (+ the broker) -> one sender task per connection -> websocket
 
 What is fatal (protocol v1 leaves it to the server): `too_big` (close 1009; frames beyond WS_SIZE_SLACK times the

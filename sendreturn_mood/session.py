@@ -11,7 +11,7 @@ function calls, no socket, no event loop, no clock (the caller passes `now`).
     Session.receive(str, now)        -> [Reply(error)] | [RoomChanged()] | [Submit(tail)..., Drain(1000)]
     Session.close()                  -> [Broadcast(source disconnected)] (a source; the room decides)
 
-What happens after the model is the room's business (`rooms.Room.on_result`), not the connection's: the analysis
+What happens after the model is the room's business (`rooms.Room.on_window`), not the connection's: the analysis
 of a room runs where its source is connected, and its updates go through the room's one broadcast function.
 """
 
