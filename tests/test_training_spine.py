@@ -89,6 +89,39 @@ def test_chain_is_strict_and_uses_the_recipe(tmp_path):
     assert all(argv[argv.index("--teachers") + 1 : argv.index("--teachers") + 3] == ["msd", "mtt"] for _, argv in runs)
 
 
+def test_chain_width_and_genre_epochs_reach_every_run(tmp_path):
+    """A narrower student is narrower in every stage (each starts from the previous one's weights, which must fit),
+    and a longer genre stage is not cut short by the recipe's patience."""
+    from training.chain import commands
+    from training.recipe import GENRE_BRANCH
+
+    runs = commands(tmp_path, ["0", "all"], ["distill", "genre"], ["msd", "mtt"], 1, 0, "4q", "emotify",
+                    channels=[12, 24, 48, 64], genre_epochs=8)
+    for _, argv in runs:
+        i = argv.index("--channels")
+        assert argv[i + 1 : i + 5] == ["12", "24", "48", "64"]
+    genre = dict(runs)[tmp_path / "genre_x0"]
+    assert genre[genre.index("--epochs") + 1] == "8" and genre[genre.index("--patience") + 1] == "8"
+    plain = dict(commands(tmp_path, ["0"], ["genre"], ["msd"], 1, 0, "4q", "emotify"))[tmp_path / "genre_x0"]
+    assert "--channels" not in plain and plain[plain.index("--epochs") + 1] == str(GENRE_BRANCH["epochs"])
+
+
+def test_a_genre_only_experiment_is_recorded(tmp_path):
+    """evaluate --tag with --mood-data '' still writes the experiments-table record, from the genre task."""
+    from training.card import experiments_table
+    from training.evaluate import write_experiment
+
+    st = {"fold_students": {"0": "runs/g/genre_x0/best.ckpt: ..."}, "folds_that_heard_their_test_clips": []}
+    report = {"command": "python -m training evaluate --mood-data ''", "git_commit": "abc",
+              "summary": {"genre_student_cnn_clip_accuracy": 0.8, "genre_student_cnn_clip_accuracy_std": 0.01},
+              "genre": {"methods": {"student_cnn": st}, "folds_scored": [0, 1, 2, 3, 4]}}
+    write_experiment(tmp_path / "g.json", "g", "genre only", report)
+    rec = json.loads((tmp_path / "g.json").read_text())
+    assert rec["task"] == "genre" and rec["fold_students"] == st["fold_students"]
+    row = experiments_table(tmp_path)[-1]
+    assert row.startswith("| g | genre only | none | - | - | - | 0.800 ± 0.010 |")
+
+
 def test_one_head_rule_for_students_and_baselines():
     """The baselines' logistic regression is the student's LinearHead: C from the recipe's grid, by inner CV."""
     from training.cv import LinearHead, cross_validate, dataset_folds

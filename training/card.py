@@ -47,7 +47,8 @@ def experiments_table(folder: Path = EVAL_DIR / "experiments", current: str | No
         )
     if not rows:
         return ["(no experiment files in docs/evaluation/experiments/)"]
-    return ["| experiment | what | mood folds whose test audio the chain heard (no labels; optimistic) | mood window acc | "
+    return ["| experiment | what | folds whose test audio the chain heard (mood; genre for genre-only rows; no labels; "
+            "optimistic) | mood window acc | "
             "mood clip acc | mood clip macro-F1 | genre clip acc | evaluation command |",
             "|---|---|---|---|---|---|---|---|"] + rows
 

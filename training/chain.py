@@ -42,11 +42,17 @@ def run_dir(root: Path, stage: str, fold: str) -> Path:
 
 
 def commands(root: Path, folds: list[str], stages: list[str], teachers: list[str], threads: int, seed: int,
-             mood_data: str, genre_data: str) -> list[tuple[Path, list[str]]]:
-    """(run folder, train argv) for every run, in the order they must run."""
+             mood_data: str, genre_data: str, channels: list[int] | None = None,
+             genre_epochs: int | None = None) -> list[tuple[Path, list[str]]]:
+    """(run folder, train argv) for every run, in the order they must run. `channels` (None: train's default
+    network) applies to every stage, since each stage starts from the previous one's weights; `genre_epochs` (None:
+    the recipe's) lengthens the genre stage (its patience follows, so early stopping does not cut it short)."""
     common = ["--threads", str(threads), "--quiet"] + (["--seed", str(seed)] if seed else [])
     if list(teachers) != list(DEFAULT_TEACHERS):
         common += ["--teachers", *teachers]
+    if channels:
+        common += ["--channels", *map(str, channels)]
+    genre = dict(GENRE_BRANCH, **({"epochs": genre_epochs, "patience": genre_epochs} if genre_epochs else {}))
     runs = []
     for k in folds:
         excl = [] if k == "all" else ["--exclude-fold", k]
@@ -62,7 +68,7 @@ def commands(root: Path, folds: list[str], stages: list[str], teachers: list[str
         for k in folds:
             excl = [] if k == "all" else ["--exclude-fold", k]
             g = run_dir(root, "genre", k)
-            runs.append((g, ["--data", mood_data, genre_data, "--init", str(init), *options(GENRE_BRANCH),
+            runs.append((g, ["--data", mood_data, genre_data, "--init", str(init), *options(genre),
                              "--fold-data", genre_data, *excl, *common, "--out", str(g)]))
     return runs
 
@@ -91,6 +97,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="teachers the students distil from (together)")
     parser.add_argument("--mood-data", default="4q", help="mood dataset (audio for distillation, labels for the fine-tune)")
     parser.add_argument("--genre-data", default="emotify", help="genre dataset of the genre stage")
+    parser.add_argument("--channels", type=int, nargs="+", default=None,
+                        help="CNN block channels of every run (None: train's default, the shipped students' width)")
+    parser.add_argument("--genre-epochs", type=int, default=None,
+                        help=f"epochs of the genre stage (None: the recipe's {GENRE_BRANCH['epochs']})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (the machine is shared)")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every run")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -99,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     root = Path(args.out)
     for out, argv in commands(root, args.folds, args.stages, args.teachers, args.threads, args.seed,
-                              args.mood_data, args.genre_data):
+                              args.mood_data, args.genre_data, args.channels, args.genre_epochs):
         cmd = [*PROG, "train", *argv]
         if (out / "history.json").is_file():
             print(f"done already: {out}", flush=True)

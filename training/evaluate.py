@@ -278,6 +278,19 @@ def summarize(report: dict) -> dict:
     return summary
 
 
+def write_experiment(path: Path, tag: str, description: str, report: dict) -> None:
+    """The record of one tagged run for the experiments table: its command, summary and, for the first task scored
+    (mood, else genre: a genre-only experiment is recorded too), which student scored each fold and which folds'
+    chains heard their own test clips."""
+    task = "mood" if "mood" in report else "genre"
+    st = report[task]["methods"].get("student_cnn", {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"tag": tag, "description": description, "command": report["command"],
+                                "git_commit": report["git_commit"], "task": task, "summary": report["summary"],
+                                "folds_scored": report[task]["folds_scored"], "fold_students": st.get("fold_students", {}),
+                                "folds_that_heard_their_test_clips": st.get("folds_that_heard_their_test_clips")}, indent=1))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", default=None,
                         help="student checkpoint used for every fold without --fold-ckpt; A,B = an ensemble of mood "
@@ -354,14 +367,8 @@ def run(args: argparse.Namespace) -> int:
     report["summary"] = summary = summarize(report)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(markdown(report))
-    if args.tag and "mood" in report:
-        exp = Path(args.experiments) / f"{args.tag}.json"
-        exp.parent.mkdir(parents=True, exist_ok=True)
-        mood = report["mood"]["methods"].get("student_cnn", {})
-        exp.write_text(json.dumps({"tag": args.tag, "description": args.description, "command": report["command"],
-                                   "git_commit": report["git_commit"], "summary": summary,
-                                   "folds_scored": report["mood"]["folds_scored"], "fold_students": mood.get("fold_students", {}),
-                                   "folds_that_heard_their_test_clips": mood.get("folds_that_heard_their_test_clips")}, indent=1))
+    if args.tag and tasks:
+        write_experiment(Path(args.experiments) / f"{args.tag}.json", args.tag, args.description, report)
     print(json.dumps(summary, indent=1))
     print(f"wrote {out / 'report.json'}, {out / 'report.md'} and PNGs")
     return 0
