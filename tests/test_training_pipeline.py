@@ -202,6 +202,75 @@ def test_genre_branch_is_a_second_student_in_the_same_graph(tiny):
     assert str(mood_run) in rep["mood"]["methods"]["student_cnn"]["fold_students"]["0"]
 
 
+def test_export_mood_from_keeps_a_models_mood_side_and_swaps_its_genre_student(tiny):
+    """export --mood-from MODEL --genre-ckpt G: MODEL's mood outputs unchanged (same nodes and weights; its mood
+    checkpoint is not needed), genre from G (another width), metadata saying both."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from sendreturn_mood.model import MoodModel
+    from training import export, train
+    from training.checkpoints import load_net
+    from training.graft import graft
+    from training.manifest import GENRES_EMOTIFY
+
+    genre_manifest = write_manifest(read_folder(write_tiny_dataset(tiny["base"] / "graft_genre_audio", GENRES_EMOTIFY)),
+                                    tiny["base"] / "graft_genre.csv")
+    common = ["--cache", str(tiny["cache"]), "--no-teacher", "--epochs", "1", "--batch", "8", "--embedding", "16",
+              "--threads", "1", "--quiet"]
+    runs = {name: tiny["base"] / f"graft_{name}" for name in ("mood", "genre_a", "genre_b")}
+    for name, data, extra in (("mood", tiny["manifest"], ["--channels", "8", "16"]),
+                              ("genre_a", genre_manifest, ["--channels", "8", "16", "--tasks", "genre"]),
+                              ("genre_b", genre_manifest, ["--channels", "4", "8", "--tasks", "genre", "--seed", "1"])):
+        assert train.run(parse(train, ["--data", str(data), "--out", str(runs[name]), *extra, *common])) == 0
+    heads = ["--genre-data", str(genre_manifest), "--report", "", "--cache", str(tiny["cache"]), "--C", "0.5"]
+    first, second = tiny["base"] / "graft_first.onnx", tiny["base"] / "graft_second.onnx"
+    assert export.run(parse(export, ["--ckpt", str(runs["mood"] / "best.ckpt"), "--genre-ckpt", str(runs["genre_a"] / "best.ckpt"),
+                                     "--out", str(first), "--mood-data", str(tiny["manifest"]), "--version", "1.0.0", *heads])) == 0
+    with pytest.raises(SystemExit, match="--genre-ckpt"):
+        export.run(parse(export, ["--mood-from", str(first), "--out", str(second), *heads]))
+    assert export.run(parse(export, ["--mood-from", str(first), "--genre-ckpt", str(runs["genre_b"] / "best.ckpt"),
+                                     "--out", str(second), "--version", "1.1.0", *heads])) == 0
+
+    x = (np.random.default_rng(2).random((40, 96, 187)) * 3).astype(np.float32)
+    names = ["mood_logits", "genre_logits", "embedding"]
+    a = dict(zip(names, ort.InferenceSession(str(first)).run(names, {"logmel": x})))
+    b = dict(zip(names, ort.InferenceSession(str(second)).run(names, {"logmel": x})))
+    assert np.array_equal(a["mood_logits"], b["mood_logits"]) and np.array_equal(a["embedding"], b["embedding"])
+    with torch.no_grad():
+        genre_emb = load_net(runs["genre_b"] / "best.ckpt")[0].embed(torch.from_numpy(x)).numpy()
+    A = np.c_[genre_emb, np.ones(len(x))]
+    assert np.abs(A @ np.linalg.lstsq(A, b["genre_logits"], rcond=None)[0] - b["genre_logits"]).max() < 1e-3
+    assert not np.allclose(a["genre_logits"], b["genre_logits"])
+    info = MoodModel(second).info
+    assert info.version == "1.1.0" and info.provenance["mood_side"]["from"].startswith("mood_cnn 1.0.0")
+    assert info.provenance["genre_branch"]["net"]["channels"] == [4, 8]
+    assert info.provenance["export_check"]["mood_side_max_abs_diff_vs_mood_from"] == 0.0
+    assert info.provenance["net"] == MoodModel(first).info.provenance["net"], "the mood side's record is kept"
+    mood_only = onnx.load(str(first))
+    mood_only.graph.output.pop(1)  # genre_logits
+    with pytest.raises(ValueError, match="outputs"):
+        graft(mood_only, onnx.load(str(second)))
+
+    # its report: the genre student scored, the mood section kept from the first model's report (not re-scored)
+    from training import evaluate
+
+    scored, kept = tiny["base"] / "graft_eval_first", tiny["base"] / "graft_eval_second"
+    base = ["--genre-data", str(genre_manifest), "--no-teacher", "--cache", str(tiny["cache"]), "--C", "0.5",
+            "--baselines", str(scored / "none.json")]
+    assert evaluate.run(parse(evaluate, ["--ckpt", str(runs["mood"] / "best.ckpt"), "--genre-ckpt", str(runs["genre_a"] / "best.ckpt"),
+                                         "--mood-data", str(tiny["manifest"]), "--out", str(scored), *base])) == 0
+    assert evaluate.run(parse(evaluate, ["--ckpt", str(runs["genre_b"] / "best.ckpt"), "--genre-ckpt", str(runs["genre_b"] / "best.ckpt"),
+                                         "--mood-from-report", str(scored / "report.json"), "--out", str(kept), *base])) == 0
+    first_rep, rep = (json.loads((d / "report.json").read_text()) for d in (scored, kept))
+    assert rep["mood"]["methods"] == first_rep["mood"]["methods"]
+    assert rep["mood"]["kept_from"]["command"] == first_rep["command"]
+    assert str(runs["genre_b"]) in rep["genre"]["methods"]["student_cnn"]["fold_students"]["0"]
+    assert rep["summary"]["mood_student_cnn_clip_accuracy"] == first_rep["summary"]["mood_student_cnn_clip_accuracy"]
+    assert "Not re-scored here" in (kept / "report.md").read_text()
+
+
 def test_wise_fine_tune_ships_the_average_of_init_and_tuned_weights(tiny):
     """train --init A --wise 0.5: best.ckpt = 0.5 A + 0.5 tuned (kept as tuned.ckpt); a resume recomputes the same
     average (never averages twice); the recorded command and the fold description say so."""

@@ -115,7 +115,7 @@ def test_a_genre_only_experiment_is_recorded(tmp_path):
     report = {"command": "python -m training evaluate --mood-data ''", "git_commit": "abc",
               "summary": {"genre_student_cnn_clip_accuracy": 0.8, "genre_student_cnn_clip_accuracy_std": 0.01},
               "genre": {"methods": {"student_cnn": st}, "folds_scored": [0, 1, 2, 3, 4]}}
-    write_experiment(tmp_path / "g.json", "g", "genre only", report)
+    write_experiment(tmp_path / "g.json", "g", "genre only", report, "genre")
     rec = json.loads((tmp_path / "g.json").read_text())
     assert rec["task"] == "genre" and rec["fold_students"] == st["fold_students"]
     row = experiments_table(tmp_path)[-1]

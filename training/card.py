@@ -134,6 +134,21 @@ def valence_arousal_lines(report: dict, info) -> list[str]:
            if shipped else "This model does not ship a calibration (it did not make the signs agree better at both levels).")]
 
 
+def distill_targets(teachers: list[str]) -> str:
+    return ("both teachers' 200-d embeddings and 50 tag logits side by side" if len(teachers) > 1
+            else "the teacher's 200-d embedding and 50 tag logits")
+
+
+def genre_commands(branch: dict | None, mood_commands: list[str]) -> list[str]:
+    """The genre student's commands for Reproduce: its own distillation too when it did not start from the mood
+    student's."""
+    if not branch:
+        return []
+    init = branch.get("init_command")
+    return ([init + "   # the genre student's distillation"] if init and init not in mood_commands else []) + [
+        branch["training_command"] + "   # the genre student"]
+
+
 def write_card(path: Path, info, report: dict, check: dict) -> Path:
     s = report.get("summary", {})
     bench_file = EVAL_DIR / "bench.json"
@@ -142,6 +157,8 @@ def write_card(path: Path, info, report: dict, check: dict) -> Path:
     facts = prov.get("training", {})
     teachers = prov.get("teachers", ["msd"] if prov.get("net", {}).get("distill_dim") else [])
     teacher = bool(teachers)
+    # the list above is the union with the genre student's teachers; the mood student's own are in its facts
+    mood_teachers = facts.get("teachers") or prov.get("mood_side", {}).get("teachers") or teachers
     branch = prov.get("genre_branch")
     ensemble = prov.get("mood_ensemble", [])
     mood_commands = [c for m in ensemble for c in (m["init_command"], m["training_command"]) if c] or [
@@ -184,14 +201,18 @@ def write_card(path: Path, info, report: dict, check: dict) -> Path:
             f"- **Teacher{'s' if len(teachers) > 1 else ''}**: "
             + " and ".join(f"{TEACHER_WORDS.get(t, t)} (`../shared/models/{TEACHER_FILES.get(t, t)}`)" for t in teachers)
             + " (Pons & Serra, \"musicnn: pre-trained convolutional neural networks for music audio tagging\", ISMIR "
-            "2019 LBD), ISC licence. The student first regresses "
-            + ("both teachers' 200-d embeddings and 50 tag logits side by side" if len(teachers) > 1
-               else "the teacher's 200-d embedding and 50 tag logits")
+            "2019 LBD), ISC licence. The " + ("mood " if branch else "") + "student first regresses "
+            + distill_targets(mood_teachers)
             + " (standardised) on 3 s crops of the 4Q audio, with no labels"
             + (f"; it is then fine-tuned ({facts.get('epochs')} epochs, lr {facts.get('lr')}) with the "
                f"cross-entropy of the labels of {', '.join(facts.get('data', []))} (mood for 4Q, genre for "
                "Emotify) plus the same distillation loss" if facts.get("fine_tuned_from") else "") + "."
-            + (" The genre student starts from the same distilled student and is trained with the distillation loss on "
+            + (" The genre student starts from "
+               + ("the same distilled student" if branch.get("init_command") in mood_commands else
+                  "a student distilled the same way from " + (
+                      "both teachers" if len(branch.get("teachers", [])) > 1
+                      else f"the {TEACHER_WORDS.get((branch.get('teachers') or mood_teachers)[0], 'teacher')}"))
+               + " and is trained with the distillation loss on "
                f"{' + '.join(branch.get('trained_on', []))} audio plus the cross-entropy of the Emotify genre labels "
                "(its command is under Reproduce)." if branch else ""),
             honesty(report),
@@ -270,7 +291,9 @@ def write_card(path: Path, info, report: dict, check: dict) -> Path:
         "```sh",
         "python -m training features 4q emotify --teacher   # log-mels + teacher outputs, cached under cache/",
         *mood_commands,
-        *([branch["training_command"] + "   # the genre student"] if branch else []),
+        *genre_commands(branch, mood_commands),
+        *([report["mood"]["kept_from"]["command"] + "   # the mood numbers (kept from that report)"]
+          if "kept_from" in report.get("mood", {}) else []),
         report.get("command", "(evaluation command not recorded)"),
         prov.get("export_command", ""),
         "python -m training bench --json docs/evaluation/bench.json",

@@ -116,8 +116,6 @@ def verify(net, path: Path, n_mels: int, patch: int) -> dict:
     import onnxruntime as ort
     import torch
 
-    from sendreturn_mood.model import MoodModel
-
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     outputs = [o.name for o in sess.get_outputs()]
@@ -130,11 +128,46 @@ def verify(net, path: Path, n_mels: int, patch: int) -> dict:
         worst = max([worst] + [float(np.abs(ref[name].numpy() - g).max()) for name, g in zip(outputs, got)])
     if worst > VERIFY_ATOL:
         raise RuntimeError(f"{path}: onnxruntime and torch differ by {worst:.2e} (> {VERIFY_ATOL})")
+    check_loader(path, x[:1])
+    return {"max_abs_diff_vs_torch": worst, "runtime_loader": "ok"}
+
+
+def check_loader(path: Path, x: np.ndarray) -> None:
+    """The runtime's loader reads the file and predicts a distribution over its moods."""
+    from sendreturn_mood.model import MoodModel
+
     model = MoodModel(path)
-    pred = model.predict(x[:1])
+    pred = model.predict(x)
     if pred.moods.shape != (1, len(model.info.moods)) or not np.allclose(pred.moods.sum(), 1.0, atol=1e-5):
         raise RuntimeError(f"{path}: MoodModel prediction has the wrong shape or is not a distribution")
-    return {"max_abs_diff_vs_torch": worst, "runtime_loader": "ok"}
+
+
+def verify_graft(mood_from: Path, genre_net, path: Path, n_mels: int, patch: int) -> dict:
+    """The grafted graph's mood outputs equal `mood_from`'s on the same inputs (the same nodes and weights), and its
+    genre logits equal the genre student's in torch; the runtime's loader accepts the file."""
+    import onnxruntime as ort
+    import torch
+
+    from training.graft import GENRE_OUTPUT, MOOD_OUTPUTS
+
+    new = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    old = ort.InferenceSession(str(mood_from), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    mood_worst = genre_worst = 0.0
+    for frames in (patch, 40):
+        x = (rng.random((3, n_mels, frames)) * 3).astype(np.float32)
+        got = dict(zip([*MOOD_OUTPUTS, GENRE_OUTPUT], new.run([*MOOD_OUTPUTS, GENRE_OUTPUT], {"logmel": x})))
+        ref = old.run(list(MOOD_OUTPUTS), {"logmel": x})
+        mood_worst = max([mood_worst] + [float(np.abs(got[n] - r).max()) for n, r in zip(MOOD_OUTPUTS, ref)])
+        with torch.no_grad():
+            genre_ref = genre_net(torch.from_numpy(x))["genre_logits"].numpy()
+        genre_worst = max(genre_worst, float(np.abs(got[GENRE_OUTPUT] - genre_ref).max()))
+    if mood_worst > 0.0:
+        raise RuntimeError(f"{path}: the mood side differs from {mood_from} by {mood_worst:.2e} (it must be the same graph)")
+    if genre_worst > VERIFY_ATOL:
+        raise RuntimeError(f"{path}: the genre side differs from the torch genre student by {genre_worst:.2e}")
+    check_loader(path, x[:1])
+    return {"max_abs_diff_vs_torch": genre_worst, "mood_side_max_abs_diff_vs_mood_from": mood_worst, "runtime_loader": "ok"}
 
 
 def training_facts(ck: dict) -> dict:
@@ -145,6 +178,15 @@ def training_facts(ck: dict) -> dict:
     return {"data": a.get("data", []), "epochs": a.get("epochs"), "batch": a.get("batch"), "lr": a.get("lr"),
             "seed": a.get("seed"), "best_epoch": ck.get("state", {}).get("best_epoch"), "supervised": bool(a.get("supervised")),
             "fine_tuned_from": a.get("init"), "wise": a.get("wise"), "teachers": teachers_of(ck)}
+
+
+def genre_branch_provenance(genre_ck: dict) -> dict:
+    """What the metadata records about a genre student: its network, data, commands and teachers."""
+    from training.checkpoints import command_of, init_command, teachers_of
+
+    return {"net": genre_ck["cfg"], "trained_on": genre_ck.get("args", {}).get("data", []),
+            "training_command": command_of(genre_ck), "init_command": init_command(genre_ck),
+            "teachers": teachers_of(genre_ck)}
 
 
 def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, command: str,
@@ -191,9 +233,7 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
         provenance["mood_ensemble"] = [{"seed": c.get("args", {}).get("seed"), "training_command": command_of(c),
                                         "init_command": init_command(c)} for c in (ck, *more_mood_cks)]
     if genre_ck is not None:
-        provenance["genre_branch"] = {"net": genre_ck["cfg"], "trained_on": genre_ck.get("args", {}).get("data", []),
-                                      "training_command": command_of(genre_ck), "init_command": init_command(genre_ck),
-                                      "teachers": teachers_of(genre_ck)}
+        provenance["genre_branch"] = genre_branch_provenance(genre_ck)
     n_mood = 1 + len(more_mood_cks)
     n_students = n_mood + (genre_ck is not None)
     teacher_words = " and ".join(f"musicnn ({teacher_model(t).tags})" for t in teachers_of(ck))
@@ -242,6 +282,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refresh", default=None, metavar="MODEL",
                         help="instead of exporting: put the --report numbers into MODEL's metadata and rewrite its card "
                              "(weights untouched; None: export --ckpt)")
+    parser.add_argument("--mood-from", default=None, metavar="MODEL",
+                        help="keep MODEL's mood side (mood_logits, embedding: its nodes and weights as exported) and "
+                             "replace only its genre side by --genre-ckpt (None: export --ckpt's mood student)")
     parser.add_argument("--genre-ckpt", default=None,
                         help="a genre branch: a second student whose embedding feeds the genre head (both in one graph; "
                              "None: the genre head reads the mood student)")
@@ -307,10 +350,87 @@ def refresh(args: argparse.Namespace) -> int:
     return 0
 
 
+def grafted_info(old, genre_ck: dict, genre_head: dict, metrics: dict, version: str, command: str, mood_from: Path):
+    """`old`'s metadata with the genre side replaced: the genre student's provenance and head, the teachers and
+    citations it adds, the new export's command and the report's numbers; the mood side's record stays as it was."""
+    import copy
+    import dataclasses
+
+    from training.checkpoints import teachers_of
+    from training.teacher import teacher_model
+
+    prov = copy.deepcopy(old.provenance)
+    prov.pop("export_check", None)
+    mood_teachers = list(prov.get("teachers", []))
+    added = [t for t in teachers_of(genre_ck) if t not in prov.get("teachers", [])]
+    prov["teachers"] = prov.get("teachers", []) + added
+    prov["citations"] = prov.get("citations", []) + [teacher_model(t).citation for t in added]
+    if prov["teachers"]:
+        names = " + ".join(f"musicnn {teacher_model(t).tags} model" for t in prov["teachers"])
+        prov.setdefault("licences", {})["teacher"] = f"{names}, ISC (msd_musicnn.LICENSE.md)"
+    prov["heads"] = {**prov.get("heads", {}), "genre": genre_head}
+    prov["genre_branch"] = genre_branch_provenance(genre_ck)
+    prov["mood_side"] = {"from": f"{old.name} {old.version} ({mood_from.name})",
+                         "export_command": old.provenance.get("export_command"), "teachers": mood_teachers,
+                         "kept": "nodes and weights as exported (export --mood-from); checked equal on the same inputs"}
+    prov.update(export_command=command, git_commit=git_commit(),
+                exported=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return dataclasses.replace(old, version=version, provenance=prov, metrics=metrics)
+
+
+def export_genre_side(args: argparse.Namespace) -> int:
+    """`--mood-from MODEL --genre-ckpt G`: MODEL's mood side kept as it is, the genre side exported from G (its head
+    fitted as `fit_heads` fits every head), grafted into one graph (`training.graft`) and checked."""
+    import tempfile
+
+    import onnx
+    import torch
+
+    from sendreturn_mood.model import MoodModel, write_metadata
+    from training.cache import cache_dir, resolve_dataset
+    from training.card import write_card
+    from training.checkpoints import load_net
+    from training.graft import graft
+
+    if not args.genre_ckpt or args.ckpt:
+        raise SystemExit("export --mood-from MODEL takes --genre-ckpt (the new genre student) and no --ckpt")
+    mood_from, out = Path(args.mood_from), Path(args.out)
+    card = Path(args.card) if args.card else out.with_suffix(".md")
+    refuse_overwrite([out, card], args.force)
+    torch.set_num_threads(2)
+    old = MoodModel(mood_from).info
+    genre_net, genre_ck = load_net(args.genre_ckpt)
+    genre_items = resolve_dataset(args.genre_data) if args.genre_data else []
+    heads = fit_heads(genre_net, [], genre_items, cache_dir(args.cache), args.C, args.head_input, genre_net, args.genre_head)
+    genre_net.eval()
+    report = read_report(args.report)
+    info = grafted_info(old, genre_ck, heads.get("genre", {}), report.get("summary", {}), args.version,
+                        invocation("export"), mood_from)
+    with tempfile.TemporaryDirectory() as tmp:
+        before = Path(tmp) / "mood_from.onnx"  # a copy: --out may be MODEL itself (--force), and the check reads it
+        shutil.copyfile(mood_from, before)
+        side = Path(tmp) / "genre_side.onnx"
+        export_onnx(genre_net, side, old.frontend.n_mels, old.patch_frames)
+        merged = graft(onnx.load(str(before)), onnx.load(str(side)))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(merged, str(out))
+        write_metadata(out, info)
+        check = verify_graft(before, genre_net, out, old.frontend.n_mels, old.patch_frames)
+    info.provenance["export_check"] = check
+    write_metadata(out, info)
+    print(f"{out}: {mood_from}'s mood side + the genre student of {args.genre_ckpt}, verified "
+          f"(mood side identical, genre {check['max_abs_diff_vs_torch']:.1e} max |onnxruntime - torch|)")
+    write_card(card, info, report, check)
+    print(f"{card}: model card written")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if args.refresh:
         return refresh(args)
+    if args.mood_from:
+        return export_genre_side(args)
     if not args.ckpt:
         raise SystemExit("export: --ckpt is required (or --refresh MODEL)")
     import torch
