@@ -33,7 +33,7 @@ from training.commandline import git_commit, invocation
 from training.cv import HEADS, CVResult, LinearHead, SklearnModel, dataset_folds, grouped_cv, groups_of
 from training.manifest import GENRES_EMOTIFY, MOOD_COORDINATES, MOODS_4Q, Item, project_root
 from training.metrics import plot_confusion, plot_reliability
-from training.recipe import FOLD_SEED, N_SPLITS
+from training.recipe import C_GRID, FOLD_SEED, N_SPLITS
 
 DEFAULT_OUT = project_root() / "docs" / "evaluation"
 CONTEXT_WINDOWS = (1, 2, 4, 8, 16)  # windows averaged for the longer-context curve (plus the whole clip)
@@ -100,7 +100,7 @@ def context_curve(res: CVResult, clip_idx: np.ndarray, y_clip: np.ndarray, ns=CO
 
 
 def score_student(ckpt: str, fold_ckpts: dict[int, str], fold_ids: list[int], folds, per_clip, clip_idx, y_clip,
-                  groups, labels, C, head_input: str, dataset: str, head: str, va: bool) -> dict:
+                  groups, labels, C, head_input: str, dataset: str, head: str, va: bool, grid=None) -> dict:
     """The student rows: each fold scored by its own checkpoint (else `ckpt`), with what its chain heard."""
     from training.checkpoints import describe_chain, heard_test_fold
 
@@ -111,7 +111,7 @@ def score_student(ckpt: str, fold_ckpts: dict[int, str], fold_ids: list[int], fo
     def features(j: int) -> list[np.ndarray]:
         return per_fold.get(fold_ids[j], shared)
 
-    make_head = (lambda: HEADS[head](len(labels), C=C)) if head != "linear" or C is not None else (lambda: LinearHead(len(labels)))
+    make_head = (lambda: HEADS[head](len(labels), C=C)) if head != "linear" else (lambda: LinearHead(len(labels), C=C, grid=grid or C_GRID))
     res = grouped_cv(features, clip_idx, y_clip, groups, labels, folds, make_head)
     student = {**res.report, "head": head, "context": context_curve(res, clip_idx, y_clip)}
     scorers = {k: fold_ckpts.get(k, ckpt) for k in fold_ids}
@@ -125,7 +125,7 @@ def score_student(ckpt: str, fold_ckpts: dict[int, str], fold_ids: list[int], fo
 
 def evaluate_task(items: list[Item], labels, ckpt: str | None, fold_ckpts: dict[int, str], cache, C, teacher_rows,
                   head_input: str, dataset: str, head: str = "linear", va: bool = False,
-                  only_folds: list[int] | None = None) -> dict:
+                  only_folds: list[int] | None = None, grid=None) -> dict:
     from training.cache import dataset_logmels
     from training.heads import windows
     from training.recipe import FRONTEND
@@ -139,12 +139,12 @@ def evaluate_task(items: list[Item], labels, ckpt: str | None, fold_ckpts: dict[
     methods = {}
     if ckpt:
         methods["student_cnn"] = score_student(ckpt, fold_ckpts, fold_ids, folds, per_clip, clip_idx, y_clip, groups,
-                                               labels, C, head_input, dataset, head, va)
+                                               labels, C, head_input, dataset, head, va, grid)
     for name, teachers in teacher_rows.items():
         T = teacher_features(items, cache, teachers)
         if len(T) != len(clip_idx):
             raise RuntimeError("teacher patches and student windows differ: the teacher cache uses another hop")
-        tres = grouped_cv(T, clip_idx, y_clip, groups, labels, folds, lambda: LinearHead(len(labels), C=C))
+        tres = grouped_cv(T, clip_idx, y_clip, groups, labels, folds, lambda: LinearHead(len(labels), C=C, grid=grid or C_GRID))
         methods[name] = {**tres.report, "teachers": list(teachers), "context": context_curve(tres, clip_idx, y_clip)}
         if va:
             methods[name]["valence_arousal"] = valence_arousal_report(lambda k: [T], tres, clip_idx, y_clip, groups, labels, folds)
@@ -322,6 +322,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what the linear heads are fitted on (see training.heads)")
     parser.add_argument("--C", type=float, default=None,
                         help="fixed logistic regression C (None: chosen per fold by inner grouped CV on the training fold)")
+    parser.add_argument("--C-grid", type=float, nargs="+", default=None,
+                        help="C candidates of the linear heads' inner CV (None: training.recipe.C_GRID, the one rule; "
+                             "another grid is for checking that rule, e.g. whether its lower edge binds)")
     parser.add_argument("--cache", default=None, help="feature cache folder (None: $SENDRETURN_CACHE, else cache/)")
     parser.add_argument("--only-folds", type=int, nargs="+", default=None,
                         help="score only these folds (e.g. while a chain is still running; None: all folds); the "
@@ -337,7 +340,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from training.cache import cache_dir, resolve_dataset
-    from training.recipe import C_GRID
     from training.teacher import teacher_available
 
     torch.set_num_threads(2)
@@ -346,7 +348,8 @@ def run(args: argparse.Namespace) -> int:
     genre_fold_ckpts = {int(k): v for k, v in (s.split("=", 1) for s in args.genre_fold_ckpt)}
     if args.genre_fold_ckpts:
         genre_fold_ckpts = {**fold_ckpts, **genre_fold_ckpts}
-    report: dict = {"command": invocation("evaluate"), "git_commit": git_commit(), "C": args.C, "C_grid": list(C_GRID),
+    report: dict = {"command": invocation("evaluate"), "git_commit": git_commit(), "C": args.C,
+                    "C_grid": list(args.C_grid or C_GRID),
                     "head_input": args.head_input, "folds": N_SPLITS, "fold_seed": FOLD_SEED}
     rows = {} if args.no_teacher else {n: t for n, t in TEACHER_ROWS.items() if all(teacher_available(x) for x in t)}
     score_mood = args.mood_data and not args.mood_from_report
@@ -356,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
     for task, data, labels, ckpt, fc, head in tasks:
         report[task] = evaluate_task(resolve_dataset(data), labels, ckpt, fc, cache, args.C,
                                      rows if task in args.teacher_tasks else {}, args.head_input, data, head,
-                                     va=task == "mood", only_folds=args.only_folds)
+                                     va=task == "mood", only_folds=args.only_folds, grid=args.C_grid)
     if args.mood_from_report:
         kept = json.loads(Path(args.mood_from_report).read_text())
         report["mood"] = {**kept["mood"], "kept_from": {"report": args.mood_from_report, "command": kept["command"],
