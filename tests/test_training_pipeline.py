@@ -248,6 +248,11 @@ def test_export_mood_from_keeps_a_models_mood_side_and_swaps_its_genre_student(t
     assert info.provenance["genre_branch"]["net"]["channels"] == [4, 8]
     assert info.provenance["export_check"]["mood_side_max_abs_diff_vs_mood_from"] == 0.0
     assert info.provenance["net"] == MoodModel(first).info.provenance["net"], "the mood side's record is kept"
+    from training.bench import multiply_adds
+
+    cost_a, cost_b = multiply_adds(first, 96, 187), multiply_adds(second, 96, 187)
+    assert cost_b["mood_logits"] == cost_a["mood_logits"] and cost_b["genre_logits"] < cost_a["genre_logits"]
+    assert cost_b["total"] == cost_b["mood_logits"] + cost_b["genre_logits"], "two disjoint students"
     mood_only = onnx.load(str(first))
     mood_only.graph.output.pop(1)  # genre_logits
     with pytest.raises(ValueError, match="outputs"):

@@ -54,6 +54,40 @@ def bench(path: str | os.PathLike[str] | None, batches: list[int], runs: int, th
     return result
 
 
+def multiply_adds(path: str | os.PathLike[str], n_mels: int, frames: int) -> dict[str, int]:
+    """Multiply-adds of one window through the graph, per output (Conv, Gemm and MatMul nodes, from the shapes ONNX
+    infers for a [1, n_mels, frames] input): a cost figure that, unlike a timing, the machine's load cannot move.
+    Each output counts the nodes it depends on; `total` counts every node once."""
+    import onnx
+
+    from training.graft import needed
+
+    m = onnx.load(str(path))
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, (1, n_mels, frames)):
+        d.ClearField("dim_param")
+        d.dim_value = v
+    m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    shape = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+             for v in (*m.graph.value_info, *m.graph.output, *m.graph.input)}
+    shape.update({t.name: list(t.dims) for t in m.graph.initializer})
+
+    def cost(node) -> int:
+        out = shape.get(node.output[0], [])
+        if node.op_type == "Conv":  # out [N, C_out, H, W] x weight [C_out, C_in / groups, kh, kw] without C_out
+            w = shape[node.input[1]]
+            return int(np.prod(out) * np.prod(w[1:]))
+        if node.op_type in ("Gemm", "MatMul"):  # out [M, N] x the shared dimension K
+            a = shape[node.input[0]]
+            return int(np.prod(out) * a[-1])
+        return 0
+
+    result = {"total": sum(cost(n) for n in m.graph.node)}
+    for o in m.graph.output:
+        result[o.name] = sum(cost(n) for n in needed(m.graph, (o.name,))[0])
+    return result
+
+
 def compare(path: str | os.PathLike[str] | None, other: str | os.PathLike[str], batch: int, runs: int, threads: int = 1) -> dict:
     """Both models timed alternately on the same input: median ms/window of each and the ratio this / other."""
     from sendreturn_mood.model import MoodModel
@@ -80,11 +114,17 @@ def run(args: argparse.Namespace) -> int:
     for b, r in res["ms_per_window"].items():
         print(f"{res['name']}: batch {b}: {r['median']:.3f} ms/window median, {r['p90']:.3f} p90 "
               f"({res['threads']} thread, {res['n_mels']}x{res['frames']} log-mel)")
+    res["multiply_adds"] = macs = multiply_adds(res["model"], res["n_mels"], res["frames"])
+    print(f"{res['name']}: {macs['total'] / 1e6:.1f} M multiply-adds per window ("
+          + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in macs.items() if k != "total") + ")")
     if args.compare:
         c = compare(args.model, args.compare, 1, args.runs, args.threads)
+        c["multiply_adds"] = [macs["total"], multiply_adds(args.compare, res["n_mels"], res["frames"])["total"]]
         res["compare"] = c
         print(f"side by side, batch 1: {c['median_ms_per_window'][0]:.3f} ms ({c['models'][0]}) vs "
-              f"{c['median_ms_per_window'][1]:.3f} ms ({c['models'][1]}): ratio {c['ratio']:.2f}")
+              f"{c['median_ms_per_window'][1]:.3f} ms ({c['models'][1]}): ratio {c['ratio']:.2f}; multiply-adds "
+              f"{c['multiply_adds'][0] / 1e6:.1f} M vs {c['multiply_adds'][1] / 1e6:.1f} M: ratio "
+              f"{c['multiply_adds'][0] / c['multiply_adds'][1]:.2f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))
