@@ -361,9 +361,10 @@ def grafted_info(old, genre_ck: dict, genre_head: dict, metrics: dict, version: 
 
     prov = copy.deepcopy(old.provenance)
     prov.pop("export_check", None)
-    mood_teachers = list(prov.get("teachers", []))
-    added = [t for t in teachers_of(genre_ck) if t not in prov.get("teachers", [])]
-    prov["teachers"] = prov.get("teachers", []) + added
+    # metadata from before the teachers were recorded (1.3.0 and older) had the MSD teacher when it had a distillation head
+    mood_teachers = list(prov.get("teachers", ["msd"] if prov.get("net", {}).get("distill_dim") else []))
+    added = [t for t in teachers_of(genre_ck) if t not in mood_teachers]
+    prov["teachers"] = mood_teachers + added
     prov["citations"] = prov.get("citations", []) + [teacher_model(t).citation for t in added]
     if prov["teachers"]:
         names = " + ".join(f"musicnn {teacher_model(t).tags} model" for t in prov["teachers"])
@@ -375,7 +376,12 @@ def grafted_info(old, genre_ck: dict, genre_head: dict, metrics: dict, version: 
                          "kept": "nodes and weights as exported (export --mood-from); checked equal on the same inputs"}
     prov.update(export_command=command, git_commit=git_commit(),
                 exported=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    return dataclasses.replace(old, version=version, provenance=prov, metrics=metrics)
+    net, teachers = genre_ck["cfg"], teachers_of(genre_ck)
+    head = ("a random-Fourier-feature (RBF-like) head" if genre_head.get("head") == "rff" else "a linear head")
+    description = (f"{old.description.split('. Genre:')[0]}. Genre: a student of {list(net['channels'])} channels "
+                   f"distilled from musicnn ({' + '.join(teacher_model(t).tags for t in teachers)}), trained with the "
+                   f"genre labels, {head}")
+    return dataclasses.replace(old, version=version, provenance=prov, metrics=metrics, description=description)
 
 
 def export_genre_side(args: argparse.Namespace) -> int:
