@@ -283,6 +283,13 @@ def write_card(path: Path, info, report: dict, check: dict) -> Path:
                       f"{c['median_ms_per_window'][1]:.3f} ms per window for `{Path(c['models'][1]).name}`, a ratio of "
                       f"{c['ratio']:.2f}. The shared 2-core machine is noisy (a model's median moves between runs), so compare "
                       "ratios measured side by side, not single medians."]
+        if bench.get("multiply_adds"):
+            m = bench["multiply_adds"]
+            other = (f"; {bench['compare']['multiply_adds'][1] / 1e6:.1f} M for `{Path(bench['compare']['models'][1]).name}`"
+                     if bench.get("compare", {}).get("multiply_adds") else "")
+            lines += [f"Multiply-adds per window (from the graph's shapes, so not moved by the machine's load): "
+                      f"{m['total'] / 1e6:.1f} M (mood side {m['mood_logits'] / 1e6:.1f} M"
+                      + (f", genre side {m['genre_logits'] / 1e6:.1f} M" if "genre_logits" in m else "") + f"){other}."]
         lines.append("")
     lines += ["## Experiments (what was tried and what it gave)", ""] + experiments_table(current=report.get("command")) + [""]
     lines += [
