@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -53,22 +54,27 @@ AUDIO_METRIC = "sendreturn_audio_seconds_total"
 # ------------------------------------------------------------------------------------------------ the server process
 
 
-def load_limits(rooms: int, listeners: int) -> dict[str, Any]:
+def load_limits(rooms: int, listeners: int, code: Path | None = None) -> dict[str, Any]:
     """Server limits raised for a benchmark of `rooms` rooms: every benchmark client shares one address (127.0.0.1),
     so the per-address limits, which are not what is measured, must let all of them in."""
     connections = rooms * (2 + listeners) + 10
-    return {
+    limits = {
         "max_connections": max(1000, connections),
         "max_rooms": max(500, rooms + 10),
         "max_connections_per_address": max(100, connections),
         "max_rooms_per_address": max(50, rooms + 10),
         "room_creations_per_minute": max(120, rooms * 2),
     }
+    # only the keys the server under test knows: the same benchmark then drives an older checkout side by side (a
+    # server refuses unknown config keys, and older ones had no per-address limits)
+    defaults = code / "sendreturn_mood" / "default_config.yaml" if code else resources.files("sendreturn_mood").joinpath("default_config.yaml")
+    known = yaml.safe_load(defaults.read_text())["server"]
+    return {k: v for k, v in limits.items() if k in known}
 
 
-def server_config(args: argparse.Namespace) -> dict[str, Any]:
+def server_config(args: argparse.Namespace, code: Path | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "server": load_limits(args.rooms, args.listeners),
+        "server": load_limits(args.rooms, args.listeners, code),
         "analysis": {"hop_seconds": args.hop},
         "logging": {"level": "warning"},
     }
@@ -82,21 +88,29 @@ def server_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-def start_server(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[str], int]:
+def start_server(args: argparse.Namespace, tmp: Path, code: Path | None = None) -> tuple[subprocess.Popen[str], int]:
     cfg = tmp / "bench.yaml"
-    cfg.write_text(yaml.safe_dump(server_config(args)))
-    return spawn_server(cfg, args.model)
+    cfg.write_text(yaml.safe_dump(server_config(args, code)))
+    return spawn_server(cfg, args.model, code)
 
 
-def spawn_server(config: Path, model: str | None = None) -> tuple[subprocess.Popen[str], int]:
-    """`python -m sendreturn_mood serve --port 0 --config FILE` as a user starts it -> (process, port)."""
+def spawn_server(config: Path, model: str | None = None, code: Path | None = None) -> tuple[subprocess.Popen[str], int]:
+    """`python -m sendreturn_mood serve --port 0 --config FILE` as a user starts it -> (process, port).
+
+    `code`: a checkout whose `sendreturn_mood` package is served instead of this one (for side-by-side runs); the
+    server then starts in that directory, since `python -m` puts the current directory first on sys.path, and serves
+    that checkout's exported_models/mood_cnn.onnx unless `model` is given."""
     cmd = [sys.executable, "-m", "sendreturn_mood", "serve", "--port", "0", "--config", str(config)]
+    if model is None and code is not None:
+        model = str(code / "exported_models" / "mood_cnn.onnx")
     if model:
         cmd += ["--model", model]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(code)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     # its own session: on Linux with autogroup scheduling the server then has a CPU share of its own, as a deployed
     # server would, instead of sharing one with the load generator
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True, cwd=code)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     m = LISTEN_RE.search(line)
     if not m:
@@ -239,9 +253,9 @@ def profile_summary(raw: Path, top: int = 25) -> list[tuple[str, float]]:
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace, code: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_server(args, Path(tmp))
+        proc, port = start_server(args, Path(tmp), code)
         try:
             time.sleep(0.5)
             rss0, ramp = proc_rss_bytes(proc.pid), max(3.0, args.rooms / 100)
@@ -335,15 +349,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a server config key for this run, e.g. --set analysis.max_batch=8 (repeatable)")
     p.add_argument("--profile", default=None, metavar="OUT", help="py-spy the server during the measurement")
+    p.add_argument("--against", default=None, metavar="DIR",
+                   help="a checkout of other code (e.g. `git worktree add DIR COMMIT`): its server runs alternately with "
+                        "this one under the same load, and the medians and their ratio are printed")
+    p.add_argument("--repeats", type=int, default=1, help="runs (of each server with --against); medians reported")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
+
+
+SUMMARY_KEYS = ("server_cpu_ms_per_room_second", "latency_ms_p50", "latency_ms_p95", "rss_growth_mb_per_room",
+                "audio_analysed_fraction", "seq_gaps_at_listeners", "batch_size_mean", "machine_load_average_1min")
 
 
 def run(args: argparse.Namespace) -> int:
     from .common import write_json
 
-    res = measure(args)
-    print(json.dumps({k: v for k, v in res.items() if k != "profile_top_self"}, indent=1))
-    for name, share in res.get("profile_top_self", []):
-        print(f"  {100 * share:5.1f}%  {name}")
-    write_json(args.json, res)
+    if args.against is None and args.repeats <= 1:
+        res = measure(args)
+        print(json.dumps({k: v for k, v in res.items() if k != "profile_top_self"}, indent=1))
+        for name, share in res.get("profile_top_self", []):
+            print(f"  {100 * share:5.1f}%  {name}")
+        write_json(args.json, res)
+        return 0
+    codes: list[Path | None] = [None] if args.against is None else [None, Path(args.against).resolve()]
+    if args.against is not None and not (codes[1] / "sendreturn_mood" / "__main__.py").is_file():  # type: ignore[operator]
+        sys.exit(f"--against {args.against}: no sendreturn_mood package there (a checkout of this repository)")
+    runs: dict[str, list[dict[str, Any]]] = {"this": [], "against": []}
+    for i in range(args.repeats):  # alternating, so both see the same moments of a noisy machine
+        for code in codes:
+            name = "this" if code is None else "against"
+            res = measure(args, code)
+            runs[name].append(res)
+            print(f"run {i + 1} {name:8s} " + " ".join(f"{k}={res[k]}" for k in SUMMARY_KEYS), flush=True)
+    medians = {name: {k: _median([r[k] for r in rs]) for k in SUMMARY_KEYS} for name, rs in runs.items() if rs}
+    out: dict[str, Any] = {"rooms": args.rooms, "repeats": args.repeats, "against": args.against, "medians": medians, "runs": runs}
+    if args.against is not None:
+        this, other = medians["this"]["server_cpu_ms_per_room_second"], medians["against"]["server_cpu_ms_per_room_second"]
+        out["cpu_ratio_against_over_this"] = round(other / this, 3) if this and other else None
+    print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))
+    write_json(args.json, out)
     return 0
+
+
+def _median(values: list[Any]) -> float | None:
+    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    return round(float(np.median(xs)), 3) if xs else None
