@@ -30,15 +30,27 @@ def bytes_per_frame(encoding: str, channels: int) -> int:
     return ENCODINGS[encoding].itemsize * channels
 
 
-def decode(data: bytes, encoding: str, channels: int) -> np.ndarray:
-    """Interleaved little-endian PCM -> mono float32 in [-1, 1] (channel mean). Raises BadAudio."""
-    dtype = ENCODINGS[encoding]
-    frame = dtype.itemsize * channels
+def frame_count(data: bytes, encoding: str, channels: int) -> int:
+    """Sample frames in `data` (one sample per channel each). Raises BadAudio for a partial frame."""
+    frame = ENCODINGS[encoding].itemsize * channels
     if len(data) % frame:
         raise BadAudio(
             f"{len(data)} bytes is not a whole number of sample frames ({frame} bytes each for "
             f"{channels} channel(s) of {encoding})"
         )
+    return len(data) // frame
+
+
+def every_value_valid(encoding: str) -> bool:
+    """True for integer PCM: any bytes of whole frames are valid audio (float samples are checked when decoded), so
+    decoding may wait (see session.Session: bytes are held until the DSP needs them)."""
+    return ENCODINGS[encoding].kind == "i"
+
+
+def decode(data: bytes, encoding: str, channels: int) -> np.ndarray:
+    """Interleaved little-endian PCM -> mono float32 in [-1, 1] (channel mean). Raises BadAudio."""
+    dtype = ENCODINGS[encoding]
+    frame_count(data, encoding, channels)
     x = np.frombuffer(data, dtype=dtype)
     if dtype.kind == "i":
         return _s16_to_mono(x, channels)
