@@ -32,8 +32,9 @@ def test_model_bench_compares_models_per_batch(tmp_path, tiny_model_path) -> Non
 def test_server_bench_drives_a_real_server(tmp_path, tiny_model_path) -> None:
     out = tmp_path / "server.json"
     assert main(["server", "--rooms", "3", "--seconds", "5", "--hop", "1.0", "--procs", "1", "--model", str(tiny_model_path),
-                 "--json", str(out)]) == 0
+                 "--frame-ms", "250", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
+    assert "250 ms frames" in res["audio"] and res["generator_frames"] == 3 * 20
     assert res["failed_rooms"] == 0 and res["updates_at_listeners"] > 0
     assert res["seq_gaps_at_listeners"] == 0
     for key in ("server_cpu_ms_per_room_second", "latency_ms_p95", "rss_growth_mb_per_room", "generator_cpu_cores"):

@@ -175,7 +175,8 @@ async def _generate(rooms: list[int], port: int, args: dict[str, Any], start_at:
     from websockets.asyncio.client import connect
 
     seconds, hop, n_listeners = args["seconds"], args["hop"], args["listeners"]
-    frames = pcm_frames(music_like(seconds, RATE, CHANNELS, seed=1), RATE, "pcm_s16le")
+    frame_seconds = args["frame_ms"] / 1000
+    frames = pcm_frames(music_like(seconds, RATE, CHANNELS, seed=1), RATE, "pcm_s16le", frame_seconds)
     stats: dict[str, Any] = {"latency_ms": [], "updates": 0, "gaps": 0, "late_frames": 0, "frames": 0, "errors": Counter(),
                              "failed_rooms": 0}
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -206,11 +207,11 @@ async def _generate(rooms: list[int], port: int, args: dict[str, Any], start_at:
         t0 = start_at + np.random.default_rng(k).uniform(0, hop)
         loop_t0 = asyncio.get_running_loop().time() + (t0 - time.time())
         for i, frame in enumerate(frames):
-            due = loop_t0 + i * FRAME_SECONDS
+            due = loop_t0 + i * frame_seconds
             delay = due - asyncio.get_running_loop().time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            elif delay < -FRAME_SECONDS:
+            elif delay < -frame_seconds:
                 stats["late_frames"] += 1
             await src.send(frame)
             stats["frames"] += 1
@@ -263,7 +264,7 @@ def measure(args: argparse.Namespace, code: Path | None = None) -> dict[str, Any
             ctx = multiprocessing.get_context("spawn")
             results = ctx.Queue()
             shares = [list(range(args.rooms))[i :: args.procs] for i in range(args.procs)]
-            gen_args = {"seconds": args.seconds, "hop": args.hop, "listeners": args.listeners}
+            gen_args = {"seconds": args.seconds, "hop": args.hop, "listeners": args.listeners, "frame_ms": args.frame_ms}
             procs = [ctx.Process(target=generator_process, args=(s, port, gen_args, start_at, results)) for s in shares if s]
             for p in procs:
                 p.start()
@@ -305,7 +306,7 @@ def measure(args: argparse.Namespace, code: Path | None = None) -> dict[str, Any
     result = {
         "rooms": args.rooms,
         "listeners_per_room": args.listeners,
-        "audio": f"{RATE} Hz x{CHANNELS} pcm_s16le, {int(FRAME_SECONDS * 1000)} ms frames, real time",
+        "audio": f"{RATE} Hz x{CHANNELS} pcm_s16le, {args.frame_ms:g} ms frames, real time",
         "seconds_per_room": args.seconds,
         "measured_seconds": round(w1 - w0, 2),
         "server_cpu_ms_per_room_second": round(1000 * (cpu1 - cpu0) / room_seconds, 3),
@@ -345,6 +346,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="seconds of audio each source streams (default 30)")
     p.add_argument("--hop", type=float, default=1.5, help="analysis.hop_seconds (default 1.5)")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes (default 2)")
+    p.add_argument("--frame-ms", type=float, default=1000 * FRAME_SECONDS,
+                   help="milliseconds of audio per websocket frame a source sends (default 100, what issue 12 measures; "
+                        "protocol v1 allows larger frames, and each frame costs the server a websocket message)")
     p.add_argument("--model", default=None, help="ONNX model (default: the shipped one)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a server config key for this run, e.g. --set analysis.max_batch=8 (repeatable)")
