@@ -114,6 +114,8 @@ class AnalysisStream:
         self._samples_in += mono.size
         if self._same_rate:  # no resampler
             self._logmel.append(mono)
+        elif self._raw_n == 0 and self.due_after(mono.size):
+            self._logmel.append(self._resampler.push(mono))  # nothing pending: the piece goes to the resampler as it is
         else:
             self._buffer_raw(mono)
             if self.due_after(0):
