@@ -38,6 +38,7 @@ is the same in every preset: silence looks the same whatever the room's style.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -121,9 +122,10 @@ class Parameter:
     def rest_value(self) -> float | RGB:
         return self.neutral if self.rest is None else self.rest
 
-    @property
+    @functools.cached_property
     def decimals(self) -> int:
-        """Decimals on the wire: about RESOLUTION of the range (colours are whole RGB units anyway)."""
+        """Decimals on the wire: about RESOLUTION of the range (colours are whole RGB units anyway). Cached: it is
+        read for every parameter of every update."""
         if self.type == "colour":
             return 0
         return max(0, math.ceil(-math.log10(RESOLUTION * (self.high - self.low))))

@@ -19,19 +19,32 @@ from .frontend import FrontEndSpec, frames_to_logmel, frame_signal, n_frames_for
 SILENCE_FLOOR_DB = -120.0  # the lowest level reported (digital silence would be -inf)
 LOUDEST_DB = 60.0  # the highest level reported (pcm refuses float audio beyond +24 dBFS anyway)
 REFERENCE_HZ = 1000.0
+_LN10 = np.float32(math.log(10.0))
 
 
 def mel_power(logmel: np.ndarray, spec: FrontEndSpec) -> np.ndarray:
-    """Undo the front end's normalisation and log: log-mel [n_mels, frames] -> mel power (float64, >= 0)."""
-    x = np.asarray(logmel, dtype=np.float64)
+    """Undo the front end's normalisation and log: log-mel [n_mels, frames] -> mel power (float32, >= 0).
+
+    float32 and `exp`, not float64 `10 ** x`: this runs on the event loop for every window, and a level in dB needs
+    nowhere near float64's precision; `expm1` keeps the power of near-silent frames (10**x just above 1 in the
+    log10_scaled recipe) from cancelling to zero."""
+    x = np.asarray(logmel, dtype=np.float32)
     if spec.mean is not None and spec.std is not None:
-        x = x * spec.std + spec.mean
+        x = x * np.float32(spec.std) + np.float32(spec.mean)
     if spec.log == "log10_scaled":
-        power = (np.power(10.0, np.minimum(x, 300.0)) - spec.log_offset) / spec.log_scale
+        # (10**x - offset) / scale, as expm1(x ln 10) + (1 - offset); x is capped where float32 would overflow
+        power = np.minimum(x, np.float32(38.0))  # a new array: the caller's window is never written
+        power *= _LN10
+        np.expm1(power, out=power)
+        if spec.log_offset != 1.0:
+            power += np.float32(1.0 - spec.log_offset)
+        power *= np.float32(1.0 / spec.log_scale)
     else:
-        power = np.power(10.0, np.minimum(x, 3000.0) / 10.0)
+        power = np.minimum(x, np.float32(380.0))
+        power *= _LN10 / np.float32(10.0)
+        np.exp(power, out=power)
         power[power <= spec.amin * 1.0000001] = 0.0  # the dB floor is silence, not a signal
-    return np.maximum(power, 0.0)
+    return np.maximum(power, np.float32(0.0), out=power)
 
 
 @functools.lru_cache(maxsize=16)
@@ -41,14 +54,14 @@ def reference_power(spec: FrontEndSpec) -> float:
     y = np.sin(2 * np.pi * REFERENCE_HZ * t).astype(np.float32)
     padded = np.concatenate([pad_left(y, spec), y, pad_right(y, spec)])
     logmel = frames_to_logmel(frame_signal(padded, n_frames_for(len(y), spec), spec), spec)
-    return float(mel_power(logmel, spec).sum(axis=0).mean())
+    return float(mel_power(logmel, spec).sum(axis=0).mean(dtype=np.float64))
 
 
 def window_level_db(logmel: np.ndarray, spec: FrontEndSpec) -> float:
     """The window's level in dB re a full-scale sine, at least SILENCE_FLOOR_DB (always finite)."""
     if logmel.size == 0:
         return SILENCE_FLOOR_DB
-    power = float(mel_power(logmel, spec).sum(axis=0).mean())
+    power = float(mel_power(logmel, spec).sum(axis=0).mean(dtype=np.float64))
     if math.isnan(power) or power <= 0.0:
         return SILENCE_FLOOR_DB
     return min(LOUDEST_DB, max(SILENCE_FLOOR_DB, 10.0 * math.log10(power / reference_power(spec))))

@@ -30,15 +30,27 @@ def bytes_per_frame(encoding: str, channels: int) -> int:
     return ENCODINGS[encoding].itemsize * channels
 
 
-def decode(data: bytes, encoding: str, channels: int) -> np.ndarray:
-    """Interleaved little-endian PCM -> mono float32 in [-1, 1] (channel mean). Raises BadAudio."""
-    dtype = ENCODINGS[encoding]
-    frame = dtype.itemsize * channels
+def frame_count(data: bytes, encoding: str, channels: int) -> int:
+    """Sample frames in `data` (one sample per channel each). Raises BadAudio for a partial frame."""
+    frame = ENCODINGS[encoding].itemsize * channels
     if len(data) % frame:
         raise BadAudio(
             f"{len(data)} bytes is not a whole number of sample frames ({frame} bytes each for "
             f"{channels} channel(s) of {encoding})"
         )
+    return len(data) // frame
+
+
+def every_value_valid(encoding: str) -> bool:
+    """True for integer PCM: any bytes of whole frames are valid audio (float samples are checked when decoded), so
+    decoding may wait (see session.Session: bytes are held until the DSP needs them)."""
+    return ENCODINGS[encoding].kind == "i"
+
+
+def decode(data: bytes, encoding: str, channels: int) -> np.ndarray:
+    """Interleaved little-endian PCM -> mono float32 in [-1, 1] (channel mean). Raises BadAudio."""
+    dtype = ENCODINGS[encoding]
+    frame_count(data, encoding, channels)
     x = np.frombuffer(data, dtype=dtype)
     if dtype.kind == "i":
         return _s16_to_mono(x, channels)
@@ -54,13 +66,12 @@ def _s16_to_mono(x: np.ndarray, channels: int) -> np.ndarray:
     """Integer samples -> mono float32: the channels are summed as integer-valued floats (exact: at most
     8 x 32768 < 2**24) and divided once by 32768 x channels, which rounds once, as scaling each channel and dividing
     their sum by the channel count did (bit-identical, tested), at about a third of the cost."""
-    f = x.astype(np.float32)
     if channels == 1:
-        acc = f
-    else:
-        acc = f[0::channels] + f[1::channels]
+        acc = x.astype(np.float32)
+    else:  # the first two channels are converted and added in one pass
+        acc = np.add(x[0::channels], x[1::channels], dtype=np.float32)
         for k in range(2, channels):
-            acc += f[k::channels]
+            acc += x[k::channels]
     acc /= np.float32(32768 * channels)
     return acc
 

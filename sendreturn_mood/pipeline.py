@@ -114,14 +114,27 @@ class AnalysisStream:
         self._samples_in += mono.size
         if self._same_rate:  # no resampler
             self._logmel.append(mono)
+        elif self._raw_n == 0 and self.due_after(mono.size):
+            self._logmel.append(self._resampler.push(mono))  # nothing pending: the piece goes to the resampler as it is
         else:
             self._buffer_raw(mono)
-            if self._raw_n >= self._chunk or self._logmel.frames_after(self._resampler.max_output(self._raw_n)) >= self._next_end:
+            if self.due_after(0):
                 self._resample()  # a chunk is full, or a window could be due if everything pending were resampled
         pending = self._logmel.pending
         if pending >= EMIT_FRAMES or (pending and self._total + pending >= self._next_end):
             return self._add(pending)
         return []
+
+    def due_after(self, samples: int) -> bool:
+        """Would `samples` more input samples run any DSP: a full resampler chunk, or a window that could fall due?
+
+        While it would not, `push` only buffers, so a caller may hold input back (undecoded bytes, see
+        session.Session) and push it in one piece when this turns True: the windows are the same and come out of the
+        push that completes them, as if every piece had been pushed at once (tested)."""
+        if self._same_rate:
+            return True
+        n = self._raw_n + samples
+        return n >= self._chunk or self._logmel.frames_after(self._resampler.max_output(n)) >= self._next_end
 
     def finish(self) -> list[Window]:
         """End of the stream: flush resampler and front end, and add a final window over the tail if it is long

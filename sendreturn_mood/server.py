@@ -428,8 +428,8 @@ class MoodServer:
                 heard = room.audio_seconds
                 actions = session.receive(message, time.perf_counter())
                 if room.audio_seconds != heard:  # an accepted audio frame
-                    self.metrics.audio_seconds.inc(room.audio_seconds - heard)
-                    self.metrics.audio_bytes.inc(len(message))
+                    self.metrics.audio_seconds.add(room.audio_seconds - heard)
+                    self.metrics.audio_bytes.add(len(message))
                 if not await self._carry_out(conn, room, actions):
                     break  # `end` (the last update is queued, the outbox closes with 1000) or a fatal error
         except ConnectionClosed:
@@ -530,7 +530,7 @@ class MoodServer:
         try:
             while (item := await outbox.next()) is not None:
                 await ws.send(item[1])
-                self.metrics.messages_sent.inc()
+                self.metrics.messages_sent.add()
             code, reason = outbox.closing or (protocol.CLOSE_NORMAL, "")
             await ws.close(code, reason)
         except ConnectionClosed:
@@ -564,7 +564,7 @@ class MoodServer:
             self.metrics.dropped_windows.inc()
             return
         self.metrics.latency.observe(latency)
-        self.metrics.updates.inc()
+        self.metrics.updates.add()
         for msg in messages:  # a track_change (control: never conflated) comes before its window's mood
             if msg["type"] == "track_change":
                 self.metrics.track_changes.inc()

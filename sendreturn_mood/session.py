@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Union
 
+import numpy as np
+
 from . import pcm, protocol
 from .pipeline import AnalysisStream, Window, WindowPlan
 
@@ -128,6 +130,8 @@ class Session:
     bucket: TokenBucket | None = field(default=None, init=False)
     ended: bool = field(default=False, init=False)
     _last_rate_error: float = field(default=-1e18, init=False)
+    _held: list[bytes] = field(default_factory=list, init=False)  # integer PCM frames not yet decoded
+    _held_frames: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if self.params.is_source:
@@ -171,6 +175,7 @@ class Session:
         room's generation); the room announces the source's departure (see `rooms.RoomRegistry.leave`)."""
         self.ended = True
         self.stream = None
+        self._held, self._held_frames = [], 0
         return []
 
     # -------------------------------------------------------------------------------------------------- audio
@@ -180,10 +185,11 @@ class Session:
             return [_error(protocol.NOT_ALLOWED, "listeners cannot send audio (connect with role=source)")]
         p = self.params
         try:
-            mono = pcm.decode(data, p.encoding, p.channels)
+            n = pcm.frame_count(data, p.encoding, p.channels)
+            mono = None if pcm.every_value_valid(p.encoding) else pcm.decode(data, p.encoding, p.channels)
         except pcm.BadAudio as e:
             return [_error(protocol.BAD_AUDIO, f"{e}; frame dropped")]
-        seconds = len(mono) / p.sample_rate
+        seconds = n / p.sample_rate
         if not self.bucket.take(seconds, now):
             if now - self._last_rate_error < RATE_ERROR_INTERVAL:
                 return []
@@ -197,7 +203,23 @@ class Session:
                 )
             ]
         self.room.audio_seconds += seconds
-        return [Submit(w, now, self.room.generation) for w in self.stream.push(mono)]
+        if mono is not None:  # float samples: checked (and so decoded) as they arrive
+            return self._submit(self.stream.push(mono), now)
+        # integer PCM waits undecoded until the stream would run its DSP: one decode per resampler chunk instead of
+        # one per frame, with the same windows (AnalysisStream.due_after)
+        self._held.append(data)
+        self._held_frames += n
+        if not self.stream.due_after(self._held_frames):
+            return []
+        return self._submit(self.stream.push(self._release_held()), now)
+
+    def _release_held(self) -> np.ndarray:
+        held, self._held, self._held_frames = self._held, [], 0
+        p = self.params
+        return pcm.decode(held[0] if len(held) == 1 else b"".join(held), p.encoding, p.channels)
+
+    def _submit(self, windows: list[Window], now: float) -> list[Action]:
+        return [Submit(w, now, self.room.generation) for w in windows]
 
     # -------------------------------------------------------------------------------------------------- text
 
@@ -211,6 +233,7 @@ class Session:
         if self.stream is None:
             return [_error(protocol.NOT_ALLOWED, f"only the room's source may send '{type(msg).__name__.lower()}' messages")]
         if isinstance(msg, protocol.Track):
+            self._held, self._held_frames = [], 0  # what reset drops anyway: input that completed no window yet
             self.stream.reset()
             self.room.new_track(msg.to_dict())
             return [RoomChanged()]
@@ -227,7 +250,8 @@ class Session:
             return []
         # End: analyse the tail; the connection closes with 1000 once the last update has been delivered.
         self.ended = True
-        tail = [Submit(w, now, self.room.generation) for w in self.stream.finish()]
+        held = self.stream.push(self._release_held()) if self._held else []
+        tail = self._submit(held + self.stream.finish(), now)
         return [*tail, Drain()]
 
 

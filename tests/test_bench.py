@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -31,12 +32,49 @@ def test_model_bench_compares_models_per_batch(tmp_path, tiny_model_path) -> Non
 def test_server_bench_drives_a_real_server(tmp_path, tiny_model_path) -> None:
     out = tmp_path / "server.json"
     assert main(["server", "--rooms", "3", "--seconds", "5", "--hop", "1.0", "--procs", "1", "--model", str(tiny_model_path),
-                 "--json", str(out)]) == 0
+                 "--frame-ms", "250", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
+    assert "250 ms frames" in res["audio"] and res["generator_frames"] == 3 * 20
     assert res["failed_rooms"] == 0 and res["updates_at_listeners"] > 0
     assert res["seq_gaps_at_listeners"] == 0
     for key in ("server_cpu_ms_per_room_second", "latency_ms_p95", "rss_growth_mb_per_room", "generator_cpu_cores"):
         assert key in res
+
+
+@pytest.mark.slow
+def test_server_bench_runs_another_checkout_side_by_side(tmp_path, tiny_model_path) -> None:
+    import shutil
+
+    import sendreturn_mood
+
+    other = tmp_path / "other"
+    shutil.copytree(Path(sendreturn_mood.__file__).parent, other / "sendreturn_mood", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "ab.json"
+    assert main(["server", "--rooms", "2", "--seconds", "4", "--hop", "1.0", "--procs", "1", "--model", str(tiny_model_path),
+                 "--against", str(other), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["medians"]) == {"this", "against"} and res["cpu_ratio_against_over_this"] > 0
+    for name in ("this", "against"):
+        run = res["runs"][name][0]
+        assert run["failed_rooms"] == 0 and run["updates_at_listeners"] > 0
+
+
+def test_server_bench_hands_an_older_checkout_only_the_limits_it_knows(tmp_path) -> None:
+    """Code from before the per-address limits refuses config keys it does not know: the benchmark leaves them out."""
+    import yaml
+
+    from sendreturn_mood.bench.server import load_limits
+
+    old = tmp_path / "old" / "sendreturn_mood"
+    old.mkdir(parents=True)
+    (old / "default_config.yaml").write_text(yaml.safe_dump({"server": {"max_connections": 1000, "max_rooms": 500}}))
+    assert set(load_limits(100, 1, tmp_path / "old")) == {"max_connections", "max_rooms"}
+    assert "max_connections_per_address" in load_limits(100, 1)
+
+
+def test_server_bench_against_needs_a_checkout(tmp_path) -> None:
+    with pytest.raises(SystemExit, match="no sendreturn_mood package"):
+        main(["server", "--rooms", "1", "--against", str(tmp_path)])
 
 
 def test_unknown_subcommand_is_a_usage_error(capsys) -> None:

@@ -103,6 +103,35 @@ def test_windows_come_out_of_the_push_that_completes_them(rate: int, data: st.Da
         due_before, start = due, c
 
 
+@settings(max_examples=25, deadline=None)
+@given(rate=st.sampled_from([44100, 48000]), data=st.data())
+def test_input_held_back_until_due_after_gives_the_same_windows_from_the_same_piece(rate: int, data: st.DataObject) -> None:
+    """What session.Session does with integer PCM: pieces are held (undecoded) while `due_after` says no DSP would
+    run, then pushed in one piece. Every piece returns the windows the eager stream returns for it, equal to the bit."""
+    y = noise(6.0, rate, seed=9)
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(y)), max_size=80), label="cuts")))
+    eager, held_stream = AnalysisStream(SPEC, rate, PLAN), AnalysisStream(SPEC, rate, PLAN)
+    held: list[np.ndarray] = []
+    start = 0
+    for c in cuts + [len(y)]:
+        expected = eager.push(y[start:c])
+        held.append(y[start:c])
+        got = []
+        if held_stream.due_after(sum(len(h) for h in held)):
+            got = held_stream.push(np.concatenate(held))
+            held = []
+        assert len(got) == len(expected), f"after {c} samples"
+        for a, b in zip(got, expected):
+            assert a.stream_time == b.stream_time
+            np.testing.assert_array_equal(a.logmel, b.logmel)
+        start = c
+    tail = held_stream.push(np.concatenate(held)) if held else []
+    expected_tail, got_tail = eager.finish(), tail + held_stream.finish()
+    assert [w.stream_time for w in got_tail] == [w.stream_time for w in expected_tail]
+    for a, b in zip(got_tail, expected_tail):
+        np.testing.assert_array_equal(a.logmel, b.logmel)
+
+
 def test_final_window_covers_the_tail() -> None:
     """10 s: regular windows end at 188, 282, ...; the tail past the last one is long enough for a final window."""
     y = noise(10.0, 16000, seed=4)

@@ -16,8 +16,8 @@ from sendreturn_mood import protocol
 from sendreturn_mood.config import load_config
 from sendreturn_mood.effects import load_presets
 from sendreturn_mood.model import MoodModel
-from sendreturn_mood.pcm import encode
-from sendreturn_mood.pipeline import window_plan
+from sendreturn_mood.pcm import decode, encode
+from sendreturn_mood.pipeline import AnalysisStream, window_plan
 from sendreturn_mood.rooms import Room, RoomError, RoomRegistry
 from sendreturn_mood.session import Broadcast, Close, Drain, Reply, RoomChanged, Session, SessionSettings, Submit
 from sendreturn_mood.tracker import tracker_from_config
@@ -78,6 +78,45 @@ def test_audio_becomes_windows_every_hop(world):
     assert [round(a.window.stream_time, 3) for a in subs] == [0.992, 1.488, 1.984]
     assert {a.generation for a in subs} == {room.generation}
     assert room.audio_seconds == pytest.approx(2.0)
+
+
+def test_integer_pcm_waits_undecoded_and_gives_the_windows_of_eager_decoding(world):
+    """s16 frames are held as bytes until the stream would run its DSP: each Submit still comes with the frame that
+    completes its window, the windows equal those of decoding and pushing every frame at once, `end` analyses what
+    was held, and a `track` message drops it with the old track's audio."""
+    info, settings, _ = world
+    frames = [encode(tone(0.1, 48000, channels=2, seed=i), "pcm_s16le") for i in range(80)]
+
+    def stream(count: int) -> tuple[int, list, list]:
+        src, _ = session(world, sample_rate=48000, channels=2)
+        eager = AnalysisStream(settings.frontend, 48000, settings.plan)
+        most_held = 0
+        for i, frame in enumerate(frames[:count]):
+            got = [a.window for a in src.receive(frame, 0.1 * i) if isinstance(a, Submit)]
+            most_held = max(most_held, len(src._held))
+            expected = eager.push(decode(frame, "pcm_s16le", 2))
+            assert [w.stream_time for w in got] == [w.stream_time for w in expected], f"frame {i}"
+            for a, b in zip(got, expected):
+                np.testing.assert_array_equal(a.logmel, b.logmel)
+        held_at_end = len(src._held)
+        tail = [a.window for a in src.receive(json.dumps({"type": "end"}), 0.1 * count) if isinstance(a, Submit)]
+        return most_held + 100 * held_at_end, tail, eager.finish()
+
+    checked = 0
+    for count in range(61, 80):
+        held, tail, expected_tail = stream(count)
+        assert held % 100 >= 2  # frames did wait undecoded
+        assert [w.stream_time for w in tail] == [w.stream_time for w in expected_tail]
+        for a, b in zip(tail, expected_tail):
+            np.testing.assert_array_equal(a.logmel, b.logmel)
+        checked += held >= 100 and bool(expected_tail)  # a final window made partly of audio held at `end`
+    assert checked
+
+    src, _ = session(world, sample_rate=48000, channels=2)
+    for i, frame in enumerate(frames[:5]):
+        src.receive(frame, 0.1 * i)
+    assert src.receive(json.dumps({"type": "track", "id": "next"}), 0.5) == [RoomChanged()]
+    assert not src._held and src.stream.seconds_received == 0.0
 
 
 def test_listeners_may_not_send_audio_or_source_messages(world):

@@ -8,7 +8,7 @@ import sys
 
 COMMANDS = {
     "audio": "the audio path's CPU per room-second, ours against the naive per-hop recompute",
-    "model": "the model's ms per window at batch 1/8/32 (optionally side by side with another model)",
+    "model": "the model's ms per window at batch 1/2/8/32 (optionally side by side with another model)",
     "server": "the whole server under load: CPU per room-second, latency, capacity, memory",
     "cluster": "rooms across 1..P server processes through Redis: updates/s, latency, server and Redis CPU, drops",
     "silence": "window levels of real music, white noise and silence (to choose analysis.silence_db)",

@@ -70,7 +70,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None, help="ONNX model (default: the shipped exported_models/mood_cnn.onnx)")
     p.add_argument("--compare", nargs="*", default=[], metavar="OTHER", help="models timed alternately with MODEL")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], help="batch sizes (default 1 8 32)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 2, 8, 32], help="batch sizes (default 1 2 8 32: 2 is about what the server forms at 200-400 rooms)")
     p.add_argument("--runs", type=int, default=400, help="windows per model and batch size (calls = runs / batch, >= 10)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1, as model.threads)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -53,22 +54,27 @@ AUDIO_METRIC = "sendreturn_audio_seconds_total"
 # ------------------------------------------------------------------------------------------------ the server process
 
 
-def load_limits(rooms: int, listeners: int) -> dict[str, Any]:
+def load_limits(rooms: int, listeners: int, code: Path | None = None) -> dict[str, Any]:
     """Server limits raised for a benchmark of `rooms` rooms: every benchmark client shares one address (127.0.0.1),
     so the per-address limits, which are not what is measured, must let all of them in."""
     connections = rooms * (2 + listeners) + 10
-    return {
+    limits = {
         "max_connections": max(1000, connections),
         "max_rooms": max(500, rooms + 10),
         "max_connections_per_address": max(100, connections),
         "max_rooms_per_address": max(50, rooms + 10),
         "room_creations_per_minute": max(120, rooms * 2),
     }
+    # only the keys the server under test knows: the same benchmark then drives an older checkout side by side (a
+    # server refuses unknown config keys, and older ones had no per-address limits)
+    defaults = code / "sendreturn_mood" / "default_config.yaml" if code else resources.files("sendreturn_mood").joinpath("default_config.yaml")
+    known = yaml.safe_load(defaults.read_text())["server"]
+    return {k: v for k, v in limits.items() if k in known}
 
 
-def server_config(args: argparse.Namespace) -> dict[str, Any]:
+def server_config(args: argparse.Namespace, code: Path | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "server": load_limits(args.rooms, args.listeners),
+        "server": load_limits(args.rooms, args.listeners, code),
         "analysis": {"hop_seconds": args.hop},
         "logging": {"level": "warning"},
     }
@@ -82,21 +88,29 @@ def server_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-def start_server(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[str], int]:
+def start_server(args: argparse.Namespace, tmp: Path, code: Path | None = None) -> tuple[subprocess.Popen[str], int]:
     cfg = tmp / "bench.yaml"
-    cfg.write_text(yaml.safe_dump(server_config(args)))
-    return spawn_server(cfg, args.model)
+    cfg.write_text(yaml.safe_dump(server_config(args, code)))
+    return spawn_server(cfg, args.model, code)
 
 
-def spawn_server(config: Path, model: str | None = None) -> tuple[subprocess.Popen[str], int]:
-    """`python -m sendreturn_mood serve --port 0 --config FILE` as a user starts it -> (process, port)."""
+def spawn_server(config: Path, model: str | None = None, code: Path | None = None) -> tuple[subprocess.Popen[str], int]:
+    """`python -m sendreturn_mood serve --port 0 --config FILE` as a user starts it -> (process, port).
+
+    `code`: a checkout whose `sendreturn_mood` package is served instead of this one (for side-by-side runs); the
+    server then starts in that directory, since `python -m` puts the current directory first on sys.path, and serves
+    that checkout's exported_models/mood_cnn.onnx unless `model` is given."""
     cmd = [sys.executable, "-m", "sendreturn_mood", "serve", "--port", "0", "--config", str(config)]
+    if model is None and code is not None:
+        model = str(code / "exported_models" / "mood_cnn.onnx")
     if model:
         cmd += ["--model", model]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(code)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     # its own session: on Linux with autogroup scheduling the server then has a CPU share of its own, as a deployed
     # server would, instead of sharing one with the load generator
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True, cwd=code)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     m = LISTEN_RE.search(line)
     if not m:
@@ -161,7 +175,8 @@ async def _generate(rooms: list[int], port: int, args: dict[str, Any], start_at:
     from websockets.asyncio.client import connect
 
     seconds, hop, n_listeners = args["seconds"], args["hop"], args["listeners"]
-    frames = pcm_frames(music_like(seconds, RATE, CHANNELS, seed=1), RATE, "pcm_s16le")
+    frame_seconds = args["frame_ms"] / 1000
+    frames = pcm_frames(music_like(seconds, RATE, CHANNELS, seed=1), RATE, "pcm_s16le", frame_seconds)
     stats: dict[str, Any] = {"latency_ms": [], "updates": 0, "gaps": 0, "late_frames": 0, "frames": 0, "errors": Counter(),
                              "failed_rooms": 0}
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -192,11 +207,11 @@ async def _generate(rooms: list[int], port: int, args: dict[str, Any], start_at:
         t0 = start_at + np.random.default_rng(k).uniform(0, hop)
         loop_t0 = asyncio.get_running_loop().time() + (t0 - time.time())
         for i, frame in enumerate(frames):
-            due = loop_t0 + i * FRAME_SECONDS
+            due = loop_t0 + i * frame_seconds
             delay = due - asyncio.get_running_loop().time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            elif delay < -FRAME_SECONDS:
+            elif delay < -frame_seconds:
                 stats["late_frames"] += 1
             await src.send(frame)
             stats["frames"] += 1
@@ -239,9 +254,9 @@ def profile_summary(raw: Path, top: int = 25) -> list[tuple[str, float]]:
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace, code: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_server(args, Path(tmp))
+        proc, port = start_server(args, Path(tmp), code)
         try:
             time.sleep(0.5)
             rss0, ramp = proc_rss_bytes(proc.pid), max(3.0, args.rooms / 100)
@@ -249,7 +264,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             ctx = multiprocessing.get_context("spawn")
             results = ctx.Queue()
             shares = [list(range(args.rooms))[i :: args.procs] for i in range(args.procs)]
-            gen_args = {"seconds": args.seconds, "hop": args.hop, "listeners": args.listeners}
+            gen_args = {"seconds": args.seconds, "hop": args.hop, "listeners": args.listeners, "frame_ms": args.frame_ms}
             procs = [ctx.Process(target=generator_process, args=(s, port, gen_args, start_at, results)) for s in shares if s]
             for p in procs:
                 p.start()
@@ -291,7 +306,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "rooms": args.rooms,
         "listeners_per_room": args.listeners,
-        "audio": f"{RATE} Hz x{CHANNELS} pcm_s16le, {int(FRAME_SECONDS * 1000)} ms frames, real time",
+        "audio": f"{RATE} Hz x{CHANNELS} pcm_s16le, {args.frame_ms:g} ms frames, real time",
         "seconds_per_room": args.seconds,
         "measured_seconds": round(w1 - w0, 2),
         "server_cpu_ms_per_room_second": round(1000 * (cpu1 - cpu0) / room_seconds, 3),
@@ -331,19 +346,54 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="seconds of audio each source streams (default 30)")
     p.add_argument("--hop", type=float, default=1.5, help="analysis.hop_seconds (default 1.5)")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes (default 2)")
+    p.add_argument("--frame-ms", type=float, default=1000 * FRAME_SECONDS,
+                   help="milliseconds of audio per websocket frame a source sends (default 100, what issue 12 measures; "
+                        "protocol v1 allows larger frames, and each frame costs the server a websocket message)")
     p.add_argument("--model", default=None, help="ONNX model (default: the shipped one)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a server config key for this run, e.g. --set analysis.max_batch=8 (repeatable)")
     p.add_argument("--profile", default=None, metavar="OUT", help="py-spy the server during the measurement")
+    p.add_argument("--against", default=None, metavar="DIR",
+                   help="a checkout of other code (e.g. `git worktree add DIR COMMIT`): its server runs alternately with "
+                        "this one under the same load, and the medians and their ratio are printed")
+    p.add_argument("--repeats", type=int, default=1, help="runs (of each server with --against); medians reported")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
+
+
+SUMMARY_KEYS = ("server_cpu_ms_per_room_second", "latency_ms_p50", "latency_ms_p95", "rss_growth_mb_per_room",
+                "audio_analysed_fraction", "seq_gaps_at_listeners", "batch_size_mean", "machine_load_average_1min")
 
 
 def run(args: argparse.Namespace) -> int:
     from .common import write_json
 
-    res = measure(args)
-    print(json.dumps({k: v for k, v in res.items() if k != "profile_top_self"}, indent=1))
-    for name, share in res.get("profile_top_self", []):
-        print(f"  {100 * share:5.1f}%  {name}")
-    write_json(args.json, res)
+    if args.against is None and args.repeats <= 1:
+        res = measure(args)
+        print(json.dumps({k: v for k, v in res.items() if k != "profile_top_self"}, indent=1))
+        for name, share in res.get("profile_top_self", []):
+            print(f"  {100 * share:5.1f}%  {name}")
+        write_json(args.json, res)
+        return 0
+    codes: list[Path | None] = [None] if args.against is None else [None, Path(args.against).resolve()]
+    if args.against is not None and not (codes[1] / "sendreturn_mood" / "__main__.py").is_file():  # type: ignore[operator]
+        sys.exit(f"--against {args.against}: no sendreturn_mood package there (a checkout of this repository)")
+    runs: dict[str, list[dict[str, Any]]] = {"this": [], "against": []}
+    for i in range(args.repeats):  # alternating, so both see the same moments of a noisy machine
+        for code in codes:
+            name = "this" if code is None else "against"
+            res = measure(args, code)
+            runs[name].append(res)
+            print(f"run {i + 1} {name:8s} " + " ".join(f"{k}={res[k]}" for k in SUMMARY_KEYS), flush=True)
+    medians = {name: {k: _median([r[k] for r in rs]) for k in SUMMARY_KEYS} for name, rs in runs.items() if rs}
+    out: dict[str, Any] = {"rooms": args.rooms, "repeats": args.repeats, "against": args.against, "medians": medians, "runs": runs}
+    if args.against is not None:
+        this, other = medians["this"]["server_cpu_ms_per_room_second"], medians["against"]["server_cpu_ms_per_room_second"]
+        out["cpu_ratio_against_over_this"] = round(other / this, 3) if this and other else None
+    print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))
+    write_json(args.json, out)
     return 0
+
+
+def _median(values: list[Any]) -> float | None:
+    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    return round(float(np.median(xs)), 3) if xs else None
