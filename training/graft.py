@@ -62,20 +62,8 @@ def graft(mood_model: onnx.ModelProto, genre_model: onnx.ModelProto) -> onnx.Mod
         m.input[:] = [_renamed(i) for i in n.input]
         m.output[:] = [_renamed(o) for o in n.output]
         renamed_nodes.append(m)
-    inits = [t for t in g_mood.initializer if t.name in mood_values]
-    for t in g_genre.initializer:
-        if t.name in genre_values:
-            u = onnx.TensorProto()
-            u.CopyFrom(t)
-            u.name = _renamed(t.name)
-            inits.append(u)
-    value_info = [v for v in g_mood.value_info if v.name in mood_values]
-    for v in g_genre.value_info:
-        if v.name in genre_values:
-            w = onnx.ValueInfoProto()
-            w.CopyFrom(v)
-            w.name = _renamed(v.name)
-            value_info.append(w)
+    inits = [t for t in g_mood.initializer if t.name in mood_values] + _renamed_copies(g_genre.initializer, genre_values)
+    value_info = [v for v in g_mood.value_info if v.name in mood_values] + _renamed_copies(g_genre.value_info, genre_values)
     out_info = {o.name: o for o in g_mood.output if o.name != GENRE_OUTPUT}
     out_info[GENRE_OUTPUT] = next(o for o in g_genre.output if o.name == GENRE_OUTPUT)
     graph = helper.make_graph(mood_nodes + renamed_nodes, g_mood.name, list(g_mood.input),
@@ -84,3 +72,15 @@ def graft(mood_model: onnx.ModelProto, genre_model: onnx.ModelProto) -> onnx.Mod
                               producer_name=mood_model.producer_name, producer_version=mood_model.producer_version)
     onnx.checker.check_model(model)
     return model
+
+
+def _renamed_copies(protos, keep: set[str]) -> list:  # type: ignore[no-untyped-def]
+    """Copies of the named protos (initializers, value infos) in `keep`, renamed into the genre student's namespace."""
+    out = []
+    for p in protos:
+        if p.name in keep:
+            q = type(p)()
+            q.CopyFrom(p)
+            q.name = _renamed(p.name)
+            out.append(q)
+    return out
