@@ -53,7 +53,8 @@ def test_server_bench_runs_another_checkout_side_by_side(tmp_path, tiny_model_pa
     assert main(["server", "--rooms", "2", "--seconds", "4", "--hop", "1.0", "--procs", "1", "--model", str(tiny_model_path),
                  "--against", str(other), "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert set(res["medians"]) == {"this", "against"} and res["cpu_ratio_against_over_this"] > 0
+    # the ratio itself is not asserted: two tiny rooms can use less than one clock tick of CPU in the measured span
+    assert set(res["medians"]) == {"this", "against"} and "cpu_ratio_against_over_this" in res
     for name in ("this", "against"):
         run = res["runs"][name][0]
         assert run["failed_rooms"] == 0 and run["updates_at_listeners"] > 0
