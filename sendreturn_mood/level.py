@@ -53,15 +53,19 @@ def reference_power(spec: FrontEndSpec) -> float:
     t = np.arange(spec.sample_rate) / spec.sample_rate
     y = np.sin(2 * np.pi * REFERENCE_HZ * t).astype(np.float32)
     padded = np.concatenate([pad_left(y, spec), y, pad_right(y, spec)])
-    logmel = frames_to_logmel(frame_signal(padded, n_frames_for(len(y), spec), spec), spec)
-    return float(mel_power(logmel, spec).sum(axis=0).mean(dtype=np.float64))
+    return _mean_power(frames_to_logmel(frame_signal(padded, n_frames_for(len(y), spec), spec), spec), spec)
 
 
 def window_level_db(logmel: np.ndarray, spec: FrontEndSpec) -> float:
     """The window's level in dB re a full-scale sine, at least SILENCE_FLOOR_DB (always finite)."""
     if logmel.size == 0:
         return SILENCE_FLOOR_DB
-    power = float(mel_power(logmel, spec).sum(axis=0).mean(dtype=np.float64))
+    power = _mean_power(logmel, spec)
     if math.isnan(power) or power <= 0.0:
         return SILENCE_FLOOR_DB
     return min(LOUDEST_DB, max(SILENCE_FLOOR_DB, 10.0 * math.log10(power / reference_power(spec))))
+
+
+def _mean_power(logmel: np.ndarray, spec: FrontEndSpec) -> float:
+    """Mean over frames of the summed mel power: the quantity both the level and its 0 dB reference are made of."""
+    return float(mel_power(logmel, spec).sum(axis=0).mean(dtype=np.float64))
