@@ -175,7 +175,7 @@ class Session:
         room's generation); the room announces the source's departure (see `rooms.RoomRegistry.leave`)."""
         self.ended = True
         self.stream = None
-        self._held, self._held_frames = [], 0
+        self._take_held()
         return []
 
     # -------------------------------------------------------------------------------------------------- audio
@@ -213,8 +213,12 @@ class Session:
             return []
         return self._submit(self.stream.push(self._release_held()), now)
 
-    def _release_held(self) -> np.ndarray:
+    def _take_held(self) -> list[bytes]:
         held, self._held, self._held_frames = self._held, [], 0
+        return held
+
+    def _release_held(self) -> np.ndarray:
+        held = self._take_held()
         p = self.params
         return pcm.decode(held[0] if len(held) == 1 else b"".join(held), p.encoding, p.channels)
 
@@ -233,7 +237,7 @@ class Session:
         if self.stream is None:
             return [_error(protocol.NOT_ALLOWED, f"only the room's source may send '{type(msg).__name__.lower()}' messages")]
         if isinstance(msg, protocol.Track):
-            self._held, self._held_frames = [], 0  # what reset drops anyway: input that completed no window yet
+            self._take_held()  # dropped with the old track, as reset drops buffered input: it completed no window
             self.stream.reset()
             self.room.new_track(msg.to_dict())
             return [RoomChanged()]
