@@ -34,3 +34,10 @@ DEFAULT_TEACHERS = ("msd",)  # the distillation targets of the 1.x students (`tr
 DISTILL = {"epochs": 8}  # label-free distillation on the mood data's audio
 FINE_TUNE = {"supervised": True, "ce_weight": 1.0, "epochs": 2, "lr": 0.001, "wise": 0.5}  # mood labels, WiSE average
 GENRE_BRANCH = {"supervised": True, "tasks": ["genre"], "ce_weight": 1.0, "epochs": 4, "patience": 4, "lr": 0.001}
+
+# -- the accurate variant (exported_models/mood_musicnn.onnx, `python -m training.accurate`; its plan:
+# docs/evaluation/plans/accurate_two_teachers.md) -------------------------------------------------------------
+SVM_C = 1.0  # the RBF SVM head (`training.svm.SoftmaxSVC`), as in the ceiling study
+ACCURATE_TEACHERS = ("msd", "mtt")  # teachers whose embedding + tag logits the heads read
+ACCURATE_HEADS = {"mood": "linear", "genre": "svm"}  # the head per task, fixed by the plan
+ACCURATE_MAX_MB = 40  # above this file size the plan's fallback genre head (rff) is used instead of the SVM
