@@ -155,17 +155,18 @@ def report_markdown(report: dict) -> str:
              f"`{report['plan']}`. Artist-grouped 5-fold CV (`training.cv.dataset_folds`, `grouped_cv`), every head "
              "fitted on the training folds' windows only; window = one 3 s window, clip = window probabilities "
              "averaged. Mean ± std over folds.", "",
-             "| row | windows, features | window acc | window macro-F1 | clip acc | clip macro-F1 | per-fold clip acc |",
-             "|---|---|---|---|---|---|---|"]
+             "| row | windows, features | window acc | window macro-F1 | window ECE | clip acc | clip macro-F1 | per-fold clip acc |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in report["rows"].items():
         w, c = r["window"]["summary"], r["clip"]["summary"]
         folds = " / ".join(f"{x['accuracy']:.3f}" for x in r["clip"]["folds"])
         lines.append(f"| {name} | {r['n_windows']}, {r['features']} | {f(w, 'accuracy')} | {f(w, 'macro_f1')} | "
-                     f"{f(c, 'accuracy')} | {f(c, 'macro_f1')} | {folds} |")
+                     f"{f(w, 'ece')} | {f(c, 'accuracy')} | {f(c, 'macro_f1')} | {folds} |")
     d = report["decision"]
     lines += ["", "Heads: linear = `training.cv.LinearHead` (C by grouped inner CV on the training folds); svm = "
               f"`training.svm.SoftmaxSVC` (RBF, C = {report['svm_C']}, softmax of scikit-learn's ovr decision values); "
-              "rff = `training.cv.RandomFeatureHead`. Information rows do not enter the rule.", "",
+              "rff = `training.cv.RandomFeatureHead`. Information rows do not enter the rule. Window ECE: expected calibration "
+              "error of the window probabilities (the SVM's softmax of decision values is a ranking, not calibrated).", "",
               "## The plan's rule", "", "| condition | candidate | current | holds |", "|---|---|---|---|"]
     for label, c in d["conditions"].items():
         lines.append(f"| {label} | {c['candidate']:.4f} | {c['current']:.4f} | {'yes' if c['holds'] else 'no'} |")

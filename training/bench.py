@@ -110,7 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from training.commandline import invocation
+
     res = bench(args.model, args.batch, args.runs, args.threads)
+    res["command"] = invocation("bench")
     for b, r in res["ms_per_window"].items():
         print(f"{res['name']}: batch {b}: {r['median']:.3f} ms/window median, {r['p90']:.3f} p90 "
               f"({res['threads']} thread, {res['n_mels']}x{res['frames']} log-mel)")
