@@ -118,3 +118,13 @@ def test_analyze_cli_runs_the_accurate_model():
     assert result["mood"] in ("happy", "angry", "sad", "calm")
     assert set(result["genre"]["probabilities"]) == set(GENRES)
     assert result["windows"] >= 10
+
+
+def test_bench_counts_both_teachers_multiply_adds():
+    """The MTT graph's convolutions sit behind computed pads (no inferred shapes): bench reads them from a run."""
+    from training.bench import multiply_adds
+
+    unknown: list[str] = []
+    macs = multiply_adds(accurate_or_skip(), 96, 187, unknown)
+    assert unknown == []
+    assert macs["mood_logits"] > 1.9 * macs["embedding"]  # mood reads both teachers; `embedding` is the MSD one alone

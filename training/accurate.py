@@ -36,6 +36,7 @@ from training.recipe import ACCURATE_HEADS, ACCURATE_MAX_MB, ACCURATE_TEACHERS, 
 DEFAULT_OUT = REPO / "exported_models" / "mood_musicnn.onnx"
 REPORT_DIR = REPO / "docs" / "evaluation" / "accurate"
 VERSION = "1.1.0"
+OLD_COMMIT = "5a252b6"  # the last commit that shipped 1.0.0 (the side-by-side bench's reference)
 VERIFY_ATOL = 1e-3
 FLIP_MARGIN = 1e-3  # a pairwise SVM decision this close to 0 may flip its vote under float32 rounding
 CHECK_CLIPS = 2  # clips per dataset run through the whole graph at export
@@ -308,7 +309,7 @@ def write_card(path: Path, info, report: dict, bench: dict | None) -> Path:
         r = role_row(report, task, role)
         w, c = r["window"]["summary"], r["clip"]["summary"]
         return (f"| {TASKS[task][0]} ({task}), {role} ({'+'.join(r['teachers'])}, {r['head']}) | "
-                f"{w['accuracy_mean']:.3f} ± {w['accuracy_std']:.3f} | {w['macro_f1_mean']:.3f} | "
+                f"{w['accuracy_mean']:.3f} ± {w['accuracy_std']:.3f} | {w['macro_f1_mean']:.3f} | {w['ece_mean']:.3f} | "
                 f"{c['accuracy_mean']:.3f} ± {c['accuracy_std']:.3f} | {c['macro_f1_mean']:.3f} ± {c['macro_f1_std']:.3f} | "
                 + " / ".join(f"{x['accuracy']:.3f}" for x in r["clip"]["folds"]) + " |")
 
@@ -317,8 +318,8 @@ def write_card(path: Path, info, report: dict, bench: dict | None) -> Path:
         cost = (f"Cost, timed side by side with 1.0.0 (alternating calls, batch 1, one thread, median of {c['runs']}): "
                 f"{c['median_ms_per_window'][0]:.1f} ms vs {c['median_ms_per_window'][1]:.1f} ms per window, ratio "
                 f"{c['ratio']:.2f}; multiply-adds per window {c['multiply_adds'][0] / 1e6:.0f} M vs "
-                f"{c['multiply_adds'][1] / 1e6:.0f} M (`{bench.get('command', 'python -m training bench')}`, "
-                "`docs/evaluation/accurate/bench.json`). The default mood_cnn costs about 0.5 ms per window.")
+                f"{c['multiply_adds'][1] / 1e6:.0f} M (`docs/evaluation/accurate/bench.json`, command below). The default "
+                "mood_cnn costs about 0.5 ms per window.")
     else:
         cost = "Cost: not measured yet (`python -m training bench exported_models/mood_musicnn.onnx --compare OLD.onnx`)."
     heads = prov.get("heads", {})
@@ -338,8 +339,9 @@ def write_card(path: Path, info, report: dict, bench: dict | None) -> Path:
         f"{heads.get('genre_logits', {}).get('support_vectors')} support vectors), fitted on all "
         f"{heads.get('genre_logits', {}).get('clips')} Emotify clips ({heads.get('genre_logits', {}).get('windows')} windows). "
         "`genre_logits` are scikit-learn's one-vs-rest decision values (one-vs-one votes + transformed confidences), "
-        "computed in the graph; the runtime's softmax over them is what was evaluated. Not calibrated: a window's genre "
-        "probabilities are a ranking (at most ~0.66 for a unanimous vote), not frequencies.",
+        "computed in the graph; the runtime's softmax over them is what was evaluated. Not calibrated (no temperature "
+        "was fitted): a window's genre probabilities are a ranking, not frequencies (a class that wins all its pairwise "
+        "votes gets well under 1), hence the higher window ECE below.",
         "- `embedding`: the MSD teacher's embedding (what the track-change detector compares).",
         "- Data: 4Q (Panda, Malheiro & Paiva, IEEE Trans. Affective Computing, 2018) and Emotify (Aljanaki, Wiering & "
         "Veltkamp, Information Processing & Management, 2016); research use, audio not redistributed.",
@@ -347,8 +349,8 @@ def write_card(path: Path, info, report: dict, bench: dict | None) -> Path:
         f"- File size: {prov.get('file_mb', 0):.1f} MB.",
         "", "## Metrics (artist-grouped 5-fold CV, heads refitted per fold on the training folds; "
         "`docs/evaluation/accurate/report.md`)", "",
-        "| task, row | window acc | window macro-F1 | clip acc | clip macro-F1 | per-fold clip acc |",
-        "|---|---|---|---|---|---|",
+        "| task, row | window acc | window macro-F1 | window ECE | clip acc | clip macro-F1 | per-fold clip acc |",
+        "|---|---|---|---|---|---|---|",
         row("mood", "candidate"), row("genre", "candidate"), row("mood", "current"), row("genre", "current"), "",
         f"*candidate* is this model; *current* is 1.0.0 (MSD only, linear heads), scored in the same run. The plan "
         f"(`{report['plan']}`, fixed before the numbers) lets this model replace 1.0.0 only if genre clip accuracy is "
@@ -357,8 +359,15 @@ def write_card(path: Path, info, report: dict, bench: dict | None) -> Path:
                     for k, v in d["conditions"].items())
         + ". The other heads measured on the same features are in the report.", "", cost, "",
         "## Reproduce", "", "```sh", "python -m training features 4q emotify --teacher",
-        "python -m training features 4q emotify --teacher --teachers mtt", report["command"],
-        prov.get("export_command", ""), "```", "",
+        "python -m training features 4q emotify --teacher --teachers mtt",
+        *dict.fromkeys([report["command"], prov.get("export_command", "")]),
+        *([f"git show {OLD_COMMIT}:exported_models/mood_musicnn.onnx > {Path(bench['compare']['models'][1])}   # 1.0.0 as shipped",
+           bench["command"], "python -m training.accurate --card-only   # this card again, with that bench run"]
+          if bench and "compare" in bench and "command" in bench else []),
+        "```", "",
+        "`--evaluate` scores the plan's rows under the grouped CV (`docs/evaluation/accurate/report.json`), then "
+        "fits the heads on all labelled windows and builds, checks and describes the file; without it the report is "
+        "read.", "",
         f"Check at export: the whole graph against the cached teacher outputs + heads on {ver.get('graph', {}).get('windows')} "
         "real windows, max abs difference "
         + ", ".join(f"{k} {v:.1e}" for k, v in ver.get("graph", {}).get("max_abs_diff", {}).items())

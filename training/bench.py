@@ -54,10 +54,28 @@ def bench(path: str | os.PathLike[str] | None, batches: list[int], runs: int, th
     return result
 
 
-def multiply_adds(path: str | os.PathLike[str], n_mels: int, frames: int) -> dict[str, int]:
+def run_shapes(path: str | os.PathLike[str], names: list[str], n_mels: int, frames: int) -> dict[str, list[int]]:
+    """The shapes of the float tensors `names` in one onnxruntime run of the graph on a zero [1, n_mels, frames] window."""
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.load(str(path))
+    m.graph.output.extend([onnx.helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None) for x in names])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    got = sess.run(names, {m.graph.input[0].name: np.zeros((1, n_mels, frames), np.float32)})
+    return {x: list(v.shape) for x, v in zip(names, got)}
+
+
+def multiply_adds(path: str | os.PathLike[str], n_mels: int, frames: int, unknown: list[str] | None = None) -> dict[str, int]:
     """Multiply-adds of one window through the graph, per output (Conv, Gemm and MatMul nodes, from the shapes ONNX
     infers for a [1, n_mels, frames] input): a cost figure that, unlike a timing, the machine's load cannot move.
-    Each output counts the nodes it depends on; `total` counts every node once."""
+    Each output counts the nodes it depends on; `total` counts every node once. Shapes ONNX cannot infer (e.g. behind
+    a Pad whose pads are computed, as in the MagnaTagATune musicnn graph) are read from one onnxruntime run on a
+    zero window; a Conv/Gemm/MatMul still without shapes counts 0 and its output's name goes into `unknown`, so a
+    caller can say the figure is a lower bound."""
     import onnx
 
     from training.graft import needed
@@ -71,9 +89,18 @@ def multiply_adds(path: str | os.PathLike[str], n_mels: int, frames: int) -> dic
     shape = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
              for v in (*m.graph.value_info, *m.graph.output, *m.graph.input)}
     shape.update({t.name: list(t.dims) for t in m.graph.initializer})
+    matmuls = [n for n in m.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    missing = sorted({x for n in matmuls for x in (n.output[0], *n.input[:2])
+                      if not shape.get(x) or min(shape[x]) <= 0})
+    if missing:
+        shape.update(run_shapes(path, missing, n_mels, frames))
 
     def cost(node) -> int:
         out = shape.get(node.output[0], [])
+        if node.op_type in ("Conv", "Gemm", "MatMul") and (not out or min(out) <= 0):
+            if unknown is not None and node.output[0] not in unknown:
+                unknown.append(node.output[0])
+            return 0
         if node.op_type == "Conv":  # out [N, C_out, H, W] x weight [C_out, C_in / groups, kh, kw] without C_out
             w = shape[node.input[1]]
             return int(np.prod(out) * np.prod(w[1:]))
@@ -117,12 +144,19 @@ def run(args: argparse.Namespace) -> int:
     for b, r in res["ms_per_window"].items():
         print(f"{res['name']}: batch {b}: {r['median']:.3f} ms/window median, {r['p90']:.3f} p90 "
               f"({res['threads']} thread, {res['n_mels']}x{res['frames']} log-mel)")
-    res["multiply_adds"] = macs = multiply_adds(res["model"], res["n_mels"], res["frames"])
+    unknown: list[str] = []
+    res["multiply_adds"] = macs = multiply_adds(res["model"], res["n_mels"], res["frames"], unknown)
     print(f"{res['name']}: {macs['total'] / 1e6:.1f} M multiply-adds per window ("
           + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in macs.items() if k != "total") + ")")
+    if unknown:
+        res["multiply_adds_uncounted_nodes"] = len(unknown)
+        print(f"{res['name']}: {len(unknown)} Conv/Gemm/MatMul nodes have shapes ONNX cannot infer and count 0: "
+              "the multiply-adds are a lower bound")
     if args.compare:
         c = compare(args.model, args.compare, 1, args.runs, args.threads)
-        c["multiply_adds"] = [macs["total"], multiply_adds(args.compare, res["n_mels"], res["frames"])["total"]]
+        other_unknown: list[str] = []
+        c["multiply_adds"] = [macs["total"], multiply_adds(args.compare, res["n_mels"], res["frames"], other_unknown)["total"]]
+        c["multiply_adds_uncounted_nodes"] = [len(unknown), len(other_unknown)]
         res["compare"] = c
         print(f"side by side, batch 1: {c['median_ms_per_window'][0]:.3f} ms ({c['models'][0]}) vs "
               f"{c['median_ms_per_window'][1]:.3f} ms ({c['models'][1]}): ratio {c['ratio']:.2f}; multiply-adds "
