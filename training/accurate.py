@@ -301,8 +301,9 @@ def check_graph(out: Path, refs: dict, cache) -> dict:
     return {"windows": n, "max_abs_diff": diffs}
 
 
-def write_card(path: Path, info, report: dict, bench: dict | None) -> Path:
-    """The card, from the model's metadata, the evaluation report (`--evaluate`) and the side-by-side bench JSON."""
+def write_card(path: Path, info, report: dict, bench: dict | None, default_bench: dict | None = None) -> Path:
+    """The card, from the model's metadata, the evaluation report (`--evaluate`) and the side-by-side bench JSONs
+    (against the variant it replaces, and against the default model)."""
     prov = info.provenance
 
     def row(task: str, role: str) -> str:
@@ -318,10 +319,13 @@ def write_card(path: Path, info, report: dict, bench: dict | None) -> Path:
         cost = (f"Cost, timed side by side with 1.0.0 (alternating calls, batch 1, one thread, median of {c['runs']}): "
                 f"{c['median_ms_per_window'][0]:.1f} ms vs {c['median_ms_per_window'][1]:.1f} ms per window, ratio "
                 f"{c['ratio']:.2f}; multiply-adds per window {c['multiply_adds'][0] / 1e6:.0f} M vs "
-                f"{c['multiply_adds'][1] / 1e6:.0f} M (`docs/evaluation/accurate/bench.json`, command below). The default "
-                "mood_cnn costs about 0.5 ms per window.")
+                f"{c['multiply_adds'][1] / 1e6:.0f} M (`docs/evaluation/accurate/bench.json`, command below).")
     else:
         cost = "Cost: not measured yet (`python -m training bench exported_models/mood_musicnn.onnx --compare OLD.onnx`)."
+    if default_bench and "compare" in default_bench:
+        c = default_bench["compare"]
+        cost += (f" Side by side with the default model ({Path(c['models'][1]).name}): {c['median_ms_per_window'][0]:.1f} ms "
+                 f"vs {c['median_ms_per_window'][1]:.2f} ms, ratio {c['ratio']:.0f} (`{default_bench['command']}`).")
     heads = prov.get("heads", {})
     ver = prov.get("verification", {})
     d = report["decision"]
@@ -391,6 +395,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the evaluation report (JSON; markdown beside it) the decision and the card read")
     parser.add_argument("--bench", default=str(REPORT_DIR / "bench.json"),
                         help="side-by-side bench JSON the card quotes (`python -m training bench ... --json`), if present")
+    parser.add_argument("--bench-default", default=str(REPORT_DIR / "bench_vs_mood_cnn.json"),
+                        help="side-by-side bench JSON against the default model, quoted in the card if present")
     parser.add_argument("--card-only", action="store_true", help="only rewrite the card of the existing --out")
     parser.add_argument("--force", action="store_true", help="build even if the plan's rule says the candidate loses")
     parser.add_argument("--cache", default=None, help="feature cache folder (None: $SENDRETURN_CACHE, else cache/)")
@@ -414,8 +420,9 @@ def run(args: argparse.Namespace) -> int:
         print(report_markdown(report))
     report = json.loads(report_path.read_text())
     bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
+    default_bench = json.loads(Path(args.bench_default).read_text()) if Path(args.bench_default).is_file() else None
     if args.card_only:
-        write_card(out.with_suffix(".md"), MoodModel(out).info, report, bench)
+        write_card(out.with_suffix(".md"), MoodModel(out).info, report, bench, default_bench)
         print(f"{out.with_suffix('.md')} rewritten")
         return 0
     if not report["decision"]["ships"] and not args.force:
@@ -471,7 +478,7 @@ def run(args: argparse.Namespace) -> int:
     model = MoodModel(out)
     short = model.predict(np.zeros((1, 96, 40), np.float32))
     shutil.copyfile(TEACHER_LICENSE, out.parent / TEACHER_LICENSE.name)
-    write_card(out.with_suffix(".md"), model.info, report, bench)
+    write_card(out.with_suffix(".md"), model.info, report, bench, default_bench)
     print(f"{out}: {size_mb:.1f} MB, verified ({json.dumps(verification)}); {short.moods.shape} on a 40-frame window; "
           f"{TEACHER_LICENSE.name} copied beside it")
     return 0
