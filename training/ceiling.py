@@ -33,11 +33,12 @@ import numpy as np
 from training.commandline import invocation
 from training.cv import LinearHead, RandomFeatureHead, SklearnModel, cross_validate, dataset_folds, groups_of
 from training.manifest import GENRES_EMOTIFY, MOODS_4Q, REPO
-from training.recipe import FRONTEND, HOP_FRAMES, PATCH_FRAMES
+from training.recipe import FRONTEND, HOP_FRAMES, PATCH_FRAMES, TEACHER_SVM_C
+from training.teacher_svm import SoftmaxSVC
 
 TASKS = {"genre": ("emotify", GENRES_EMOTIFY), "mood": ("4q", MOODS_4Q)}
 LR_GRID = (0.005, 0.02, 0.1, 0.5)
-SVM_C = 1.0
+SVM_C = TEACHER_SVM_C
 KNN_K = 3
 COMBINED_C = 0.02
 LAYER_C = 0.1  # LR on each other teacher layer and on student embeddings (one fixed C, like the SVM's)
@@ -53,28 +54,6 @@ def clip_summary(result: dict) -> dict:
     summary = result["clip"]["summary"]
     return {"clip_accuracy_mean": summary["accuracy_mean"], "clip_accuracy_std": summary["accuracy_std"],
             "folds": [f["accuracy"] for f in result["clip"]["folds"]]}
-
-
-class SoftmaxSVC:
-    """RBF SVM whose one-vs-rest decision values go through a softmax: window "probabilities" to average per clip
-    (scikit-learn deprecated `SVC(probability=True)`; a ranking is all the clip vote needs)."""
-
-    def __init__(self, C: float = SVM_C) -> None:
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-        from sklearn.svm import SVC
-
-        self.model = make_pipeline(StandardScaler(), SVC(C=C, decision_function_shape="ovr"))
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "SoftmaxSVC":
-        self.model.fit(X, y)
-        self.classes_ = self.model.classes_
-        return self
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        d = self.model.decision_function(X)
-        e = np.exp(d - d.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
 
 
 def finetune_fold(teacher_path, mels: list[np.ndarray], y: np.ndarray, tr, te, n_classes: int, epochs: int, seed: int) -> np.ndarray:

@@ -34,3 +34,8 @@ DEFAULT_TEACHERS = ("msd",)  # the distillation targets of the 1.x students (`tr
 DISTILL = {"epochs": 8}  # label-free distillation on the mood data's audio
 FINE_TUNE = {"supervised": True, "ce_weight": 1.0, "epochs": 2, "lr": 0.001, "wise": 0.5}  # mood labels, WiSE average
 GENRE_BRANCH = {"supervised": True, "tasks": ["genre"], "ce_weight": 1.0, "epochs": 4, "patience": 4, "lr": 0.001}
+
+# -- the teachers' genre posterior as a genre-stage target (`train --genre-posterior`, `training.teacher_svm`) ------
+TEACHER_SVM_C = 1.0  # the RBF SVM on both teachers' standardised embeddings (the ceiling's SVM, scikit-learn's gamma)
+GENRE_POSTERIOR = {"temperature": 1.0, "weight": 1.0}  # softmax temperature of SVM decisions and student logits;
+# weight of the soft cross-entropy to that posterior, on every window (the true-label cross-entropy stays)
