@@ -521,3 +521,33 @@ def test_rff_genre_head_in_the_graph_computes_what_evaluate_scores(tiny):
     with torch.no_grad():
         got = model.predict(np.concatenate(per_clip)).genres
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_genre_posterior_trains_on_labelled_and_unlabelled_windows(tiny):
+    """train --genre-posterior: the teachers' SVM posterior is a genre target on every window (mood clips have no
+    genre label), the true-label cross-entropy stays, and the reproduce command records the option."""
+    import torch
+
+    from training import train
+    from training.manifest import GENRES_EMOTIFY
+    from training.teacher import teacher_available
+
+    if not (teacher_available("msd") and teacher_available("mtt")):
+        pytest.skip("the musicnn teachers are not in ../shared/models (they live beside the repository)")
+    genre_manifest = write_manifest(read_folder(write_tiny_dataset(tiny["base"] / "post_genre_audio", GENRES_EMOTIFY)),
+                                    tiny["base"] / "post_genre.csv")
+    run = tiny["base"] / "posterior_run"
+    argv = ["--data", str(tiny["manifest"]), str(genre_manifest), "--out", str(run), "--supervised", "--tasks", "genre",
+            "--genre-posterior", "--teachers", "msd", "mtt", "--fold-data", str(genre_manifest), "--exclude-fold", "0",
+            "--cache", str(tiny["cache"]), "--epochs", "1", "--batch", "8", "--channels", "8", "16", "--embedding", "16",
+            "--threads", "1", "--quiet"]
+    assert train.run(parse(train, argv)) == 0
+    ck = torch.load(run / "best.ckpt", map_location="cpu", weights_only=False)
+    assert "--genre-posterior" in ck["command"] and ck["genre_posterior"]["weight"] > 0
+    history = json.loads((run / "history.json").read_text())["history"]
+    assert {"posterior", "genre", "distill"} <= set(history[0]["train"])
+    svm_cache = list((tiny["cache"] / "teacher_svm").glob("*.npz"))
+    assert len(svm_cache) == 1
+    # the SVM never saw the excluded fold: the run's clips are the cached decisions' rows, without fold 0's test clips
+    test_files = {str(Path(f).name) for f in ck["items"]}
+    assert len([f for f in test_files if f.startswith(tuple(GENRES_EMOTIFY))]) < 4 * CLIPS_PER_LABEL

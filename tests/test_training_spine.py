@@ -196,3 +196,51 @@ def test_two_teachers_give_both_targets(tmp_path):
     assert one.targets.shape[1] == 250 and two.targets.shape[1] == 500
     np.testing.assert_array_equal(two.targets[:, :250], one.targets)
     assert np.isfinite(two.targets).all() and not np.allclose(two.targets[:, 250:], one.targets)
+
+
+def test_chain_genre_posterior_reaches_only_the_genre_stage(tmp_path):
+    """`chain --genre-posterior` adds the teachers' posterior target to the genre runs (still without their test
+    fold) and nothing else; `--genre-init` names the distilled student they start from."""
+    from training.chain import commands
+
+    init = str(tmp_path / "other" / "distill_xall" / "best.ckpt")
+    runs = dict(commands(tmp_path, ["0", "all"], ["distill", "genre"], ["msd", "mtt"], 1, 0, "4q", "emotify",
+                         genre_posterior=True, genre_init=init))
+    assert "--genre-posterior" not in runs[tmp_path / "distill_x0"]
+    for k in ("0", "all"):
+        argv = runs[tmp_path / f"genre_x{k}"]
+        assert "--genre-posterior" in argv and argv[argv.index("--init") + 1] == init
+    assert runs[tmp_path / "genre_x0"][runs[tmp_path / "genre_x0"].index("--exclude-fold") + 1] == "0"
+
+
+def test_teachers_svm_sees_only_the_labelled_clips_it_is_given(tmp_path, monkeypatch):
+    """The posterior's SVM is fitted on the windows of the labelled clips passed in (train passes its own training
+    clips, a fold's test clips already removed) and scores every window of every clip; a different training set is
+    a different cache entry."""
+    from training import teacher_svm
+    from training.manifest import GENRES_EMOTIFY
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(12):
+        f = tmp_path / f"c{i}.wav"
+        f.write_bytes(b"x" * (i + 1))
+        files.append(Item(str(f), GENRES_EMOTIFY[i % 4] if i < 8 else MOODS_4Q[i % 4], None))
+    feats = [rng.normal(size=(3, 6)) + (i % 4) for i in range(12)]
+    monkeypatch.setattr(teacher_svm, "teachers_embeddings", lambda items, cache, *a, **k: [feats[files.index(it)] for it in items])
+    seen = []
+    fit = teacher_svm.SoftmaxSVC.fit
+    monkeypatch.setattr(teacher_svm.SoftmaxSVC, "fit", lambda self, X, y: seen.append(X) or fit(self, X, y))
+    genre = np.array([i % 4 if i < 8 else -1 for i in range(12)])
+    genre[5] = -1  # e.g. a test-fold clip whose label train never has: its windows are scored, never fitted
+    d = teacher_svm.window_decisions(files, genre, tmp_path / "cache")
+    assert d.shape == (36, 4)
+    expected = np.concatenate([feats[i] for i in range(12) if genre[i] >= 0])
+    np.testing.assert_array_equal(seen[0], expected)
+    np.testing.assert_array_equal(teacher_svm.window_decisions(files, genre, tmp_path / "cache"), d)
+    assert len(seen) == 1, "the second call is read from the cache"
+    genre[6] = -1
+    teacher_svm.window_decisions(files, genre, tmp_path / "cache")
+    assert len(seen) == 2, "another training set is another SVM"
+    p = teacher_svm.softmax(d)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-6)

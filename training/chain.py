@@ -43,10 +43,13 @@ def run_dir(root: Path, stage: str, fold: str) -> Path:
 
 def commands(root: Path, folds: list[str], stages: list[str], teachers: list[str], threads: int, seed: int,
              mood_data: str, genre_data: str, channels: list[int] | None = None,
-             genre_epochs: int | None = None) -> list[tuple[Path, list[str]]]:
+             genre_epochs: int | None = None, genre_posterior: bool = False,
+             genre_init: str | None = None) -> list[tuple[Path, list[str]]]:
     """(run folder, train argv) for every run, in the order they must run. `channels` (None: train's default
     network) applies to every stage, since each stage starts from the previous one's weights; `genre_epochs` (None:
-    the recipe's) lengthens the genre stage (its patience follows, so early stopping does not cut it short)."""
+    the recipe's) lengthens the genre stage (its patience follows, so early stopping does not cut it short);
+    `genre_posterior` adds the teachers' SVM posterior target to the genre stage (`train --genre-posterior`);
+    `genre_init` (None: this chain's `all` distilled student) is the checkpoint the genre stage starts from."""
     common = ["--threads", str(threads), "--quiet"] + (["--seed", str(seed)] if seed else [])
     if list(teachers) != list(DEFAULT_TEACHERS):
         common += ["--teachers", *teachers]
@@ -64,12 +67,13 @@ def commands(root: Path, folds: list[str], stages: list[str], teachers: list[str
             runs.append((f, ["--data", mood_data, "--init", str(d / "best.ckpt"), *options(FINE_TUNE), *excl, *common,
                              "--out", str(f)]))
     if "genre" in stages:
-        init = run_dir(root, "distill", "all") / "best.ckpt"
+        init = Path(genre_init) if genre_init else run_dir(root, "distill", "all") / "best.ckpt"
+        extra = ["--genre-posterior"] if genre_posterior else []
         for k in folds:
             excl = [] if k == "all" else ["--exclude-fold", k]
             g = run_dir(root, "genre", k)
             runs.append((g, ["--data", mood_data, genre_data, "--init", str(init), *options(genre),
-                             "--fold-data", genre_data, *excl, *common, "--out", str(g)]))
+                             "--fold-data", genre_data, *excl, *extra, *common, "--out", str(g)]))
     return runs
 
 
@@ -101,6 +105,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CNN block channels of every run (None: train's default, the shipped students' width)")
     parser.add_argument("--genre-epochs", type=int, default=None,
                         help=f"epochs of the genre stage (None: the recipe's {GENRE_BRANCH['epochs']})")
+    parser.add_argument("--genre-posterior", action="store_true",
+                        help="genre stage: also learn the teachers' RBF-SVM genre posterior (train --genre-posterior)")
+    parser.add_argument("--genre-init", default=None, metavar="CKPT",
+                        help="checkpoint the genre stage starts from (None: OUT/distill_xall/best.ckpt)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (the machine is shared)")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every run")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -109,7 +117,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     root = Path(args.out)
     for out, argv in commands(root, args.folds, args.stages, args.teachers, args.threads, args.seed,
-                              args.mood_data, args.genre_data, args.channels, args.genre_epochs):
+                              args.mood_data, args.genre_data, args.channels, args.genre_epochs, args.genre_posterior,
+                              args.genre_init):
         cmd = [*PROG, "train", *argv]
         if (out / "history.json").is_file():
             print(f"done already: {out}", flush=True)

@@ -86,6 +86,7 @@ def chain_stages(path: str, fold: int, dataset: str) -> list[dict]:
         data, fold_data = a.get("data", []), a.get("fold_data", [])
         fold_data = [fold_data] if isinstance(fold_data, str) else fold_data
         stages.append({"supervised": bool(a.get("supervised")), "wise": a.get("wise"), "data": list(data),
+                       "genre_posterior": bool(a.get("genre_posterior")),
                        "teachers": a.get("teachers") or ["msd"], "heard_dataset": dataset in data,
                        "heard_test_fold": dataset in data and not (a.get("exclude_fold") == fold and dataset in fold_data)})
         p = a.get("init")
@@ -107,6 +108,8 @@ def describe_chain(path: str, fold: int, dataset: str) -> str:
         stage = "fine-tuned with labels" if s["supervised"] else "distilled (no labels)"
         if s["teachers"] != ["msd"]:
             stage += f" (teachers {'+'.join(s['teachers'])})"
+        if s["genre_posterior"]:  # its SVM was fitted on this stage's own labelled clips: it heard what the stage heard
+            stage += " (+ the teachers' genre SVM posterior)"
         if s["wise"] is not None:
             stage += f" (weights averaged with its init, alpha {s['wise']:g})"
         if not s["heard_dataset"]:

@@ -37,7 +37,12 @@ GENRE_BRANCH = {"supervised": True, "tasks": ["genre"], "ce_weight": 1.0, "epoch
 
 # -- the accurate variant (exported_models/mood_musicnn.onnx, `python -m training.accurate`; its plan:
 # docs/evaluation/plans/accurate_two_teachers.md) -------------------------------------------------------------
-SVM_C = 1.0  # the RBF SVM head (`training.svm.SoftmaxSVC`), as in the ceiling study
+SVM_C = 1.0  # the RBF SVM on the teachers' features (`training.svm.SoftmaxSVC`): the ceiling study, this head and the
+# genre posterior of `train --genre-posterior` (`training.teacher_svm`)
 ACCURATE_TEACHERS = ("msd", "mtt")  # teachers whose embedding + tag logits the heads read
 ACCURATE_HEADS = {"mood": "linear", "genre": "svm"}  # the head per task, fixed by the plan
 ACCURATE_MAX_MB = 40  # above this file size the plan's fallback genre head (rff) is used instead of the SVM
+
+# -- the teachers' genre posterior as a genre-stage target (`train --genre-posterior`, `training.teacher_svm`) ------
+GENRE_POSTERIOR = {"temperature": 1.0, "weight": 1.0}  # softmax temperature of SVM decisions and student logits;
+# weight of the soft cross-entropy to that posterior, on every window (the true-label cross-entropy stays)

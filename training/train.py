@@ -43,7 +43,7 @@ import numpy as np
 from training.checkpoints import interpolate
 from training.commandline import PROG
 from training.manifest import GENRES_EMOTIFY, MOODS_4Q, Item
-from training.recipe import DEFAULT_TEACHERS, FOLD_SEED, HOP_FRAMES, N_SPLITS, PATCH_FRAMES
+from training.recipe import DEFAULT_TEACHERS, FOLD_SEED, GENRE_POSTERIOR, HOP_FRAMES, N_SPLITS, PATCH_FRAMES
 
 DEFAULT_OUT = Path("runs") / "student"
 VALID_FRACTION = 0.1
@@ -220,6 +220,14 @@ def train(args: argparse.Namespace) -> Path:
         t_mean = data.targets[rows].mean(axis=0)
         t_std = data.targets[rows].std(axis=0) + 1e-3
         targets = torch.from_numpy((data.targets - t_mean) / t_std)
+    posterior = None
+    if args.genre_posterior:
+        from training.teacher_svm import softmax, window_decisions
+
+        if data.targets is None:
+            raise SystemExit("--genre-posterior needs the teachers' cached windows (not --no-teacher)")
+        decisions = window_decisions(items, data.genre, cache_dir(args.cache), hop_frames=args.teacher_hop)
+        posterior = torch.from_numpy(softmax(decisions, GENRE_POSTERIOR["temperature"]).astype(np.float32))
     mood_w = torch.from_numpy(class_weights(data.mood[~valid_clip], len(MOODS_4Q)))
     genre_w = torch.from_numpy(class_weights(data.genre[~valid_clip], len(GENRES_EMOTIFY)))
 
@@ -248,15 +256,24 @@ def train(args: argparse.Namespace) -> Path:
     def batch_tensors(ps: list[Patch], rng: np.random.Generator | None):
         x = torch.from_numpy(np.stack([data.crop(p, rng) for p in ps]))
         t = None if targets is None else targets[[p.target for p in ps]]
+        if posterior is not None:  # the posterior rides along with the targets (mixed with the same weights)
+            t = torch.cat([t, posterior[[p.target for p in ps]]], dim=1)
         mood = torch.from_numpy(data.mood[[p.clip for p in ps]])
         genre = torch.from_numpy(data.genre[[p.clip for p in ps]])
         return x, t, mood, genre
 
     def loss_fn(o, t, mood, genre):
         loss, parts = torch.zeros(()), {}
+        if posterior is not None:
+            t, q = t[:, : -posterior.shape[1]], t[:, -posterior.shape[1] :]
+            temp = GENRE_POSTERIOR["temperature"]
+            soft = -(q * F.log_softmax(o["genre_logits"] / temp, dim=1)).sum(dim=1).mean() * temp**2
+            loss = loss + GENRE_POSTERIOR["weight"] * soft
+            parts["posterior"] = soft.item()
         if t is not None:
-            loss = F.mse_loss(o["distill"], t)
-            parts["distill"] = loss.item()
+            mse = F.mse_loss(o["distill"], t)
+            loss = loss + mse
+            parts["distill"] = mse.item()
         if supervised:
             for name, lab, w in (("mood", mood, mood_w), ("genre", genre, genre_w)):
                 if name not in args.tasks:
@@ -312,7 +329,8 @@ def train(args: argparse.Namespace) -> Path:
               f"valid loss {val:.4f} ({time.time() - t0:.0f} s)", file=sys.stderr)
         ckpt = {"net": net.state_dict(), "cfg": cfg.to_dict(), "opt": opt.state_dict(),
                 "state": state, "target_mean": t_mean, "target_std": t_std, "args": vars(args), "items": [it.file for it in items],
-                "command": training_command(vars(args))}
+                "command": training_command(vars(args)),
+                "genre_posterior": dict(GENRE_POSTERIOR) if posterior is not None else None}
         improved = val < state["best_val"]
         if improved:
             state["best_val"], state["best_epoch"] = val, epoch + 1
@@ -358,6 +376,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teachers", nargs="+", choices=sorted(TEACHERS), default=list(DEFAULT_TEACHERS),
                         help="distil from these teachers together (their embeddings + tag logits side by side)")
     parser.add_argument("--ce-weight", type=float, default=0.5, help="weight of the cross-entropy next to the distillation loss")
+    parser.add_argument("--genre-posterior", action="store_true",
+                        help="add a soft cross-entropy of the genre output to the teachers' RBF-SVM genre posterior on "
+                             "every window (the SVM fitted on this run's labelled genre clips only; "
+                             "recipe.GENRE_POSTERIOR)")
     parser.add_argument("--mix", action="store_true", help="mix pairs of crops (power domain)")
     parser.add_argument("--no-masks", action="store_true", help="no spectrogram masking")
     parser.add_argument("--exclude-fold", type=int, default=None,
