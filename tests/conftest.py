@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
+
+# A shell starts a background job (`pytest &`, nohup) with SIGINT ignored, and child processes inherit that: the
+# examples and servers the tests start would then ignore the Ctrl-C the tests send them (asyncio.run only installs its
+# SIGINT handler where Python's default one is in place). Give the children a normal Ctrl-C however pytest started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
