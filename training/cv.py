@@ -40,7 +40,8 @@ def dataset_folds(items: Sequence[Item], n_splits: int = N_SPLITS, seed: int = F
     return group_folds([it.label for it in items], groups_of(items), n_splits, seed)
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
+def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = z / temperature
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

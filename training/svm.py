@@ -17,6 +17,7 @@ from itertools import combinations
 
 import numpy as np
 
+from training.cv import softmax
 from training.recipe import SVM_C
 
 
@@ -39,9 +40,7 @@ class SoftmaxSVC:
         return self.model.decision_function(X)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        d = self.decision_function(X)
-        e = np.exp(d - d.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(self.decision_function(X))
 
 
 @dataclass

@@ -145,18 +145,24 @@ def dataset_teacher_outputs(
     return outs
 
 
+def clip_teacher_features(items: Sequence[Item], cache: Path | None = None, names: Sequence[str] = DEFAULT_TEACHERS,
+                          parts: Sequence[str] = ("embedding", "logits"), hop_frames: int = HOP_FRAMES,
+                          progress: bool = True) -> list[np.ndarray]:
+    """Per clip: the chosen outputs of every teacher in `names` on each grid window, side by side -> [n_windows_i, d]
+    (for callers that need to know which windows belong to which clip)."""
+    per_teacher = [dataset_teacher_outputs(items, cache, hop_frames, name=n, progress=progress) for n in names]
+    return [np.concatenate([o[p] for o in outs for p in parts], axis=1) for outs in zip(*per_teacher)]
+
+
 def teacher_features(items: Sequence[Item], cache: Path | None = None, names: Sequence[str] = DEFAULT_TEACHERS,
                      parts: Sequence[str] = ("embedding", "logits"), hop_frames: int = HOP_FRAMES) -> np.ndarray:
     """Per window: the chosen outputs of every teacher in `names`, concatenated -> [n_windows, d] (the rows line up
     with `training.heads.windows` on the same items). Used as distillation targets and as baseline features."""
-    per_teacher = []
-    for name in names:
-        outs = dataset_teacher_outputs(items, cache, hop_frames, name=name)
-        per_teacher.append(np.concatenate([np.concatenate([o[p] for p in parts], axis=1) for o in outs]))
-    return np.concatenate(per_teacher, axis=1)
+    return np.concatenate(clip_teacher_features(items, cache, names, parts, hop_frames))
 
 
 __all__ = [
     "TEACHERS", "TeacherModel", "teacher_model", "TEACHER_PATH", "Teacher", "teacher_available",
-    "patch_starts", "cut_patches", "clip_teacher_outputs", "dataset_teacher_outputs", "teacher_features", "CITATION",
+    "patch_starts", "cut_patches", "clip_teacher_outputs", "dataset_teacher_outputs", "clip_teacher_features",
+    "teacher_features", "CITATION",
 ]

@@ -6,7 +6,7 @@ can learn more from that classifier than from the four hard labels: its posterio
 window sounds, and it can be computed on audio without genre labels (all of 4Q), so the genre stage gets genre
 targets on every window it trains on (`train --genre-posterior`).
 
-Strictness is by construction: `window_posteriors` fits the SVM on the labelled clips it is given and nothing else.
+Strictness is by construction: `window_decisions` fits the SVM on the labelled clips it is given and nothing else.
 `train` passes the clips it trains on (a cross-validation fold's test clips are already removed there), so a student
 that scores fold K learns from an SVM that never saw fold K. Decision values are cached per (training clips, scored
 clips, teachers, C), because the SVM is refitted by every run otherwise.
@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from training.cache import atomic_save, cache_dir, file_key
+from training.cv import softmax
 from training.manifest import GENRES_EMOTIFY, Item
 from training.recipe import HOP_FRAMES, SVM_C
 from training.svm import SoftmaxSVC
@@ -30,20 +31,13 @@ from training.svm import SoftmaxSVC
 POSTERIOR_TEACHERS = ("msd", "mtt")  # the SVM's features: both teachers' embeddings side by side
 
 
-def softmax(d: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = d / temperature
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def teachers_embeddings(items: Sequence[Item], cache: Path | None = None, names: Sequence[str] = POSTERIOR_TEACHERS,
                         hop_frames: int = HOP_FRAMES) -> list[np.ndarray]:
     """Per clip: every teacher's embedding of each grid window, side by side ([n_windows_i, 200 * len(names)]); the
     rows line up with the distillation targets of `train` (same grid, same order)."""
-    from training.teacher import dataset_teacher_outputs
+    from training.teacher import clip_teacher_features
 
-    per_teacher = [dataset_teacher_outputs(items, cache, hop_frames, name=n, progress=False) for n in names]
-    return [np.concatenate([o["embedding"] for o in outs], axis=1) for outs in zip(*per_teacher)]
+    return clip_teacher_features(items, cache, names, ("embedding",), hop_frames, progress=False)
 
 
 def _cache_key(train: Sequence[tuple[str, int]], scored: Sequence[str], names: Sequence[str], C: float, hop: int) -> str:

@@ -222,7 +222,8 @@ def train(args: argparse.Namespace) -> Path:
         targets = torch.from_numpy((data.targets - t_mean) / t_std)
     posterior = None
     if args.genre_posterior:
-        from training.teacher_svm import softmax, window_decisions
+        from training.cv import softmax
+        from training.teacher_svm import window_decisions
 
         if data.targets is None:
             raise SystemExit("--genre-posterior needs the teachers' cached windows (not --no-teacher)")
