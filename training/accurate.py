@@ -86,15 +86,13 @@ def task_data(task: str, cache, teachers: tuple[str, ...]):
     """(items, window features [n_windows, d], clip index per window, clip labels, clip groups) for a task."""
     from training.cache import resolve_dataset
     from training.cv import groups_of
-    from training.teacher import dataset_teacher_outputs, teacher_features
+    from training.teacher import clip_teacher_features
 
     data, labels, _ = TASKS[task]
     items = resolve_dataset(data)
-    outs = dataset_teacher_outputs(items, cache)
-    clip_idx = np.concatenate([np.full(len(o["starts"]), i) for i, o in enumerate(outs)])
-    X = teacher_features(items, cache, teachers, PARTS)
-    if len(X) != len(clip_idx):
-        raise RuntimeError("the teachers' caches disagree on the window grid")
+    per_clip = clip_teacher_features(items, cache, teachers, PARTS)  # one grid: teachers side by side per clip
+    clip_idx = np.concatenate([np.full(len(x), i) for i, x in enumerate(per_clip)])
+    X = np.concatenate(per_clip)
     y = np.array([labels.index(it.label) for it in items])
     return items, X, clip_idx, y, np.array(groups_of(items))
 
