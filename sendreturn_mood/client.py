@@ -39,8 +39,8 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from . import pcm
-from .audiofiles import find_audio  # noqa: F401  (part of this module's API: files and folders -> audio files)
+from .audio import pcm
+from .audio.files import find_audio  # noqa: F401  (part of this module's API: files and folders -> audio files)
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
 FATAL_STATUS = frozenset({400, 401, 403, 404})  # refusals that retrying cannot fix (409, 503: retry)

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from .eventloop import LOOPS
-from .trackchange import DetectorSettings, TrackChangeError
+from .server.eventloop import LOOPS
+from .room.trackchange import DetectorSettings, TrackChangeError
 
 DEFAULT_CONFIG_TEXT = resources.files("sendreturn_mood").joinpath("default_config.yaml").read_text()
 DEFAULTS: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG_TEXT)

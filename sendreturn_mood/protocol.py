@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import PROTOCOL_VERSION
-from .pcm import ENCODINGS, MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from .audio.pcm import ENCODINGS, MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 ROOM_PATH_PREFIX = "/v1/rooms/"
 ROOM_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # always fullmatch: `$` would accept a trailing newline

@@ -22,9 +22,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from sendreturn_mood import contract
 from sendreturn_mood.config import load_config
-from sendreturn_mood.model import MoodModel
-from sendreturn_mood.pcm import encode
-from sendreturn_mood.server import MoodServer
+from sendreturn_mood.model.contract import MoodModel
+from sendreturn_mood.audio.pcm import encode
+from sendreturn_mood.server.app import MoodServer
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 

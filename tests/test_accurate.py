@@ -58,7 +58,7 @@ def test_svm_head_as_onnx_ops_is_sklearns_decision_function():
 
 
 def test_shipped_accurate_model_keeps_the_contract():
-    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.model.contract import MoodModel
 
     model = MoodModel(accurate_or_skip())
     info = model.info
@@ -85,7 +85,7 @@ def emotify_clip(genre: str) -> Path:
 async def test_server_runs_the_accurate_model_on_real_music():
     """A real Emotify clip streamed into a room of a server running the accurate variant: mood and genre per hop.
     The clip is one the heads were fitted on, so its genre being right is a sanity check, not an accuracy figure."""
-    from sendreturn_mood.analyze import read_blocks
+    from sendreturn_mood.room.offline import read_blocks
     from tests.server_support import client, read_until_closed, running_server, send_audio
 
     path = emotify_clip("classical")

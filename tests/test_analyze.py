@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sendreturn_mood.analyze import AnalyzeError, analyze_file, main, window_plan
+from sendreturn_mood.audio.pipeline import window_plan
+from sendreturn_mood.cli.analyze import main
+from sendreturn_mood.room.offline import AnalyzeError, analyze_file
 from sendreturn_mood.config import load_config
-from sendreturn_mood.effects import load_presets
-from sendreturn_mood.model import MoodModel
-from sendreturn_mood.pcm import decode, encode
-from sendreturn_mood.pipeline import AnalysisStream
-from sendreturn_mood.tracker import tracker_from_config
+from sendreturn_mood.room.effects import load_presets
+from sendreturn_mood.model.contract import MoodModel
+from sendreturn_mood.audio.pcm import decode, encode
+from sendreturn_mood.audio.pipeline import AnalysisStream
+from sendreturn_mood.room.tracker import tracker_from_config
 from tests.conftest import REPO, shared_data_or_skip
 
 SUMMARY_FIELDS = {"file", "duration", "model", "preset", "windows", "mood", "probabilities", "valence", "arousal", "genre", "timeline",
@@ -46,7 +48,7 @@ def model(tiny_model_path: Path) -> MoodModel:
 def graded_model(tmp_path_factory: pytest.TempPathFactory) -> MoodModel:
     """The tiny model behind a normalising front end: its probabilities are graded (not saturated at 0 or 1) on
     real music, so comparisons of values mean something."""
-    from sendreturn_mood.frontend import FrontEndSpec
+    from sendreturn_mood.audio.frontend import FrontEndSpec
     from tests.tiny_model import build_tiny_model, tiny_info
 
     path = tmp_path_factory.mktemp("graded") / "graded.onnx"
@@ -104,7 +106,7 @@ def test_cli_human_output(tiny_model_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_analyze_agrees_with_a_server_like_chunked_path(graded_model: MoodModel) -> None:
     """What a room would broadcast: PCM s16le at 48 kHz stereo in 100 ms messages, one window per inference."""
-    from sendreturn_mood.resample import resample
+    from sendreturn_mood.audio.resample import resample
 
     model = graded_model
     file = songs(2)[1]
@@ -161,7 +163,7 @@ def test_same_audio_gives_identical_json_whatever_the_chunking(graded_model: Moo
 @pytest.mark.parametrize(("fmt", "subtype"), [("wav", "PCM_16"), ("flac", "PCM_16"), ("ogg", "VORBIS")])
 def test_other_formats_rates_and_channels(model: MoodModel, tmp_path: Path, fmt: str, subtype: str) -> None:
     """wav / flac / ogg, stereo at 44.1 kHz: read, downmixed, resampled, analysed."""
-    from sendreturn_mood.resample import resample
+    from sendreturn_mood.audio.resample import resample
 
     y16, _ = sf.read(str(songs(1)[0]), dtype="float32")
     y = resample(y16, 16000, 44100)

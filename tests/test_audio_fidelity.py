@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from sendreturn_mood import frontend
-from sendreturn_mood.model import MoodModel
+from sendreturn_mood.audio import frontend
+from sendreturn_mood.model.contract import MoodModel
 from tests.conftest import shared_data_or_skip
 
 

@@ -1,4 +1,4 @@
-"""Access tokens (sendreturn_mood/auth.py): signed room-scoped grants, the static list, reserved source slots,
+"""Access tokens (sendreturn_mood/server/auth.py): signed room-scoped grants, the static list, reserved source slots,
 redaction, and the `token` command."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import jwt
 import pytest
 
-from sendreturn_mood.auth import (
+from sendreturn_mood.server.auth import (
     OPEN,
     AuthError,
     Authenticator,

@@ -16,7 +16,6 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
@@ -88,7 +87,7 @@ def model_for_the_run(tiny_model_path: Path) -> Path:
     """The tiny test model; the shipped model when making the docs picture (if it has landed), so the picture
     shows the real product."""
     if os.environ.get("SENDRETURN_SCREENSHOT"):
-        from sendreturn_mood.model import default_model_path
+        from sendreturn_mood.model.contract import default_model_path
 
         if Path(default_model_path()).is_file():
             return Path(default_model_path())

@@ -16,7 +16,7 @@ import yaml
 from websockets.asyncio.client import connect
 
 from sendreturn_mood.config import DEFAULT_CONFIG_TEXT, DEFAULTS
-from sendreturn_mood.model import default_model_path
+from sendreturn_mood.model.contract import default_model_path
 from tests.conftest import REPO
 from tests.tiny_model import build_tiny_model
 
@@ -152,7 +152,7 @@ def test_help_lists_the_commands():
 
 
 def test_analyze_is_dispatched(tiny_model_path, capsys):
-    from sendreturn_mood.__main__ import main
+    from sendreturn_mood.cli.main import main
     from tests.conftest import shared_data_or_skip
 
     song = sorted((shared_data_or_skip("moods-4q") / "Q4").glob("*.mp3"))[0]
@@ -194,7 +194,7 @@ def test_serve_says_the_port_is_taken_before_loading_the_model(tmp_path):
 
 def test_usage_names_the_console_script(tmp_path):
     script = tmp_path / "sendreturn-mood"  # what pip's console script is called
-    script.write_text("import sys\nfrom sendreturn_mood.__main__ import main\nsys.exit(main())\n")
+    script.write_text("import sys\nfrom sendreturn_mood.cli.main import main\nsys.exit(main())\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("usage: sendreturn-mood "), out.stdout[:200]

@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from sendreturn_mood import contract
-from sendreturn_mood.pcm import encode
+from sendreturn_mood.audio.pcm import encode
 from tests.cluster_support import RedisServer, ServerProcess, write_config
 from tests.server_support import checked, tone
 
@@ -286,7 +286,7 @@ def test_the_deployment_files_run_real_commands():
 
     import yaml
 
-    from sendreturn_mood.__main__ import build_parser
+    from sendreturn_mood.cli.main import build_parser
     from sendreturn_mood.config import load_config
     from tests.cluster_support import REPO
 
@@ -337,7 +337,7 @@ async def test_two_sources_accepted_while_redis_was_away_are_reconciled(cluster,
 async def test_a_reserved_source_slot_holds_on_every_process(tmp_path, tiny_model_path, redis_server):
     """A reserving token's source drops from A: no other client can take the room on B while the slot is held, and
     the same source may come back through B."""
-    from sendreturn_mood.auth import Authenticator
+    from sendreturn_mood.server.auth import Authenticator
     from sendreturn_mood.config import load_config
 
     secret = "s" * 40

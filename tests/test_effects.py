@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from sendreturn_mood.effects import (
+from sendreturn_mood.room.effects import (
     CURVES,
     EffectsError,
     EffectState,
@@ -26,7 +26,7 @@ from sendreturn_mood.effects import (
     shape,
     shipped_presets_path,
 )
-from sendreturn_mood.tracker import MoodTracker
+from sendreturn_mood.room.tracker import MoodTracker
 from tests.tiny_model import tiny_info
 
 MOODS = ["happy", "angry", "sad", "calm"]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sendreturn_mood.frontend import FrontEndError, FrontEndSpec, StreamingLogMel, log_mel
+from sendreturn_mood.audio.frontend import FrontEndError, FrontEndSpec, StreamingLogMel, log_mel
 from tests.conftest import shared_data_or_skip
 
 TOLERANCE = 1e-4  # max abs difference, in the front end's output units (dB or log10)

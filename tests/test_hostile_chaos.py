@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from sendreturn_mood.pcm import encode
+from sendreturn_mood.audio.pcm import encode
 from tests.server_support import (
     TIMEOUT, client, http_get, read_messages, read_until_closed, recv_json, refusal, room_url, running_server, send_audio, tone,
 )
@@ -291,7 +291,7 @@ SECRET = "chaos-secret-" + "z" * 32
 
 
 async def test_signed_tokens_are_room_and_role_scoped(tiny_model_path):
-    from sendreturn_mood.auth import Authenticator
+    from sendreturn_mood.server.auth import Authenticator
 
     async with running_server(tiny_model_path, server__auth__secret=SECRET) as server:
         auth = Authenticator.from_config(server.config)
@@ -308,7 +308,7 @@ async def test_signed_tokens_are_room_and_role_scoped(tiny_model_path):
 
 
 async def test_a_reserved_source_slot_survives_a_reconnect(tiny_model_path):
-    from sendreturn_mood.auth import Authenticator
+    from sendreturn_mood.server.auth import Authenticator
 
     async with running_server(tiny_model_path, server__auth__secret=SECRET, server__auth__reserve_seconds=30) as server:
         auth = Authenticator.from_config(server.config)

@@ -8,9 +8,9 @@ import threading
 
 import numpy as np
 
-from sendreturn_mood.inference import InferenceWorker, Job
-from sendreturn_mood.model import Prediction
-from sendreturn_mood.pipeline import Window
+from sendreturn_mood.model.inference import InferenceWorker, Job
+from sendreturn_mood.model.contract import Prediction
+from sendreturn_mood.audio.pipeline import Window
 
 
 class FakeModel:

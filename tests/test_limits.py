@@ -1,11 +1,11 @@
-"""Per-client bookkeeping (sendreturn_mood/limits.py): the Origin allow-list, per-address connections and rooms,
+"""Per-client bookkeeping (sendreturn_mood/server/limits.py): the Origin allow-list, per-address connections and rooms,
 keyed rate limits."""
 
 from __future__ import annotations
 
 import pytest
 
-from sendreturn_mood.limits import ClientLimits, KeyedRateLimiter, OriginPolicy, is_loopback, origin_policy_from_config
+from sendreturn_mood.server.limits import ClientLimits, KeyedRateLimiter, OriginPolicy, is_loopback, origin_policy_from_config
 from sendreturn_mood.config import load_config
 from sendreturn_mood.protocol import Refusal
 
@@ -84,7 +84,7 @@ def test_keyed_rate_limiter():
 
 
 async def test_outbox_is_bounded_in_bytes():
-    from sendreturn_mood.rooms import CONTROL, MOOD, Outbox
+    from sendreturn_mood.room.rooms import CONTROL, MOOD, Outbox
 
     box = Outbox(4, max_bytes=1000)
     box.deliver("w" * 300, CONTROL)

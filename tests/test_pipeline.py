@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sendreturn_mood.frontend import FrontEndSpec, StreamingLogMel, log_mel
-from sendreturn_mood.pipeline import EMIT_FRAMES, AnalysisStream, Window, WindowPlan
-from sendreturn_mood.resample import StreamingResampler, resample
+from sendreturn_mood.audio.frontend import FrontEndSpec, StreamingLogMel, log_mel
+from sendreturn_mood.audio.pipeline import EMIT_FRAMES, AnalysisStream, Window, WindowPlan
+from sendreturn_mood.audio.resample import StreamingResampler, resample
 
 SPEC = FrontEndSpec()  # 16 kHz, hop 256: 62.5 frames per second
 PLAN = WindowPlan.from_seconds(SPEC, window_seconds=3.0, hop_seconds=1.5, min_seconds=1.0)

@@ -11,8 +11,8 @@ import pytest
 from sendreturn_mood import protocol
 from sendreturn_mood.metrics import ServerMetrics
 from sendreturn_mood.protocol import ConnectParams, MessageError, Refusal
-from sendreturn_mood.rooms import CONTROL, MOOD, Outbox
-from sendreturn_mood.session import TokenBucket
+from sendreturn_mood.room.rooms import CONTROL, MOOD, Outbox
+from sendreturn_mood.room.session import TokenBucket
 
 
 def test_defaults():
@@ -164,7 +164,7 @@ def test_metrics_read_back_and_refuse_wrong_labels():
 
 
 async def test_outbox_is_bounded_even_for_control_messages():
-    from sendreturn_mood.rooms import CONTROL_SLACK
+    from sendreturn_mood.room.rooms import CONTROL_SLACK
 
     box = Outbox(2)
     for i in range(1000):

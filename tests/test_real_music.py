@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from sendreturn_mood.analyze import analyze_file, read_blocks
-from sendreturn_mood.model import MoodModel
-from sendreturn_mood.resample import resample
+from sendreturn_mood.room.offline import analyze_file, read_blocks
+from sendreturn_mood.model.contract import MoodModel
+from sendreturn_mood.audio.resample import resample
 from tests.conftest import shared_data_or_skip
 from tests.server_support import client, read_messages, read_until_closed, recv_json, running_server, send_audio, server_config
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sendreturn_mood.resample import StreamingResampler, resample
+from sendreturn_mood.audio.resample import StreamingResampler, resample
 
 MODEL_RATE = 16000
 COMMON_RATES = [8000, 16000, 22050, 44100, 48000, 96000, 192000]

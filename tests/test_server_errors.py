@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from sendreturn_mood.pcm import encode
+from sendreturn_mood.audio.pcm import encode
 from tests.server_support import client, read_messages, read_until_closed, recv_json, refusal, running_server, send_audio, tone
 
 
@@ -205,7 +205,7 @@ async def test_second_source_race_is_closed_1008(tiny_model_path):
 async def test_far_too_big_is_closed_1009_by_the_websocket_layer(tiny_model_path):
     """Beyond WS_SIZE_SLACK x max_message_bytes the websocket layer refuses the frame before the server sees it:
     close 1009 without an error message (the server never buffers such a frame)."""
-    from sendreturn_mood.server import WS_SIZE_SLACK
+    from sendreturn_mood.server.app import WS_SIZE_SLACK
 
     async with running_server(tiny_model_path, server__max_message_bytes=4000) as server:
         async with client(server, "huge", role="source", sample_rate=16000) as (src, _):

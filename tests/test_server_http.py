@@ -10,7 +10,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sendreturn_mood.server import static_root
+from sendreturn_mood.server.app import static_root
 from tests.server_support import (
     checked_body,
     client,

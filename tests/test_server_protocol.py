@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from sendreturn_mood.pcm import encode
+from sendreturn_mood.audio.pcm import encode
 from tests.server_support import (
     client,
     read_messages,

@@ -14,13 +14,13 @@ import pytest
 
 from sendreturn_mood import protocol
 from sendreturn_mood.config import load_config
-from sendreturn_mood.effects import load_presets
-from sendreturn_mood.model import MoodModel
-from sendreturn_mood.pcm import decode, encode
-from sendreturn_mood.pipeline import AnalysisStream, window_plan
-from sendreturn_mood.rooms import Room, RoomError, RoomRegistry
-from sendreturn_mood.session import Broadcast, Close, Drain, Reply, RoomChanged, Session, SessionSettings, Submit
-from sendreturn_mood.tracker import tracker_from_config
+from sendreturn_mood.room.effects import load_presets
+from sendreturn_mood.model.contract import MoodModel
+from sendreturn_mood.audio.pcm import decode, encode
+from sendreturn_mood.audio.pipeline import AnalysisStream, window_plan
+from sendreturn_mood.room.rooms import Room, RoomError, RoomRegistry
+from sendreturn_mood.room.session import Broadcast, Close, Drain, Reply, RoomChanged, Session, SessionSettings, Submit
+from sendreturn_mood.room.tracker import tracker_from_config
 from tests.server_support import TEST_SETTINGS, tone
 
 

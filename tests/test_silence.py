@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sendreturn_mood.analyze import analyze_file
+from sendreturn_mood.room.offline import analyze_file
 from sendreturn_mood.config import ConfigError, load_config
-from sendreturn_mood.effects import EffectState, load_presets, parse_presets
-from sendreturn_mood.frontend import FrontEndSpec
-from sendreturn_mood.level import SILENCE_FLOOR_DB, window_level_db
-from sendreturn_mood.model import MoodModel
-from sendreturn_mood.pipeline import AnalysisStream, WindowPlan
-from sendreturn_mood.smoothing import ExpSmoother
-from sendreturn_mood.tracker import MoodTracker, NonFiniteOutput
+from sendreturn_mood.room.effects import EffectState, load_presets, parse_presets
+from sendreturn_mood.audio.frontend import FrontEndSpec
+from sendreturn_mood.audio.level import SILENCE_FLOOR_DB, window_level_db
+from sendreturn_mood.model.contract import MoodModel
+from sendreturn_mood.audio.pipeline import AnalysisStream, WindowPlan
+from sendreturn_mood.room.smoothing import ExpSmoother
+from sendreturn_mood.room.tracker import MoodTracker, NonFiniteOutput
 from tests.tiny_model import tiny_info
 
 INFO = tiny_info()
@@ -160,7 +160,7 @@ def test_analyze_reports_silent_spans(tiny_model_path: Path, tmp_path: Path):
 
 @pytest.mark.parametrize("bad", ["moods", "genres", "embedding"])
 def test_a_room_refuses_non_finite_outputs_before_any_state_changes(bad):
-    from sendreturn_mood.rooms import Room
+    from sendreturn_mood.room.rooms import Room
 
     room = Room("r", tracker())
     outputs = {"moods": HAPPY.copy(), "genres": GENRE.copy(), "embedding": np.ones(8)}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from sendreturn_mood.config import load_config
-from sendreturn_mood.effects import load_presets
-from sendreturn_mood.smoothing import ExpSmoother, LabelHysteresis, smoothing_alpha
-from sendreturn_mood.tracker import MoodTracker, tracker_from_config
+from sendreturn_mood.room.effects import load_presets
+from sendreturn_mood.room.smoothing import ExpSmoother, LabelHysteresis, smoothing_alpha
+from sendreturn_mood.room.tracker import MoodTracker, tracker_from_config
 from tests.tiny_model import tiny_info
 
 INFO = tiny_info()  # moods happy, angry, sad, calm; genres classical, electronic, pop, rock

@@ -149,9 +149,9 @@ def test_predict_prints_the_mood_of_a_preview(fake: FakeSpotify, tiny_model_path
     assert -1 <= a["valence"] <= 1 and -1 <= a["arousal"] <= 1
     assert set(a["genre"]["probabilities"]) == {"classical", "electronic", "pop", "rock"}
     # Exactly what the runtime's `analyze` says about the same preview file (one implementation of the audio path).
-    from sendreturn_mood.analyze import analyze_file
+    from sendreturn_mood.room.offline import analyze_file
     from sendreturn_mood.config import load_config
-    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.model.contract import MoodModel
 
     direct = analyze_file(fake.folder / "h1.mp3", MoodModel(tiny_model_path), load_config(None))
     assert {k: v for k, v in direct.items() if k not in ("timeline", "file")} == a

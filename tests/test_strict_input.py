@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sendreturn_mood import protocol
-from sendreturn_mood.pcm import MAX_FLOAT_AMPLITUDE, BadAudio, decode
+from sendreturn_mood.audio.pcm import MAX_FLOAT_AMPLITUDE, BadAudio, decode
 from sendreturn_mood.protocol import MessageError, Refusal
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from sendreturn_mood import contract, protocol
 from sendreturn_mood.config import ConfigError, load_config
-from sendreturn_mood.frontend import FrontEndSpec, log_mel
-from sendreturn_mood.trackchange import (
+from sendreturn_mood.audio.frontend import FrontEndSpec, log_mel
+from sendreturn_mood.room.trackchange import (
     FEATURE_EMBEDDING,
     FEATURE_LOGMEL,
     MAX_HISTORY,
@@ -138,7 +138,7 @@ def test_silent_windows_never_score():
 @pytest.mark.parametrize("spec", [SPEC, FrontEndSpec(log="db"), FrontEndSpec(mean=2.0, std=1.5)])
 def test_silence_is_judged_through_the_models_own_front_end(spec):
     """Quiet noise is silence and music-level noise is not, whatever the log compression or normalisation."""
-    from sendreturn_mood.trackchange import window_feature
+    from sendreturn_mood.room.trackchange import window_feature
 
     rng = np.random.default_rng(5)
     emb = song_embedding(1)
@@ -211,9 +211,9 @@ def test_handshake_parameter_and_message():
 
 
 def _room():
-    from sendreturn_mood.effects import load_presets
-    from sendreturn_mood.rooms import Room
-    from sendreturn_mood.tracker import tracker_from_config
+    from sendreturn_mood.room.effects import load_presets
+    from sendreturn_mood.room.rooms import Room
+    from sendreturn_mood.room.tracker import tracker_from_config
     from tests.tiny_model import tiny_info
 
     info = tiny_info()
@@ -255,9 +255,9 @@ def test_room_switches_and_explicit_track_resets_detection():
 
 
 def test_session_message_switches_detection():
-    from sendreturn_mood.session import Reply, Session, SessionSettings
-    from sendreturn_mood.pipeline import WindowPlan
-    from sendreturn_mood.frontend import FrontEndSpec
+    from sendreturn_mood.room.session import Reply, Session, SessionSettings
+    from sendreturn_mood.audio.pipeline import WindowPlan
+    from sendreturn_mood.audio.frontend import FrontEndSpec
 
     room = _room()
     room.start_source(None)
@@ -273,8 +273,8 @@ def test_session_message_switches_detection():
 
 
 def test_a_server_refuses_to_start_with_a_detector_its_model_cannot_feed(tiny_model_path):
-    from sendreturn_mood.model import MoodModel
-    from sendreturn_mood.server import MoodServer
+    from sendreturn_mood.model.contract import MoodModel
+    from sendreturn_mood.server.app import MoodServer
 
     config = load_config(None, {"track_detection.feature": "embedding"})
     with pytest.raises(ConfigError, match="no 'embedding' output"):

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sendreturn_mood.analyze import analyze_file, read_blocks
+from sendreturn_mood.room.offline import analyze_file, read_blocks
 from sendreturn_mood.client import TrackChange, parse_message
-from sendreturn_mood.model import MoodModel, default_model_path
+from sendreturn_mood.model.contract import MoodModel, default_model_path
 from tests.conftest import shared_data_or_skip
 from tests.server_support import (
     checked, client, http_get, metric_value, read_until_closed, running_server, send_audio, server_config,
@@ -133,7 +133,7 @@ async def test_an_explicit_track_message_wins(two_songs, late_seconds):
 
 
 def test_analyze_shows_the_change_in_its_timeline(two_songs, capsys):
-    from sendreturn_mood.analyze import main
+    from sendreturn_mood.cli.analyze import main
 
     _, _, path = two_songs
     assert main([str(path)]) == 0

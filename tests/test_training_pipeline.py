@@ -55,8 +55,8 @@ def parse(module, argv: list[str]) -> argparse.Namespace:
 
 
 def test_features_are_the_runtime_front_end_and_cached_by_recipe(tiny):
-    from sendreturn_mood.frontend import log_mel
-    from sendreturn_mood.resample import resample
+    from sendreturn_mood.audio.frontend import log_mel
+    from sendreturn_mood.audio.resample import resample
     from training.cache import clip_logmel, dataset_logmels, decode, resolve_dataset
     from training.recipe import FRONTEND as TEACHER_SPEC
 
@@ -76,8 +76,8 @@ def test_features_are_the_runtime_front_end_and_cached_by_recipe(tiny):
 
 
 def test_train_export_load_predict_evaluate(tiny):
-    from sendreturn_mood.model import MoodModel
-    from sendreturn_mood.pipeline import AnalysisStream, WindowPlan
+    from sendreturn_mood.model.contract import MoodModel
+    from sendreturn_mood.audio.pipeline import AnalysisStream, WindowPlan
     from training import evaluate, export, train
     from training.cache import decode
 
@@ -154,7 +154,7 @@ def test_genre_branch_is_a_second_student_in_the_same_graph(tiny):
     import onnxruntime as ort
     import torch
 
-    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.model.contract import MoodModel
     from training import evaluate, export, train
     from training.manifest import GENRES_EMOTIFY
     from training.checkpoints import load_net
@@ -209,7 +209,7 @@ def test_export_mood_from_keeps_a_models_mood_side_and_swaps_its_genre_student(t
     import onnxruntime as ort
     import torch
 
-    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.model.contract import MoodModel
     from training import export, train
     from training.checkpoints import load_net
     from training.graft import graft
@@ -281,7 +281,7 @@ def test_wise_fine_tune_ships_the_average_of_init_and_tuned_weights(tiny):
     average (never averages twice); the recorded command and the fold description say so."""
     import torch
 
-    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.model.contract import MoodModel
     from training import export, train
     from training.checkpoints import describe_chain
     from training.train import training_command
@@ -329,7 +329,7 @@ def test_mood_ensemble_graph_computes_what_evaluate_scored(tiny):
     import onnxruntime as ort
     import torch
 
-    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.model.contract import MoodModel
     from training import evaluate, export, train
     from training.cache import dataset_logmels, resolve_dataset
     from training.cv import LinearHead
@@ -492,7 +492,7 @@ def test_rff_genre_head_in_the_graph_computes_what_evaluate_scores(tiny):
     Linear -> Cos -> Linear, and gives the probabilities `training.cv.RandomFeatureHead` gives on the embedding."""
     import torch
 
-    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.model.contract import MoodModel
     from training import export, train
     from training.cache import dataset_logmels, resolve_dataset
     from training.checkpoints import load_net

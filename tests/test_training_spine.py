@@ -162,7 +162,7 @@ def test_valence_arousal_calibration_moves_only_the_sign_boundary():
 
 
 def test_model_metadata_valence_arousal_zero_is_optional_and_checked():
-    from sendreturn_mood.model import ModelError, ModelInfo
+    from sendreturn_mood.model.contract import ModelError, ModelInfo
 
     base = {"schema_version": 1, "name": "m", "version": "1", "patch_frames": 187,
             "frontend": {"sample_rate": 16000, "n_fft": 512, "hop_length": 256, "n_mels": 96},

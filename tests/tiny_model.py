@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sendreturn_mood.frontend import FrontEndSpec
-from sendreturn_mood.model import GENRE_OUTPUT, INPUT_NAME, MOOD_OUTPUT, ModelInfo, MoodLabel, write_metadata
+from sendreturn_mood.audio.frontend import FrontEndSpec
+from sendreturn_mood.model.contract import GENRE_OUTPUT, INPUT_NAME, MOOD_OUTPUT, ModelInfo, MoodLabel, write_metadata
 
 MOODS = (
     MoodLabel("happy", 0.7, 0.5),

@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    from sendreturn_mood.model import ModelError
+    from sendreturn_mood.model.contract import ModelError
 
     from .manifest import ManifestError
 

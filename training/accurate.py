@@ -402,7 +402,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from sendreturn_mood.model import ModelInfo, MoodLabel, MoodModel, write_metadata
+    from sendreturn_mood.model.contract import ModelInfo, MoodLabel, MoodModel, write_metadata
     from training.cache import cache_dir
     from training.commandline import git_commit
     from training.recipe import FRONTEND, PATCH_FRAMES

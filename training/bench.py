@@ -43,7 +43,7 @@ def _window(model, batch: int) -> np.ndarray:
 
 
 def bench(path: str | os.PathLike[str] | None, batches: list[int], runs: int, threads: int = 1) -> dict:
-    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.model.contract import MoodModel
 
     model = MoodModel(path, threads=threads)
     result = {"model": str(model.path), "name": model.info.name, "threads": threads, "n_mels": model.info.frontend.n_mels,
@@ -117,7 +117,7 @@ def multiply_adds(path: str | os.PathLike[str], n_mels: int, frames: int, unknow
 
 def compare(path: str | os.PathLike[str] | None, other: str | os.PathLike[str], batch: int, runs: int, threads: int = 1) -> dict:
     """Both models timed alternately on the same input: median ms/window of each and the ratio this / other."""
-    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.model.contract import MoodModel
 
     models = [MoodModel(path, threads=threads), MoodModel(other, threads=threads)]
     med, _ = time_calls(models, _window(models[0], batch), runs)

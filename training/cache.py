@@ -2,7 +2,7 @@
 
 Training must see exactly the features the server computes, so this module never re-implements the front end: it
 decodes audio once (cached as float32 .npy at the model rate), resamples with the runtime's resampler and calls
-`sendreturn_mood.frontend.log_mel`. Features are cached under `<cache>/logmel/<FrontEndSpec.key()>/`, so a change
+`sendreturn_mood.audio.frontend.log_mel`. Features are cached under `<cache>/logmel/<FrontEndSpec.key()>/`, so a change
 of recipe can never silently reuse stale features. Datasets are named like everywhere in `training`: a manifest CSV,
 a folder in the ROOT/<label>/ layout, or the shorthands `4q` / `emotify` for the shared research data.
 """
@@ -17,8 +17,8 @@ from typing import Iterable
 
 import numpy as np
 
-from sendreturn_mood.frontend import FrontEndSpec, log_mel
-from sendreturn_mood.resample import resample
+from sendreturn_mood.audio.frontend import FrontEndSpec, log_mel
+from sendreturn_mood.audio.resample import resample
 from training.manifest import REPO, SHARED_DATA, Item, ManifestError, read_4q, read_emotify, read_folder, read_manifest
 
 DEFAULT_CACHE = REPO / "cache"

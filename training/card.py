@@ -316,7 +316,7 @@ def write_card(path: Path, info, report: dict, check: dict) -> Path:
          "facts as data).") + f" Git commit at export: `{prov.get('git_commit')}`.",
         "",
         f"Export check: max |onnxruntime - torch| = {check.get('max_abs_diff_vs_torch', float('nan')):.1e} on random "
-        f"windows of {info.patch_frames} and 40 frames; `sendreturn_mood.model.MoodModel` loads it.",
+        f"windows of {info.patch_frames} and 40 frames; `sendreturn_mood.model.contract.MoodModel` loads it.",
         "",
         "## Known limits",
         "",

@@ -5,7 +5,7 @@ labelled mood clip) and the genre head (same on the genre clips) and fold them i
 export `logmel [batch, n_mels, frames] -> mood_logits, genre_logits, embedding` with dynamic batch and frames;
 embed the `ModelInfo` JSON (front end, patch length, moods with valence/arousal, genres, provenance, metrics);
 then check it: onnxruntime vs torch on the same inputs (a full patch and a short tail window) and
-`sendreturn_mood.model.MoodModel` loads it and predicts. The card is generated from the metadata and the evaluation
+`sendreturn_mood.model.contract.MoodModel` loads it and predicts. The card is generated from the metadata and the evaluation
 report, so every number in it comes from a command. An existing file is never overwritten without `--force`.
 
 `--refresh MODEL.onnx` re-reads a shipped model's own metadata, puts the current report's numbers into it and
@@ -134,7 +134,7 @@ def verify(net, path: Path, n_mels: int, patch: int) -> dict:
 
 def check_loader(path: Path, x: np.ndarray) -> None:
     """The runtime's loader reads the file and predicts a distribution over its moods."""
-    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.model.contract import MoodModel
 
     model = MoodModel(path)
     pred = model.predict(x)
@@ -193,7 +193,7 @@ def build_info(ck: dict, name: str, version: str, metrics: dict, heads: dict, co
                genre_ck: dict | None = None, more_mood_cks: tuple[dict, ...] = (), va_zero: list[float] | None = None):
     """The model's metadata. `ck` is the (first) mood student's checkpoint; `more_mood_cks` the other members of a
     mood ensemble, whose commands go into provenance.mood_ensemble."""
-    from sendreturn_mood.model import ModelInfo, MoodLabel
+    from sendreturn_mood.model.contract import ModelInfo, MoodLabel
     from training.checkpoints import command_of, init_command, teachers_of
     from training.recipe import FRONTEND, PATCH_FRAMES
     from training.teacher import teacher_model
@@ -327,7 +327,7 @@ def refresh(args: argparse.Namespace) -> int:
 
     import onnx
 
-    from sendreturn_mood.model import MoodModel, write_metadata
+    from sendreturn_mood.model.contract import MoodModel, write_metadata
     from training.card import write_card
 
     path = Path(args.refresh)
@@ -392,7 +392,7 @@ def export_genre_side(args: argparse.Namespace) -> int:
     import onnx
     import torch
 
-    from sendreturn_mood.model import MoodModel, write_metadata
+    from sendreturn_mood.model.contract import MoodModel, write_metadata
     from training.cache import cache_dir, resolve_dataset
     from training.card import write_card
     from training.checkpoints import load_net
@@ -441,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("export: --ckpt is required (or --refresh MODEL)")
     import torch
 
-    from sendreturn_mood.model import write_metadata
+    from sendreturn_mood.model.contract import write_metadata
     from training.cache import cache_dir, resolve_dataset
     from training.card import write_card
     from training.checkpoints import load_net, load_student

@@ -47,7 +47,7 @@ def quantize(model: Path, out: Path, calibration: np.ndarray, fmt: str) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from sendreturn_mood.model import INPUT_NAME, MoodModel, write_metadata
+    from sendreturn_mood.model.contract import INPUT_NAME, MoodModel, write_metadata
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -69,7 +69,7 @@ def quantize(model: Path, out: Path, calibration: np.ndarray, fmt: str) -> None:
 
 
 def compare(model: Path, out: Path, clips: list[tuple[str, str, np.ndarray]]) -> dict:
-    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.model.contract import MoodModel
 
     fm, qm = MoodModel(model), MoodModel(out)
     rows = {"mood_agree": [], "genre_agree": [], "mood_abs": [], "genre_abs": [], "float_correct": [], "int8_correct": []}
@@ -110,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.model.contract import MoodModel
     from training.cache import cache_dir
     from training.teacher import HOP_FRAMES
 

@@ -7,7 +7,7 @@ commands that use them; measured results live there and in the model card, not h
 
 from __future__ import annotations
 
-from sendreturn_mood.frontend import FrontEndSpec
+from sendreturn_mood.audio.frontend import FrontEndSpec
 
 # -- front end and window grid (the runtime's geometry; musicnn's own recipe so one log-mel cache serves teacher
 # and student) -------------------------------------------------------------------------------------------------

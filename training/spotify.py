@@ -539,7 +539,7 @@ class TrackMood:
     track_id: str
     name: str
     artists: list[str]
-    analysis: dict[str, Any]  # `sendreturn_mood.analyze.analyze_file`'s summary of the preview (without the timeline)
+    analysis: dict[str, Any]  # `sendreturn_mood.room.offline.analyze_file`'s summary of the preview (without the timeline)
 
     def text(self) -> str:
         a = self.analysis
@@ -563,7 +563,7 @@ def predict_track(sp: Any, track: str, model: Any, market: str | None = None, ho
     """
     import requests
 
-    from sendreturn_mood.analyze import analyze_file
+    from sendreturn_mood.room.offline import analyze_file
     from sendreturn_mood.config import load_config
 
     patience = patience or Patience()
@@ -589,7 +589,7 @@ def predict_track(sp: Any, track: str, model: Any, market: str | None = None, ho
 def run_predict(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from sendreturn_mood.model import MoodModel
+    from sendreturn_mood.model.contract import MoodModel
 
     model = MoodModel(args.model, threads=1)
     sp = make_client(args.token, args.api_url)

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from sendreturn_mood.config import load_config
-from sendreturn_mood.frontend import FrontEndSpec
-from sendreturn_mood.model import MoodModel
-from sendreturn_mood.pipeline import AnalysisStream, window_plan
-from sendreturn_mood.trackchange import (
+from sendreturn_mood.audio.frontend import FrontEndSpec
+from sendreturn_mood.model.contract import MoodModel
+from sendreturn_mood.audio.pipeline import AnalysisStream, window_plan
+from sendreturn_mood.room.trackchange import (
     FEATURE_EMBEDDING,
     FEATURE_LOGMEL,
     DetectorSettings,

@@ -30,8 +30,8 @@ from .common import FRAME_SECONDS, cpu_seconds_of, median, music_like, one_blas_
 def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
     """The shipped (or --model) front-end recipe and the server's default window geometry."""
     from ..config import load_config
-    from ..model import MoodModel
-    from ..pipeline import WindowPlan
+    from ..model.contract import MoodModel
+    from ..audio.pipeline import WindowPlan
 
     config = load_config(None, {"model.path": args.model, "analysis.hop_seconds": args.hop})
     info = MoodModel(config["model"]["path"]).info
@@ -78,7 +78,7 @@ class NaiveAnalysis:
 
 
 def run_ours(frames: list[bytes], spec: Any, plan: Any, args: argparse.Namespace) -> int:
-    from ..pipeline import AnalysisStream
+    from ..audio.pipeline import AnalysisStream
 
     return _stream(AnalysisStream(spec, args.rate, plan), frames, args)
 
@@ -89,7 +89,7 @@ def run_naive(frames: list[bytes], spec: Any, plan: Any, args: argparse.Namespac
 
 def _stream(path: Any, frames: list[bytes], args: argparse.Namespace) -> int:
     """Every frame decoded and pushed, as a source's frames arrive; returns the number of windows cut."""
-    from ..pcm import decode
+    from ..audio.pcm import decode
 
     return sum(len(path.push(decode(f, args.encoding, args.channels))) for f in frames)
 
@@ -99,10 +99,10 @@ def stage_costs(frames: list[bytes], spec: Any, plan: Any, args: argparse.Namesp
     frame, resampling per `RESAMPLE_CHUNK_SECONDS` of input, the log-mel front end per `EMIT_FRAMES` frames (a
     pipeline without those constants, such as the one before them, gets every piece per frame). What the pipeline
     costs beyond their sum is its own bookkeeping (buffer copies, window copies, Python calls)."""
-    from .. import pipeline
-    from ..frontend import StreamingLogMel
-    from ..pcm import decode
-    from ..resample import StreamingResampler
+    from ..audio import pipeline
+    from ..audio.frontend import StreamingLogMel
+    from ..audio.pcm import decode
+    from ..audio.resample import StreamingResampler
 
     mono = [decode(f, args.encoding, args.channels) for f in frames]
     flat = np.concatenate(mono)

@@ -49,7 +49,7 @@ def music_like(seconds: float, rate: int, channels: int = 2, seed: int = 0) -> n
 
 def pcm_frames(y: np.ndarray, rate: int, encoding: str, frame_seconds: float = FRAME_SECONDS) -> list[bytes]:
     """Interleaved [samples, channels] audio -> the websocket binary frames a source would send (pre-encoded)."""
-    from ..pcm import encode
+    from ..audio.pcm import encode
 
     step = int(round(rate * frame_seconds))
     return [encode(y[i : i + step].ravel(), encoding) for i in range(0, len(y), step)]

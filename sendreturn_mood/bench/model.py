@@ -26,7 +26,7 @@ WARMUP = 5
 
 def windows(model: Any, n: int) -> np.ndarray:
     """n log-mel windows [n, n_mels, patch] of synthetic music, cut on the runtime's grid."""
-    from ..frontend import log_mel
+    from ..audio.frontend import log_mel
 
     spec, patch = model.info.frontend, model.info.patch_frames
     hop = max(1, patch // 2)
@@ -36,7 +36,7 @@ def windows(model: Any, n: int) -> np.ndarray:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from ..model import MoodModel
+    from ..model.contract import MoodModel
 
     one_blas_thread()
     models = [MoodModel(p, threads=args.threads) for p in [args.model, *args.compare]]

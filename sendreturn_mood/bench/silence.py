@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analyze import read_blocks
+from ..room.offline import read_blocks
 from ..config import load_config
-from ..level import window_level_db
-from ..model import MoodModel
-from ..pipeline import AnalysisStream, window_plan
+from ..audio.level import window_level_db
+from ..model.contract import MoodModel
+from ..audio.pipeline import AnalysisStream, window_plan
 from .common import one_blas_thread
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -100,8 +100,8 @@ class ServerProcess:
 
 def load_audio(seconds: float, rate: int, songs: int = 3) -> np.ndarray:
     """Mono float32 at `rate`: real songs from ../shared/data when present (concatenated), else a synthetic mix."""
-    from ..analyze import read_blocks
-    from ..resample import resample
+    from ..room.offline import read_blocks
+    from ..audio.resample import resample
 
     files = sorted(DATA.glob("Q*/*.mp3"))[:: max(1, len(sorted(DATA.glob("Q*/*.mp3"))) // max(1, songs))][:songs]
     parts = []
@@ -171,8 +171,8 @@ class GoodRoom:
         from websockets.asyncio.client import connect
 
         from ..config import load_config
-        from ..model import MoodModel
-        from ..pipeline import AnalysisStream, window_plan
+        from ..model.contract import MoodModel
+        from ..audio.pipeline import AnalysisStream, window_plan
 
         try:
             config = load_config(None, _flatten(self.config))

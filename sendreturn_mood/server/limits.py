@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Iterable
 from urllib.parse import urlsplit
 
-from . import protocol
-from .protocol import Refusal
+from .. import protocol
+from ..protocol import Refusal
 
 LOCALHOST_NAMES = ("localhost", "127.0.0.1", "::1")
 MAX_TRACKED_KEYS = 10_000  # rate-limiter buckets kept (least recently used go first)

@@ -136,7 +136,7 @@ def loop_time() -> float:
 
 
 def _redacted_broker(config: dict[str, Any]) -> str:
-    from .redis_broker import redact
+    from ..broker.redis_broker import redact
 
     return redact(str(config["broker"]["url"]))
 

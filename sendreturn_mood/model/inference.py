@@ -40,9 +40,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .metrics import ServerMetrics
-from .model import MoodModel, Prediction
-from .pipeline import Window
+from ..metrics import ServerMetrics
+from .contract import MoodModel, Prediction
+from ..audio.pipeline import Window
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from .rooms import Room, RoomRegistry
+    from ..room.rooms import Room, RoomRegistry
 
 
 class BrokerError(RuntimeError):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .frontend import FrontEndError, FrontEndSpec
+from ..audio.frontend import FrontEndError, FrontEndSpec
 
 METADATA_KEY = "sendreturn_mood"
 SCHEMA_VERSION = 1
@@ -229,7 +229,7 @@ class MoodModel:
         self.info = read_info(self.session, str(self.path))
         names = {o.name for o in self.session.get_outputs()}
         self._outputs = [MOOD_OUTPUT] + ([GENRE_OUTPUT] if self.info.genres and GENRE_OUTPUT in names else [])
-        # the embedding is what the track-change detector compares (sendreturn_mood/trackchange.py)
+        # the embedding is what the track-change detector compares (sendreturn_mood/room/trackchange.py)
         self.has_embedding = EMBEDDING_OUTPUT in names
         if self.has_embedding:
             self._outputs.append(EMBEDDING_OUTPUT)

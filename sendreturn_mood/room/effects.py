@@ -73,7 +73,7 @@ class EffectsError(ValueError):
 
 
 def shipped_presets_path() -> Path:
-    return Path(str(resources.files("sendreturn_mood").joinpath("effects.yaml")))
+    return Path(str(resources.files("sendreturn_mood.room").joinpath("effects.yaml")))
 
 
 # ----------------------------------------------------------------------------------------------------- curves

@@ -4,7 +4,7 @@ The secret comes from the same place the server reads it (`server.auth.secret` i
 variable named by `server.auth.secret_env`, SENDRETURN_MOOD_SECRET by default), so a token minted here is accepted by
 a server started with the same configuration. The token alone goes to stdout (for scripts: TOKEN=$(...)); with
 --json, its claims too. In production, mint tokens in your own backend with any JWT library: the claims are listed in
-sendreturn_mood/auth.py.
+sendreturn_mood/server/auth.py.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import argparse
 import json
 import sys
 
-from .auth import AuthError, Authenticator, parse_ttl
-from .config import ConfigError, load_config
-from .protocol import ROLES
+from ..server.auth import AuthError, Authenticator, parse_ttl
+from ..config import ConfigError, load_config
+from ..protocol import ROLES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
-from . import protocol
-from .metrics import ServerMetrics
+from .. import protocol
+from ..metrics import ServerMetrics
 from .tracker import NonFiniteOutput
 
 if TYPE_CHECKING:
-    from .broker import Broker
+    from ..broker.base import Broker
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Room:
     """One room as this process sees it: its local members, and its analysis state when its source is here."""
 
     name: str
-    tracker: Any  # sendreturn_mood.tracker.MoodTracker
+    tracker: Any  # sendreturn_mood.room.tracker.MoodTracker
     source: Member | None = None
     listeners: set[Member] = field(default_factory=set)
     seq: int = 0
@@ -60,7 +60,7 @@ class Room:
     audio_seconds: float = 0.0
     closed: bool = False
     remote_source: bool = False  # a source is connected to this room on another process (as far as we know)
-    detector: Any = None  # sendreturn_mood.trackchange.TrackChangeDetector, or None (detection not available)
+    detector: Any = None  # sendreturn_mood.room.trackchange.TrackChangeDetector, or None (detection not available)
 
     @property
     def preset(self) -> str:

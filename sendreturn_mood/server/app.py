@@ -48,22 +48,22 @@ from websockets.datastructures import Headers, MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from . import __version__, protocol
+from .. import __version__, protocol
 from .auth import OPEN, Authenticator, Grant, SourceReservations, install_log_redaction, redact
-from .broker import Broker, Claim, make_broker
-from .config import ConfigError
-from .effects import load_presets
-from .inference import InferenceWorker, Job, Result
+from ..broker.base import Broker, Claim, make_broker
+from ..config import ConfigError
+from ..room.effects import load_presets
+from ..model.inference import InferenceWorker, Job, Result
 from .limits import ClientLimits, KeyedRateLimiter, origin_policy_from_config
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import ServerMetrics
-from .model import MoodModel
-from .pipeline import AnalysisStream, window_plan
-from .protocol import ConnectParams, Refusal
-from .rooms import CONTROL, Outbox, Room, RoomError, RoomRegistry
-from .session import Broadcast, Close, Drain, Reply, RoomChanged, Session, SessionSettings, Submit
-from .trackchange import TrackChangeError, detector_from_config
-from .tracker import NonFiniteOutput, tracker_from_config
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..metrics import ServerMetrics
+from ..model.contract import MoodModel
+from ..audio.pipeline import AnalysisStream, window_plan
+from ..protocol import ConnectParams, Refusal
+from ..room.rooms import CONTROL, Outbox, Room, RoomError, RoomRegistry
+from ..room.session import Broadcast, Close, Drain, Reply, RoomChanged, Session, SessionSettings, Submit
+from ..room.trackchange import TrackChangeError, detector_from_config
+from ..room.tracker import NonFiniteOutput, tracker_from_config
 
 log = logging.getLogger(__name__)
 

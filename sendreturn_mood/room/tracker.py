@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from .effects import EffectState, Presets
-from .level import window_level_db
-from .model import ModelInfo
+from ..audio.level import window_level_db
+from ..model.contract import ModelInfo
 from .smoothing import ExpSmoother, LabelHysteresis
 
 DECIMALS = 4

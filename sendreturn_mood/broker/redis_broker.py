@@ -41,11 +41,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from . import protocol
-from .broker import Broker, BrokerError, Claim
+from .. import protocol
+from .base import Broker, BrokerError, Claim
 
 if TYPE_CHECKING:
-    from .rooms import Room, RoomRegistry
+    from ..room.rooms import Room, RoomRegistry
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ from typing import Any, Mapping, Union
 
 import numpy as np
 
-from . import pcm, protocol
-from .pipeline import AnalysisStream, Window, WindowPlan
+from ..audio import pcm
+from .. import protocol
+from ..audio.pipeline import AnalysisStream, Window, WindowPlan
 
 RATE_ERROR_INTERVAL = 1.0  # at most one rate_limited error per connection per second
 
@@ -108,7 +109,7 @@ class SessionSettings:
     rate_limit_factor: float
     rate_limit_burst_seconds: float
     plan: WindowPlan
-    frontend: Any  # sendreturn_mood.frontend.FrontEndSpec
+    frontend: Any  # sendreturn_mood.audio.frontend.FrontEndSpec
     window_seconds: float
     hop_seconds: float
     model_public: Mapping[str, Any]

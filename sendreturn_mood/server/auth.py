@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote, unquote
 
-from . import protocol
-from .config import ConfigError
-from .protocol import ROLES, Refusal
+from .. import protocol
+from ..config import ConfigError
+from ..protocol import ROLES, Refusal
 
 ALGORITHM = "HS256"
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash output

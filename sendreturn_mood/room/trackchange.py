@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .frontend import FrontEndSpec, log_mel
+from ..audio.frontend import FrontEndSpec, log_mel
 
 FEATURE_EMBEDDING = "embedding"
 FEATURE_LOGMEL = "logmel"
