@@ -1,5 +1,6 @@
 """Audio: PCM decoding and checks, resampling, the log-mel front end, window levels, the streaming pipeline that
-turns a source's PCM into model windows, and audio files on disk.
+turns a source's PCM into model windows, audio files on disk, and a piece's track-level features (tempo, key, mode,
+loudness).
 
-The bottom layer: numpy, scipy, soxr, librosa's filterbank and soundfile only; nothing else from this package.
+The bottom layer: numpy, scipy, soxr, librosa, pyloudnorm and soundfile only; nothing else from this package.
 """
