@@ -1,5 +1,5 @@
-"""Access tokens (sendreturn_mood/server/auth.py): signed room-scoped grants, the static list, reserved source slots,
-redaction, and the `token` command."""
+"""Access tokens (sendreturn_mood/server/auth.py): signed room-scoped grants, the static list; reserved source slots
+(server/reservations.py), redaction (server/redaction.py), and the `token` command."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from sendreturn_mood.server.auth import (
     Authenticator,
     AuthSettings,
     Grant,
-    SourceReservations,
-    parse_ttl,
-    redact,
 )
+from sendreturn_mood.cli.token import parse_ttl
+from sendreturn_mood.server.redaction import redact
+from sendreturn_mood.server.reservations import SourceReservations
 from sendreturn_mood.config import load_config
 from sendreturn_mood.protocol import Refusal
 

@@ -94,7 +94,7 @@ class Broker:
     async def reserved_for(self, room: str) -> str | None:
         """The subject another process holds this room's source slot for (a reserving token's source that is
         connected there or left less than `server.auth.reserve_seconds` ago), or None. In memory the server's own
-        `auth.SourceReservations` is the whole truth, so there is never another process's reservation."""
+        `server.reservations.SourceReservations` is the whole truth, so there is never another process's reservation."""
         return None
 
     def hold_source(self, room: str, subject: str, seconds: float, connected: bool) -> None:

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
-from ..server.auth import AuthError, Authenticator, parse_ttl
+from ..server.auth import AuthError, Authenticator
 from ..config import ConfigError, load_config
 from ..protocol import ROLES
+
+TTL_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)")
+TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,3 +48,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(token)
     return 0
+
+
+def parse_ttl(text: str) -> float:
+    """'90' / '90s' / '15m' / '1h' / '7d' -> seconds (ValueError otherwise)."""
+    m = TTL_RE.fullmatch(text.strip().lower())
+    if m is None:
+        raise ValueError(f"a duration like 90s, 15m, 1h or 7d, got {text[:20]!r}")
+    return float(m.group(1)) * TTL_UNITS[m.group(2)]

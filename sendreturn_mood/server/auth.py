@@ -18,30 +18,23 @@ Two modes, usable together (both off: the server is open, as before):
 
 - **Static tokens** (`server.auth_tokens`): the simple mode. Any listed token grants every role in every room.
 
-Reserved source slots: a room has one source, and when it drops (network change, laptop lid) another client could
-take the room before it reconnects. A source whose token says `reserve: true` holds the slot while connected and
-for `server.auth.reserve_seconds` after it leaves; during that time only a source token with the same `sub` may take
-the room (others get 409 source_taken), and a new connection with the same `sub` replaces a still-registered old
-one (a half-dead connection would otherwise block its own reconnection until the ping timeout).
+A `reserve` grant holds the room's source slot for its `sub` (reservations.py): a new connection with the same
+`sub` replaces a still-registered old one, others get 409 source_taken.
 
-Tokens are secrets: no message, log line or exception text here contains one, and `redact` removes them from
-request targets before anything is logged.
+Tokens are secrets: no message or exception text here contains one (redaction.py keeps them out of the logs).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hmac
-import logging
 import math
 import os
 import re
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
-from urllib.parse import quote, unquote
 
 from .. import protocol
 from ..config import ConfigError
@@ -51,11 +44,6 @@ ALGORITHM = "HS256"
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash output
 ROOM_PATTERN_RE = re.compile(r"[A-Za-z0-9_.\-*?\[\]!]{1,64}")
 SUBJECT_RE = re.compile(r"[\x20-\x7e]{1,128}")
-TTL_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)")
-TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-REDACTED = "REDACTED"
-SECRET_QUERY_KEYS = ("token", "access_token")
-MAX_LOGGED_TARGET = 160
 
 
 class AuthError(ConfigError):
@@ -275,123 +263,3 @@ class Authenticator:
         if reserve:
             claims["reserve"] = True
         return jwt.encode(claims, s.secret, algorithm=ALGORITHM)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------------------------------------------- reservations
-
-
-@dataclass
-class _Hold:
-    subject: str
-    until: float  # math.inf while the source is connected
-
-
-class SourceReservations:
-    """Room -> the subject whose source slot is held. Bounded: the oldest entries go first when full.
-
-    The registry of rooms forgets a room when its last member leaves; a reservation must outlive that (the source
-    is reconnecting), so it lives here, keyed by room name."""
-
-    def __init__(self, hold_seconds: float, max_entries: int = 10_000) -> None:
-        self.hold_seconds = float(hold_seconds)
-        self.max_entries = max(1, int(max_entries))
-        self._holds: OrderedDict[str, _Hold] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._holds)
-
-    def holder(self, room: str, now: float) -> str | None:
-        """The subject holding `room`'s source slot at `now`, or None."""
-        hold = self._holds.get(room)
-        if hold is None:
-            return None
-        if hold.until <= now:
-            del self._holds[room]
-            return None
-        return hold.subject
-
-    def check(self, room: str, grant: Grant, now: float) -> bool:
-        """May this grant's source take `room` now? Refusal(source_taken) if the slot is held for someone else.
-        Returns True when the grant is the holder itself (it may replace a still-registered old connection)."""
-        holder = self.holder(room, now)
-        if holder is None:
-            return False
-        if grant.subject == holder:
-            return True
-        hold = self._holds[room]
-        left = "" if math.isinf(hold.until) else f" for {max(0.0, hold.until - now):.0f} more seconds"
-        raise Refusal(protocol.SOURCE_TAKEN, f"room {protocol.shown(room)}'s source slot is reserved for its source{left}")
-
-    def connected(self, room: str, grant: Grant) -> None:
-        """A source with a reserving grant joined: hold the slot while it is connected."""
-        if grant.reserve and grant.subject is not None:
-            self._put(room, _Hold(grant.subject, math.inf))
-
-    def disconnected(self, room: str, grant: Grant, now: float) -> None:
-        """It left: keep the slot for hold_seconds (only if it is still the holder)."""
-        hold = self._holds.get(room)
-        if hold is not None and grant.reserve and hold.subject == grant.subject:
-            hold.until = now + self.hold_seconds
-
-    def _put(self, room: str, hold: _Hold) -> None:
-        self._holds.pop(room, None)
-        self._holds[room] = hold
-        while len(self._holds) > self.max_entries:
-            self._holds.popitem(last=False)
-
-
-# ---------------------------------------------------------------------------------------------------- logging
-
-
-def redact(target: str, limit: int = MAX_LOGGED_TARGET) -> str:
-    """A request target as it may be logged: token values replaced by REDACTED, anything but visible ASCII escaped,
-    cut to `limit` characters. Use it for every path or query that reaches a log line."""
-    path, sep, query = target.partition("?")
-    if sep:
-        parts = []
-        for pair in query.split("&"):
-            key, eq, _ = pair.partition("=")
-            if unquote(key).strip().lower() in SECRET_QUERY_KEYS:
-                pair = f"{key}={REDACTED}"
-            parts.append(pair)
-        target = path + "?" + "&".join(parts)
-    safe = quote(target, safe="".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%") + "%")
-    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
-
-
-SECRET_IN_TEXT_RE = re.compile(
-    r"(?i)((?:[?&\s]|^)(?:token|access_token)=)[^&\s\"']+|(bearer\s+)[^\s\"',]+"
-)
-
-
-def redact_text(text: str) -> str:
-    """Free text (a log message) with token values and bearer credentials replaced by REDACTED."""
-    return SECRET_IN_TEXT_RE.sub(lambda m: (m.group(1) or m.group(2)) + REDACTED, text)
-
-
-class RedactingFilter(logging.Filter):
-    """A logging filter that redacts tokens from every record it sees. The server installs it on the websockets
-    library's logger, whose debug output prints request lines and headers (`?token=...`, `Authorization: Bearer`)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = redact_text(message)
-        if clean != message:
-            record.msg, record.args = clean, ()
-        return True
-
-
-def install_log_redaction(*logger_names: str) -> None:
-    """Add one RedactingFilter to each named logger (idempotent)."""
-    for name in logger_names:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-            logger.addFilter(RedactingFilter())
-
-
-def parse_ttl(text: str) -> float:
-    """'90' / '90s' / '15m' / '1h' / '7d' -> seconds (ValueError otherwise)."""
-    m = TTL_RE.fullmatch(text.strip().lower())
-    if m is None:
-        raise ValueError(f"a duration like 90s, 15m, 1h or 7d, got {text[:20]!r}")
-    return float(m.group(1)) * TTL_UNITS[m.group(2)]
