@@ -41,7 +41,7 @@ async def run_jobs(worker: InferenceWorker, values: list[float], owners: list[st
 
 async def test_windows_due_within_a_tick_share_one_call_and_keep_their_order() -> None:
     model, got = FakeModel(), []
-    worker = InferenceWorker(model, lambda job, result: got.append((job.owner, float(result.moods[0]))), tick=0.05)  # type: ignore[arg-type]
+    worker = InferenceWorker(model, lambda job, result: got.append((job.owner, float(result.prediction.moods[0]))), tick=0.05)  # type: ignore[arg-type]
     worker.start()
     try:
         jobs = await run_jobs(worker, [1.0, 2.0, 3.0], ["a", "b", "c"])

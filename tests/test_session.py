@@ -15,7 +15,7 @@ import pytest
 from sendreturn_mood import protocol
 from sendreturn_mood.config import load_config
 from sendreturn_mood.room.effects import load_presets
-from sendreturn_mood.model.contract import MoodModel
+from sendreturn_mood.model.contract import MoodModel, Prediction
 from sendreturn_mood.audio.pcm import decode, encode
 from sendreturn_mood.audio.pipeline import AnalysisStream, window_plan
 from sendreturn_mood.room.rooms import Room, RoomError, RoomRegistry
@@ -181,18 +181,19 @@ def test_room_results_become_numbered_updates_and_stale_ones_are_dropped(world):
     room = Room("lobby", make_tracker())
     room.start_source(None)
     moods = np.array([0.7, 0.1, 0.1, 0.1], dtype=np.float32)
-    (first,) = room.on_window(room.generation, moods, None, 1.0, 3.0)
+    moods = Prediction(moods)
+    (first,) = (u.to_message() for u in room.on_window(room.generation, moods, 1.0, 3.0))
     assert first["type"] == "mood" and first["seq"] == 1 and first["mood"] == "happy" and first["latency_ms"] == 3.0
     old = room.generation
     room.new_track({"id": "t2"})
-    assert room.on_window(old, moods, None, 1.5, 3.0) == []  # a window of the previous track
-    (second,) = room.on_window(room.generation, moods, None, 1.0, 3.0)
+    assert room.on_window(old, moods, 1.5, 3.0) == []  # a window of the previous track
+    (second,) = (u.to_message() for u in room.on_window(room.generation, moods, 1.0, 3.0))
     assert second["seq"] == 2 and second["track"] == {"id": "t2"}
     # A new source (e.g. after a move to another process) continues above the highest seq the room published.
     room.start_source("dramatic", last_seq=41)
-    assert room.on_window(room.generation, moods, None, 1.0, 3.0)[0]["seq"] == 42 and room.preset == "dramatic"
+    assert room.on_window(room.generation, moods, 1.0, 3.0)[0].seq == 42 and room.preset == "dramatic"
     room.closed = True
-    assert room.on_window(room.generation, moods, None, 1.0, 3.0) == []
+    assert room.on_window(room.generation, moods, 1.0, 3.0) == []
 
 
 def test_registry_one_source_per_room_and_max_rooms(world):

@@ -16,7 +16,7 @@ from sendreturn_mood.config import ConfigError, load_config
 from sendreturn_mood.room.effects import EffectState, load_presets, parse_presets
 from sendreturn_mood.audio.frontend import FrontEndSpec
 from sendreturn_mood.audio.level import SILENCE_FLOOR_DB, window_level_db
-from sendreturn_mood.model.contract import MoodModel
+from sendreturn_mood.model.contract import MoodModel, Prediction
 from sendreturn_mood.audio.pipeline import AnalysisStream, WindowPlan
 from sendreturn_mood.room.smoothing import ExpSmoother
 from sendreturn_mood.room.tracker import MoodTracker, NonFiniteOutput
@@ -32,6 +32,11 @@ LOUD, QUIET = -20.0, -90.0
 
 def tracker(tau: float = 4.0) -> MoodTracker:
     return MoodTracker(INFO, PRESETS, None, tau, 0.08, silence_db=-60.0)
+
+
+def analysed(tr: MoodTracker, moods: np.ndarray, genres: np.ndarray, *args, **kwargs) -> dict:
+    """The tracker's Analysis of one window, as the wire shows it."""
+    return tr.update(Prediction(moods, genres), *args, **kwargs).to_dict()
 
 
 def window_of(y: np.ndarray, spec: FrontEndSpec) -> np.ndarray:
@@ -51,10 +56,10 @@ def test_level_is_read_back_from_any_front_end(spec):
 
 def test_silence_holds_the_mood_and_rests_the_effects():
     tr = tracker()
-    music = [tr.update(HAPPY, GENRE, 3.0 + 1.5 * i, level_db=LOUD) for i in range(4)]
+    music = [analysed(tr, HAPPY, GENRE, 3.0 + 1.5 * i, level_db=LOUD) for i in range(4)]
     assert all(u["state"] == "music" and u["level_db"] == LOUD for u in music)
     last = music[-1]
-    quiet = [tr.update(ANGRY, np.array([0.1, 0.7, 0.1, 0.1]), 7.5 + 1.5 * i, level_db=QUIET) for i in range(1, 40)]
+    quiet = [analysed(tr, ANGRY, np.array([0.1, 0.7, 0.1, 0.1]), 7.5 + 1.5 * i, level_db=QUIET) for i in range(1, 40)]
     for u in quiet:  # the model said "angry, electronic" about silence: nobody hears it
         assert u["state"] == "silent" and u["level_db"] == QUIET
         assert (u["mood"], u["probabilities"], u["valence"], u["arousal"], u["genre"]) == (
@@ -65,29 +70,29 @@ def test_silence_holds_the_mood_and_rests_the_effects():
     assert all(quiet[-1]["effects"][k] == pytest.approx(v) for k, v in neutral.items() if k != "tint")
     # effects glide to rest at their max_rate: the first silent update moved reverb by at most 0.08/s * 1.5 s
     assert abs(quiet[0]["effects"]["reverb_mix"] - last["effects"]["reverb_mix"]) <= 0.08 * 1.5 + 1e-4
-    back = tr.update(ANGRY, GENRE, 7.5 + 1.5 * 40, level_db=LOUD)
+    back = analysed(tr, ANGRY, GENRE, 7.5 + 1.5 * 40, level_db=LOUD)
     assert back["state"] == "music" and back["mood"] == "angry"  # 58 s since the last music: the new music takes over
 
 
 def test_silence_from_the_start_is_the_uniform_distribution():
-    u = tracker().update(ANGRY, GENRE, 3.0, level_db=SILENCE_FLOOR_DB)
+    u = analysed(tracker(), ANGRY, GENRE, 3.0, level_db=SILENCE_FLOOR_DB)
     assert u["state"] == "silent" and set(u["probabilities"].values()) == {0.25} and u["confidence"] == 0.25
     assert set(u["genre"]["probabilities"].values()) == {0.25}
     assert all(math.isfinite(v) for v in (u["valence"], u["arousal"]))
 
 
 def test_without_a_level_the_update_is_as_before():
-    u = tracker().update(HAPPY, GENRE, 3.0)
+    u = analysed(tracker(), HAPPY, GENRE, 3.0)
     assert "state" not in u and "level_db" not in u
 
 
 def test_level_from_the_window_itself():
     spec = INFO.frontend
     tr = tracker()
-    u = tr.update(HAPPY, GENRE, 3.0, window_of(np.zeros(spec.sample_rate * 4), spec))
+    u = analysed(tr, HAPPY, GENRE, 3.0, window_of(np.zeros(spec.sample_rate * 4), spec))
     assert u["state"] == "silent" and u["level_db"] == SILENCE_FLOOR_DB
     t = np.arange(spec.sample_rate * 4) / spec.sample_rate
-    u = tr.update(HAPPY, GENRE, 4.5, window_of(0.1 * np.sin(2 * np.pi * 440 * t), spec))
+    u = analysed(tr, HAPPY, GENRE, 4.5, window_of(0.1 * np.sin(2 * np.pi * 440 * t), spec))
     assert u["state"] == "music" and -25 < u["level_db"] < -15
 
 
@@ -95,14 +100,14 @@ def test_level_from_the_window_itself():
 def test_non_finite_model_outputs_are_refused_before_any_state_changes(bad):
     a, b = tracker(), tracker()
     for t in (a, b):
-        t.update(HAPPY, GENRE, 3.0, level_db=LOUD)
+        analysed(t, HAPPY, GENRE, 3.0, level_db=LOUD)
     with pytest.raises(NonFiniteOutput):
-        a.update(np.array([bad, 0.1, 0.1, 0.1]), GENRE, 4.5, level_db=LOUD)
+        analysed(a, np.array([bad, 0.1, 0.1, 0.1]), GENRE, 4.5, level_db=LOUD)
     with pytest.raises(NonFiniteOutput):
-        a.update(HAPPY, np.array([0.1, bad, 0.1, 0.1]), 4.5, level_db=LOUD)
+        analysed(a, HAPPY, np.array([0.1, bad, 0.1, 0.1]), 4.5, level_db=LOUD)
     with pytest.raises(NonFiniteOutput):
-        a.update(HAPPY, GENRE, bad, level_db=LOUD)
-    assert a.update(ANGRY, GENRE, 6.0, level_db=LOUD) == b.update(ANGRY, GENRE, 6.0, level_db=LOUD)
+        analysed(a, HAPPY, GENRE, bad, level_db=LOUD)
+    assert analysed(a, ANGRY, GENRE, 6.0, level_db=LOUD) == analysed(b, ANGRY, GENRE, 6.0, level_db=LOUD)
 
 
 def test_smoothing_and_effects_refuse_non_finite_values():
@@ -166,7 +171,7 @@ def test_a_room_refuses_non_finite_outputs_before_any_state_changes(bad):
     outputs = {"moods": HAPPY.copy(), "genres": GENRE.copy(), "embedding": np.ones(8)}
     outputs[bad][0] = np.nan
     with pytest.raises(NonFiniteOutput):
-        room.on_window(0, outputs["moods"], outputs["genres"], 3.0, 1.0, None, outputs["embedding"])
+        room.on_window(0, Prediction(**outputs), 3.0, 1.0)
     assert room.seq == 0
-    [msg] = room.on_window(0, HAPPY, GENRE, 3.0, 1.0, None, np.ones(8))
-    assert msg["seq"] == 1 and msg["mood"] == "happy"  # the failed window left nothing behind
+    [update] = room.on_window(0, Prediction(HAPPY, GENRE, np.ones(8)), 3.0, 1.0)
+    assert update.seq == 1 and update.analysis.mood == "happy"  # the failed window left nothing behind

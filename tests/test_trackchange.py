@@ -9,6 +9,8 @@ import pytest
 from sendreturn_mood import contract, protocol
 from sendreturn_mood.config import ConfigError, load_config
 from sendreturn_mood.audio.frontend import FrontEndSpec, log_mel
+from sendreturn_mood.model.contract import Prediction
+from sendreturn_mood.room.update import Update
 from sendreturn_mood.room.trackchange import (
     FEATURE_EMBEDDING,
     FEATURE_LOGMEL,
@@ -229,13 +231,14 @@ def test_room_announces_the_change_before_the_mood_and_restarts_smoothing():
     happy, calm = np.array([0.7, 0.1, 0.1, 0.1]), np.array([0.1, 0.1, 0.1, 0.7])
     kinds = []
     for t, logmel, emb in windows([(song_embedding(1), 45.0), (song_embedding(2), 45.0)]):
-        msgs = room.on_window(room.generation, happy if t < 45 else calm, None, t, 1.0, logmel, emb)
+        msgs = [m if isinstance(m, dict) else m.to_message()
+                for m in room.on_window(room.generation, Prediction(happy if t < 45 else calm, None, emb), t, 1.0, logmel)]
         kinds += [m["type"] for m in msgs]
         if msgs[0]["type"] == "track_change":
             assert checked(msgs[0])["room"] == "lobby" and msgs[0]["source"] == "detected"
             assert msgs[1]["probabilities"] == msgs[1]["instant"]["probabilities"]  # smoothing restarted
     assert kinds.count("track_change") == 1 and kinds.count("mood") == len(kinds) - 1
-    assert room.on_window(room.generation - 1, happy, None, 99.0, 1.0, LOUD, song_embedding(1)) == []  # stale
+    assert room.on_window(room.generation - 1, Prediction(happy, None, song_embedding(1)), 99.0, 1.0, LOUD) == []  # stale
 
 
 def test_room_switches_and_explicit_track_resets_detection():
@@ -244,12 +247,12 @@ def test_room_switches_and_explicit_track_resets_detection():
     assert room.track_detection is False
     stream = windows([(song_embedding(1), 45.0), (song_embedding(2), 45.0)])
     p = np.array([0.25] * 4)
-    assert all(m["type"] == "mood" for t, lm, e in stream for m in room.on_window(room.generation, p, None, t, 1.0, lm, e))
+    assert all(isinstance(m, Update) for t, lm, e in stream for m in room.on_window(room.generation, Prediction(p, None, e), t, 1.0, lm))
     assert room.set_track_detection(True) and room.track_detection
     room.start_source(None)  # a new source without the parameter: the configured default (on)
     assert room.track_detection
     for t, lm, e in stream[:15]:
-        room.on_window(room.generation, p, None, t, 1.0, lm, e)
+        room.on_window(room.generation, Prediction(p, None, e), t, 1.0, lm)
     room.new_track({"id": "x"})
     assert len(room.detector._history) == 0
 

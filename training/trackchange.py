@@ -139,7 +139,7 @@ def analyse(stream: Stream, audio: np.ndarray, model: MoodModel, config: dict[st
             pred = model.predict(np.stack([chunk[k].logmel for k in idx]))
             for j, k in enumerate(idx):
                 outputs[k] = (
-                    None if pred.embeddings is None else pred.embeddings[j],
+                    None if pred.embedding is None else pred.embedding[j],
                     None if pred.genres is None else pred.genres[j],
                 )
         for w, (e, g) in zip(chunk, outputs):

@@ -156,13 +156,35 @@ class ModelInfo:
         )
 
 
+# The graph's outputs by name -> the Prediction field that carries each, and whether the runtime reads it as a
+# softmax. The one place an output is named: `MoodModel.predict` fills a Prediction from this table, so a new output
+# is one entry here, one field of Prediction, and what the room (tracker / detector) and its views make of it.
+OUTPUT_FIELDS = {MOOD_OUTPUT: "moods", GENRE_OUTPUT: "genres", EMBEDDING_OUTPUT: "embedding"}
+SOFTMAX_OUTPUTS = frozenset({MOOD_OUTPUT, GENRE_OUTPUT})
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """Softmax outputs for a batch of windows."""
+    """The model's outputs by name, for one window ([n]) or a batch of windows ([batch, n]; `predict`'s result,
+    whose `pred[k]` is window k's Prediction). `moods` and `genres` are softmax probabilities; `embedding` is the
+    graph's `embedding` output (what the track-change detector compares), when the graph has one."""
 
-    moods: np.ndarray  # [batch, n_moods]
-    genres: np.ndarray | None  # [batch, n_genres] or None
-    embeddings: np.ndarray | None = None  # [batch, d] the graph's `embedding` output, when it has one
+    moods: np.ndarray
+    genres: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+
+    def __getitem__(self, k: int) -> "Prediction":
+        return Prediction(**{f: None if v is None else v[k] for f, v in self._fields()})
+
+    def __len__(self) -> int:
+        return int(self.moods.shape[0]) if self.moods.ndim > 1 else 1
+
+    def _fields(self) -> list[tuple[str, np.ndarray | None]]:
+        return [(f, getattr(self, f)) for f in OUTPUT_FIELDS.values()]
+
+    def is_finite(self) -> bool:
+        """Whether every output is finite (a NaN must never reach a room's smoothing or detector)."""
+        return all(v is None or bool(np.isfinite(v).all()) for _, v in self._fields())
 
 
 def default_model_path() -> Path:
@@ -228,24 +250,19 @@ class MoodModel:
             raise ModelError(f"{self.path}: not a loadable ONNX model: {e}") from None
         self.info = read_info(self.session, str(self.path))
         names = {o.name for o in self.session.get_outputs()}
+        # genres only when the metadata names them; the embedding feeds the track-change detector (room/trackchange.py)
         self._outputs = [MOOD_OUTPUT] + ([GENRE_OUTPUT] if self.info.genres and GENRE_OUTPUT in names else [])
-        # the embedding is what the track-change detector compares (sendreturn_mood/room/trackchange.py)
         self.has_embedding = EMBEDDING_OUTPUT in names
         if self.has_embedding:
             self._outputs.append(EMBEDDING_OUTPUT)
 
     def predict(self, batch: np.ndarray) -> Prediction:
-        """log-mel windows [batch, n_mels, frames] -> softmax probabilities."""
+        """log-mel windows [batch, n_mels, frames] -> the batch's Prediction (softmax probabilities by name)."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim == 2:
             batch = batch[None]
-        out = dict(zip(self._outputs, self.session.run(self._outputs, {INPUT_NAME: batch})))
-        genres = out.get(GENRE_OUTPUT)
-        return Prediction(
-            moods=softmax(out[MOOD_OUTPUT]),
-            genres=None if genres is None else softmax(genres),
-            embeddings=out.get(EMBEDDING_OUTPUT),
-        )
+        out = zip(self._outputs, self.session.run(self._outputs, {INPUT_NAME: batch}))
+        return Prediction(**{OUTPUT_FIELDS[name]: softmax(v) if name in SOFTMAX_OUTPUTS else v for name, v in out})
 
 
 def write_metadata(onnx_path: str | os.PathLike[str], info: ModelInfo) -> None:

@@ -65,21 +65,13 @@ class Job:
 
 @dataclass
 class Result:
-    moods: np.ndarray | None  # [n_moods] softmax, None on failure
-    genres: np.ndarray | None  # [n_genres] or None
+    """One window's outcome: its Prediction (the model's outputs by name), or the error that lost it."""
+
+    prediction: Prediction | None
     error: Exception | None = None
-    embedding: np.ndarray | None = None  # [d] the model's embedding, when it has one (track-change detection)
 
 
 Deliver = Callable[[Job, Result], None]
-
-
-def _result(pred: Prediction, k: int) -> Result:
-    return Result(
-        pred.moods[k],
-        None if pred.genres is None else pred.genres[k],
-        embedding=None if pred.embeddings is None else pred.embeddings[k],
-    )
 
 
 class InferenceWorker:
@@ -167,7 +159,7 @@ class InferenceWorker:
                 results, stats = self._infer([j.window.logmel for j in jobs])
             except Exception as e:  # a bug here must not silently stop the worker: every room would wait forever
                 log.exception("inference batch failed")
-                results, stats = [Result(None, None, e) for _ in jobs], []
+                results, stats = [Result(None, e) for _ in jobs], []
             try:
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._on_batch, jobs, results, stats)
@@ -233,17 +225,16 @@ class InferenceWorker:
             try:
                 pred = self.model.predict(np.stack([windows[i] for i in idx]))
                 for k, i in enumerate(idx):
-                    results[i] = _result(pred, k)
+                    results[i] = Result(pred[k])
             except Exception as e:  # retry alone: only the window(s) that really fail get an error
                 log.warning("batch of %d failed (%s); retrying windows one by one", len(idx), e)
                 for i in idx:
                     results[i] = self._one(windows[i])
             stats.append((len(idx), time.perf_counter() - t0))
-        return [r if r is not None else Result(None, None, RuntimeError("no result")) for r in results], stats
+        return [r if r is not None else Result(None, RuntimeError("no result")) for r in results], stats
 
     def _one(self, window: np.ndarray) -> Result:
         try:
-            pred = self.model.predict(window[None])
-            return _result(pred, 0)
+            return Result(self.model.predict(window[None])[0])
         except Exception as e:
-            return Result(None, None, e)
+            return Result(None, e)

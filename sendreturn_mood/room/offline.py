@@ -1,9 +1,10 @@
 """A room played offline: the server's streaming path, run over audio files (`analyze` is its command).
 
 Files go through exactly what a room's source goes through (`AnalysisStream` for resampling, log-mel and windows,
-`MoodModel.predict`, `TrackChangeDetector` for track changes heard in the audio, `MoodTracker` for smoothing,
-hysteresis and effects), so the per-hop values and track changes printed here are the `mood` and `track_change`
-messages the server would broadcast for the same audio and settings. That makes `analyze` the tool to
+`MoodModel.predict`, then `Room.on_window` itself: the `TrackChangeDetector` for track changes heard in the audio and
+the `MoodTracker` for smoothing, hysteresis and effects), so the per-hop values and track changes printed here are
+the `mood` and `track_change` messages the server would broadcast for the same audio and settings (`room_updates`
+gives the `Update` objects themselves, for callers that want more than the timeline). That makes `analyze` the tool to
 check what a room will see for a song, and the reference the server is tested against.
 """
 
@@ -15,11 +16,15 @@ from typing import Any, Iterator
 import numpy as np
 
 from .effects import load_presets
-from ..model.contract import MoodModel
+from ..model.contract import MoodModel, Prediction
 from ..audio.pcm import BadAudio, check_samples
 from ..audio.pipeline import AnalysisStream, Window, window_plan
+from .rooms import Room
 from .trackchange import TrackChangeDetector, detector_from_config
 from .tracker import DECIMALS, SILENT, MoodTracker, tracker_from_config
+from .update import Update
+
+OFFLINE_ROOM = "analyze"  # the name of the room a file is played in (it appears in no output of analyze)
 
 READ_BLOCK_SECONDS = 60.0  # files go through the pipeline in blocks this long: memory stays bounded, and few
 # stops mid-file (libmpg123 prints spurious "part2_3_length" warnings at some block boundaries)
@@ -61,27 +66,27 @@ def _decoder_reason(error: Exception) -> str:
     return reason
 
 
-Row = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
-
-
-def predict_windows(model: MoodModel, windows: list[Window], max_batch: int) -> list[Row]:
-    """Per-window (mood probabilities, genre probabilities or None, embedding or None), batching windows of equal
-    length."""
-    out: list[Row] = []
+def predict_windows(model: MoodModel, windows: list[Window], max_batch: int) -> list[Prediction]:
+    """Each window's Prediction, batching windows of equal length."""
+    out: list[Prediction] = []
     i = 0
     while i < len(windows):
         j = i + 1
         while j < len(windows) and j - i < max_batch and windows[j].logmel.shape == windows[i].logmel.shape:
             j += 1
         pred = model.predict(np.stack([w.logmel for w in windows[i:j]]))
-        for k in range(j - i):
-            out.append((
-                pred.moods[k],
-                None if pred.genres is None else pred.genres[k],
-                None if pred.embeddings is None else pred.embeddings[k],
-            ))
+        out.extend(pred[k] for k in range(j - i))
         i = j
     return out
+
+
+def room_updates(
+    room: Room, windows: list[Window], preds: list[Prediction]
+) -> Iterator[Update | dict[str, Any]]:
+    """Play windows and their predictions through a room, as the server's inference worker does: its broadcasts
+    (`Update`s, and `track_change` messages before the window that heard the change), in order."""
+    for w, p in zip(windows, preds):
+        yield from room.on_window(room.generation, p, w.stream_time, 0.0, w.logmel)
 
 
 def analyze_file(
@@ -94,7 +99,7 @@ def analyze_file(
 ) -> dict[str, Any]:
     """Analyse one file through the server's streaming path -> the dict `--json` prints for it.
 
-    `timeline` holds one `MoodTracker.update` result per hop (what the server broadcasts, minus type/room/seq/
+    `timeline` holds one `Analysis.to_dict()` per hop (what the server broadcasts, minus type/room/seq/
     track/latency_ms); `track_changes` the changes the room's detector hears (the server's `track_change`
     messages minus type/room; each resets the smoothing, as in a room); the whole-file summary is the mean of the
     instant probabilities over all windows.
@@ -133,20 +138,20 @@ def analyze_file(
         preds = predict_windows(model, windows, int(config["analysis"]["max_batch"]))
     except Exception as e:  # onnxruntime raises its own exception types; name the file and carry on with the others
         raise AnalyzeError(f"{path}: inference failed: {e}") from None
+    room = Room(OFFLINE_ROOM, tracker, detector=detector)
     timeline = []
     track_changes = []
-    for w, (m, g, e) in zip(windows, preds):  # the order of rooms.Room.on_window: detector, then smoothing
-        change = detector.update(w.stream_time, w.logmel, e, g)
-        if change is not None:
-            tracker.reset()
-            track_changes.append(change.to_dict())
-        timeline.append(tracker.update(m, g, w.stream_time, w.logmel))
-    silent = [u.get("state") == SILENT for u in timeline]
+    for message in room_updates(room, windows, preds):
+        if isinstance(message, Update):
+            timeline.append(message.analysis)
+        else:  # the server's track_change message minus its envelope
+            track_changes.append({k: v for k, v in message.items() if k not in ("type", "room")})
+    silent = [a.state == SILENT for a in timeline]
     if not all(silent):  # the summary is about the music: silent windows say nothing about mood
         preds = [p for p, quiet in zip(preds, silent) if not quiet]
 
     n_moods = len(info.mood_labels)
-    mean = np.mean([m for m, _, _ in preds], axis=0) if not all(silent) else np.full(n_moods, 1 / n_moods)
+    mean = np.mean([p.moods for p in preds], axis=0) if not all(silent) else np.full(n_moods, 1 / n_moods)
     va = info.to_valence_arousal(mean)
     labels = info.mood_labels
     result: dict[str, Any] = {
@@ -160,7 +165,7 @@ def analyze_file(
         "valence": round(float(va[0]), DECIMALS) + 0.0,
         "arousal": round(float(va[1]), DECIMALS) + 0.0,
     }
-    genre_preds = [g for _, g, _ in preds if g is not None]
+    genre_preds = [p.genres for p in preds if p.genres is not None]
     if info.genres and genre_preds:
         gmean = np.mean(genre_preds, axis=0)
         result["genre"] = {
@@ -170,7 +175,7 @@ def analyze_file(
     result["silent_spans"] = silent_spans(windows, silent, info.frontend.frames_to_seconds)
     result["track_detection"] = detector.enabled
     result["track_changes"] = track_changes
-    result["timeline"] = timeline
+    result["timeline"] = [a.to_dict() for a in timeline]
     return result
 
 

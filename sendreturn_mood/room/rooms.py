@@ -2,10 +2,15 @@
 
 A room exists while anyone is connected to it; it has at most one source and any number of listeners. On one
 process, a room's state (local members, seq, current track, track generation, mood tracker and preset) lives only
-here, behind `RoomRegistry`, and every message to a room's members goes through `RoomRegistry.publish`, which
-encodes it once, hands it to the local members and to the broker (`broker.py`), which carries it to the room's
-members on other processes. The analysis of a room runs where its source is connected: `Room.on_window` turns a
-window's model output into the room's next `mood` message (smoothing, seq) with no I/O.
+here, behind `RoomRegistry`, and everything a room says goes through `RoomRegistry.publish`, which encodes it once
+(`Outgoing`) and hands it to the room's sinks, in order: its local members (`LocalMembers`), then what the server
+configured for it in `outputs/` (the broker, which carries it to the room's members on other processes; OSC
+targets). The analysis of a room runs where its source is connected: `Room.on_window` turns a window's Prediction
+into the room's next `Update` (smoothing, seq) with no I/O.
+
+Sinks are anything with `send(room, outgoing)` and `room_closed(room)` (the `Sink` protocol below; it is declared
+here, at the broadcast point, because imports only go downward and the outputs build on rooms). A sink must never
+block or raise into the room: it queues, drops or counts on its own.
 
 Members are anything with `deliver(text, kind)`: the server's per-connection outbox (`Outbox` below), which is
 bounded and conflates mood updates so that a slow client only hurts itself.
@@ -23,7 +28,9 @@ import numpy as np
 
 from .. import protocol
 from ..metrics import ServerMetrics
+from ..model.contract import Prediction
 from .tracker import NonFiniteOutput
+from .update import Update
 
 if TYPE_CHECKING:
     from ..broker.base import Broker
@@ -40,6 +47,56 @@ class Member(Protocol):
     role: str
 
     def deliver(self, text: str, kind: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One broadcast, encoded once: the `Update` (a mood update) or the protocol message (anything else: source,
+    track_change, error), its JSON text and its kind (MOOD, SOURCE or CONTROL)."""
+
+    message: Update | dict[str, Any]
+    text: str
+    kind: str
+
+    @property
+    def update(self) -> Update | None:
+        return self.message if isinstance(self.message, Update) else None
+
+    @property
+    def seq(self) -> int | None:
+        return self.message.seq if isinstance(self.message, Update) else None
+
+    @property
+    def type(self) -> str:
+        return "mood" if isinstance(self.message, Update) else str(self.message["type"])
+
+
+def outgoing(message: Update | dict[str, Any]) -> Outgoing:
+    """Encode a broadcast once, for every sink of the room."""
+    if isinstance(message, Update):
+        return Outgoing(message, protocol.encode(message.to_message()), MOOD)
+    return Outgoing(message, protocol.encode(message), SOURCE if message["type"] == "source" else CONTROL)
+
+
+class Sink(Protocol):
+    """Where a room's broadcasts go (the interface of `outputs/`)."""
+
+    def send(self, room: "Room", out: Outgoing) -> None: ...
+
+    def room_closed(self, room: "Room") -> None: ...
+
+
+class LocalMembers:
+    """The room's members on this process (their bounded outboxes): the first sink of every room."""
+
+    def send(self, room: "Room", out: Outgoing) -> None:
+        RoomRegistry.deliver_local(room, out.text, out.kind)
+
+    def room_closed(self, room: "Room") -> None:
+        pass
+
+
+LOCAL_MEMBERS = LocalMembers()
 
 
 class RoomError(protocol.ProtocolError):
@@ -61,6 +118,7 @@ class Room:
     closed: bool = False
     remote_source: bool = False  # a source is connected to this room on another process (as far as we know)
     detector: Any = None  # sendreturn_mood.room.trackchange.TrackChangeDetector, or None (detection not available)
+    sinks: list[Sink] = field(default_factory=lambda: [LOCAL_MEMBERS])  # where `RoomRegistry.publish` hands its broadcasts
 
     @property
     def preset(self) -> str:
@@ -132,35 +190,29 @@ class Room:
         return not self.closed and generation == self.generation
 
     def on_window(
-        self,
-        generation: int,
-        moods: np.ndarray,
-        genres: np.ndarray | None,
-        stream_time: float,
-        latency_ms: float,
+        self, generation: int, prediction: Prediction, stream_time: float, latency_ms: float,
         logmel: np.ndarray | None = None,
-        embedding: np.ndarray | None = None,
-    ) -> list[dict[str, Any]]:
-        """One window's model output -> the room's next messages: its `mood` update (smoothing, seq), preceded by a
-        `track_change` when the detector hears a new track (the window's log-mel and the model's embedding and genres
-        go to the detector first; the smoothing then restarts, as after a `track` message). [] when the window is
-        stale (its track or source ended while it waited for the model). `logmel` also gives the tracker its level,
-        for the silent state. Raises tracker.NonFiniteOutput, with nothing of the room's state changed (seq
-        included), for outputs that are not finite: the caller treats that window as failed."""
+    ) -> list[Update | dict[str, Any]]:
+        """One window's Prediction -> the room's next broadcasts: its `Update` (smoothing, seq), preceded by a
+        `track_change` message when the detector hears a new track (the window's log-mel and the model's embedding
+        and genres go to the detector first; the smoothing then restarts, as after a `track` message). [] when the
+        window is stale (its track or source ended while it waited for the model). `logmel` also gives the tracker
+        its level, for the silent state. Raises tracker.NonFiniteOutput, with nothing of the room's state changed
+        (seq included), for outputs that are not finite: the caller treats that window as failed."""
         if not self.is_current(generation):
             return []
-        if not all(x is None or np.isfinite(x).all() for x in (moods, genres, embedding)):
+        if not prediction.is_finite():
             # before the detector and the smoothing see it: a failed window, nothing of the room's state changes
             raise NonFiniteOutput("the model's outputs for this window are not finite")
-        out = []
+        out: list[Update | dict[str, Any]] = []
         if self.detector is not None and logmel is not None:
-            change = self.detector.update(stream_time, logmel, embedding, genres)
+            change = self.detector.update(stream_time, logmel, prediction.embedding, prediction.genres)
             if change is not None:
                 self.tracker.reset()
                 out.append(protocol.track_change(self.name, change.to_dict()))
-        analysis = self.tracker.update(moods, genres, stream_time, logmel)
+        analysis = self.tracker.update(prediction, stream_time, logmel)
         self.seq += 1
-        out.append(protocol.mood(self.name, self.seq, analysis, self.track, latency_ms))
+        out.append(Update(self.name, self.seq, analysis, self.track, latency_ms))
         return out
 
 
@@ -174,8 +226,12 @@ class RoomRegistry:
         metrics: ServerMetrics | None = None,
         broker: "Broker | None" = None,
         make_detector: Callable[[], Any] | None = None,
+        make_sinks: Callable[[str], list[Sink]] | None = None,
     ) -> None:
+        """`make_sinks(room name)`: the sinks after the local members for a new room (the server's configured
+        outputs, see outputs/); None: the local members only."""
         self._make_tracker = make_tracker
+        self._make_sinks = make_sinks
         self._make_detector = make_detector
         self.max_rooms = max_rooms
         self.metrics = metrics
@@ -214,6 +270,8 @@ class RoomRegistry:
         if room is None:
             room = Room(name, self._make_tracker(preset if is_source else None))
             room.detector = self._make_detector() if self._make_detector is not None else None
+            if self._make_sinks is not None:
+                room.sinks = [LOCAL_MEMBERS, *self._make_sinks(name)]
             self._rooms[name] = room
         if is_source:
             room.source = member
@@ -244,17 +302,21 @@ class RoomRegistry:
             self.broker.members_changed(room)
             if room.closed:
                 self.broker.room_closed(room)
+        if room.closed:
+            for sink in room.sinks:
+                sink.room_closed(room)
         self._update_gauge()
         return was_source
 
-    def publish(self, room: Room, message: dict[str, Any]) -> None:
-        """THE broadcast: encode once, hand to every local member of the room (the source included), and to the
-        broker for the room's members on other processes."""
-        kind = {"mood": MOOD, "source": SOURCE}.get(message["type"], CONTROL)
-        text = protocol.encode(message)
-        self.deliver_local(room, text, kind)
-        if self.broker is not None:
-            self.broker.publish(room, text, kind, message.get("seq") if kind == MOOD else None)
+    def publish(self, room: Room, message: Update | dict[str, Any]) -> None:
+        """THE broadcast: encode once, hand to each of the room's sinks in order (the local members, the source
+        included, first; then the broker for the room's members on other processes, then any OSC targets)."""
+        out = outgoing(message)
+        for sink in room.sinks:
+            try:
+                sink.send(room, out)
+            except Exception:  # a sink's bug must not cost the room's other sinks their message
+                log.exception("room %s: sink %s failed", room.name, type(sink).__name__)
 
     @staticmethod
     def deliver_local(room: Room, text: str, kind: str) -> None:

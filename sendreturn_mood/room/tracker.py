@@ -1,7 +1,7 @@
 """Per-room state after the model: smoothing, label hysteresis and effects, shared by the server and `analyze`.
 
-`MoodTracker.update` turns one window's softmax outputs into exactly the analysis fields of protocol v1's `mood`
-message. Time steps come from `stream_time` differences (seconds of audio), never from the wall clock, and every
+`MoodTracker.update` turns one window's `Prediction` into an `Analysis` (update.py): exactly the analysis fields of
+protocol v1's `mood` message. Time steps come from `stream_time` differences (seconds of audio), never from the wall clock, and every
 float is rounded (4 decimals; effect values to ~1e-4 of their range, see effects.RESOLUTION), so the server and
 `analyze` produce identical JSON for the same audio and settings.
 
@@ -31,8 +31,9 @@ import numpy as np
 
 from .effects import EffectState, Presets
 from ..audio.level import window_level_db
-from ..model.contract import ModelInfo
+from ..model.contract import ModelInfo, Prediction
 from .smoothing import ExpSmoother, LabelHysteresis
+from .update import Analysis, Guess, Instant
 
 DECIMALS = 4
 LEVEL_DECIMALS = 1
@@ -105,20 +106,21 @@ class MoodTracker:
 
     def update(
         self,
-        moods: np.ndarray,
-        genres: np.ndarray | None,
+        prediction: Prediction,
         stream_time: float,
         logmel: np.ndarray | None = None,
         *,
         level_db: float | None = None,
-    ) -> dict[str, Any]:
-        """One window's softmax outputs ([n_moods], [n_genres] or None) at `stream_time` -> the mood fields.
+    ) -> Analysis:
+        """One window's Prediction (its `moods`, and `genres` when the model has them) at `stream_time` -> its
+        Analysis.
 
         `logmel` (the window the outputs came from) or `level_db` enables the silence state; see the module
         docstring. Raises NonFiniteOutput (state untouched) for non-finite outputs or time."""
-        instant = np.asarray(moods, dtype=np.float64).reshape(-1)
+        instant = np.asarray(prediction.moods, dtype=np.float64).reshape(-1)
         if instant.size != len(self.labels):
             raise ValueError(f"expected {len(self.labels)} mood probabilities, got {instant.size}")
+        genres = prediction.genres
         genre_in = None if genres is None or not self.genres else np.asarray(genres, dtype=np.float64).reshape(-1)
         if not (np.isfinite(instant).all() and math.isfinite(stream_time) and (genre_in is None or np.isfinite(genre_in).all())):
             raise NonFiniteOutput("the model's outputs for this window are not finite")
@@ -126,15 +128,15 @@ class MoodTracker:
             level_db = self.level_of(logmel)
         dt = 0.0 if self._last_time is None else max(0.0, float(stream_time) - self._last_time)
         self._last_time = float(stream_time)
-        if self.is_silent(level_db):
-            out = self._silent(stream_time, dt)
+        silent = self.is_silent(level_db)
+        if silent:
+            fields = self._silent(stream_time, dt)
         else:
-            out = self._music(instant, genre_in, stream_time, dt)
+            fields = self._music(instant, genre_in, stream_time, dt)
         if level_db is not None:
-            out["state"] = SILENT if self.is_silent(level_db) else MUSIC
-            out["level_db"] = round(float(level_db), LEVEL_DECIMALS) + 0.0
-        out["preset"] = self.preset
-        return out
+            fields["state"] = SILENT if silent else MUSIC
+            fields["level_db"] = round(float(level_db), LEVEL_DECIMALS) + 0.0
+        return Analysis(preset=self.preset, **fields)
 
     def _music(self, instant: np.ndarray, genres: np.ndarray | None, stream_time: float, dt: float) -> dict[str, Any]:
         # smoothing steps over silent windows: the time since the last music window, not since the last update
@@ -145,7 +147,7 @@ class MoodTracker:
         out = self._fields(stream_time, idx, smooth, instant)
         if genres is not None:
             g = self._genre.update(genres, music_dt)
-            out["genre"] = {"label": self.genres[self._genre_label.update(g)], "probabilities": _probs(self.genres, g)}
+            out["genre"] = Guess(self.genres[self._genre_label.update(g)], _probs(self.genres, g))
         va = self.info.to_valence_arousal(smooth)
         out["effects"] = self._effects.update(dict(zip(self.labels, smooth.tolist())), float(va[0]), float(va[1]), dt)
         return out
@@ -161,7 +163,7 @@ class MoodTracker:
             g = self._genre.value
             g = self._genre_uniform if g is None else g
             gi = self._genre_label.current if self._genre_label.current is not None else int(np.argmax(g))
-            out["genre"] = {"label": self.genres[gi], "probabilities": _probs(self.genres, g)}
+            out["genre"] = Guess(self.genres[gi], _probs(self.genres, g))
         out["effects"] = self._effects.rest(dt)
         return out
 
@@ -176,11 +178,8 @@ class MoodTracker:
             "probabilities": probabilities,
             "valence": _r(va[0]),
             "arousal": _r(va[1]),
-            "instant": {
-                "probabilities": _probs(self.labels, instant),
-                "valence": _r(va_instant[0]),
-                "arousal": _r(va_instant[1]),
-            },
+            "instant": Instant(_probs(self.labels, instant), _r(va_instant[0]), _r(va_instant[1])),
+            "genre": None,
         }
 
 

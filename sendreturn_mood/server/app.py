@@ -43,6 +43,7 @@ from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import ServerMetrics
 from ..model.contract import MoodModel
 from ..model.inference import DEFAULT_QUEUE_SIZE, InferenceWorker
+from ..outputs.base import Outputs
 from ..protocol import Refusal
 from ..room.effects import load_presets
 from ..room.rooms import RoomRegistry
@@ -95,7 +96,10 @@ class MoodServer:
         self.metrics = ServerMetrics()
         self.broker = broker or make_broker(config, self.metrics)
         self.metrics.node.set(1, node=self.broker.node, broker=self.broker.kind)
-        self.rooms = RoomRegistry(self._make_tracker, int(s["max_rooms"]), self.metrics, self.broker, self._make_detector)
+        self.outputs = Outputs(config, self.broker, self.presets, self.metrics)
+        self.rooms = RoomRegistry(
+            self._make_tracker, int(s["max_rooms"]), self.metrics, self.broker, self._make_detector, self.outputs.sinks_for
+        )
         try:  # a detector the model cannot feed (feature: embedding, and the model has none) fails here, not on join
             self._make_detector()
         except TrackChangeError as e:

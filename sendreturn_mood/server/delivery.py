@@ -1,7 +1,8 @@
 """Result delivery: the inference worker's output for one window, back on the event loop, to its room.
 
     Submit -> worker (one thread, batched over all rooms) -> ResultDelivery on the loop -> Room.on_window -> publish
-    publish -> every local member's bounded Outbox (+ the broker) -> one sender task per connection -> websocket
+    publish -> the room's sinks: every local member's bounded Outbox (-> one sender task per connection ->
+    websocket), the broker, OSC targets (outputs/)
 
 A failed window (the model raised, or gave non-finite outputs) is lost to its room only, which gets a non-fatal
 `server_error`; a window of a track the room has moved past is dropped silently.
@@ -39,15 +40,14 @@ class ResultDelivery:
         if not room.is_current(job.generation):
             self.metrics.dropped_windows.inc()
             return
-        if result.error is not None or result.moods is None:
+        if result.error is not None or result.prediction is None:
             log.warning("inference failed for room %s: %s", room.name, result.error)
             self._window_failed(room)
             return
         latency = time.perf_counter() - job.arrival
         try:
             messages = room.on_window(
-                job.generation, result.moods, result.genres, job.window.stream_time, latency * 1000.0,
-                job.window.logmel, result.embedding,
+                job.generation, result.prediction, job.window.stream_time, latency * 1000.0, job.window.logmel
             )
         except NonFiniteOutput:  # the room's smoothing, detector and seq are untouched; this window is lost
             log.warning("room %s: the model's outputs for a window were not finite; it was skipped", room.name)
@@ -59,7 +59,7 @@ class ResultDelivery:
         self.metrics.latency.observe(latency)
         self.metrics.updates.add()
         for msg in messages:  # a track_change (control: never conflated) comes before its window's mood
-            if msg["type"] == "track_change":
+            if isinstance(msg, dict) and msg["type"] == "track_change":
                 self.metrics.track_changes.inc()
             self.rooms.publish(room, msg)
 

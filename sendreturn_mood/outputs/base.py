@@ -1,0 +1,46 @@
+"""The outputs a server configures for its rooms, as sinks of the room's one broadcast point.
+
+`RoomRegistry.publish` (room/rooms.py) encodes each broadcast once and hands it to the room's sinks in order: the
+room's local websocket members first (`rooms.LocalMembers`, every room), then what is built here per server and per
+room: the broker (`BrokerSink`, every room: it carries the text to the room's members on other processes) and the
+OSC targets whose room patterns match the room's name (`osc.OscSink`). The interface is `rooms.Sink`:
+`send(room, outgoing)` for every broadcast, `room_closed(room)` when the room's last local member leaves. A sink never
+blocks the room and never raises into it.
+
+Only the process that produces a room's updates (the one its source is connected to) sends them to OSC targets:
+messages that arrive from the broker go to local members only, so a cluster with the same OSC config on every
+process sends each update once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..broker.base import Broker
+from ..room.rooms import Outgoing, Room, Sink
+
+
+class BrokerSink:
+    """The broker as a sink: a broadcast's text to the room's members on other processes (queued, never awaited)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def send(self, room: Room, out: Outgoing) -> None:
+        self.broker.publish(room, out.text, out.kind, out.seq)
+
+    def room_closed(self, room: Room) -> None:
+        pass  # the registry tells the broker about membership itself (subscriptions outlive no room)
+
+
+class Outputs:
+    """A server's outputs: `sinks_for(room)` is the registry's factory of a new room's sinks."""
+
+    def __init__(self, config: dict[str, Any], broker: Broker, presets: Any, metrics: Any = None) -> None:
+        self.broker_sink = BrokerSink(broker)
+
+    def sinks_for(self, room: str) -> list[Sink]:
+        return [self.broker_sink]
+
+    async def close(self) -> None:
+        pass
