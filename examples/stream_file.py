@@ -35,6 +35,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from sendreturn_mood.audio.files import DecodeError
 from sendreturn_mood.client import (
     DEFAULT_URL,
     Disconnected,
@@ -150,8 +151,12 @@ async def stream(files: list[Path], args: argparse.Namespace) -> int:
                 out.note(f"streaming {path} ({info.duration:.1f} s at {info.samplerate} Hz, {info.channels} ch) "
                          f"-> {rate} Hz, {channels} ch, {args.encoding}")
                 out.file, out.rate, out.position = path, info.samplerate, 0
-                await source.send_file(path, speed=args.speed, chunk_ms=args.chunk_ms, sample_rate=args.sample_rate,
-                                       channels=args.channels, progress=out.progress)
+                try:
+                    await source.send_file(path, speed=args.speed, chunk_ms=args.chunk_ms,
+                                           sample_rate=args.sample_rate, channels=args.channels, progress=out.progress)
+                except DecodeError as exc:  # corrupt half-way, or truncated: what decoded was sent
+                    print(f"{path}: {exc}", file=sys.stderr, flush=True)
+                    unreadable.add(path)
                 out.file = None
             if not args.loop or len(unreadable) == len(files):
                 break

@@ -40,14 +40,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .audio import pcm
-from .audio.files import find_audio  # noqa: F401  (part of this module's API: files and folders -> audio files)
+from .audio.files import AudioFile, block_frames, find_audio  # noqa: F401  (part of this module's API: files and folders -> audio files)
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
 FATAL_STATUS = frozenset({400, 401, 403, 404})  # refusals that retrying cannot fix (409, 503: retry)
 FINAL_CLOSE_CODES = frozenset({1000, 1003, 1008, 1009})  # closes a listener does not reconnect after (as the JS client)
 OPEN_TIMEOUT_S = 10.0
 END_TIMEOUT_S = 30.0  # after `end`, how long to wait for the server's last update and close
-READ_SECONDS = 10.0  # audio decoded per file read (then sent in chunk_ms pieces)
 KEEPALIVE_S = 30.0  # a `keepalive` text message after this long without sending anything (None: never)
 MAX_MESSAGE_BYTES = 1 << 20  # server messages are a few hundred bytes; anything near this is not protocol v1
 
@@ -569,24 +568,23 @@ class Source:
         """Stream an audio file (wav, flac, ogg, mp3, ... anything libsndfile reads): a `track` message named after
         the file and its tags, then its audio paced at `speed` times real time, at its own rate and channels unless
         `sample_rate` (resampled with soxr) or `channels` (1: downmix) say otherwise. A dropped connection is
-        reopened and the file resumes where it was. Raises soundfile.LibsndfileError for a file it cannot read."""
-        import soundfile as sf
-
+        reopened and the file resumes where it was. Raises `audio.files.DecodeError` for a file it cannot open, and
+        `audio.files.Truncated` after sending what decodes of a file that stops before its declared length."""
         path = Path(path)
-        with sf.SoundFile(path) as f:
-            rate = sample_rate or f.samplerate
+        with AudioFile(path) as f:
+            rate = sample_rate or f.rate
             n_channels = channels or min(f.channels, pcm.MAX_CHANNELS)
             await self.connect(rate, n_channels)
             if track:
                 await self.track(**track_fields(path))
-            chunk = max(1, round(f.samplerate * chunk_ms / 1000))
+            chunk = max(1, round(f.rate * chunk_ms / 1000))
             resampler = None
-            if rate != f.samplerate:
+            if rate != f.rate:
                 import soxr
 
-                resampler = soxr.ResampleStream(f.samplerate, rate, n_channels, dtype="float32")
+                resampler = soxr.ResampleStream(f.rate, rate, n_channels, dtype="float32")
             blocks = _file_chunks(f, start, chunk, n_channels, resampler)
-            return await self._stream(blocks, f.samplerate, n_channels, rate, speed, start, progress)
+            return await self._stream(blocks, f.rate, n_channels, rate, speed, start, progress)
 
     async def _stream(
         self, blocks: Iterator[tuple[int, np.ndarray]], in_rate: int, channels: int, out_rate: int, speed: float,
@@ -619,24 +617,18 @@ def _chunks(block: np.ndarray, start: int, chunk: int) -> Iterator[tuple[int, np
         yield len(piece), piece
 
 
-def _file_chunks(f: Any, start: int, chunk: int, channels: int, resampler: Any) -> Iterator[tuple[int, np.ndarray]]:
-    """(frames read, [frames, channels] float32 at the output rate) from frame `start` on. Decodes READ_SECONDS at
-    a time and slices: memory stays bounded for long files, and the MP3 decoder is not stopped at every chunk
-    boundary (libmpg123 prints spurious warnings when it is)."""
-    if start:
-        f.seek(start)
-    position = start
-    block_frames = max(chunk, int(f.samplerate * READ_SECONDS) // chunk * chunk)
-    while True:
-        block = f.read(block_frames, dtype="float32", always_2d=True)
-        if len(block) == 0:
-            return
+def _file_chunks(f: AudioFile, start: int, chunk: int, channels: int, resampler: Any) -> Iterator[tuple[int, np.ndarray]]:
+    """(frames read, [frames, channels] float32 at the output rate) from frame `start` on. Decodes in the blocks
+    every reader uses (`audio.files.block_frames`: the server's `analyze` hears the same samples) and slices them:
+    memory stays bounded, and the MP3 decoder is not stopped at every chunk boundary. The end is where the decoder
+    stops, not the file's declared length (an estimate for MP3), so the resampler is flushed on the last piece."""
+    for block, last_block in f.blocks(block_frames(f.rate), start):
         for i in range(0, len(block), chunk):
             piece = to_channels(block[i : i + chunk], channels)
-            position += len(piece)
+            n_read = len(piece)
             if resampler is not None:
-                piece = resampler.resample_chunk(piece, last=position >= f.frames)
-            yield min(chunk, len(block) - i), piece
+                piece = resampler.resample_chunk(piece, last=last_block and i + chunk >= len(block))
+            yield n_read, piece
 
 
 def to_channels(block: np.ndarray, channels: int) -> np.ndarray:

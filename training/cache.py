@@ -17,6 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
+from sendreturn_mood.audio.files import decode as decode_file
 from sendreturn_mood.audio.frontend import FrontEndSpec, log_mel
 from sendreturn_mood.audio.resample import resample
 from training.manifest import REPO, SHARED_DATA, Item, ManifestError, read_4q, read_emotify, read_folder, read_manifest
@@ -67,10 +68,7 @@ def atomic_save(path: Path, arr: np.ndarray | None = None, **arrays: np.ndarray)
 
 def decode(file: str | os.PathLike[str], sample_rate: int) -> np.ndarray:
     """Any soundfile-readable file (wav, flac, ogg, mp3) -> mono float32 at `sample_rate` (runtime resampler)."""
-    import soundfile as sf
-
-    y, sr = sf.read(str(file), dtype="float32", always_2d=True)
-    y = y.mean(axis=1)
+    y, sr = decode_file(Path(file))  # what the runtime decodes: up to where the decoder stops, never an estimate
     if sr != sample_rate:
         y = resample(y, sr, sample_rate)
     return np.ascontiguousarray(y, dtype=np.float32)

@@ -75,12 +75,12 @@ class Stream:
 
 
 def load_audio(path: str) -> np.ndarray:
-    import soundfile as sf
+    from sendreturn_mood.audio.files import decode  # what the runtime decodes (no estimated tails)
 
-    x, rate = sf.read(path, dtype="float32", always_2d=True)
+    x, rate = decode(path)
     if rate != SAMPLE_RATE:
         raise ValueError(f"{path}: expected {SAMPLE_RATE} Hz audio (the shared clips' rate), got {rate}")
-    return x.mean(axis=1).astype(np.float32)
+    return x
 
 
 def build_audio(stream: Stream, gap: float, crossfade: float) -> np.ndarray:

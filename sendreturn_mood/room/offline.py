@@ -11,12 +11,13 @@ check what a room will see for a song, and the reference the server is tested ag
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from .effects import load_presets
 from ..model.contract import MoodModel, Prediction
+from ..audio.files import DecodeError, mono_blocks
 from ..audio.pcm import BadAudio, check_samples
 from ..audio.pipeline import AnalysisStream, Window, window_plan
 from .rooms import Room
@@ -26,44 +27,27 @@ from .update import Update
 
 OFFLINE_ROOM = "analyze"  # the name of the room a file is played in (it appears in no output of analyze)
 
-READ_BLOCK_SECONDS = 60.0  # files go through the pipeline in blocks this long: memory stays bounded, and few
-# stops mid-file (libmpg123 prints spurious "part2_3_length" warnings at some block boundaries)
-
-
 class AnalyzeError(ValueError):
-    """A file that cannot be analysed (unreadable, no audio, too short); the message names the file."""
+    """A file that cannot be analysed (unreadable, truncated, no audio, too short); the message names the file."""
 
 
 def read_blocks(path: Path) -> tuple[int, Iterator[np.ndarray]]:
-    """(sample rate, iterator of mono float32 blocks). Raises AnalyzeError for a file soundfile cannot open."""
-    import soundfile as sf
-
-    if not path.is_file():
+    """(sample rate, iterator of mono float32 blocks), decoded by what the decoder returns (`audio.files`).
+    AnalyzeError naming the file for a file that cannot be opened, or (from the iterator) decoded to its end."""
+    if not Path(path).is_file():
         raise AnalyzeError(f"{path}: no such file")
     try:
-        f = sf.SoundFile(str(path))
-    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as e:
-        raise AnalyzeError(f"{path}: corrupt or unsupported audio ({_decoder_reason(e)})") from None
+        rate, blocks = mono_blocks(path)
+    except DecodeError as e:
+        raise AnalyzeError(f"{path}: {e}") from None
 
-    def blocks() -> Iterator[np.ndarray]:
-        with f:
-            size = max(1024, int(f.samplerate * READ_BLOCK_SECONDS))
-            try:
-                for block in f.blocks(blocksize=size, dtype="float32", always_2d=True):
-                    yield block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
-            except (sf.SoundFileError, RuntimeError, OSError, ValueError) as e:
-                raise AnalyzeError(f"{path}: corrupt or unsupported audio ({_decoder_reason(e)})") from None
+    def named() -> Iterator[np.ndarray]:
+        try:
+            yield from blocks
+        except DecodeError as e:
+            raise AnalyzeError(f"{path}: {e}") from None
 
-    return int(f.samplerate), blocks()
-
-
-def _decoder_reason(error: Exception) -> str:
-    """libsndfile's reason without its "Error opening 'FILE': " prefix. For an undecodable MP3 it says the file
-    "does not exist", which is wrong (the file is there): that becomes what it means."""
-    reason = str(error).split("': ", 1)[-1].strip()
-    if "does not exist" in reason:
-        return "the decoder found no audio it can read in it"
-    return reason
+    return rate, named()
 
 
 def predict_windows(model: MoodModel, windows: list[Window], max_batch: int) -> list[Prediction]:
@@ -97,14 +81,29 @@ def analyze_file(
     tracker: MoodTracker | None = None,
     detector: TrackChangeDetector | None = None,
 ) -> dict[str, Any]:
-    """Analyse one file through the server's streaming path -> the dict `--json` prints for it.
+    """Analyse one file through the server's streaming path -> the dict `--json` prints for it (`analyze_audio`)."""
+    rate, blocks = read_blocks(Path(path))
+    return analyze_audio(str(Path(path)), rate, blocks, model, config, preset, tracker, detector)
+
+
+def analyze_audio(
+    name: str,
+    rate: int,
+    blocks: Iterable[np.ndarray],
+    model: MoodModel,
+    config: dict[str, Any],
+    preset: str | None = None,
+    tracker: MoodTracker | None = None,
+    detector: TrackChangeDetector | None = None,
+) -> dict[str, Any]:
+    """Analyse decoded mono audio (blocks at `rate`) through the server's streaming path -> the dict `--json`
+    prints for a file (`name` is its `file`; AnalyzeError messages start with it).
 
     `timeline` holds one `Analysis.to_dict()` per hop (what the server broadcasts, minus type/room/seq/
     track/latency_ms); `track_changes` the changes the room's detector hears (the server's `track_change`
     messages minus type/room; each resets the smoothing, as in a room); the whole-file summary is the mean of the
     instant probabilities over all windows.
     """
-    path = Path(path)
     info = model.info
     plan = window_plan(info, config)
     if tracker is None:
@@ -116,7 +115,6 @@ def analyze_file(
         detector = detector_from_config(config, info, info.frontend.frames_to_seconds(plan.window_frames), model.has_embedding)
     else:
         detector.reset()
-    rate, blocks = read_blocks(path)
     stream = AnalysisStream(info.frontend, rate, plan)
     windows: list[Window] = []
     samples = 0
@@ -124,20 +122,20 @@ def analyze_file(
         try:
             check_samples(block)  # the server's own check on float audio (bad_audio there)
         except BadAudio as e:
-            raise AnalyzeError(f"{path}: the decoded audio is unusable: {e}") from None
+            raise AnalyzeError(f"{name}: the decoded audio is unusable: {e}") from None
         samples += block.size
         windows.extend(stream.push(block))
     duration = samples / rate
     windows.extend(stream.finish())
     if not windows:
         raise AnalyzeError(
-            f"{path}: too short to analyse ({duration:.2f} s of audio; at least "
+            f"{name}: too short to analyse ({duration:.2f} s of audio; at least "
             f"{config['analysis']['min_seconds']} s needed)"
         )
     try:
         preds = predict_windows(model, windows, int(config["analysis"]["max_batch"]))
     except Exception as e:  # onnxruntime raises its own exception types; name the file and carry on with the others
-        raise AnalyzeError(f"{path}: inference failed: {e}") from None
+        raise AnalyzeError(f"{name}: inference failed: {e}") from None
     room = Room(OFFLINE_ROOM, tracker, detector=detector)
     timeline = []
     track_changes = []
@@ -155,7 +153,7 @@ def analyze_file(
     va = info.to_valence_arousal(mean)
     labels = info.mood_labels
     result: dict[str, Any] = {
-        "file": str(path),
+        "file": name,
         "duration": round(duration, DECIMALS),
         "model": {"name": info.name, "version": info.version},
         "preset": tracker.preset,
