@@ -113,6 +113,15 @@ def _check(c: dict[str, Any]) -> None:
             "and without one a room's source and listeners could land on different processes and never meet. "
             "Set broker.url (e.g. --broker redis://127.0.0.1:6379/0) or use one worker"
         )
+    pr = c["prepared"]
+    if pr["max_tracks"] < 1 or pr["max_tracks_per_room"] < 1:
+        raise ConfigError("prepared.max_tracks and prepared.max_tracks_per_room must be >= 1")
+    if pr["ttl_seconds"] < 1:
+        raise ConfigError(f"prepared.ttl_seconds must be >= 1, got {pr['ttl_seconds']}")
+    if not 1 <= pr["max_track_seconds"] <= 3600:
+        raise ConfigError(f"prepared.max_track_seconds must be in 1..3600, got {pr['max_track_seconds']}")
+    if not 0 <= pr["lead_seconds"] <= 10:
+        raise ConfigError(f"prepared.lead_seconds must be in 0..10, got {pr['lead_seconds']}")
     if not 0.5 <= b["lease_seconds"] <= 600:
         raise ConfigError(f"broker.lease_seconds must be in 0.5..600, got {b['lease_seconds']}")
     if b["max_pending"] < 1:

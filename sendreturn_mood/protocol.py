@@ -57,12 +57,14 @@ RATE_LIMITED = "rate_limited"
 NOT_ALLOWED = "not_allowed"
 TOO_BIG = "too_big"
 SERVER_ERROR = "server_error"
-ERROR_CODES = (BAD_MESSAGE, BAD_AUDIO, RATE_LIMITED, NOT_ALLOWED, TOO_BIG, UNAUTHORIZED, SERVER_ERROR)
+UNKNOWN_TRACK = "unknown_track"  # additive: `play` of a track not prepared for the room (or not finished yet)
+ERROR_CODES = (BAD_MESSAGE, BAD_AUDIO, RATE_LIMITED, NOT_ALLOWED, TOO_BIG, UNAUTHORIZED, SERVER_ERROR, UNKNOWN_TRACK)
+STORE_FULL = "store_full"  # additive: PUT of a prepared track when the store holds its maximum (HTTP 507)
 FORBIDDEN_ORIGIN = "forbidden_origin"  # additive: a web page whose Origin is not allowed (HTTP 403)
 NOT_FOUND = "not_found"
 # additive refusals: 403 forbidden_origin, 404 not_found (HTTP room state), 429 rate_limited (per-address limits)
 REFUSAL_STATUS = {BAD_REQUEST: 400, UNAUTHORIZED: 401, FORBIDDEN_ORIGIN: 403, NOT_FOUND: 404, SOURCE_TAKEN: 409,
-                  RATE_LIMITED: 429, SERVER_FULL: 503}
+                  RATE_LIMITED: 429, SERVER_FULL: 503, STORE_FULL: 507}
 
 # Close codes.
 CLOSE_NORMAL = 1000
@@ -72,8 +74,9 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVER_ERROR = 1011
 
-CLIENT_MESSAGE_TYPES = ("track", "preset", "end", "keepalive", "track_detection")
-SOURCE_ONLY_MESSAGES = ("track", "preset", "end", "track_detection")
+CLIENT_MESSAGE_TYPES = ("track", "preset", "end", "keepalive", "track_detection", "play", "position", "pause", "stop")
+MAX_LEAD_SECONDS = 10.0  # `lead_seconds` of a room following a prepared track: 0 (on time) to this
+SOURCE_ONLY_MESSAGES = ("track", "preset", "end", "track_detection", "play", "position", "pause", "stop")
 
 
 class ProtocolError(Exception):
@@ -302,7 +305,34 @@ class Keepalive:
     pass
 
 
-ClientMessage = Track | PresetChange | End | Keepalive | TrackDetection
+@dataclass(frozen=True)
+class Play:
+    """Follow the room's prepared track `track` from `position` seconds (an extension of v1: docs/PROTOCOL.md);
+    `lead_seconds`, when given, becomes the room's lead."""
+
+    track: str
+    position: float = 0.0
+    lead_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where the source's player is in the prepared track now (seconds)."""
+
+    position: float
+
+
+@dataclass(frozen=True)
+class Pause:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+ClientMessage = Track | PresetChange | End | Keepalive | TrackDetection | Play | Position | Pause | Stop
 
 
 def _text_field(msg: dict[str, Any], key: str, required: bool) -> str | None:
@@ -314,6 +344,20 @@ def _text_field(msg: dict[str, Any], key: str, required: bool) -> str | None:
     if not isinstance(value, str) or not value or len(value) > MAX_TEXT_FIELD:
         raise MessageError(BAD_MESSAGE, f"'{key}' must be a non-empty string of at most {MAX_TEXT_FIELD} characters")
     return value
+
+
+def _seconds_field(msg: dict[str, Any], key: str, required: bool, default: float | None = None, hi: float = math.inf) -> float | None:
+    """A number of seconds in 0..`hi` (a bool is not a number here); absent or null: `default`, or bad_message when
+    `required`. NaN and infinities never get here (strict JSON refuses them)."""
+    value = msg.get(key)
+    if value is None:
+        if required:
+            raise MessageError(BAD_MESSAGE, f"'{msg['type']}' needs a number field '{key}' (seconds)")
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= hi:
+        bound = f"0 to {hi:g}" if math.isfinite(hi) else ">= 0"
+        raise MessageError(BAD_MESSAGE, f"'{msg['type']}' field '{key}' must be a number of seconds, {bound}; got {shown(value)}")
+    return float(value)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -368,6 +412,18 @@ def parse_client_message(text: str) -> ClientMessage:
         if not isinstance(enabled, bool):
             raise MessageError(BAD_MESSAGE, "'track_detection' needs a boolean field 'enabled'")
         return TrackDetection(enabled)
+    if kind == "play":
+        return Play(
+            _text_field(msg, "track", True),  # type: ignore[arg-type]
+            _seconds_field(msg, "position", False, 0.0),  # type: ignore[arg-type]
+            _seconds_field(msg, "lead_seconds", False, None, MAX_LEAD_SECONDS),
+        )
+    if kind == "position":
+        return Position(_seconds_field(msg, "position", True))  # type: ignore[arg-type]
+    if kind == "pause":
+        return Pause()
+    if kind == "stop":
+        return Stop()
     return Keepalive()
 
 
@@ -385,21 +441,59 @@ def welcome(params: ConnectParams, model: Mapping[str, Any], window_seconds: flo
     return msg
 
 
-def mood(room: str, seq: int, analysis: Mapping[str, Any], track: Mapping[str, Any] | None, latency_ms: float) -> dict[str, Any]:
-    """A `mood` update: the tracker's analysis fields plus the room's envelope, in the protocol's field order."""
+def mood(
+    room: str, seq: int, analysis: Mapping[str, Any], track: Mapping[str, Any] | None, latency_ms: float,
+    prepared: bool = False,
+) -> dict[str, Any]:
+    """A `mood` update: the tracker's analysis fields plus the room's envelope, in the protocol's field order.
+    `prepared`: it comes from a prepared track's analysis (an extension: docs/PROTOCOL.md), not live audio."""
     msg: dict[str, Any] = {"type": "mood", "room": room, "seq": seq, "stream_time": analysis["stream_time"]}
     if track is not None:
         msg["track"] = dict(track)
     for key, value in analysis.items():
         if key != "stream_time":
             msg[key] = value
+    if prepared:
+        msg["prepared"] = True
     msg["latency_ms"] = round(latency_ms, 3)
     return msg
 
 
-def track_change(room: str, change: Mapping[str, Any]) -> dict[str, Any]:
-    """A track change heard in the audio (an extension of v1): `change` = TrackChange.to_dict()."""
-    return {"type": "track_change", "room": room, **change}
+def track_change(room: str, change: Mapping[str, Any], prepared: bool = False) -> dict[str, Any]:
+    """A track change heard in the audio (an extension of v1): `change` = TrackChange.to_dict(). `prepared`: heard
+    in a prepared track's analysis and sent at its position."""
+    msg = {"type": "track_change", "room": room, **change}
+    if prepared:
+        msg["prepared"] = True
+    return msg
+
+
+def mood_text(room: str, seq: int, stream_time: float, track: Mapping[str, Any] | None, body: str, latency_ms: float) -> str:
+    """encode(mood(..., prepared=True)) from a prepared update's pre-encoded analysis members (`body`: every
+    analysis field but stream_time, prepared.Cue): the room wraps them without encoding them again."""
+    head = f'{{"type":"mood","room":{json.dumps(room)},"seq":{seq},"stream_time":{json.dumps(stream_time)}'
+    if track is not None:
+        head += f',"track":{json.dumps(dict(track), separators=(",", ":"))}'
+    return f'{head},{body},"prepared":true,"latency_ms":{json.dumps(round(latency_ms, 3))}}}'
+
+
+def track_change_text(room: str, body: str) -> str:
+    """encode(track_change(room, change, prepared=True)) from the change's pre-encoded members (`body`)."""
+    return f'{{"type":"track_change","room":{json.dumps(room)},{body},"prepared":true}}'
+
+
+def timeline_text(
+    room: str, track: Mapping[str, Any], analysis: str, duration: float, lead_seconds: float, hop_seconds: float,
+    updates: str, track_changes: list[Mapping[str, Any]],
+) -> str:
+    """A prepared track's whole timeline (an extension of v1), sent to the room once per `play` of a new track and
+    to a listener joining while it plays, so engines can schedule locally. `updates` is the encoded list of compact
+    updates (prepared.compact_timeline)."""
+    head = encode({
+        "type": "timeline", "room": room, "track": dict(track), "analysis": analysis, "duration": duration,
+        "lead_seconds": lead_seconds, "hop_seconds": hop_seconds, "track_changes": [dict(c) for c in track_changes],
+    })
+    return f'{head[:-1]},"updates":{updates}}}'
 
 
 def source_state(connected: bool) -> dict[str, Any]:

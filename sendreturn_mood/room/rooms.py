@@ -29,6 +29,8 @@ import numpy as np
 from .. import protocol
 from ..metrics import ServerMetrics
 from ..model.contract import Prediction
+from .prepared import MOOD as CUE_MOOD
+from .prepared import Follower, PreparedTrack
 from .tracker import NonFiniteOutput
 from .update import Update
 
@@ -118,6 +120,8 @@ class Room:
     closed: bool = False
     remote_source: bool = False  # a source is connected to this room on another process (as far as we know)
     detector: Any = None  # sendreturn_mood.room.trackchange.TrackChangeDetector, or None (detection not available)
+    prepared: Follower | None = None  # the prepared track the room follows (where its source is), None: live
+    lead_seconds: float | None = None  # the room's lead for prepared tracks (None: the configured default)
     sinks: list[Sink] = field(default_factory=lambda: [LOCAL_MEMBERS])  # where `RoomRegistry.publish` hands its broadcasts
 
     @property
@@ -163,7 +167,9 @@ class Room:
 
     def new_track(self, track: dict[str, str]) -> None:
         """An explicit `track` message: it always wins over detection, whose history restarts with the track (no
-        detected change comes sooner than `track_detection.min_track_seconds` after it)."""
+        detected change comes sooner than `track_detection.min_track_seconds` after it). A prepared track the room
+        was following stops: live audio follows."""
+        self.prepared = None
         self.track = track
         self.generation += 1
         self.tracker.reset()
@@ -184,6 +190,56 @@ class Room:
     def set_preset(self, name: str) -> None:
         """Raises KeyError(name) for an unknown preset."""
         self.tracker.set_preset(name)
+
+    # -------------------------------------------------------------------------------------------- prepared tracks
+
+    def play_prepared(self, track: PreparedTrack, position: float, now: float, lead: float) -> bool:
+        """Follow `track` from `position` (the source's `play`). A new track restarts the room as a `track` message
+        does (queued live windows are discarded; smoothing and detection restart for when live audio comes back);
+        the same track only seeks. Returns whether the track is new (its timeline is then due to the room)."""
+        current = self.prepared
+        if current is not None and (current.track.id, current.track.analysis.id) == (track.id, track.analysis.id):
+            current.lead = lead
+            current.seek(position, now)
+            return False
+        self.new_track(track.track_field())
+        self.prepared = Follower(track, position, now, lead)
+        return True
+
+    def stop_prepared(self) -> None:
+        self.prepared = None
+
+    def timeline(self, hop_seconds: float) -> "Outgoing | None":
+        """The `timeline` message of the prepared track the room follows (None: none), encoded."""
+        f = self.prepared
+        if f is None:
+            return None
+        a = f.track.analysis
+        text = protocol.timeline_text(
+            self.name, f.track.track_field(), a.id, a.duration, f.lead, hop_seconds, a.timeline_updates, list(a.track_changes)
+        )
+        return Outgoing({"type": "timeline", "room": self.name, "track": f.track.track_field()}, text, CONTROL)
+
+    def follow(self, now: float) -> list[tuple["Outgoing", float]]:
+        """The prepared cues due at `now` -> the room's next broadcasts, each with how late it is (seconds): `mood`
+        updates (the analysis's own, `prepared: true`) continue the room's `seq`, track changes come at their
+        positions. The text of each is the cue's pre-encoded fields in the room's envelope (no JSON encoding)."""
+        f = self.prepared
+        if f is None:
+            return []
+        out = []
+        for cue, late in f.due(now):
+            if cue.kind == CUE_MOOD:
+                self.seq += 1
+                latency_ms = round(late * 1000.0, 3)
+                text = protocol.mood_text(self.name, self.seq, cue.position, self.track, cue.body, latency_ms)
+                update = Update(self.name, self.seq, cue.analysis, self.track, latency_ms)
+                out.append((Outgoing(update, text, MOOD), late))
+            else:
+                text = protocol.track_change_text(self.name, cue.body)
+                change = {"type": "track_change", "room": self.name, **(cue.fields or {}), "prepared": True}
+                out.append((Outgoing(change, text, CONTROL), late))
+        return out
 
     def is_current(self, generation: int) -> bool:
         """Whether a window of `generation` still belongs to the room's current track and source."""
@@ -292,6 +348,7 @@ class RoomRegistry:
         was_source = room.source is member
         if was_source:
             room.source = None
+            room.prepared = None  # a prepared track is followed where its source is (it may `play` elsewhere)
             room.generation += 1  # windows still queued for this source are discarded
         else:
             room.listeners.discard(member)
@@ -308,10 +365,11 @@ class RoomRegistry:
         self._update_gauge()
         return was_source
 
-    def publish(self, room: Room, message: Update | dict[str, Any]) -> None:
+    def publish(self, room: Room, message: "Update | dict[str, Any] | Outgoing") -> None:
         """THE broadcast: encode once, hand to each of the room's sinks in order (the local members, the source
-        included, first; then the broker for the room's members on other processes, then any OSC targets)."""
-        out = outgoing(message)
+        included, first; then the broker for the room's members on other processes, then any OSC targets). An
+        `Outgoing` is already encoded (a prepared track's cues)."""
+        out = message if isinstance(message, Outgoing) else outgoing(message)
         for sink in room.sinks:
             try:
                 sink.send(room, out)

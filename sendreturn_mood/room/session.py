@@ -10,6 +10,9 @@ function calls, no socket, no event loop, no clock (the caller passes `now`).
     Session.receive(bytes, now)      -> [Reply(error)] | [Submit(window), ...] | []
     Session.receive(str, now)        -> [Reply(error)] | [RoomChanged()] | [Submit(tail)..., Drain(1000)]
     Session.close()                  -> [Broadcast(source disconnected)] (a source; the room decides)
+    Session.receive(play, now)       -> [Fetch(play)]; the caller loads the track, then
+    Session.play(track, play, now)   -> [Reply(unknown_track)] | [Broadcast(timeline)?, RoomChanged(), Follow()]
+    Session.receive(position, now)   -> [Follow()] (the caller sends the room's due cues and schedules the next)
 
 What happens after the model is the room's business (`rooms.Room.on_window`), not the connection's: the analysis
 of a room runs where its source is connected, and its updates go through the room's one broadcast function.
@@ -25,8 +28,10 @@ import numpy as np
 from ..audio import pcm
 from .. import protocol
 from ..audio.pipeline import AnalysisStream, Window, WindowPlan
+from .prepared import PreparedTrack, check_position
 
 RATE_ERROR_INTERVAL = 1.0  # at most one rate_limited error per connection per second
+POSITION_REPORTS_PER_SECOND = 4.0  # a player reports every few seconds; faster reports are rate_limited (dropped)
 
 
 # ------------------------------------------------------------------------------------------------------ actions
@@ -34,16 +39,18 @@ RATE_ERROR_INTERVAL = 1.0  # at most one rate_limited error per connection per s
 
 @dataclass(frozen=True)
 class Reply:
-    """Send `message` to this connection only (welcome, errors). `fatal` errors are followed by a `Close`."""
+    """Send `message` to this connection only (welcome, errors, a timeline). `fatal` errors are followed by a
+    `Close`. A str is a control message already encoded."""
 
-    message: dict[str, Any]
+    message: dict[str, Any] | str
 
 
 @dataclass(frozen=True)
 class Broadcast:
-    """Send `message` to every member of the room, on every process (the source included)."""
+    """Send `message` to every member of the room, on every process (the source included); an `Outgoing` is
+    already encoded (a prepared track's timeline)."""
 
-    message: dict[str, Any]
+    message: Any  # dict[str, Any] | rooms.Outgoing
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,19 @@ class Close:
     reason: str = ""
 
 
-Action = Union[Reply, Broadcast, Submit, RoomChanged, Drain, Close]
+@dataclass(frozen=True)
+class Fetch:
+    """A `play`: load the room's prepared track `play.track` from the store, then call `Session.play` with it."""
+
+    play: protocol.Play
+
+
+@dataclass(frozen=True)
+class Follow:
+    """The room's prepared playback changed: send its cues that are due now, and schedule the next one."""
+
+
+Action = Union[Reply, Broadcast, Submit, RoomChanged, Drain, Close, Fetch, Follow]
 
 
 # ------------------------------------------------------------------------------------------------------ pieces
@@ -114,6 +133,7 @@ class SessionSettings:
     hop_seconds: float
     model_public: Mapping[str, Any]
     presets: tuple[str, ...]
+    lead_seconds: float = 0.0  # a room's default lead for prepared tracks (a `play` may set the room's own)
 
 
 @dataclass(eq=False)
@@ -131,6 +151,7 @@ class Session:
     bucket: TokenBucket | None = field(default=None, init=False)
     ended: bool = field(default=False, init=False)
     _last_rate_error: float = field(default=-1e18, init=False)
+    _reports: TokenBucket | None = field(default=None, init=False)  # position reports
     _held: list[bytes] = field(default_factory=list, init=False)  # integer PCM frames not yet decoded
     _held_frames: int = field(default=0, init=False)
 
@@ -139,6 +160,7 @@ class Session:
             s = self.settings
             self.stream = AnalysisStream(s.frontend, self.params.sample_rate, s.plan)
             self.bucket = TokenBucket(s.rate_limit_factor, s.rate_limit_burst_seconds, self.now)
+            self._reports = TokenBucket(POSITION_REPORTS_PER_SECOND, POSITION_REPORTS_PER_SECOND, self.now)
 
     @property
     def is_source(self) -> bool:
@@ -154,6 +176,8 @@ class Session:
         if self.is_source:
             welcome["track_detection"] = {"enabled": self.room.track_detection}  # an extension: docs/PROTOCOL.md
             actions += [RoomChanged(), Broadcast(protocol.source_state(True))]
+        elif self.room.prepared is not None:  # joining while a prepared track plays: its timeline, once
+            actions.append(Reply(self.room.timeline(s.hop_seconds).text))
         return actions
 
     def receive(self, message: bytes | str, now: float) -> list[Action]:
@@ -184,6 +208,8 @@ class Session:
     def _audio(self, data: bytes, now: float) -> list[Action]:
         if self.stream is None or self.bucket is None:
             return [_error(protocol.NOT_ALLOWED, "listeners cannot send audio (connect with role=source)")]
+        if self.room.prepared is not None:
+            return self._limited(now, protocol.NOT_ALLOWED, "the room follows a prepared track: audio is dropped until 'stop'")
         p = self.params
         try:
             n = pcm.frame_count(data, p.encoding, p.channels)
@@ -192,17 +218,12 @@ class Session:
             return [_error(protocol.BAD_AUDIO, f"{e}; frame dropped")]
         seconds = n / p.sample_rate
         if not self.bucket.take(seconds, now):
-            if now - self._last_rate_error < RATE_ERROR_INTERVAL:
-                return []
-            self._last_rate_error = now
             s = self.settings
-            return [
-                _error(
-                    protocol.RATE_LIMITED,
-                    f"audio is arriving faster than {s.rate_limit_factor}x real time beyond a "
-                    f"{s.rate_limit_burst_seconds} s burst; frames are being dropped",
-                )
-            ]
+            return self._limited(
+                now, protocol.RATE_LIMITED,
+                f"audio is arriving faster than {s.rate_limit_factor}x real time beyond a "
+                f"{s.rate_limit_burst_seconds} s burst; frames are being dropped",
+            )
         self.room.audio_seconds += seconds
         if mono is not None:  # float samples: checked (and so decoded) as they arrive
             return self._submit(self.stream.push(mono), now)
@@ -213,6 +234,14 @@ class Session:
         if not self.stream.due_after(self._held_frames):
             return []
         return self._submit(self.stream.push(self._release_held()), now)
+
+    def _limited(self, now: float, code: str, message: str) -> list[Action]:
+        """An error for a message that is dropped, at most one per RATE_ERROR_INTERVAL (a client that keeps sending
+        must not be answered at its own rate)."""
+        if now - self._last_rate_error < RATE_ERROR_INTERVAL:
+            return []
+        self._last_rate_error = now
+        return [_error(code, message)]
 
     def _take_held(self) -> list[bytes]:
         held, self._held, self._held_frames = self._held, [], 0
@@ -240,8 +269,10 @@ class Session:
         if isinstance(msg, protocol.Track):
             self._take_held()  # dropped with the old track, as reset drops buffered input: it completed no window
             self.stream.reset()
-            self.room.new_track(msg.to_dict())
+            self.room.new_track(msg.to_dict())  # a prepared track the room followed stops (its timer finds none)
             return [RoomChanged()]
+        if isinstance(msg, (protocol.Play, protocol.Position, protocol.Pause, protocol.Stop)):
+            return self._playback(msg, now)
         if isinstance(msg, protocol.PresetChange):
             try:
                 self.room.set_preset(msg.name)
@@ -255,9 +286,64 @@ class Session:
             return []
         # End: analyse the tail; the connection closes with 1000 once the last update has been delivered.
         self.ended = True
+        self.room.stop_prepared()
         held = self.stream.push(self._release_held()) if self._held else []
         tail = self._submit(held + self.stream.finish(), now)
         return [*tail, Drain()]
+
+
+    # -------------------------------------------------------------------------------------------------- prepared
+
+    def _playback(self, msg: Any, now: float) -> list[Action]:
+        if isinstance(msg, protocol.Play):
+            return [Fetch(msg)]
+        if isinstance(msg, protocol.Stop):
+            self.room.stop_prepared()
+            return [Follow()]
+        follower = self.room.prepared
+        if isinstance(msg, protocol.Position):
+            assert self._reports is not None
+            if not self._reports.take(1.0, now):
+                return self._limited(
+                    now, protocol.RATE_LIMITED,
+                    f"position reports beyond {POSITION_REPORTS_PER_SECOND:g} per second are dropped (every few seconds is enough)",
+                )
+        if follower is None:
+            return [_error(protocol.BAD_MESSAGE, "no prepared track is playing in this room (send 'play' first)")]
+        if isinstance(msg, protocol.Pause):
+            follower.pause(now)
+            return [Follow()]
+        why = check_position(msg.position, follower.track.duration)
+        if why is not None:
+            return [_error(protocol.BAD_MESSAGE, why)]
+        follower.report(msg.position, now)
+        return [Follow()]
+
+    def play(self, track: PreparedTrack | None, msg: protocol.Play, now: float) -> list[Action]:
+        """The room's prepared track `msg.track` as the store has it (None: unknown, or not analysed yet) ->
+        the room follows it from `msg.position`. A new track's timeline goes to the room first."""
+        if self.ended or self.stream is None:
+            return []
+        if track is None:
+            room = self.room.name
+            return [_error(
+                protocol.UNKNOWN_TRACK,
+                f"no prepared track {protocol.shown(msg.track)} in this room: PUT /v1/rooms/{room}/tracks/{{id}} "
+                "first, and play it once that request has answered",
+            )]
+        why = check_position(msg.position, track.duration)
+        if why is not None:
+            return [_error(protocol.BAD_MESSAGE, why)]
+        if msg.lead_seconds is not None:
+            self.room.lead_seconds = msg.lead_seconds
+        lead = self.settings.lead_seconds if self.room.lead_seconds is None else self.room.lead_seconds
+        self._take_held()  # live audio not yet analysed is dropped, as by a `track` message
+        assert self.stream is not None
+        self.stream.reset()
+        actions: list[Action] = []
+        if self.room.play_prepared(track, msg.position, now, lead):
+            actions.append(Broadcast(self.room.timeline(self.settings.hop_seconds)))
+        return [*actions, RoomChanged(), Follow()]
 
 
 def _error(code: str, message: str, fatal: bool = False) -> Reply:
