@@ -126,6 +126,10 @@ class ServerMetrics:
         self.latency = Histogram(
             "update_latency_seconds", "Arrival of a window's last audio byte to its mood update being sent.", r, LATENCY_BUCKETS
         )
+        self.prepared_delay = Histogram(
+            "prepared_update_delay_seconds", "How late a prepared track's update left after the moment it was due.", r,
+            LATENCY_BUCKETS,
+        )
         self.updates = Counter("mood_updates_total", "Mood updates broadcast (one per room per analysed window).", r)
         self.track_changes = Counter("track_changes_detected_total", "Track changes heard in the audio (track_change messages).", r)
         self.messages_sent = Counter("messages_sent_total", "Messages written to clients.", r)

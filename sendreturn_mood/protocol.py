@@ -214,7 +214,23 @@ def parse_connect(path: str, authorization: str | None = None, presets: Iterable
     )
 
 
-def parse_query(query: str) -> dict[str, str]:
+TRACK_QUERY_KEYS = ("token", "title", "artist", "preset", "analysis")  # PUT /v1/rooms/{room}/tracks/{id}
+FREE_TEXT_KEYS = ("title", "artist")  # query values that may hold spaces and any printable character
+
+
+def track_id_from_path(raw: str) -> str:
+    """A prepared track's id from its path segment (percent-decoded): 1 to MAX_TEXT_FIELD characters, no control
+    characters (Refusal bad_request)."""
+    try:
+        track = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise Refusal(BAD_REQUEST, "a track id in the path is percent-encoded UTF-8") from None
+    if not 0 < len(track) <= MAX_TEXT_FIELD or not track.isprintable():
+        raise Refusal(BAD_REQUEST, f"a track id is 1 to {MAX_TEXT_FIELD} characters without control characters, got {shown(track)}")
+    return track
+
+
+def parse_query(query: str, keys: tuple[str, ...] = QUERY_KEYS) -> dict[str, str]:
     """A handshake's query string -> {key: value}, refusing what would be ambiguous or unbounded (bad_request).
 
     Unknown parameters are ignored (later protocol versions may add some), but at most MAX_QUERY_FIELDS of them;
@@ -226,11 +242,14 @@ def parse_query(query: str) -> dict[str, str]:
         raise Refusal(BAD_REQUEST, f"the query must be at most {MAX_QUERY_FIELDS} key=value pairs of UTF-8") from None
     out: dict[str, str] = {}
     for key, value in pairs:
-        if key not in QUERY_KEYS:
+        if key not in keys:
             continue
         if key in out:
             raise Refusal(BAD_REQUEST, f"query parameter {key} given more than once")
-        if key != "token" and not REQUEST_TARGET_RE.fullmatch(value):
+        if key in FREE_TEXT_KEYS:
+            if not 0 < len(value) <= MAX_TEXT_FIELD or not value.isprintable():
+                raise Refusal(BAD_REQUEST, f"{key} must be 1 to {MAX_TEXT_FIELD} printable characters, got {shown(value)}")
+        elif key != "token" and not REQUEST_TARGET_RE.fullmatch(value):
             raise Refusal(BAD_REQUEST, f"query parameter {key} must be visible ASCII, got {shown(value)}")
         out[key] = value
     return out

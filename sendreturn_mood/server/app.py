@@ -19,7 +19,7 @@ A second source that races another one past the handshake check gets a fatal `no
 
 Extension beyond PROTOCOL.md (additive): a plain `GET /v1/rooms/{room}` (no upgrade) returns the room's state as
 JSON (source present, listener count, seq, track, preset, audio seconds), across every process of the cluster; 404
-when nobody is connected.
+when nobody is connected. `PUT`/`GET`/`DELETE /v1/rooms/{room}/tracks/{id}`: a room's prepared tracks (prepared.py).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from websockets.http11 import Request, Response
 from .. import __version__, protocol
 from ..audio.pipeline import AnalysisStream, window_plan
 from ..broker.base import Broker, make_broker
+from ..broker.tracks import StoreFull, make_store
 from ..config import ConfigError
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import ServerMetrics
@@ -55,6 +56,7 @@ from .connection import Admission, ConnectionLoop, OutboxSettings
 from .delivery import ResultDelivery
 from .handshake import HandshakeChecks
 from .limits import ClientLimits, KeyedRateLimiter, origin_policy_from_config
+from .prepared import Playback, PrepareError, TrackPreparer
 from .redaction import install_log_redaction, redact
 from .reservations import SourceReservations
 from .routing import Router, error_response, header, json_response, response, route, address
@@ -67,6 +69,7 @@ log = logging.getLogger(__name__)
 WS_MAX_QUEUE = 4  # frames the websocket layer buffers per connection before it stops reading (TCP pushes back): bounds memory
 WS_SIZE_SLACK = 4  # the websocket layer accepts up to this many times max_message_bytes so we can answer too_big
 ROOM_STATE_PATH = re.escape(protocol.ROOM_PATH_PREFIX) + r".*"
+TRACK_PATH = re.escape(protocol.ROOM_PATH_PREFIX) + r"(?P<room>[^/]+)/tracks/(?P<track>[^/]+)"
 
 
 class MoodServer:
@@ -115,7 +118,10 @@ class MoodServer:
             hop_seconds=self.hop_seconds,
             model_public=self._model_public(),
             presets=tuple(self.presets.names),
+            lead_seconds=float(config["prepared"]["lead_seconds"]),
         )
+        self.tracks = TrackPreparer(self.model, config, make_store(config))
+        self.playback = Playback(self.rooms, self.metrics)
         a = config["analysis"]
         self.worker = InferenceWorker(
             self.model,
@@ -128,7 +134,7 @@ class MoodServer:
         outboxes = OutboxSettings(int(s["send_queue_size"]), int(s["send_queue_bytes"]), float(s["shutdown_timeout_seconds"]))
         self.connection_loop = ConnectionLoop(
             self.admission, outboxes, self.settings, self.rooms, self.broker, self.worker, self.reservations,
-            self.client_limits, self.metrics,
+            self.client_limits, self.metrics, self.tracks, self.playback,
         )
         self.broker.on_source_lost = self.connection_loop.source_lost
         self.handshake = HandshakeChecks(
@@ -149,6 +155,7 @@ class MoodServer:
             [
                 route(r"/healthz", self._healthz),
                 route(r"/metrics", self._metrics),
+                route(TRACK_PATH, self._track, ("GET", "PUT", "DELETE")),
                 route(ROOM_STATE_PATH, self._room_state),
                 route(r"/.*", self._static_file),
             ]
@@ -216,6 +223,7 @@ class MoodServer:
         # the websockets library logs request lines and headers at debug level: never with a token in them
         install_log_redaction("websockets.server", "websockets", __name__)
         await self.broker.start(self.rooms)
+        await self.tracks.store.start()
         self.worker.start()
         try:
             self._server = await serve(
@@ -239,6 +247,7 @@ class MoodServer:
             if self._server is not None:
                 self._server.close()
             await self.worker.stop()
+            await self.tracks.store.close()
             await self.broker.close()
             raise
 
@@ -269,6 +278,9 @@ class MoodServer:
             except TimeoutError:
                 log.warning("some connections did not close within the shutdown timeout")
         await self.worker.stop()
+        self.playback.close()
+        self.tracks.close()
+        await self.tracks.store.close()
         await self.broker.close()
 
     async def __aenter__(self) -> "MoodServer":
@@ -286,7 +298,7 @@ class MoodServer:
         (duplicated headers, control characters) are 400s."""
         try:
             if "websocket" not in header(request, "Upgrade").lower():
-                return await self.http.dispatch(connection, request)
+                return await self.http.dispatch(connection, request, getattr(request, "method", "GET"))
             params = await self.handshake.check(connection, request)
         except Refusal as r:
             self.metrics.refusals.inc(code=r.code)
@@ -326,6 +338,57 @@ class MoodServer:
         if info is None:
             raise Refusal(protocol.NOT_FOUND, f"no room {protocol.shown(name)} (nobody is connected to it)")
         return json_response(200, info)
+
+    async def _track(self, connection: ServerConnection, request: Request, match: re.Match[str]) -> Response:
+        """A room's prepared track: PUT (the audio as the body, or `?analysis=ID` of an analysis already stored, no
+        body) needs a source token for the room when tokens are required; GET describes it, DELETE removes it."""
+        method = getattr(request, "method", "GET")
+        if not self.http_requests.allow(address(connection)):
+            raise Refusal(protocol.RATE_LIMITED, "too many requests from this address (server.http_requests_per_second)")
+        room = protocol.room_from_path(f"{protocol.ROOM_PATH_PREFIX}{match['room']}") or ""
+        track = protocol.track_id_from_path(match["track"])
+        query = protocol.parse_query(urlsplit(request.path).query, protocol.TRACK_QUERY_KEYS)
+        self._check_track_grant(request, query, room, "listener" if method == "GET" else "source")
+        if method == "GET":
+            found = await self.tracks.get(room, track)
+            if found is None:
+                raise Refusal(protocol.NOT_FOUND, f"no prepared track {protocol.shown(track)} in room {protocol.shown(room)}")
+            return json_response(200, found.describe())
+        if method == "DELETE":
+            if not await self.tracks.store.delete(room, track):
+                raise Refusal(protocol.NOT_FOUND, f"no prepared track {protocol.shown(track)} in room {protocol.shown(room)}")
+            return response(204, b"", "application/json")
+        title, artist = query.get("title"), query.get("artist")
+        body = getattr(request, "body", b"") or b""
+        try:
+            if body:
+                preset = query.get("preset")
+                if preset is not None and preset not in self.presets.names:
+                    raise Refusal(protocol.BAD_REQUEST, f"unknown preset {protocol.shown(preset)}; known: {', '.join(self.presets.names)}")
+                prepared = await self.tracks.prepare(room, track, body, title, artist, preset)
+            elif "analysis" in query:
+                found = await self.tracks.refer(room, track, query["analysis"], title, artist)
+                if found is None:
+                    raise Refusal(protocol.NOT_FOUND, f"no stored analysis {protocol.shown(query['analysis'])} (it expired, or was never made)")
+                prepared = found
+            else:
+                raise Refusal(protocol.BAD_REQUEST, "PUT a track with its audio as the body, or ?analysis=ID of a stored analysis")
+        except StoreFull as e:
+            return error_response(507, e.code, e.message)
+        except PrepareError as e:
+            return error_response(e.status, e.code, e.message)
+        return json_response(200, prepared.describe())
+
+    def _check_track_grant(self, request: Request, query: dict[str, str], room: str, role: str) -> None:
+        if not self.auth.enabled:
+            return
+        token = query.get("token")
+        authorization = header(request, "Authorization", None)
+        if token is None and authorization is not None:
+            token = protocol.bearer_token(authorization)
+        grant = self.auth.verify(token)
+        if not grant.allows(room, role) and not (role == "listener" and grant.covers(room)):
+            raise Refusal(protocol.UNAUTHORIZED, f"this access token does not let a {role} use room {protocol.shown(room)}'s tracks")
 
     async def health(self) -> dict[str, Any]:
         broker = await self.broker.health()

@@ -4,6 +4,7 @@ A connection joins its room (a source claims the room's source slot from the bro
 to its sans-I/O `Session` and carries out the actions that come back, in order:
 
     frames -> Session.receive -> [Reply | Broadcast | Submit | RoomChanged | Drain | Close] -> carried out here
+    play   -> [Fetch] -> the room's prepared track from the store -> Session.play -> [..., Follow] -> Playback
 
 It never writes to the websocket itself: everything goes through the connection's bounded `Outbox`, and one sender
 task per connection is the only writer, so a slow client blocks nobody but itself.
@@ -27,9 +28,10 @@ from ..metrics import ServerMetrics
 from ..model.inference import InferenceWorker, Job
 from ..protocol import ConnectParams, Refusal
 from ..room.rooms import CONTROL, Outbox, Room, RoomError, RoomRegistry
-from ..room.session import Broadcast, Close, Drain, Reply, RoomChanged, Session, SessionSettings, Submit
+from ..room.session import Broadcast, Close, Drain, Fetch, Follow, Reply, RoomChanged, Session, SessionSettings, Submit
 from .auth import Grant, OPEN
 from .limits import ClientLimits
+from .prepared import Playback, TrackPreparer
 from .reservations import SourceReservations
 from .routing import address
 
@@ -93,8 +95,12 @@ class ConnectionLoop:
         reservations: SourceReservations,
         client_limits: ClientLimits,
         metrics: ServerMetrics,
+        tracks: TrackPreparer | None = None,
+        playback: Playback | None = None,
     ) -> None:
         self.admission = admission
+        self.tracks = tracks
+        self.playback = playback
         self.outboxes = outboxes
         self.settings = settings
         self.rooms = rooms
@@ -125,7 +131,7 @@ class ConnectionLoop:
             if room is None:
                 return
             session = Session(params, room, self.settings, time.perf_counter())
-            if not await self._carry_out(conn, room, session.open()):
+            if not await self._carry_out(conn, room, session.open(), session):
                 return
             async for message in ws:
                 heard = room.audio_seconds
@@ -133,7 +139,7 @@ class ConnectionLoop:
                 if room.audio_seconds != heard:  # an accepted audio frame
                     self.metrics.audio_seconds.add(room.audio_seconds - heard)
                     self.metrics.audio_bytes.add(len(message))
-                if not await self._carry_out(conn, room, actions):
+                if not await self._carry_out(conn, room, actions, session):
                     break  # `end` (the last update is queued, the outbox closes with 1000) or a fatal error
         except ConnectionClosed:
             pass
@@ -198,9 +204,18 @@ class ConnectionLoop:
         self._reply(conn, protocol.error(protocol.NOT_ALLOWED, message, True))
         conn.outbox.close(protocol.CLOSE_POLICY, protocol.SOURCE_TAKEN)
 
-    async def _carry_out(self, conn: Connection, room: Room, actions: list[Any]) -> bool:
+    async def _carry_out(self, conn: Connection, room: Room, actions: list[Any], session: Session | None = None) -> bool:
         """Carry out a session's actions in order; False when the connection is to stop reading."""
         for action in actions:
+            if isinstance(action, Fetch):  # `play`: the track from the store (Redis: any process prepared it)
+                track = await self.tracks.get(room.name, action.play.track) if self.tracks is not None else None
+                if session is not None and not await self._carry_out(conn, room, session.play(track, action.play, time.perf_counter())):
+                    return False
+                continue
+            if isinstance(action, Follow):
+                if self.playback is not None:
+                    self.playback.follow(room)
+                continue
             if isinstance(action, Submit):
                 conn.last_job = await self.worker.submit(Job(room, action.window, action.arrival, action.generation))
             elif isinstance(action, Reply):
@@ -223,7 +238,10 @@ class ConnectionLoop:
                 return False
         return True
 
-    def _reply(self, conn: Connection, message: dict[str, Any]) -> None:
+    def _reply(self, conn: Connection, message: dict[str, Any] | str) -> None:
+        if isinstance(message, str):  # already encoded (a prepared track's timeline)
+            conn.deliver(message, CONTROL)
+            return
         if message["type"] == "error":
             self.metrics.errors.inc(code=message["code"])
         conn.deliver(protocol.encode(message), CONTROL)

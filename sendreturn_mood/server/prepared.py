@@ -1,0 +1,142 @@
+"""Tracks known ahead, the I/O shell: preparing a room's track (decode, analyse, store) and playing each room's
+prepared cues on the event loop's clock.
+
+    PUT /v1/rooms/{room}/tracks/{id}  -> TrackPreparer.prepare (audio) or .refer (an analysis already stored)
+    play (websocket)                  -> TrackPreparer.get -> Session.play -> Follow
+    Follow                            -> Playback.follow(room): publish the room's due cues, schedule its next one
+
+The analysis is `analyze`'s own (`offline.analyze_audio`: resampler, log-mel, windows, model, track changes,
+smoothing, effects), so a prepared room broadcasts exactly what `analyze` prints for the file. It runs off the event
+loop; the same audio with the same settings is analysed once (the store keys analyses by a hash of both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
+
+from .. import protocol
+from ..audio.files import DecodeError, mono_blocks
+from ..broker.tracks import TrackStore
+from ..metrics import ServerMetrics
+from ..model.contract import MoodModel
+from ..room.offline import AnalyzeError, analyze_audio
+from ..room.prepared import PreparedTrack, TrackAnalysis, analysis_id
+from ..room.rooms import MOOD, Room, RoomRegistry
+
+log = logging.getLogger(__name__)
+
+
+class PrepareError(protocol.ProtocolError):
+    """Audio that cannot become a prepared track; `status` is the HTTP answer (413 too long, 422 undecodable)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.status = status
+
+
+class TrackPreparer:
+    """Prepares rooms' tracks with the server's model and settings, into the store."""
+
+    def __init__(self, model: MoodModel, config: dict[str, Any], store: TrackStore, executor: Executor | None = None) -> None:
+        self.model = model
+        self.config = config
+        self.store = store
+        self.max_seconds = float(config["prepared"]["max_track_seconds"])
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="prepare")
+
+    def settings_key(self, preset: str | None) -> dict[str, Any]:
+        """What shapes an analysis besides the audio (part of its id): the model, the preset and the settings of
+        the analysis path."""
+        c = self.config
+        info = self.model.info
+        return {
+            "model": [info.name, info.version], "preset": preset or c["effects"]["default_preset"],
+            "analysis": c["analysis"], "smoothing": c["smoothing"], "track_detection": c["track_detection"],
+            "effects": c["effects"]["file"],
+        }
+
+    async def prepare(
+        self, room: str, id: str, audio: bytes, title: str | None = None, artist: str | None = None, preset: str | None = None,
+    ) -> PreparedTrack:
+        """Analyse `audio` (an encoded file: wav, mp3, flac, ogg) for `room`'s track `id` and store it.
+        PrepareError (too long, undecodable), StoreFull."""
+        aid = analysis_id(audio, self.settings_key(preset))
+        analysis = await self.store.analysis(aid)
+        if analysis is None:
+            loop = asyncio.get_running_loop()
+            analysis = await loop.run_in_executor(self._executor, self._analyse, aid, audio, preset, f"{room}/{id}")
+        return await self.store.put(room, id, analysis, title, artist)
+
+    async def refer(self, room: str, id: str, analysis_id: str, title: str | None = None, artist: str | None = None) -> PreparedTrack | None:
+        """`room`'s track `id` from an analysis already stored (None: no such analysis). StoreFull."""
+        analysis = await self.store.analysis(analysis_id)
+        if analysis is None:
+            return None
+        return await self.store.put(room, id, analysis, title, artist)
+
+    def _analyse(self, aid: str, audio: bytes, preset: str | None, name: str) -> TrackAnalysis:
+        try:
+            rate, blocks = mono_blocks(io.BytesIO(audio))
+            result = analyze_audio(name, rate, self._bounded(blocks, rate), self.model, self.config, preset)
+        except DecodeError as e:
+            raise PrepareError(422, protocol.BAD_REQUEST, f"the upload is not audio the decoder can read to its end: {e}") from None
+        except AnalyzeError as e:
+            raise PrepareError(422, protocol.BAD_REQUEST, str(e)) from None
+        return TrackAnalysis.from_result(aid, result)
+
+    def _bounded(self, blocks: Any, rate: int) -> Any:
+        """The decoded blocks, refusing (413) audio longer than prepared.max_track_seconds as soon as it is."""
+        frames = 0
+        for block in blocks:
+            frames += len(block)
+            if frames > self.max_seconds * rate:
+                raise PrepareError(
+                    413, protocol.TOO_BIG,
+                    f"the track is longer than {self.max_seconds:g} s (prepared.max_track_seconds): its timeline would "
+                    "not fit a client's queue; stream it live instead",
+                )
+            yield block
+
+    async def get(self, room: str, id: str) -> PreparedTrack | None:
+        return await self.store.get(room, id)
+
+    def close(self) -> None:
+        if isinstance(self._executor, ThreadPoolExecutor):
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Playback:
+    """Every room's next prepared cue as one timer on the event loop: a room costs nothing between its cues."""
+
+    def __init__(self, rooms: RoomRegistry, metrics: ServerMetrics) -> None:
+        self.rooms = rooms
+        self.metrics = metrics
+        self._timers: dict[Room, asyncio.TimerHandle] = {}
+
+    def follow(self, room: Room) -> None:
+        """Publish the room's cues that are due now; schedule the room's next (playback changed, or a timer fired)."""
+        handle = self._timers.pop(room, None)
+        if handle is not None:
+            handle.cancel()
+        if room.closed:
+            return
+        for out, late in room.follow(time.perf_counter()):
+            self.rooms.publish(room, out)
+            if out.kind == MOOD:
+                self.metrics.updates.add()
+                self.metrics.prepared_delay.observe(late)
+        f = room.prepared
+        due = f.next_time() if f is not None else None
+        if due is not None:
+            delay = max(0.0, due - time.perf_counter())
+            self._timers[room] = asyncio.get_running_loop().call_later(delay, self.follow, room)
+
+    def close(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
