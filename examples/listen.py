@@ -62,9 +62,9 @@ def view(msg: Mood, tty: bool) -> str:
     """The one-line view of a mood update."""
     probs = "  ".join(f"{k} {bar(v)} {v:.2f}" for k, v in msg.probabilities.items())
     effects = "  ".join(format_effect(k, v, tty) for k, v in msg.effects.items())
-    genre = f"  [{msg.genre['label']}]" if msg.genre else ""
+    genre = f"  [{msg.genre['label'] or '-'}]" if msg.genre else ""
     return (
-        f"#{msg.seq} {msg.stream_time:6.1f}s  {msg.mood.upper():<6} {msg.confidence:.2f}{genre}  |  "
+        f"#{msg.seq} {msg.stream_time:6.1f}s  {(msg.mood or '-').upper():<6} {msg.confidence:.2f}{genre}  |  "
         f"{probs}  |  V {msg.valence:+.2f} A {msg.arousal:+.2f}  |  {effects}"
     )
 

@@ -17,7 +17,9 @@ Run it (server first: `python -m sendreturn_mood serve`):
 and watch the same room from another terminal with `python examples/listen.py --room lobby`.
 
 Needs the sendreturn-mood package (`pip install .`; its client reads wav, flac, ogg and mp3 through libsndfile and
-resamples with soxr for `--sample-rate`).
+resamples with soxr). By default it sends what the model hears, mono at the model's rate (16 kHz for the shipped
+models; the server's welcome says it): a sixth of the upload of 48 kHz stereo. `--as-is` sends the file's own rate
+and channels.
 
 Exit status: 0 done, 1 gave up (connection/server error) or a file could not be read (it is skipped),
 2 refused (bad request, unauthorized) or bad arguments, 141 stdout closed (e.g. `| head`), 130 interrupted (Ctrl-C: it still sends `end` and waits for
@@ -38,6 +40,7 @@ import soundfile as sf
 from sendreturn_mood.audio.files import DecodeError
 from sendreturn_mood.client import (
     DEFAULT_URL,
+    MODEL_RATE,
     Disconnected,
     Event,
     FatalServerError,
@@ -70,9 +73,9 @@ def describe_update(msg: Mood) -> str:
     """One compact line per mood update."""
     probs = " ".join(f"{k}={v:.2f}" for k, v in msg.probabilities.items())
     effects = " ".join(f"{k}={number(v)}" for k, v in msg.effects.items())
-    genre = f" genre={msg.genre['label']}" if msg.genre else ""
+    genre = f" genre={msg.genre['label'] or '-'}" if msg.genre else ""
     return (
-        f"#{msg.seq} t={msg.stream_time:6.1f}s {msg.mood:>6} "
+        f"#{msg.seq} t={msg.stream_time:6.1f}s {msg.mood or '-':>6} "
         f"({msg.confidence:.2f}) V={msg.valence:+.2f} A={msg.arousal:+.2f}"
         f"{genre} | {probs} | {effects} | {msg.latency_ms:.0f} ms"
     )
@@ -134,7 +137,7 @@ async def finish(source: Source, out: Printer) -> None:
 async def stream(files: list[Path], args: argparse.Namespace) -> int:
     out = Printer(args.json)
     source = Source(args.url, args.room, encoding=args.encoding, preset=args.preset, token=args.token,
-                    retries=args.retries, on_event=out)
+                    retries=args.retries, on_event=out, model_format=not args.as_is)
     unreadable: set[Path] = set()
     try:
         while True:
@@ -145,7 +148,10 @@ async def stream(files: list[Path], args: argparse.Namespace) -> int:
                     print(f"cannot read {path}: {exc}; skipped", file=sys.stderr, flush=True)
                     unreadable.add(path)
                     continue
-                rate, channels = args.sample_rate or info.samplerate, args.channels or min(info.channels, 8)
+                if args.as_is:
+                    rate, channels = args.sample_rate or info.samplerate, args.channels or min(info.channels, 8)
+                else:  # the model's format (its rate is known once a server's welcome said it)
+                    rate, channels = args.sample_rate or source.model_rate or MODEL_RATE, args.channels or 1
                 if source.connected and source.format != (rate, channels):
                     await finish(source, out)  # the format is fixed per connection: end this one properly first
                 out.note(f"streaming {path} ({info.duration:.1f} s at {info.samplerate} Hz, {info.channels} ch) "
@@ -190,8 +196,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk-ms", type=float, default=100.0, help="audio per binary message (default 100 ms)")
     p.add_argument("--encoding", choices=ENCODINGS, default="pcm_s16le", help="wire format (default pcm_s16le)")
     p.add_argument("--sample-rate", type=int, default=None,
-                   help="resample to this rate before sending (default: send each file's own rate)")
-    p.add_argument("--channels", type=int, default=None, help="1 = downmix to mono (default: the file's channels)")
+                   help="resample to this rate before sending (default: the model's; with --as-is each file's own)")
+    p.add_argument("--channels", type=int, default=None,
+                   help="channels to send (default: 1, the model's; with --as-is the file's)")
+    p.add_argument("--as-is", action="store_true",
+                   help="send each file at its own rate and channels (default: mono at the model's rate)")
     p.add_argument("--preset", default=None, help="effect preset for the room")
     p.add_argument("--token", default=None, help="access token when the server requires one")
     p.add_argument("--retries", type=int, default=10,

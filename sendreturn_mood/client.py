@@ -17,7 +17,9 @@ listener is an async iterator because that is how a game loop or a bridge consum
 come through the same iterator, so a program sees a drop as data instead of an exception it has to catch. A
 source streams at `speed` times real time (0 = as fast as the server's rate limit allows) and remembers its
 position, so a reconnect resumes the current track where it was (sending `track` again, because analysis restarts
-on a new connection).
+on a new connection). By default a source sends what the model hears: mono at the model's rate (the server's
+`welcome` says it; 16 kHz until one has), resampled here with soxr. A 48 kHz stereo s16 source uploads 1.5 Mbit/s
+and the server resamples it anyway; mono 16 kHz is a sixth of that. `model_format=False` sends the audio as it is.
 
 Refusals that retrying cannot fix (400, 401, 403, 404) raise `Refused`; others (409 source_taken, 503 server_full,
 network errors, close 1001 on a server restart) are retried with exponential backoff until `retries` attempts in a
@@ -49,6 +51,7 @@ OPEN_TIMEOUT_S = 10.0
 END_TIMEOUT_S = 30.0  # after `end`, how long to wait for the server's last update and close
 KEEPALIVE_S = 30.0  # a `keepalive` text message after this long without sending anything (None: never)
 MAX_MESSAGE_BYTES = 1 << 20  # server messages are a few hundred bytes; anything near this is not protocol v1
+MODEL_RATE = 16000  # what the shipped models hear, until a server's welcome says otherwise (analysis.sample_rate)
 
 
 # ---------------------------------------------------------------------------------------------------- messages
@@ -77,7 +80,7 @@ class Mood(_Message):
     room: str = ""
     seq: int = 0
     stream_time: float = 0.0
-    mood: str = ""
+    mood: str | None = ""  # None: no music heard yet in this track (a silent start), so no label
     confidence: float = 0.0
     probabilities: dict[str, float] = field(default_factory=dict)
     valence: float = 0.0
@@ -377,6 +380,7 @@ class Source:
         keepalive: float | None = KEEPALIVE_S,
         open_timeout: float = OPEN_TIMEOUT_S,
         on_event: Callable[[Event], Any] | None = None,
+        model_format: bool = True,
     ) -> None:
         if encoding not in pcm.ENCODINGS:
             raise ValueError(f"encoding must be one of {', '.join(pcm.ENCODINGS)}")
@@ -384,6 +388,8 @@ class Source:
         self.preset_name, self.token = preset, token
         self.retries, self.backoff, self.keepalive, self.open_timeout = retries, backoff, keepalive, open_timeout
         self.on_event = on_event
+        self.model_format = model_format  # send_file / send_array: mono at the model's rate unless told otherwise
+        self.model_rate: int | None = None  # the rate the server's model hears (from its welcome)
         self.format: tuple[int, int] | None = None  # (sample_rate, channels) of the open connection
         self.updates = 0  # mood updates received on this source's connections
         self.last: Mood | None = None
@@ -394,6 +400,7 @@ class Source:
         self._last_send = [time.monotonic()]
         self._fatal: ServerError | None = None
         self._callback_error: Exception | None = None
+        self._welcomed = asyncio.Event()  # set by the reader when the open connection's welcome arrived
 
     async def __aenter__(self) -> "Source":
         return self
@@ -434,6 +441,7 @@ class Source:
                 self._emit(Reconnecting(str(exc), delay, attempt))
                 await asyncio.sleep(delay)
         self._ws, self.format, self._fatal = ws, (sample_rate, channels), None
+        self._welcomed.clear()
         self._last_send[0] = time.monotonic()
         self._reader = asyncio.create_task(self._read(ws))
         if self.keepalive:
@@ -448,6 +456,9 @@ class Source:
                     if not isinstance(raw, str):
                         continue
                     msg = parse_message(raw)
+                    if isinstance(msg, Welcome):
+                        self.model_rate = _announced_rate(msg) or self.model_rate
+                        self._welcomed.set()
                     if isinstance(msg, Mood):
                         self.updates += 1
                         self.last = msg
@@ -461,6 +472,8 @@ class Source:
         except Exception as exc:  # the callback's, not the connection's
             self._callback_error = exc
             await ws.close()
+        finally:
+            self._welcomed.set()  # nobody waits for a welcome on a closed connection
 
     def _raise_callback_error(self) -> None:
         if self._callback_error is not None:
@@ -554,37 +567,50 @@ class Source:
         self, audio: np.ndarray, sample_rate: int, *, speed: float = 1.0, chunk_ms: float = 100.0, start: int = 0,
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Float audio, [frames] or [frames, channels] in -1..1, from frame `start` on, paced at `speed` times real
-        time (0: unpaced). Connects with this format if needed. Returns the number of frames sent."""
+        """Float audio, [frames] or [frames, channels] in -1..1 at `sample_rate`, from frame `start` on, paced at
+        `speed` times real time (0: unpaced). With `model_format` (the default) it is sent mono at the model's rate,
+        else as it is. Connects with that format if needed. Returns the number of input frames sent."""
         audio = np.asarray(audio, dtype=np.float32)
         block = audio[:, None] if audio.ndim == 1 else audio
+        out_rate, out_channels = await self._send_format(sample_rate, block.shape[1], None, None)
         chunk = max(1, round(sample_rate * chunk_ms / 1000))
-        return await self._stream(_chunks(block, start, chunk), sample_rate, block.shape[1], sample_rate, speed, start, progress)
+        blocks = _converted(_chunks(block, start, chunk), sample_rate, out_rate, out_channels)
+        return await self._stream(blocks, sample_rate, out_channels, out_rate, speed, start, progress)
 
     async def send_file(
         self, path: str | Path, *, speed: float = 1.0, chunk_ms: float = 100.0, sample_rate: int | None = None,
         channels: int | None = None, track: bool = True, start: int = 0, progress: Callable[[int], None] | None = None,
     ) -> int:
         """Stream an audio file (wav, flac, ogg, mp3, ... anything libsndfile reads): a `track` message named after
-        the file and its tags, then its audio paced at `speed` times real time, at its own rate and channels unless
-        `sample_rate` (resampled with soxr) or `channels` (1: downmix) say otherwise. A dropped connection is
-        reopened and the file resumes where it was. Raises `audio.files.DecodeError` for a file it cannot open, and
-        `audio.files.Truncated` after sending what decodes of a file that stops before its declared length."""
+        the file and its tags, then its audio paced at `speed` times real time. Sent mono at the model's rate with
+        `model_format` (the default), else at the file's own rate and channels; `sample_rate` (resampled with soxr)
+        and `channels` (1: downmix) override either. A dropped connection is reopened and the file resumes where it
+        was. Raises `audio.files.DecodeError` for a file it cannot open, and `audio.files.Truncated` after sending
+        what decodes of a file that stops before its declared length."""
         path = Path(path)
         with AudioFile(path) as f:
-            rate = sample_rate or f.rate
-            n_channels = channels or min(f.channels, pcm.MAX_CHANNELS)
+            rate, n_channels = await self._send_format(f.rate, f.channels, sample_rate, channels)
             await self.connect(rate, n_channels)
             if track:
                 await self.track(**track_fields(path))
             chunk = max(1, round(f.rate * chunk_ms / 1000))
-            resampler = None
-            if rate != f.rate:
-                import soxr
-
-                resampler = soxr.ResampleStream(f.rate, rate, n_channels, dtype="float32")
-            blocks = _file_chunks(f, start, chunk, n_channels, resampler)
+            blocks = _converted(_file_chunks(f, start, chunk), f.rate, rate, n_channels)
             return await self._stream(blocks, f.rate, n_channels, rate, speed, start, progress)
+
+    async def _send_format(
+        self, rate: int, channels: int, sample_rate: int | None, want_channels: int | None
+    ) -> tuple[int, int]:
+        """(rate, channels) to announce for audio at `rate` x `channels`: what the caller asked for, else mono at the
+        model's rate (`model_format`), else the audio's own. The model's rate comes from the server's welcome: before
+        the first one, a connection at MODEL_RATE mono asks (and is kept when the server's model hears that rate)."""
+        if not self.model_format:
+            return sample_rate or rate, want_channels or min(channels, pcm.MAX_CHANNELS)
+        if sample_rate is None and self.model_rate is None:
+            await self.connect(MODEL_RATE, want_channels or 1)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._welcomed.wait(), self.open_timeout)
+            self.model_rate = self.model_rate or MODEL_RATE
+        return sample_rate or self.model_rate or MODEL_RATE, want_channels or 1
 
     async def _stream(
         self, blocks: Iterator[tuple[int, np.ndarray]], in_rate: int, channels: int, out_rate: int, speed: float,
@@ -617,18 +643,42 @@ def _chunks(block: np.ndarray, start: int, chunk: int) -> Iterator[tuple[int, np
         yield len(piece), piece
 
 
-def _file_chunks(f: AudioFile, start: int, chunk: int, channels: int, resampler: Any) -> Iterator[tuple[int, np.ndarray]]:
-    """(frames read, [frames, channels] float32 at the output rate) from frame `start` on. Decodes in the blocks
-    every reader uses (`audio.files.block_frames`: the server's `analyze` hears the same samples) and slices them:
-    memory stays bounded, and the MP3 decoder is not stopped at every chunk boundary. The end is where the decoder
-    stops, not the file's declared length (an estimate for MP3), so the resampler is flushed on the last piece."""
-    for block, last_block in f.blocks(block_frames(f.rate), start):
+def _file_chunks(f: AudioFile, start: int, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(frames read, [frames, file channels] float32) from frame `start` on. Decodes in the blocks every reader
+    uses (`audio.files.block_frames`: the server's `analyze` hears the same samples) and slices them: memory stays
+    bounded, and the MP3 decoder is not stopped at every chunk boundary. The end is where the decoder stops, not
+    the file's declared length (an estimate for MP3)."""
+    for block, _ in f.blocks(block_frames(f.rate), start):
         for i in range(0, len(block), chunk):
-            piece = to_channels(block[i : i + chunk], channels)
-            n_read = len(piece)
-            if resampler is not None:
-                piece = resampler.resample_chunk(piece, last=last_block and i + chunk >= len(block))
-            yield n_read, piece
+            piece = block[i : i + chunk]
+            yield len(piece), piece
+
+
+def _converted(
+    blocks: Iterator[tuple[int, np.ndarray]], in_rate: int, out_rate: int, channels: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(frames read, block) -> (frames read, block in `channels` at `out_rate`): downmixed, then resampled with a
+    soxr stream (one filter state across blocks; the last block flushes it, found by reading one block ahead)."""
+    if in_rate == out_rate:
+        for n, block in blocks:
+            yield n, to_channels(block, channels)
+        return
+    import soxr
+
+    resampler = soxr.ResampleStream(in_rate, out_rate, channels, dtype="float32")
+    pending: tuple[int, np.ndarray] | None = None
+    for n, block in blocks:
+        if pending is not None:
+            yield pending[0], resampler.resample_chunk(pending[1], last=False)
+        pending = (n, to_channels(block, channels))
+    if pending is not None:
+        yield pending[0], resampler.resample_chunk(pending[1], last=True)
+
+
+def _announced_rate(welcome: Welcome) -> int | None:
+    """The model's rate from a welcome (a server extension; older servers do not say it)."""
+    rate = welcome.analysis.get("sample_rate") if isinstance(welcome.analysis, dict) else None
+    return int(rate) if isinstance(rate, int) and not isinstance(rate, bool) else None
 
 
 def to_channels(block: np.ndarray, channels: int) -> np.ndarray:

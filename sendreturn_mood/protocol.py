@@ -449,13 +449,19 @@ def parse_client_message(text: str) -> ClientMessage:
 # ---------------------------------------------------------------------------------------------------- server -> client
 
 
-def welcome(params: ConnectParams, model: Mapping[str, Any], window_seconds: float, hop_seconds: float, preset: str) -> dict[str, Any]:
-    """The first message on every connection. `model` = {name, version, moods, genres}."""
+def welcome(
+    params: ConnectParams, model: Mapping[str, Any], window_seconds: float, hop_seconds: float, preset: str,
+    sample_rate: int | None = None,
+) -> dict[str, Any]:
+    """The first message on every connection. `model` = {name, version, moods, genres}; `sample_rate` the rate the
+    model hears (its front end's), so a source can send mono at that rate and spare the upload and the resampling."""
     msg: dict[str, Any] = {"type": "welcome", "protocol": PROTOCOL_VERSION, "room": params.room, "role": params.role}
     if params.is_source:
         msg["audio"] = {"encoding": params.encoding, "sample_rate": params.sample_rate, "channels": params.channels}
     msg["model"] = dict(model)
     msg["analysis"] = {"window_seconds": round(window_seconds, 4), "hop_seconds": round(hop_seconds, 4)}
+    if sample_rate is not None:
+        msg["analysis"]["sample_rate"] = int(sample_rate)
     msg["preset"] = preset
     return msg
 

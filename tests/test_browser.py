@@ -159,7 +159,9 @@ def test_page_streams_the_microphone_and_shows_the_room_mood(server: str, browse
     assert state["sent"] / state["rate"] >= 3.0, "the worklet sent at least a window of audio"
     assert state["errors"] == 0 and page.locator("#errors").is_hidden()
     welcome_audio = page.evaluate("window.sendreturnMood.audio.rate")
-    assert welcome_audio in (44100, 48000)  # the AudioContext's own rate, announced in the URL
+    assert welcome_audio == 16000  # the model's rate: the worklet downmixes and resamples the 48 kHz microphone
+    context_rate = page.evaluate("window.sendreturnMood.audio.capture.context.sampleRate")
+    assert context_rate in (44100, 48000)  # while the AudioContext (what the speakers play) keeps the device's rate
 
     # the server received audio for that room: a protocol listener hears its updates, the room summary counts it
     welcome, update = listen_once(server, ROOM)

@@ -67,7 +67,7 @@ async def test_source_and_listener_see_typed_updates(tiny_model_path, sent):
         listener = asyncio.create_task(listen())
         await asyncio.sleep(0.2)
         events: list[sr.Event] = []
-        async with sr.Source(server.url, "typed", preset="subtle", on_event=events.append) as src:
+        async with sr.Source(server.url, "typed", preset="subtle", on_event=events.append, model_format=False) as src:
             audio = tone(3.0, RATE, channels=2)
             await src.connect(RATE, 2)
             await src.track("spotify:track:1", title="One", artist="Someone")
@@ -114,6 +114,43 @@ async def test_send_file_paces_resamples_and_names_the_track(tiny_model_path, tm
     assert events[0].audio == {"encoding": "pcm_f32le", "sample_rate": RATE, "channels": 1}
     assert result.last is not None and result.last.track["title"] == "A Title"
     assert result.last.stream_time == pytest.approx(2.0, abs=0.1)  # all of it arrived, at the announced rate
+
+
+async def test_sources_send_mono_at_the_model_rate_by_default(tiny_model_path, tmp_path: Path, sent):
+    """A 44.1 kHz stereo file and a 48 kHz stereo array reach the server as the model hears them (mono at the rate
+    the welcome announces), with the music's frequency intact; model_format=False sends them as they are."""
+    path = tmp_path / "stereo.wav"
+    sf.write(path, tone(2.0, 44100, channels=2).reshape(-1, 2), 44100)
+    async with running_server(tiny_model_path) as server:
+        events: list[sr.Event] = []
+        async with sr.Source(server.url, "mono", on_event=events.append) as src:
+            frames = await src.send_file(path, speed=0)
+            assert src.format == (RATE, 1) and src.model_rate == RATE
+            await src.send_array(tone(2.0, 48000, channels=2).reshape(-1, 2), 48000, speed=0)
+            result = await src.end()
+        welcomes = [e for e in events if isinstance(e, sr.Welcome)]
+        assert {json.dumps(w.audio) for w in welcomes} == {json.dumps({"encoding": "pcm_s16le", "sample_rate": RATE, "channels": 1})}
+        assert welcomes[0].analysis["sample_rate"] == RATE
+        assert frames == 2 * 44100 and result.last is not None
+        assert result.last.stream_time == pytest.approx(4.0, abs=0.1)  # both pieces arrived, at the announced rate
+        as_is: list[sr.Event] = []
+        async with sr.Source(server.url, "as-is", on_event=as_is.append, model_format=False) as src:
+            await src.send_file(path, speed=0)
+            await src.end()
+        assert as_is[0].audio == {"encoding": "pcm_s16le", "sample_rate": 44100, "channels": 2}
+
+
+def test_resampled_blocks_keep_the_frequency_and_length():
+    """The client's conversion (downmix + soxr stream over blocks) is one continuous signal: same length, same tone."""
+    rate_in, rate_out = 44100, 16000
+    t = np.arange(3 * rate_in) / rate_in
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 440 * t)], axis=1).astype(np.float32)
+    blocks = list(sr._converted(sr._chunks(stereo, 0, 4410), rate_in, rate_out, 1))
+    out = np.concatenate([b for _, b in blocks])[:, 0]
+    assert sum(n for n, _ in blocks) == len(stereo)
+    assert abs(len(out) - 3 * rate_out) <= 2
+    spectrum = np.abs(np.fft.rfft(out * np.hanning(len(out))))
+    assert np.argmax(spectrum) * rate_out / len(out) == pytest.approx(440, abs=1)
 
 
 async def test_refusals_and_giving_up(tiny_model_path):

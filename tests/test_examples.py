@@ -212,8 +212,9 @@ def test_stream_file_and_listeners_see_the_same_updates(server: str) -> None:
 
 
 def test_stream_file_folder_of_mixed_formats(server: str, tmp_path: Path) -> None:
-    """A folder of files in different formats, resampled on the client: a `track` per file, and a new connection
-    when the format changes."""
+    """A folder of files in different formats sent as they are (--as-is), resampled on the client: a `track` per
+    file, and a new connection when the format changes. (By default every file is sent mono at the model's rate,
+    one connection for all: tests/test_client.py.)"""
     song = songs(1)[0]
     audio, rate = sf.read(song, dtype="float32")
     clip = audio[: rate * 6]
@@ -224,7 +225,7 @@ def test_stream_file_folder_of_mixed_formats(server: str, tmp_path: Path) -> Non
     sf.write(folder / "c_mono.ogg", clip, rate)
     raw = listener(server, "album", "--json")
     src = Proc(EXAMPLES / "stream_file.py", folder, "--url", server, "--room", "album", "--speed", 10,
-               "--encoding", "pcm_f32le", "--chunk-ms", 50, "--sample-rate", 22050)
+               "--encoding", "pcm_f32le", "--chunk-ms", 50, "--sample-rate", 22050, "--as-is")
     assert src.wait() == 0, src.report()
     raw.wait_line(r'"state":\s*"disconnected"')
     time.sleep(0.3)

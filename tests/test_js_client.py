@@ -84,6 +84,14 @@ async def test_js_types_cover_the_schema():
     assert re.search(r"pass 4\b", out) and re.search(r"fail 0\b", out), out
 
 
+async def test_js_capture_resamples_to_the_model_rate():
+    """The capture worklet's downmix + resampler (its DSP runs in Node; the worklet itself in test_browser.py)."""
+    node = node_or_skip()
+    code, out = await run_node_tests(node, [JS / "test" / "resample.test.js"], dict(os.environ), websocket=False)
+    assert code == 0, out
+    assert re.search(r"pass 4\b", out) and re.search(r"fail 0\b", out), out
+
+
 def test_js_package_has_no_runtime_dependencies():
     package = json.loads((JS / "package.json").read_text())
     assert not package.get("dependencies") and not package.get("peerDependencies")

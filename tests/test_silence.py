@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from sendreturn_mood.room.offline import analyze_file
+from tests.server_support import running_server
 from sendreturn_mood.config import ConfigError, load_config
 from sendreturn_mood.room.effects import EffectState, load_presets, parse_presets
 from sendreturn_mood.audio.frontend import FrontEndSpec
@@ -74,11 +75,18 @@ def test_silence_holds_the_mood_and_rests_the_effects():
     assert back["state"] == "music" and back["mood"] == "angry"  # 58 s since the last music: the new music takes over
 
 
-def test_silence_from_the_start_is_the_uniform_distribution():
-    u = analysed(tracker(), ANGRY, GENRE, 3.0, level_db=SILENCE_FLOOR_DB)
-    assert u["state"] == "silent" and set(u["probabilities"].values()) == {0.25} and u["confidence"] == 0.25
+def test_silence_from_the_start_has_no_mood_label():
+    """A track that starts silent is not announced as the first label of a uniform tie: no label until music."""
+    tr = tracker()
+    u = analysed(tr, ANGRY, GENRE, 3.0, level_db=SILENCE_FLOOR_DB)
+    assert u["state"] == "silent" and set(u["probabilities"].values()) == {0.25}
+    assert u["mood"] is None and u["confidence"] == 0.0 and u["genre"]["label"] is None
     assert set(u["genre"]["probabilities"].values()) == {0.25}
     assert all(math.isfinite(v) for v in (u["valence"], u["arousal"]))
+    music = analysed(tr, ANGRY, GENRE, 4.5, level_db=LOUD)
+    assert music["mood"] == "angry" and music["confidence"] > 0.5 and music["genre"]["label"] is not None
+    tr.reset()  # a new track: nothing heard in it yet
+    assert analysed(tr, HAPPY, GENRE, 3.0, level_db=QUIET)["mood"] is None
 
 
 def test_without_a_level_the_update_is_as_before():
@@ -175,3 +183,26 @@ def test_a_room_refuses_non_finite_outputs_before_any_state_changes(bad):
     assert room.seq == 0
     [update] = room.on_window(0, Prediction(HAPPY, GENRE, np.ones(8)), 3.0, 1.0)
     assert update.seq == 1 and update.analysis.mood == "happy"  # the failed window left nothing behind
+
+
+async def test_a_room_that_starts_silent_sends_no_label_until_music(tiny_model_path: Path, tmp_path: Path):
+    """A real source streams 3 s of digital silence, then music: every update before the music has mood null
+    (valid against the schema), every one from the first music on names a mood, and `analyze` agrees."""
+    from tests.server_support import client, read_until_closed, send_audio, server_config, tone
+
+    rate = 16000
+    audio = np.concatenate([np.zeros(3 * rate, dtype=np.float32), tone(4.0, rate)])
+    async with running_server(tiny_model_path) as server:
+        async with client(server, "quiet-start", role="source", sample_rate=rate, encoding="pcm_f32le") as (ws, _):
+            await send_audio(ws, audio, rate, 1, "pcm_f32le")
+            await ws.send('{"type": "end"}')
+            updates = [m for m in await read_until_closed(ws) if m["type"] == "mood"]  # schema-checked
+    states = [u["state"] for u in updates]
+    first_music = states.index("music")
+    assert first_music >= 2, states  # the silence was long enough for silent updates
+    assert all(u["mood"] is None and u["confidence"] == 0.0 for u in updates[:first_music])
+    assert all(u["mood"] in INFO.mood_labels for u in updates[first_music:])
+    path = tmp_path / "quiet-start.wav"
+    sf.write(str(path), audio, rate, subtype="FLOAT")
+    timeline = analyze_file(path, MoodModel(tiny_model_path), server_config())["timeline"]
+    assert [u["mood"] for u in timeline] == [u["mood"] for u in updates]

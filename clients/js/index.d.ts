@@ -44,6 +44,8 @@ export interface ModelInfo {
 export interface AnalysisInfo {
   window_seconds: number;
   hop_seconds: number;
+  /** the rate the model hears (server extension): send mono audio at this rate */
+  sample_rate?: number;
 }
 
 /** @schema welcome.json */
@@ -75,7 +77,8 @@ export interface InstantMood {
 
 /** @schema mood.json#/properties/genre */
 export interface Genre {
-  label: string;
+  /** null while the track has had no music yet */
+  label: string | null;
   probabilities: Probabilities;
 }
 
@@ -87,7 +90,8 @@ export interface MoodMessage {
   stream_time: number;
   /** only after a track message */
   track?: Track;
-  mood: string;
+  /** null while the track has had no music yet (a silent start: no label to hold; confidence 0) */
+  mood: string | null;
   confidence: number;
   probabilities: Probabilities;
   valence: number;
@@ -355,7 +359,7 @@ export declare function streamSamples(
 export interface Capture {
   context: AudioContext;
   node: AudioWorkletNode;
-  /** the AudioContext's rate: announce it as the source client's sampleRate */
+  /** the rate of the chunks (16000 by default, the model's): announce it as the source client's sampleRate */
   sampleRate: number;
   onChunk: ((pcm: ArrayBuffer, level: number) => void) | null;
   level: number;
@@ -366,5 +370,12 @@ export interface Capture {
 
 export declare function startCapture(
   input: MediaStream | HTMLMediaElement | null,
-  options?: { context?: AudioContext; chunkMs?: number; workletUrl?: string; onChunk?: (pcm: ArrayBuffer, level: number) => void },
+  options?: {
+    context?: AudioContext; chunkMs?: number; workletUrl?: string; onChunk?: (pcm: ArrayBuffer, level: number) => void;
+    /** the rate to send (default MODEL_RATE, 16000: mono at the model's rate; 0: the AudioContext's own rate) */
+    sampleRate?: number;
+  },
 ): Promise<Capture>;
+
+/** what the shipped models hear; a welcome's analysis.sample_rate says what this server's model hears */
+export declare const MODEL_RATE: number;

@@ -1,11 +1,13 @@
 """The whole server under load: CPU per room-second, update latency, dropped updates and memory per room.
 
     python -m sendreturn_mood.bench server [--rooms 200] [--seconds 30] [--listeners 1] [--procs 2] [--profile OUT]
+    python -m sendreturn_mood.bench server --sources 48000:2 16000:1 --repeats 3   # what sources send, side by side
 
 The server runs as its own process (`python -m sendreturn_mood serve --port 0`, the shipped model, a config with
 room and connection limits raised for the run; `--set KEY=VALUE` changes any other key). The load generator runs in
 `--procs` other processes, each one event loop: per room one source streaming pre-encoded 48 kHz stereo s16le frames
-of 100 ms in real time (rooms start spread over one hop, as independent rooms would) and `--listeners` listeners.
+of 100 ms in real time (`--sources RATE:CHANNELS ...`: other formats, each measured in turn under the same load;
+16000:1 is what the clients send by default, mono at the model's rate) (rooms start spread over one hop, as independent rooms would) and `--listeners` listeners.
 Every process reports its own CPU time, so it is visible whether the generator kept up (`late_frames`: frames it
 sent later than one frame period behind schedule) and what it cost.
 
@@ -44,11 +46,11 @@ import yaml
 from .common import FRAME_SECONDS, music_like, pcm_frames
 
 LISTEN_RE = re.compile(r"listening on ws://([0-9.]+):(\d+)")
-RATE = 48000
-CHANNELS = 2
+SOURCE_FORMAT = "48000:2"  # what a source sends unless told: the device's rate, stereo, as it comes
 CONNECT_CONCURRENCY = 16
 READY_MARGIN_SECONDS = 1.0
 AUDIO_METRIC = "sendreturn_audio_seconds_total"
+AUDIO_BYTES_METRIC = "sendreturn_audio_bytes_total"
 
 
 # ------------------------------------------------------------------------------------------------ the server process
@@ -176,7 +178,8 @@ async def _generate(rooms: list[int], port: int, args: dict[str, Any], start_at:
 
     seconds, hop, n_listeners = args["seconds"], args["hop"], args["listeners"]
     frame_seconds = args["frame_ms"] / 1000
-    frames = pcm_frames(music_like(seconds, RATE, CHANNELS, seed=1), RATE, "pcm_s16le", frame_seconds)
+    rate, channels = parse_format(args["source"])
+    frames = pcm_frames(music_like(seconds, rate, channels, seed=1), rate, "pcm_s16le", frame_seconds)
     stats: dict[str, Any] = {"latency_ms": [], "updates": 0, "gaps": 0, "late_frames": 0, "frames": 0, "errors": Counter(),
                              "failed_rooms": 0}
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -200,7 +203,7 @@ async def _generate(rooms: list[int], port: int, args: dict[str, Any], start_at:
         name = f"bench{k}"
         async with gate:
             listeners = [await connect(f"{base}/{name}", proxy=None, compression=None) for _ in range(n_listeners)]
-            src = await connect(f"{base}/{name}?role=source&sample_rate={RATE}&channels={CHANNELS}", proxy=None,
+            src = await connect(f"{base}/{name}?role=source&sample_rate={rate}&channels={channels}", proxy=None,
                                 compression=None, max_queue=None)
         readers = [asyncio.create_task(listen(ws, True)) for ws in listeners]
         readers.append(asyncio.create_task(listen(src, False)))
@@ -254,7 +257,17 @@ def profile_summary(raw: Path, top: int = 25) -> list[tuple[str, float]]:
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def measure(args: argparse.Namespace, code: Path | None = None) -> dict[str, Any]:
+def parse_format(text: str) -> tuple[int, int]:
+    """"RATE:CHANNELS" (e.g. 16000:1) -> (rate, channels)."""
+    try:
+        rate, channels = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a source format is RATE:CHANNELS (e.g. 16000:1), got {text!r}") from None
+    return rate, channels
+
+
+def measure(args: argparse.Namespace, code: Path | None = None, source: str = SOURCE_FORMAT) -> dict[str, Any]:
+    rate, channels = parse_format(source)
     with tempfile.TemporaryDirectory() as tmp:
         proc, port = start_server(args, Path(tmp), code)
         try:
@@ -264,14 +277,16 @@ def measure(args: argparse.Namespace, code: Path | None = None) -> dict[str, Any
             ctx = multiprocessing.get_context("spawn")
             results = ctx.Queue()
             shares = [list(range(args.rooms))[i :: args.procs] for i in range(args.procs)]
-            gen_args = {"seconds": args.seconds, "hop": args.hop, "listeners": args.listeners, "frame_ms": args.frame_ms}
+            gen_args = {"seconds": args.seconds, "hop": args.hop, "listeners": args.listeners, "frame_ms": args.frame_ms,
+                        "source": source}
             procs = [ctx.Process(target=generator_process, args=(s, port, gen_args, start_at, results)) for s in shares if s]
             for p in procs:
                 p.start()
             t_begin = start_at + args.hop + 1.0  # every room streaming
             t_end = start_at + args.seconds - 0.5  # before the first stream ends
             time.sleep(max(0.0, t_begin - time.time()))
-            cpu0, w0, heard0 = proc_cpu_seconds(proc.pid), time.time(), metric(scrape_metrics(port), AUDIO_METRIC)
+            cpu0, w0 = proc_cpu_seconds(proc.pid), time.time()
+            heard0, bytes0 = (metric(scrape_metrics(port), k) for k in (AUDIO_METRIC, AUDIO_BYTES_METRIC))
             sys0 = proc_cpu_seconds(proc.pid, kernel_only=True)
             spy = None
             if args.profile:
@@ -282,7 +297,7 @@ def measure(args: argparse.Namespace, code: Path | None = None) -> dict[str, Any
                                        stderr=subprocess.DEVNULL)
             time.sleep(max(0.0, t_end - time.time()))
             cpu1, w1, rss1 = proc_cpu_seconds(proc.pid), time.time(), proc_rss_bytes(proc.pid)
-            heard1 = metric(scrape_metrics(port), AUDIO_METRIC)
+            heard1, bytes1 = (metric(scrape_metrics(port), k) for k in (AUDIO_METRIC, AUDIO_BYTES_METRIC))
             sys1 = proc_cpu_seconds(proc.pid, kernel_only=True)
             gens = [results.get(timeout=args.seconds + 120) for _ in procs]
             for p in procs:
@@ -306,10 +321,12 @@ def measure(args: argparse.Namespace, code: Path | None = None) -> dict[str, Any
     result = {
         "rooms": args.rooms,
         "listeners_per_room": args.listeners,
-        "audio": f"{RATE} Hz x{CHANNELS} pcm_s16le, {args.frame_ms:g} ms frames, real time",
+        "audio": f"{rate} Hz x{channels} pcm_s16le, {args.frame_ms:g} ms frames, real time",
         "seconds_per_room": args.seconds,
         "measured_seconds": round(w1 - w0, 2),
         "server_cpu_ms_per_room_second": round(1000 * (cpu1 - cpu0) / room_seconds, 3),
+        # PCM payload the server received per second of audio (websocket framing adds ~8 bytes per frame)
+        "upload_bytes_per_room_second": round((bytes1 - bytes0) / room_seconds),
         "server_kernel_cpu_share": round((sys1 - sys0) / max(cpu1 - cpu0, 1e-9), 3),  # sockets, page faults
         "audio_analysed_fraction": round(room_seconds / (args.rooms * (w1 - w0)), 3),  # < 1: the server fell behind
         "server_cores_busy": round((cpu1 - cpu0) / (w1 - w0), 3),
@@ -357,18 +374,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a checkout of other code (e.g. `git worktree add DIR COMMIT`): its server runs alternately with "
                         "this one under the same load, and the medians and their ratio are printed")
     p.add_argument("--repeats", type=int, default=1, help="runs (of each server with --against); medians reported")
+    p.add_argument("--sources", nargs="+", default=[SOURCE_FORMAT], metavar="RATE:CHANNELS",
+                   help=f"what each source sends (default {SOURCE_FORMAT}); several: each measured in turn, medians "
+                        "and CPU ratios to the first printed")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
 
 
-SUMMARY_KEYS = ("server_cpu_ms_per_room_second", "latency_ms_p50", "latency_ms_p95", "rss_growth_mb_per_room",
+SUMMARY_KEYS = ("server_cpu_ms_per_room_second", "upload_bytes_per_room_second", "latency_ms_p50", "latency_ms_p95", "rss_growth_mb_per_room",
                 "audio_analysed_fraction", "seq_gaps_at_listeners", "batch_size_mean", "machine_load_average_1min")
 
 
 def run(args: argparse.Namespace) -> int:
     from .common import write_json
 
-    if args.against is None and args.repeats <= 1:
-        res = measure(args)
+    for source in args.sources:
+        parse_format(source)
+    if args.against is None and args.repeats <= 1 and len(args.sources) == 1:
+        res = measure(args, None, args.sources[0])
         print(json.dumps({k: v for k, v in res.items() if k != "profile_top_self"}, indent=1))
         for name, share in res.get("profile_top_self", []):
             print(f"  {100 * share:5.1f}%  {name}")
@@ -377,18 +399,30 @@ def run(args: argparse.Namespace) -> int:
     codes: list[Path | None] = [None] if args.against is None else [None, Path(args.against).resolve()]
     if args.against is not None and not (codes[1] / "sendreturn_mood" / "__main__.py").is_file():  # type: ignore[operator]
         sys.exit(f"--against {args.against}: no sendreturn_mood package there (a checkout of this repository)")
-    runs: dict[str, list[dict[str, Any]]] = {"this": [], "against": []}
-    for i in range(args.repeats):  # alternating, so both see the same moments of a noisy machine
+    def variant(code: Path | None, source: str) -> str:
+        name = "this" if code is None else "against"
+        return name if len(args.sources) == 1 else f"{name} {source}"
+
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for i in range(args.repeats):  # alternating, so every variant sees the same moments of a noisy machine
         for code in codes:
-            name = "this" if code is None else "against"
-            res = measure(args, code)
-            runs[name].append(res)
-            print(f"run {i + 1} {name:8s} " + " ".join(f"{k}={res[k]}" for k in SUMMARY_KEYS), flush=True)
+            for source in args.sources:
+                name = variant(code, source)
+                res = measure(args, code, source)
+                runs.setdefault(name, []).append(res)
+                print(f"run {i + 1} {name:8s} " + " ".join(f"{k}={res[k]}" for k in SUMMARY_KEYS), flush=True)
     medians = {name: {k: _median([r[k] for r in rs]) for k in SUMMARY_KEYS} for name, rs in runs.items() if rs}
-    out: dict[str, Any] = {"rooms": args.rooms, "repeats": args.repeats, "against": args.against, "medians": medians, "runs": runs}
+    out: dict[str, Any] = {"rooms": args.rooms, "repeats": args.repeats, "against": args.against, "sources": args.sources,
+                           "medians": medians, "runs": runs}
+    cpu = {name: m["server_cpu_ms_per_room_second"] for name, m in medians.items()}
     if args.against is not None:
-        this, other = medians["this"]["server_cpu_ms_per_room_second"], medians["against"]["server_cpu_ms_per_room_second"]
+        this, other = cpu[variant(None, args.sources[0])], cpu[variant(codes[1], args.sources[0])]
         out["cpu_ratio_against_over_this"] = round(other / this, 3) if this and other else None
+    if len(args.sources) > 1:
+        first = cpu[variant(None, args.sources[0])]
+        out["cpu_ratio_over_first_source"] = {
+            s: round(cpu[variant(None, s)] / first, 3) if first and cpu[variant(None, s)] else None for s in args.sources
+        }
     print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))
     write_json(args.json, out)
     return 0

@@ -47,18 +47,19 @@ def format_human(result: dict[str, Any]) -> str:
                 f">= {c['threshold']:.2f}): smoothing restarts"
             )
         probs = " ".join(f"{u['probabilities'][label]:7.2f}" for label in labels)
-        genre = f"  {u['genre']['label']}" if "genre" in u else ""
+        genre = f"  {u['genre']['label'] or '-'}" if "genre" in u else ""
         genre += "  (silent: held)" if u.get("state") == SILENT else ""
         lines.append(
-            f"  {u['stream_time']:6.1f}  {u['mood']:<10} {u['confidence']:5.2f}  {probs}  "
+            f"  {u['stream_time']:6.1f}  {u['mood'] or '-':<10} {u['confidence']:5.2f}  {probs}  "
             f"{u['valence']:+7.2f} {u['arousal']:+7.2f}{genre}"
         )
     summary = " ".join(f"{label} {p:.2f}" for label, p in result["probabilities"].items())
     genre = f"  genre {result['genre']['label']}" if "genre" in result else ""
+    mood = result["mood"] or "none (no music heard)"
     for start, end in result.get("silent_spans", []):
         lines.append(f"  silent {start:.1f}-{end:.1f} s")
     lines.append(
-        f"  summary: {result['mood']}  ({summary})  valence {result['valence']:+.2f}  "
+        f"  summary: {mood}  ({summary})  valence {result['valence']:+.2f}  "
         f"arousal {result['arousal']:+.2f}{genre}"
     )
     return "\n".join(lines)

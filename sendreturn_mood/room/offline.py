@@ -145,11 +145,12 @@ def analyze_audio(
         else:  # the server's track_change message minus its envelope
             track_changes.append({k: v for k, v in message.items() if k not in ("type", "room")})
     silent = [a.state == SILENT for a in timeline]
-    if not all(silent):  # the summary is about the music: silent windows say nothing about mood
-        preds = [p for p, quiet in zip(preds, silent) if not quiet]
+    # the summary is about the music: silent windows say nothing about mood (a silent file has no label, as the
+    # server's updates have none before a track's first music)
+    preds = [p for p, quiet in zip(preds, silent) if not quiet]
 
     n_moods = len(info.mood_labels)
-    mean = np.mean([p.moods for p in preds], axis=0) if not all(silent) else np.full(n_moods, 1 / n_moods)
+    mean = np.mean([p.moods for p in preds], axis=0) if preds else np.full(n_moods, 1 / n_moods)
     va = info.to_valence_arousal(mean)
     labels = info.mood_labels
     result: dict[str, Any] = {
@@ -158,7 +159,7 @@ def analyze_audio(
         "model": {"name": info.name, "version": info.version},
         "preset": tracker.preset,
         "windows": len(windows),
-        "mood": labels[int(np.argmax(mean))],
+        "mood": labels[int(np.argmax(mean))] if preds else None,
         "probabilities": {label: round(float(p), DECIMALS) for label, p in zip(labels, mean)},
         "valence": round(float(va[0]), DECIMALS) + 0.0,
         "arousal": round(float(va[1]), DECIMALS) + 0.0,

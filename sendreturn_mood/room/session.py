@@ -171,7 +171,9 @@ class Session:
     def open(self) -> list[Action]:
         """The connection was accepted and joined its room: welcome it; a source announces itself to the room."""
         s = self.settings
-        welcome = protocol.welcome(self.params, s.model_public, s.window_seconds, s.hop_seconds, self.room.preset)
+        welcome = protocol.welcome(
+            self.params, s.model_public, s.window_seconds, s.hop_seconds, self.room.preset, s.frontend.sample_rate
+        )
         actions: list[Action] = [Reply(welcome)]
         if self.is_source:
             welcome["track_detection"] = {"enabled": self.room.track_detection}  # an extension: docs/PROTOCOL.md

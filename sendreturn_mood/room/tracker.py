@@ -12,8 +12,10 @@ separately with the same time constant, and it keeps V/A consistent with the rep
 Silence (issue 13: a muted microphone was broadcast as "angry 0.34"): when the caller passes the window's level
 (`level_db`, or its `logmel` and the tracker reads the level from it, see level.py) and it is below the silence
 threshold, the update says `"state": "silent"`; the smoothed probabilities, labels, valence/arousal and genre hold
-their last music values (the uniform distribution if the track has had no music yet), `instant` is the uniform
-distribution (a silent window says nothing about mood), and the effects move to their rest values. The next music
+their last music values, `instant` is the uniform distribution (a silent window says nothing about mood), and the
+effects move to their rest values. Before the track's first music window there is nothing to hold: the mood and
+genre labels are null and the confidence 0 (the probabilities uniform), so a track that starts silent is not
+announced as the first label of a tie. The next music
 window is smoothed against the held value with the time since the last music window, so music after a long pause
 takes over quickly. Updates with a level carry `"state": "music"` and `level_db` otherwise. Without a level (older
 callers) the update is computed as before and carries neither field.
@@ -155,26 +157,26 @@ class MoodTracker:
     def _silent(self, stream_time: float, dt: float) -> dict[str, Any]:
         """Hold what the music said (or the uniform distribution before any music); effects go to rest."""
         smooth = self._moods.value
-        if smooth is None:
+        if smooth is None:  # no music yet in this track: no label (null), not the first label of a uniform tie
             smooth = self._uniform
-        idx = self._label.current if self._label.current is not None else int(np.argmax(smooth))
-        out = self._fields(stream_time, idx, smooth, self._uniform)
+        out = self._fields(stream_time, self._label.current, smooth, self._uniform)
         if self._genre_uniform is not None:
             g = self._genre.value
             g = self._genre_uniform if g is None else g
-            gi = self._genre_label.current if self._genre_label.current is not None else int(np.argmax(g))
-            out["genre"] = Guess(self.genres[gi], _probs(self.genres, g))
+            gi = self._genre_label.current
+            out["genre"] = Guess(None if gi is None else self.genres[gi], _probs(self.genres, g))
         out["effects"] = self._effects.rest(dt)
         return out
 
-    def _fields(self, stream_time: float, idx: int, smooth: np.ndarray, instant: np.ndarray) -> dict[str, Any]:
+    def _fields(self, stream_time: float, idx: int | None, smooth: np.ndarray, instant: np.ndarray) -> dict[str, Any]:
+        """The mood fields; `idx` None: no label yet (null, confidence 0)."""
         va_instant = self.info.to_valence_arousal(instant)
         va = self.info.to_valence_arousal(smooth)
         probabilities = _probs(self.labels, smooth)
         return {
             "stream_time": _r(stream_time),
-            "mood": self.labels[idx],
-            "confidence": probabilities[self.labels[idx]],
+            "mood": None if idx is None else self.labels[idx],
+            "confidence": 0.0 if idx is None else probabilities[self.labels[idx]],
             "probabilities": probabilities,
             "valence": _r(va[0]),
             "arousal": _r(va[1]),

@@ -34,7 +34,7 @@ class Instant:
 class Guess:
     """A smoothed label (with hysteresis) and the smoothed probabilities it was read from."""
 
-    label: str
+    label: str | None  # None: no music heard yet in this track (silence first)
     probabilities: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,7 +49,7 @@ class Analysis:
     colour). `state` / `level_db` are None when the tracker was given no level (then the message has neither)."""
 
     stream_time: float
-    mood: str
+    mood: str | None  # None until the track's first music window (silence first; confidence is then 0)
     confidence: float
     probabilities: dict[str, float]
     valence: float

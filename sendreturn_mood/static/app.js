@@ -304,7 +304,7 @@ function onMood(msg) {
   state.last = msg;
   $("update-count").textContent = String(state.updates);
   $("seq").textContent = String(msg.seq);
-  const label = msg.mood || "?";
+  const label = msg.mood || "–"; // null: the track has had no music yet
   const el = $("mood");
   el.textContent = label;
   el.dataset.mood = label;
@@ -312,7 +312,7 @@ function onMood(msg) {
   $("confidence").textContent = fmt(msg.confidence, 2);
   $("stream-time").textContent = fmt(msg.stream_time, 1);
   $("latency").textContent = fmt(msg.latency_ms, 1);
-  $("genre").textContent = msg.genre ? `${msg.genre.label}` : "–";
+  $("genre").textContent = msg.genre && msg.genre.label ? msg.genre.label : "–";
   $("track").textContent = msg.track ? msg.track.title || msg.track.id || "–" : "–";
   if (msg.preset) $("preset-name").textContent = msg.preset;
   document.title = `${label} · ${state.room} · sendreturn-mood`;

@@ -19,6 +19,7 @@
 // emits `refused` with that, and retries only what may clear up by itself.
 
 export const PROTOCOL_VERSION = 1;
+export const MODEL_RATE = 16000; // what the shipped models hear (a welcome's analysis.sample_rate says it)
 export const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 export const CLOSE_TEXT = {
   1000: "the stream ended normally",
@@ -402,23 +403,25 @@ export async function streamSamples(client, samples, { chunkMs = 100, speed = 1 
 
 /**
  * Capture a MediaStream (microphone) or an <audio>/<video> element through the "pcm-sender" AudioWorklet: mono
- * PCM s16le chunks at the AudioContext's own rate (announce capture.sampleRate as the client's sampleRate).
- * An element keeps playing to the speakers; a paused element sends nothing. Set capture.onChunk(pcm, level).
+ * PCM s16le chunks at `sampleRate` (default 16000, what the model hears: a welcome's analysis.sample_rate says it;
+ * 0 = the AudioContext's own rate, as it is), downmixed and resampled in the worklet. Announce capture.sampleRate
+ * as the client's sampleRate. An element keeps playing to the speakers at the context's full rate; a paused
+ * element sends nothing. Set capture.onChunk(pcm, level).
  */
-export async function startCapture(input, { context, chunkMs = 100, workletUrl, onChunk } = {}) {
+export async function startCapture(input, { context, chunkMs = 100, workletUrl, onChunk, sampleRate = MODEL_RATE } = {}) {
   const ctx = context || new AudioContext({ latencyHint: "interactive" });
   await ctx.audioWorklet.addModule(workletUrl || new URL("./worklet.js", import.meta.url).href);
   const node = new AudioWorkletNode(ctx, "pcm-sender", {
     numberOfInputs: 1,
     numberOfOutputs: 1,
     outputChannelCount: [1],
-    processorOptions: { chunkMs },
+    processorOptions: { chunkMs, sampleRate },
   });
   node.connect(ctx.destination); // silent output: keeps the worklet pulled by the graph
   const capture = {
     context: ctx,
     node,
-    sampleRate: ctx.sampleRate,
+    sampleRate: sampleRate === 0 ? ctx.sampleRate : sampleRate,
     onChunk: onChunk || null,
     level: 0,
     source: null,
