@@ -47,7 +47,7 @@ async def test_welcome_for_source_and_listener(tiny_model_path):
                         "calm": {"valence": 0.5, "arousal": -0.6},
                     },
                 },
-                "analysis": {"window_seconds": 0.992, "hop_seconds": 0.496},  # whole frames of 16 ms
+                "analysis": {"window_seconds": 0.992, "hop_seconds": 0.496, "sample_rate": 16000},  # whole frames of 16 ms
                 "preset": "default",
             }
             async with client(
