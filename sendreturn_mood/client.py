@@ -51,6 +51,7 @@ OPEN_TIMEOUT_S = 10.0
 END_TIMEOUT_S = 30.0  # after `end`, how long to wait for the server's last update and close
 KEEPALIVE_S = 30.0  # a `keepalive` text message after this long without sending anything (None: never)
 MAX_MESSAGE_BYTES = 1 << 20  # server messages are a few hundred bytes; anything near this is not protocol v1
+POSITION_EVERY_S = 2.0  # a player's position report every this many seconds (the server allows 4 per second)
 MODEL_RATE = 16000  # what the shipped models hear, until a server's welcome says otherwise (analysis.sample_rate)
 
 
@@ -93,6 +94,7 @@ class Mood(_Message):
     genre: dict[str, Any] | None = None
     state: str | None = None  # "music" | "silent" (servers with silence detection)
     level_db: float | None = None  # the analysed window's level, dB re a full-scale sine
+    prepared: bool = False  # from the room's prepared track, sent at its position (server extension)
 
     @property
     def silent(self) -> bool:
@@ -130,6 +132,21 @@ class TrackChange(_Message):
 
 
 @dataclass(frozen=True)
+class Timeline(_Message):
+    """A prepared track's whole analysis, once per `play` of a new track (server extension): `updates` are
+    {position, mood, confidence, valence, arousal, genre, state, effects}, so a game can schedule locally."""
+
+    room: str = ""
+    track: dict[str, str] = field(default_factory=dict)
+    analysis: str = ""
+    duration: float = 0.0
+    lead_seconds: float = 0.0
+    hop_seconds: float = 0.0
+    track_changes: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Unknown(_Message):
     """A message type this client does not know (a later server may add some): `raw` has it all."""
 
@@ -153,10 +170,11 @@ class Reconnecting:
     attempt: int
 
 
-ServerMessage = Union[Welcome, Mood, SourceState, ServerError, TrackChange, Unknown]
+ServerMessage = Union[Welcome, Mood, SourceState, ServerError, TrackChange, Timeline, Unknown]
 Event = Union[ServerMessage, Disconnected, Reconnecting]
 _TYPES: dict[str, type[_Message]] = {
     "welcome": Welcome, "mood": Mood, "source": SourceState, "error": ServerError, "track_change": TrackChange,
+    "timeline": Timeline,
 }
 
 
@@ -232,6 +250,23 @@ class Backoff:
         while True:
             yield delay
             delay = min(delay * self.factor, self.max)
+
+
+def http_url(base: str) -> str:
+    """The server's HTTP origin for a ws:// or wss:// base URL."""
+    return "http" + base[2:].rstrip("/") if base.startswith("ws") else base.rstrip("/")
+
+
+def _http_put(url: str, body: bytes, timeout: float) -> dict[str, Any]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body or None, method="PUT", headers={"Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return dict(json.loads(r.read()))
+    except urllib.error.HTTPError as e:
+        raise Refused(e.code, e.read().decode("utf-8", "replace")) from None
 
 
 def room_url(base: str, room: str, **params: Any) -> str:
@@ -394,6 +429,7 @@ class Source:
         self.updates = 0  # mood updates received on this source's connections
         self.last: Mood | None = None
         self._track: dict[str, str] | None = None  # re-sent after a reconnect
+        self._playing: tuple[str, float | None] | None = None  # the prepared track played (follow_player replays it)
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
@@ -532,6 +568,57 @@ class Source:
         """Switch the room's track-change detection on or off (server extension; not re-sent after a reconnect:
         a new connection starts with the server's default)."""
         await self._send_resuming(client_message("track_detection", enabled=bool(enabled)))
+
+    # ------------------------------------------------------------------------------------------ prepared tracks
+
+    async def prepare(
+        self, audio: str | Path | bytes, id: str, title: str | None = None, artist: str | None = None,
+        analysis: str | None = None, timeout: float = 60.0,
+    ) -> dict[str, Any]:
+        """Prepare the room's track `id` before it plays: PUT the audio file (a path or its bytes) to
+        /v1/rooms/{room}/tracks/{id}, or refer to an analysis already stored (`analysis`, the id a PUT answered).
+        Returns the server's description ({track, analysis, duration, updates, ...}); Refused with the server's
+        answer otherwise (413 too long, 415 not audio, 507 store full)."""
+        body = b"" if analysis is not None else (audio if isinstance(audio, bytes) else Path(audio).read_bytes())
+        query = {k: v for k, v in {"title": title, "artist": artist, "analysis": analysis, "token": self.token}.items() if v}
+        url = http_url(self.base) + f"/v1/rooms/{quote(self.room, safe='')}/tracks/{quote(id, safe='')}"
+        return await asyncio.to_thread(_http_put, url + (f"?{urlencode(query)}" if query else ""), body, timeout)
+
+    async def play(self, track: str, position: float = 0.0, lead_seconds: float | None = None) -> None:
+        """The room follows its prepared track `track` from `position` seconds (connect first: `connect(rate)`)."""
+        self._playing = (track, lead_seconds)
+        await self._send_resuming(client_message("play", track=track, position=round(float(position), 3), lead_seconds=lead_seconds))
+
+    async def position(self, position: float) -> None:
+        """Where the player is in the prepared track now (every few seconds is enough; the server's clock runs)."""
+        await self._send_resuming(client_message("position", position=round(float(position), 3)))
+
+    async def pause(self) -> None:
+        await self._send_resuming(client_message("pause"))
+
+    async def stop(self) -> None:
+        """Stop following the prepared track (live audio may follow)."""
+        self._playing = None
+        await self._send_resuming(client_message("stop"))
+
+    async def follow_player(self, clock: Callable[[], float | None], every: float = POSITION_EVERY_S) -> None:
+        """Report the player's position every `every` seconds until cancelled: `clock()` returns the player's
+        position in seconds (None while paused). After a reconnect the track is played again at the clock's
+        position (the room restarts where the player is, on whichever process the source lands)."""
+        paused = False
+        while True:
+            position = clock()
+            try:
+                if position is None and not paused:
+                    await self.pause()
+                elif position is not None:
+                    await self._send(client_message("position", position=round(float(position), 3)))
+                paused = position is None
+            except ConnectionClosed:
+                await self._reconnect()
+                if self._playing is not None and (position := clock()) is not None:
+                    await self.play(self._playing[0], position, self._playing[1])
+            await asyncio.sleep(every)
 
     async def send_frames(self, data: bytes) -> None:
         """PCM bytes in the announced format, sent as they are (call `connect` first)."""

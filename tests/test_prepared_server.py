@@ -170,3 +170,31 @@ def test_non_audio_and_too_long_uploads_are_refused(tiny_model_path):
             assert e.value.status == 413 and "max_track_seconds" in e.value.message
 
     asyncio.run(run())
+
+
+def test_the_python_client_prepares_plays_and_follows_a_player_clock(tiny_model_path):
+    from sendreturn_mood.client import Listener, Mood, Source, Timeline
+
+    async def run() -> None:
+        async with running_server(tiny_model_path) as server:
+            first = await server.tracks.prepare("elsewhere", "t", wav_bytes())
+            got: list = []
+            async with Source(server.url, ROOM, keepalive=None) as src:
+                described = await src.prepare(b"", "song-1", "Song", analysis=first.analysis.id)
+                assert described["analysis"] == first.analysis.id and described["track"]["title"] == "Song"
+                await src.connect(16000)
+                async with Listener(server.url, ROOM) as room:
+                    started = time.perf_counter()
+                    await src.play("song-1", 0.0)
+                    reporter = asyncio.create_task(src.follow_player(lambda: time.perf_counter() - started, every=0.5))
+                    async for event in room:
+                        if isinstance(event, (Timeline, Mood)):
+                            got.append(event)
+                        if sum(isinstance(e, Mood) for e in got) >= 3:
+                            break
+                    reporter.cancel()
+            assert isinstance(got[0], Timeline) and got[0].track["id"] == "song-1"
+            moods = [e for e in got if isinstance(e, Mood)]
+            assert all(m.prepared for m in moods) and [m.stream_time for m in moods] == [c.position for c in first.analysis.cues[:3]]
+
+    asyncio.run(run())
