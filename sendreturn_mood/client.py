@@ -129,6 +129,7 @@ class TrackChange(_Message):
     detected_at: float = 0.0
     score: float = 0.0
     threshold: float = 0.0
+    prepared: bool = False  # heard in the room's prepared track, sent at its position
 
 
 @dataclass(frozen=True)
