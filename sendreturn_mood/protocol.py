@@ -58,7 +58,10 @@ NOT_ALLOWED = "not_allowed"
 TOO_BIG = "too_big"
 SERVER_ERROR = "server_error"
 UNKNOWN_TRACK = "unknown_track"  # additive: `play` of a track not prepared for the room (or not finished yet)
-ERROR_CODES = (BAD_MESSAGE, BAD_AUDIO, RATE_LIMITED, NOT_ALLOWED, TOO_BIG, UNAUTHORIZED, SERVER_ERROR, UNKNOWN_TRACK)
+CLOCK_MISMATCH = "clock_mismatch"  # additive, non-fatal: a source's audio runs much faster/slower than the wall clock
+ERROR_CODES = (
+    BAD_MESSAGE, BAD_AUDIO, RATE_LIMITED, NOT_ALLOWED, TOO_BIG, UNAUTHORIZED, SERVER_ERROR, UNKNOWN_TRACK, CLOCK_MISMATCH,
+)
 STORE_FULL = "store_full"  # additive: PUT of a prepared track when the store holds its maximum (HTTP 507)
 FORBIDDEN_ORIGIN = "forbidden_origin"  # additive: a web page whose Origin is not allowed (HTTP 403)
 NOT_FOUND = "not_found"

@@ -117,7 +117,7 @@ def test_server_messages():
     assert protocol.source_state(True) == {"type": "source", "state": "connected"}
     assert protocol.source_state(False) == {"type": "source", "state": "disconnected"}
     assert protocol.error("bad_audio", "x") == {"type": "error", "code": "bad_audio", "message": "x", "fatal": False}
-    assert set(protocol.ERROR_CODES) == {"bad_message", "bad_audio", "rate_limited", "not_allowed", "too_big", "unauthorized", "server_error", "unknown_track"}
+    assert set(protocol.ERROR_CODES) == {"bad_message", "bad_audio", "rate_limited", "not_allowed", "too_big", "unauthorized", "server_error", "unknown_track", "clock_mismatch"}
     with pytest.raises(ValueError):
         protocol.encode({"x": float("nan")})  # never NaN on the wire
 

@@ -10,7 +10,8 @@ export declare const CLOSE_TEXT: Record<number, string>;
 export type Role = "source" | "listener";
 export type Encoding = "pcm_s16le" | "pcm_f32le";
 export type ErrorCode =
-  | "bad_message" | "bad_audio" | "rate_limited" | "not_allowed" | "too_big" | "unauthorized" | "server_error";
+  | "bad_message" | "bad_audio" | "rate_limited" | "not_allowed" | "too_big" | "unauthorized" | "server_error"
+  | "unknown_track" | "clock_mismatch";
 export type HttpErrorCode =
   | "bad_request" | "unauthorized" | "forbidden_origin" | "not_found" | "source_taken" | "rate_limited" | "server_full";
 /** label -> probability (they sum to 1), in the model's label order */

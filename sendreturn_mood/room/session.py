@@ -120,6 +120,40 @@ class TokenBucket:
         return True
 
 
+class AudioClock:
+    """A source's audio clock against the wall clock: seconds of audio received per second of arrival time, over
+    spans of `span` seconds. A source announcing 8000 Hz for 48 kHz audio runs at 6x (its stream_time races ahead,
+    its windows are analysed at the wrong pitch); one announcing 192000 Hz for 48 kHz audio runs at 0.25x (a window
+    every 4x as long). `add` returns the ratio of a finished span outside [SLOW, FAST], else None.
+
+    A span starts at a frame's arrival and counts the audio of the frames after it (the first frame's audio was
+    produced before it arrived). A pause in arrivals longer than GAP starts a new span: a paused player sends
+    nothing, and that is not a wrong clock."""
+
+    FAST = 1.5
+    SLOW = 0.67
+    GAP = 2.0
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self._start: float | None = None
+        self._last = 0.0
+        self._audio = 0.0
+
+    def add(self, seconds: float, now: float) -> float | None:
+        if self._start is None or now - self._last > self.GAP:
+            self._start, self._last, self._audio = now, now, 0.0
+            return None
+        self._last = now
+        self._audio += seconds
+        elapsed = now - self._start
+        if elapsed < self.span:
+            return None
+        ratio = self._audio / elapsed
+        self._start, self._audio = now, 0.0
+        return ratio if not self.SLOW <= ratio <= self.FAST else None
+
+
 @dataclass(frozen=True)
 class SessionSettings:
     """What every session of one server shares: limits, the window geometry and the model's public description."""
@@ -134,6 +168,7 @@ class SessionSettings:
     model_public: Mapping[str, Any]
     presets: tuple[str, ...]
     lead_seconds: float = 0.0  # a room's default lead for prepared tracks (a `play` may set the room's own)
+    clock_check_seconds: float | None = None  # AudioClock's span (None: no check)
 
 
 @dataclass(eq=False)
@@ -154,11 +189,14 @@ class Session:
     _reports: TokenBucket | None = field(default=None, init=False)  # position reports
     _held: list[bytes] = field(default_factory=list, init=False)  # integer PCM frames not yet decoded
     _held_frames: int = field(default=0, init=False)
+    _clock: AudioClock | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.params.is_source:
             s = self.settings
             self.stream = AnalysisStream(s.frontend, self.params.sample_rate, s.plan)
+            if s.clock_check_seconds:
+                self._clock = AudioClock(s.clock_check_seconds)
             self.bucket = TokenBucket(s.rate_limit_factor, s.rate_limit_burst_seconds, self.now)
             self._reports = TokenBucket(POSITION_REPORTS_PER_SECOND, POSITION_REPORTS_PER_SECOND, self.now)
 
@@ -227,15 +265,31 @@ class Session:
                 f"{s.rate_limit_burst_seconds} s burst; frames are being dropped",
             )
         self.room.audio_seconds += seconds
+        warning = self._clock_warning(seconds, now)
         if mono is not None:  # float samples: checked (and so decoded) as they arrive
-            return self._submit(self.stream.push(mono), now)
+            return warning + self._submit(self.stream.push(mono), now)
         # integer PCM waits undecoded until the stream would run its DSP: one decode per resampler chunk instead of
         # one per frame, with the same windows (AnalysisStream.due_after)
         self._held.append(data)
         self._held_frames += n
         if not self.stream.due_after(self._held_frames):
+            return warning
+        return warning + self._submit(self.stream.push(self._release_held()), now)
+
+    def _clock_warning(self, seconds: float, now: float) -> list[Action]:
+        """A non-fatal clock_mismatch when the span just measured ran outside the tolerated ratio (AudioClock)."""
+        if self._clock is None:
             return []
-        return self._submit(self.stream.push(self._release_held()), now)
+        ratio = self._clock.add(seconds, now)
+        if ratio is None:
+            return []
+        declared = self.params.sample_rate
+        return [_error(
+            protocol.CLOCK_MISMATCH,
+            f"over the last {self._clock.span:.0f} s your audio ran at {ratio:.2f}x the wall clock: about "
+            f"{ratio * declared:.0f} samples per second per channel arrived, against sample_rate={declared} announced. "
+            "Is that the audio's real rate? (Sending faster than real time on purpose: ignore this.)",
+        )]
 
     def _limited(self, now: float, code: str, message: str) -> list[Action]:
         """An error for a message that is dropped, at most one per RATE_ERROR_INTERVAL (a client that keeps sending

@@ -112,6 +112,7 @@ class MoodServer:
             max_message_bytes=self.max_message_bytes,
             rate_limit_factor=float(s["rate_limit_factor"]),
             rate_limit_burst_seconds=float(s["rate_limit_burst_seconds"]),
+            clock_check_seconds=None if s["clock_check_seconds"] is None else float(s["clock_check_seconds"]),
             plan=self.plan,
             frontend=self.info.frontend,
             window_seconds=self.window_seconds,
