@@ -31,6 +31,7 @@ MODULE_COMMANDS = {
     "quantize": ("training.quantize", "static int8 quantisation of an exported model, checked against the float model"),
     "trackchange-eval": ("training.trackchange", "evaluate the track-change detector on streams of real songs"),
     "chain": ("training.chain", "run the strict per-fold training chain of the shipped recipe unattended"),
+    "robust": ("training.robust", "robustness to audio the data never had, valence/arousal vs MUSIFEAST, sad vs calm"),
 }
 
 EPILOG = """\

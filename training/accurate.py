@@ -32,6 +32,7 @@ import numpy as np
 
 from training.manifest import GENRES_EMOTIFY, MOOD_COORDINATES, MOODS_4Q, REPO
 from training.recipe import ACCURATE_HEADS, ACCURATE_MAX_MB, ACCURATE_TEACHERS, SVM_C
+from training.svm import make_head
 
 DEFAULT_OUT = REPO / "exported_models" / "mood_musicnn.onnx"
 REPORT_DIR = REPO / "docs" / "evaluation" / "accurate"
@@ -67,19 +68,6 @@ def plan_rows() -> list[Row]:
         others = ("svm",) if task == "mood" else ("linear", "rff")
         rows += [Row(task, ACCURATE_TEACHERS, h, "information") for h in others if h != ACCURATE_HEADS[task]]
     return rows
-
-
-def make_head(kind: str, n_classes: int):
-    from training.cv import LinearHead, RandomFeatureHead, SklearnModel
-    from training.svm import SoftmaxSVC
-
-    if kind == "linear":
-        return LinearHead(n_classes)
-    if kind == "svm":
-        return SklearnModel(SoftmaxSVC(SVM_C), n_classes)
-    if kind == "rff":
-        return RandomFeatureHead(n_classes)
-    raise ValueError(f"unknown head {kind!r}")
 
 
 def task_data(task: str, cache, teachers: tuple[str, ...]):

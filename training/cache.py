@@ -4,7 +4,7 @@ Training must see exactly the features the server computes, so this module never
 decodes audio once (cached as float32 .npy at the model rate), resamples with the runtime's resampler and calls
 `sendreturn_mood.audio.frontend.log_mel`. Features are cached under `<cache>/logmel/<FrontEndSpec.key()>/`, so a change
 of recipe can never silently reuse stale features. Datasets are named like everywhere in `training`: a manifest CSV,
-a folder in the ROOT/<label>/ layout, or the shorthands `4q` / `emotify` for the shared research data.
+a folder in the ROOT/<label>/ layout, or the shorthands `4q` / `emotify` / `musifeast` for the shared research data.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import numpy as np
 from sendreturn_mood.audio.files import decode as decode_file
 from sendreturn_mood.audio.frontend import FrontEndSpec, log_mel
 from sendreturn_mood.audio.resample import resample
-from training.manifest import REPO, SHARED_DATA, Item, ManifestError, read_4q, read_emotify, read_folder, read_manifest
+from training.manifest import (REPO, SHARED_DATA, Item, ManifestError, read_4q, read_emotify, read_folder, read_manifest,
+                               read_musifeast)
 
 DEFAULT_CACHE = REPO / "cache"
-SHORTHANDS = {"4q": "moods-4q", "emotify": "emotify"}
-_READERS = {"4q": read_4q, "emotify": read_emotify}
+SHORTHANDS = {"4q": "moods-4q", "emotify": "emotify", "musifeast": "musifeast17"}
+_READERS = {"4q": read_4q, "emotify": read_emotify, "musifeast": read_musifeast}
 
 
 def cache_dir(path: str | os.PathLike[str] | None = None) -> Path:
@@ -33,7 +34,7 @@ def cache_dir(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def resolve_dataset(name: str) -> list[Item]:
-    """`4q`, `emotify`, a manifest CSV or a ROOT/<label>/ folder -> items. Missing shared data is an error here."""
+    """`4q`, `emotify`, `musifeast`, a manifest CSV or a ROOT/<label>/ folder -> items. Missing shared data is an error here."""
     if name in SHORTHANDS:
         root = SHARED_DATA / SHORTHANDS[name]
         if not (root / "labels.csv").is_file():
@@ -44,7 +45,7 @@ def resolve_dataset(name: str) -> list[Item]:
         return read_folder(path)
     if path.is_file():
         return read_manifest(path)
-    raise ManifestError(f"{name}: not '4q', 'emotify', a manifest CSV or a ROOT/<label>/ folder")
+    raise ManifestError(f"{name}: not '4q', 'emotify', 'musifeast', a manifest CSV or a ROOT/<label>/ folder")
 
 
 def file_key(file: str | os.PathLike[str]) -> str:

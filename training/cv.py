@@ -40,6 +40,41 @@ def dataset_folds(items: Sequence[Item], n_splits: int = N_SPLITS, seed: int = F
     return group_folds([it.label for it in items], groups_of(items), n_splits, seed)
 
 
+def artist_keys(artist: str) -> list[str]:
+    """Names an artist string can match across datasets: the whole name, case, accents and punctuation ignored
+    ("Earth; Wind & Fire" = "Earth, Wind & Fire"), then each member of a collaboration ("A, B")."""
+    import re
+    import unicodedata
+
+    def norm(s: str) -> str:
+        s = unicodedata.normalize("NFKC", s).casefold().replace("&", " and ")
+        return " ".join(re.sub(r"[^\w ]", " ", s).split())
+
+    parts = [norm(a) for a in re.split(r"[,;/]| feat\.? | with ", artist)] if re.search(r"[,;/]| feat| with ", artist) else []
+    return [k for k in dict.fromkeys([norm(artist), *parts]) if k]
+
+
+def cross_dataset_folds(base: Sequence[Item], extra: Sequence[Item], n_splits: int = N_SPLITS,
+                        seed: int = FOLD_SEED) -> list[np.ndarray]:
+    """Fold k's test clips of `extra` (indices into it), artist-disjoint from `base`'s folds (`dataset_folds`, which
+    stay as they are): a clip whose artist has clips in `base` goes where that artist is tested there; the others get
+    their own artist-grouped, stratified folds, fold k with fold k."""
+    where: dict[str, int] = {}
+    for k, (_, test) in enumerate(dataset_folds(base, n_splits, seed)):
+        for i in test:
+            for key in artist_keys(base[i].group):
+                where.setdefault(key, k)
+    fold_of = np.full(len(extra), -1)
+    for i, it in enumerate(extra):
+        hits = [where[key] for key in artist_keys(it.group) if key in where]
+        if hits:
+            fold_of[i] = hits[0]
+    rest = np.flatnonzero(fold_of < 0)
+    for k, (_, test) in enumerate(dataset_folds([extra[i] for i in rest], n_splits, seed)):
+        fold_of[rest[test]] = k
+    return [np.flatnonzero(fold_of == k) for k in range(n_splits)]
+
+
 def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z / temperature
     z = z - z.max(axis=1, keepdims=True)
@@ -47,17 +82,36 @@ def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def hard_labels(y: np.ndarray) -> np.ndarray:
+    """Class indices of targets given as indices [n] or as per-class probabilities [n, n_classes] (their argmax)."""
+    y = np.asarray(y)
+    return y.argmax(axis=1) if y.ndim == 2 else y
+
+
+def expand_soft(X: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class target probabilities as weighted hard rows: each row once per class it has probability for, weighted
+    by it, times the class balance of the summed weights (the soft form of `class_weight="balanced"`)."""
+    rows, cls = np.nonzero(P > 0)
+    w = P[rows, cls]
+    totals = np.bincount(cls, weights=w, minlength=P.shape[1])
+    balance = totals.sum() / (np.count_nonzero(totals) * np.where(totals > 0, totals, 1.0))
+    return X[rows], cls, w * balance[cls]
+
+
 def fit_linear(X: np.ndarray, y: np.ndarray, n_classes: int, C: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Standardise + multinomial logistic regression, folded into one affine map: logits = X @ W.T + b."""
+    """Standardise + multinomial logistic regression, folded into one affine map: logits = X @ W.T + b. `y`: class
+    indices, or per-class target probabilities [n, n_classes] (soft targets, `expand_soft`)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     mean = X.mean(axis=0)
     scale = X.std(axis=0) + 1e-6
-    lr = LogisticRegression(C=C, max_iter=LR_MAX_ITER, random_state=seed, class_weight="balanced")
+    soft = np.asarray(y).ndim == 2
+    lr = LogisticRegression(C=C, max_iter=LR_MAX_ITER, random_state=seed, class_weight=None if soft else "balanced")
+    Xf, yf, wf = expand_soft(X, np.asarray(y)) if soft else (X, y, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # tiny test data may not converge; max_iter is generous
-        lr.fit((X - mean) / scale, y)
+        lr.fit((Xf - mean) / scale, yf, sample_weight=wf)
     W = np.zeros((n_classes, X.shape[1]))
     b = np.full(n_classes, -30.0)  # a class absent from training gets ~zero probability
     if len(lr.classes_) == 2:  # binary sklearn models have one coefficient row: logit(class1) - logit(class0)
@@ -78,14 +132,15 @@ def select_C(X: np.ndarray, y: np.ndarray, groups: Sequence[str], n_classes: int
     groups = np.asarray(groups)
     if len(grid) == 1 or len(set(groups.tolist())) < INNER_FOLDS:
         return float(grid[0])
-    folds = group_folds(y.astype(str).tolist(), groups.tolist(), INNER_FOLDS, seed)
+    folds = group_folds(hard_labels(y).astype(str).tolist(), groups.tolist(), INNER_FOLDS, seed)
+    target = y if y.ndim == 2 else np.eye(n_classes)[y]  # the held-out log-likelihood of soft targets is a cross-entropy
     scores = []
     for C in grid:
         nll = 0.0
         for tr, te in folds:
             W, b = fit_linear(X[tr], y[tr], n_classes, C, seed)
             p = softmax(X[te] @ W.T + b)
-            nll -= np.log(np.clip(p[np.arange(len(te)), y[te]], 1e-12, 1)).sum()
+            nll -= (target[te] * np.log(np.clip(p, 1e-12, 1))).sum()
         scores.append(nll)
     return float(grid[int(np.argmin(scores))])
 
@@ -153,6 +208,40 @@ class RandomFeatureHead:
 HEADS = {"linear": LinearHead, "rff": RandomFeatureHead}  # `evaluate --genre-head`
 
 
+class FixedModel:
+    """A model that is not refitted: its features are already its probabilities (e.g. a shipped file's outputs), so
+    the spine's loop scores it on exactly the folds and levels of everything else."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.n_classes = n_classes
+
+    def fit(self, Xs: list[np.ndarray], y: np.ndarray, groups: Sequence[str]) -> "FixedModel":
+        return self
+
+    def predict_proba(self, Xs: list[np.ndarray]) -> np.ndarray:
+        return Xs[0][:, : self.n_classes]
+
+    def record(self):
+        return None
+
+
+class Prefitted:
+    """A model fitted in an earlier pass of the loop (`CVResult.models[k]`), reused as fold k's model: the same folds
+    scored on other test features (changed audio) without fitting again."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def fit(self, Xs: list[np.ndarray], y: np.ndarray, groups: Sequence[str]) -> "Prefitted":
+        return self
+
+    def predict_proba(self, Xs: list[np.ndarray]) -> np.ndarray:
+        return self.model.predict_proba(Xs)
+
+    def record(self):
+        return self.model.record()
+
+
 class SklearnModel:
     """Any scikit-learn-style classifier (predict_proba) on the first feature matrix, with label indices as classes."""
 
@@ -192,34 +281,41 @@ def grouped_cv(
     labels: Sequence[str],
     folds: Folds,
     make_model: Callable[[], Any],
+    test: tuple[Any, np.ndarray] | None = None,
 ) -> CVResult:
     """The one grouped-CV loop. `features`: a window feature matrix [n_windows, d] (or per-fold: a function of the
     fold index, e.g. the student trained without that fold; or a list of matrices, one per ensemble member); rows
     belong to clips `clip_idx` (None: one row per clip, then only clip-level results). Per fold the model is fitted
     on the training clips' rows (each labelled with its clip's label), scored on the test clips' rows ("window") and
-    on their per-clip mean probabilities ("clip")."""
+    on their per-clip mean probabilities ("clip"). `y_clip`: class indices, or per-class target probabilities
+    [n_clips, n_classes] (soft targets for the fit; scores use their argmax). `test`: other features of the test
+    clips' windows and their clip index (e.g. of changed test audio); the fit still reads `features`."""
     labels = list(labels)
     y_clip = np.asarray(y_clip)
+    y_hard = hard_labels(y_clip)
     groups_clip = np.asarray(groups_clip)
     windowed = clip_idx is not None
     clip_idx = np.arange(len(y_clip)) if clip_idx is None else np.asarray(clip_idx)
     y_win, g_win = y_clip[clip_idx], groups_clip[clip_idx]
+    test_idx = clip_idx if test is None else np.asarray(test[1])
     levels = ("window", "clip") if windowed else ("clip",)
     acc: dict[str, dict[str, list]] = {lvl: {"folds": [], "true": [], "pred": [], "probs": []} for lvl in levels}
-    oof = np.zeros((len(clip_idx), len(labels)))
+    oof = np.zeros((len(test_idx), len(labels)))
     chosen, models = [], []
     for k, (train_c, test_c) in enumerate(folds):
         Xs = features(k) if callable(features) else features
         Xs = Xs if isinstance(Xs, list) else [Xs]
-        tr, te = np.isin(clip_idx, train_c), np.isin(clip_idx, test_c)
+        Ts = Xs if test is None else (test[0](k) if callable(test[0]) else test[0])
+        Ts = Ts if isinstance(Ts, list) else [Ts]
+        tr, te = np.isin(clip_idx, train_c), np.isin(test_idx, test_c)
         model = make_model().fit([X[tr] for X in Xs], y_win[tr], g_win[tr])
-        probs = model.predict_proba([X[te] for X in Xs])
+        probs = model.predict_proba([T[te] for T in Ts])
         oof[te] = probs
         chosen.append(model.record())
         models.append(model)
-        per_level = {"window": ([labels[i] for i in y_win[te]], probs)}
-        ids, cprobs = clip_level(probs, [str(c) for c in clip_idx[te]])
-        per_level["clip"] = ([labels[y_clip[int(c)]] for c in ids], cprobs)
+        per_level = {"window": ([labels[i] for i in y_hard[test_idx[te]]], probs)}
+        ids, cprobs = clip_level(probs, [str(c) for c in test_idx[te]])
+        per_level["clip"] = ([labels[y_hard[int(c)]] for c in ids], cprobs)
         for lvl in levels:
             true, p = per_level[lvl]
             pred = [labels[i] for i in p.argmax(1)]

@@ -34,6 +34,17 @@ MOOD_COORDINATES = {  # (valence, arousal) of each quadrant's centre, in [-1, 1]
     "calm": (0.6, -0.6),
 }
 GENRES_EMOTIFY = ("classical", "electronic", "pop", "rock")
+QUADRANT_MOODS = {"Q1": "happy", "Q2": "angry", "Q3": "sad", "Q4": "calm"}  # Russell quadrant -> the product's mood
+RATING_MIDPOINT, RATING_HALF_RANGE = 3.0, 2.0  # MUSIFEAST's 1-5 ratings -> the model's [-1, 1]: (x - 3) / 2
+# Emotify's GEMS felt-emotion items -> the quadrant each one lies in (valence, arousal); nostalgia and solemnity are
+# low-arousal items whose valence is ambiguous, so they count half to sad and half to calm
+GEMS_QUADRANTS = {
+    "joyful_activation": {"happy": 1.0}, "amazement": {"happy": 1.0},
+    "tension": {"angry": 1.0}, "power": {"angry": 1.0},
+    "sadness": {"sad": 1.0},
+    "calmness": {"calm": 1.0}, "tenderness": {"calm": 1.0},
+    "nostalgia": {"sad": 0.5, "calm": 0.5}, "solemnity": {"sad": 0.5, "calm": 0.5},
+}
 
 
 @dataclass(frozen=True)
@@ -106,3 +117,39 @@ def read_emotify(root: str | Path = SHARED_DATA / "emotify") -> list[Item]:
     root = Path(root)
     with open(root / "labels.csv", newline="") as f:
         return [Item(str(root / r["file"]), r["genre"], r["file"], "emotify") for r in csv.DictReader(f)]
+
+
+def read_musifeast(root: str | Path = SHARED_DATA / "musifeast17") -> list[Item]:
+    """MUSIFEAST-17: label = the mood of `quadrant_at_3` (both ratings split at the scale midpoint), group = artist."""
+    root = Path(root)
+    with open(root / "labels.csv", newline="") as f:
+        return [Item(str(root / r["file"]), QUADRANT_MOODS[r["quadrant_at_3"]], r["artist"], "musifeast17")
+                for r in csv.DictReader(f)]
+
+
+@dataclass(frozen=True)
+class Rating:
+    """Listeners' mean and SD of perceived valence and arousal of one clip, on the model's [-1, 1] scale."""
+
+    valence: float
+    arousal: float
+    valence_sd: float
+    arousal_sd: float
+
+
+def read_ratings(root: str | Path = SHARED_DATA / "musifeast17") -> dict[str, Rating]:
+    """MUSIFEAST-17's ratings per audio file (absolute path, as in `read_musifeast`), mapped from 1-5 to [-1, 1]."""
+    root = Path(root)
+    h = RATING_HALF_RANGE
+    with open(root / "labels.csv", newline="") as f:
+        return {str(root / r["file"]): Rating((float(r["valence_mean"]) - RATING_MIDPOINT) / h,
+                                              (float(r["arousal_mean"]) - RATING_MIDPOINT) / h,
+                                              float(r["valence_sd"]) / h, float(r["arousal_sd"]) / h)
+                for r in csv.DictReader(f)}
+
+
+def read_emotify_shares(root: str | Path = SHARED_DATA / "emotify") -> dict[str, dict[str, float]]:
+    """Emotify's GEMS shares (fraction of listeners ticking each item) per audio file (absolute path)."""
+    root = Path(root)
+    with open(root / "labels.csv", newline="") as f:
+        return {str(root / r["file"]): {k: float(r[k]) for k in GEMS_QUADRANTS} for r in csv.DictReader(f)}

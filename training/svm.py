@@ -139,3 +139,17 @@ def onnx_head(parts: SVMParts, features: str, output: str, prefix: str = "genre_
     for n in nodes:
         n.name = f"{prefix}/{n.output[0].rsplit('/', 1)[-1]}"
     return nodes, inits
+
+
+def make_head(kind: str, n_classes: int):
+    """A head of the accurate variant's kinds by name: the spine's linear head, this RBF SVM (C = `SVM_C`), or the
+    random-feature head."""
+    from training.cv import LinearHead, RandomFeatureHead, SklearnModel
+
+    if kind == "linear":
+        return LinearHead(n_classes)
+    if kind == "svm":
+        return SklearnModel(SoftmaxSVC(SVM_C), n_classes)
+    if kind == "rff":
+        return RandomFeatureHead(n_classes)
+    raise ValueError(f"unknown head {kind!r}")
