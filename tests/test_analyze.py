@@ -72,7 +72,7 @@ def test_cli_json_on_real_songs_and_a_bad_file(tiny_model_path: Path, tmp_path: 
     lines = r.stdout.splitlines()
     assert len(lines) == 2  # the other files are still analysed
     config = load_config()
-    hop = config["analysis"]["hop_seconds"]
+    hop = config.analysis.hop_seconds
     for line, file in zip(lines, files):
         result = json.loads(line)
         assert set(result) == SUMMARY_FIELDS

@@ -297,7 +297,7 @@ def test_the_deployment_files_run_real_commands():
     for argv in [s["command"] for s in servers] + [json.loads(cmd.group(1))]:
         args = build_parser().parse_args(argv)
         config = load_config(None, {"server.host": args.host, "server.port": args.port, "broker.url": args.broker, "server.workers": args.workers})
-        assert config["server"]["host"] == "0.0.0.0"
+        assert config.server.host == "0.0.0.0"
 
 
 async def test_two_sources_accepted_while_redis_was_away_are_reconciled(cluster, redis_server):

@@ -103,7 +103,7 @@ async def test_2_a_client_that_never_reads_cannot_make_the_server_hold_much(tiny
             await asyncio.sleep(1.0)
             room = server.rooms.get("r2")
             queued = [sum(len(t) for _, t in m.outbox._items) for m in room.members]
-            assert max(queued) <= int(server.config["server"].get("send_queue_bytes", 0))
+            assert max(queued) <= server.config.server.send_queue_bytes
             messages = [json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) for _ in range(13)]
         errors = [m for m in messages if m["type"] == "error"]
         assert len(errors) == 12 and all(e["code"] == "bad_message" for e in errors)

@@ -47,9 +47,9 @@ def test_origin_policy_on_a_public_server_and_allow_list():
 
 def test_policy_from_config():
     config = load_config(None, {"server.allowed_origins": ["https://game.example.com"]})
-    p = origin_policy_from_config(config["server"], ["0.0.0.0"])
+    p = origin_policy_from_config(config.server, ["0.0.0.0"])
     assert not p.server_is_loopback and p.allows("https://game.example.com", "x") and p.allow_localhost
-    assert origin_policy_from_config(config["server"], ["127.0.0.1", "::1"]).server_is_loopback
+    assert origin_policy_from_config(config.server, ["127.0.0.1", "::1"]).server_is_loopback
 
 
 def test_loopback_names():

@@ -147,10 +147,10 @@ def test_rest_values_are_declared_per_parameter(tmp_path: Path):
 
 
 def test_silence_threshold_config(tmp_path: Path):
-    assert load_config()["analysis"]["silence_db"] == -60.0
+    assert load_config().analysis.silence_db == -60.0
     off = tmp_path / "off.yaml"
     off.write_text("analysis:\n  silence_db: null\n")
-    assert load_config(off)["analysis"]["silence_db"] is None
+    assert load_config(off).analysis.silence_db is None
     with pytest.raises(ConfigError, match="silence_db must be in -120..0"):
         load_config(None, {"analysis.silence_db": 5})
 

@@ -126,7 +126,7 @@ def analyse(stream: Stream, audio: np.ndarray, model: MoodModel, config: dict[st
     for i in range(0, len(audio), block):
         windows.extend(pipe.push(audio[i : i + block]))
     windows.extend(pipe.finish())
-    batch = int(config["analysis"]["max_batch"])
+    batch = config.analysis.max_batch
     spec = info.frontend
     stream.features = {FEATURE_EMBEDDING: [], EMBEDDING_ALONE: [], FEATURE_LOGMEL: []}
     for i in range(0, len(windows), batch):
@@ -380,7 +380,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = load_config(args.config, {"model.path": args.model})
-    model = MoodModel(config["model"]["path"], threads=int(config["model"]["threads"]))
+    model = MoodModel(config.model.path, threads=config.model.threads)
     if not model.has_embedding:
         print(f"note: {model.path} has no embedding output; only the logmel feature is evaluated", file=sys.stderr)
     data = Path(args.data)
@@ -397,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
     plan = window_plan(info, config)
     hop = info.frontend.frames_to_seconds(plan.hop_frames)
     window_seconds = info.frontend.frames_to_seconds(plan.window_frames)
-    min_track = float(config["track_detection"]["min_track_seconds"])
+    min_track = config.track_detection.min_track_seconds
     result: dict[str, Any] = {
         "command": shlex.join(["python", "-m", "training", "trackchange-eval"] + sys.argv[sys.argv.index("trackchange-eval") + 1 :])
         if "trackchange-eval" in sys.argv else "python -m training trackchange-eval",

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import Settings
 from .frontend import FrontEndSpec, StreamingLogMel
 from .resample import StreamingResampler
 
@@ -201,15 +202,15 @@ class AnalysisStream:
         return out
 
 
-def window_plan(info: Any, config: dict[str, Any]) -> WindowPlan:
+def window_plan(info: Any, config: Settings) -> WindowPlan:
     """Window geometry from the config: `analysis.window_seconds` or, when null, the model's own patch length
     (`info` is the model's `ModelInfo`). The server and `analyze` both build their plans here, so they cut
     identical windows from the same audio."""
-    a = config["analysis"]
+    a = config.analysis
     spec = info.frontend
-    window = info.patch_frames if a["window_seconds"] is None else spec.seconds_to_frames(a["window_seconds"])
+    window = info.patch_frames if a.window_seconds is None else spec.seconds_to_frames(a.window_seconds)
     return WindowPlan(
         window_frames=window,
-        hop_frames=spec.seconds_to_frames(a["hop_seconds"]),
-        min_frames=spec.seconds_to_frames(a["min_seconds"]),
+        hop_frames=spec.seconds_to_frames(a.hop_seconds),
+        min_frames=spec.seconds_to_frames(a.min_seconds),
     )

@@ -34,9 +34,9 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
     from ..audio.pipeline import WindowPlan
 
     config = load_config(None, {"model.path": args.model, "analysis.hop_seconds": args.hop})
-    info = MoodModel(config["model"]["path"]).info
-    a = config["analysis"]
-    plan = WindowPlan.from_seconds(info.frontend, a["window_seconds"] or info.window_seconds, a["hop_seconds"], a["min_seconds"])
+    info = MoodModel(config.model.path).info
+    a = config.analysis
+    plan = WindowPlan.from_seconds(info.frontend, a.window_seconds or info.window_seconds, a.hop_seconds, a.min_seconds)
     return info.frontend, plan
 
 

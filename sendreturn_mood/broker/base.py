@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..room.rooms import Room, RoomRegistry
 
 
@@ -132,12 +133,12 @@ class Broker:
         return {"kind": self.kind, "node": self.node, "connected": True}
 
 
-def make_broker(config: dict[str, Any], metrics: Any = None) -> Broker:
+def make_broker(config: Settings, metrics: Any = None) -> Broker:
     """The broker the config names: `broker.url` null or "memory" -> in process; redis://... -> Redis."""
-    url = config["broker"]["url"]
-    if url in (None, "", "memory"):
+    url = config.broker.url
+    if url is None or config.broker.in_memory:
         return Broker()
-    if str(url).startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(("redis://", "rediss://", "unix://")):
         from .redis_broker import RedisBroker
 
         return RedisBroker(config, metrics)

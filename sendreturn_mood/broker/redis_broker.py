@@ -45,6 +45,7 @@ from .. import protocol
 from .base import Broker, BrokerError, Claim
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..room.rooms import Room, RoomRegistry
 
 log = logging.getLogger(__name__)
@@ -107,15 +108,15 @@ def redact(url: str) -> str:
 class RedisBroker(Broker):
     kind = "redis"
 
-    def __init__(self, config: dict[str, Any], metrics: Any = None) -> None:
+    def __init__(self, config: Settings, metrics: Any = None) -> None:
         super().__init__()
-        b = config["broker"]
-        self.url = str(b["url"])
-        self.prefix = str(b["prefix"])
-        self.lease_ms = int(float(b["lease_seconds"]) * 1000)
-        self.connect_timeout = float(b["connect_timeout_seconds"])
-        self.max_pending = int(b["max_pending"])
-        self.backoff_max = float(b["reconnect_max_seconds"])
+        b = config.broker
+        self.url = str(b.url)
+        self.prefix = b.prefix
+        self.lease_ms = int(b.lease_seconds * 1000)
+        self.connect_timeout = b.connect_timeout_seconds
+        self.max_pending = b.max_pending
+        self.backoff_max = b.reconnect_max_seconds
         self.metrics = metrics
         self._redis: aioredis.Redis | None = None
         self._pubsub: Any = None

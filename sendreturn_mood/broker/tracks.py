@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable
 
 from .. import protocol
+from ..config import Settings
 from ..room.prepared import TrackAnalysis, PreparedError, PreparedTrack
 
 PARSED_CACHE = 32  # analyses kept parsed (a room that plays a track needs its cues; the same track in many rooms
@@ -135,14 +136,13 @@ class TrackStore:
             self._parsed.pop(aid, None)
 
 
-def make_store(config: dict[str, Any]) -> TrackStore:
+def make_store(config: Settings) -> TrackStore:
     """The store the config asks for: in Redis when a broker URL is configured (any process can serve a room),
     else in this process."""
-    p = config["prepared"]
-    args = (int(p["max_tracks"]), int(p["max_tracks_per_room"]), float(p["ttl_seconds"]))
-    url = config["broker"]["url"]
-    if url in (None, "", "memory"):
+    p = config.prepared
+    args = (p.max_tracks, p.max_tracks_per_room, p.ttl_seconds)
+    if config.broker.url is None or config.broker.in_memory:
         return TrackStore(*args)
     from .redis_tracks import RedisTrackStore
 
-    return RedisTrackStore(str(url), str(config["broker"]["prefix"]), *args)
+    return RedisTrackStore(config.broker.url, config.broker.prefix, *args)

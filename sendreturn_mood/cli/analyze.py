@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         switch = {"on": True, "off": False}.get(args.track_detection or "")
         config = load_config(args.config, {"model.path": args.model, "track_detection.enabled": switch})
-        model = MoodModel(config["model"]["path"], threads=int(config["model"]["threads"]))
-        presets = load_presets(config["effects"]["file"], config["effects"]["default_preset"])
+        model = MoodModel(config.model.path, threads=config.model.threads)
+        presets = load_presets(config.effects.file, config.effects.default_preset)
         if args.preset is not None and args.preset not in presets:
             raise EffectsError(f"unknown preset {args.preset!r} (presets: {', '.join(presets.names)})")
         tracker = tracker_from_config(model.info, config, presets, args.preset)

@@ -199,19 +199,20 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(str(e))
     logging.basicConfig(
-        level=getattr(logging, str(config["logging"]["level"]).upper(), logging.INFO),
+        level=getattr(logging, config.logging.level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per HTTP request is noise
-    reuse = bool(args.reuse_port or config["server"].get("reuse_port") or config["server"]["workers"] > 1)
-    if problem := port_problem(config["server"]["host"], int(config["server"]["port"]), reuse):
+    s = config.server
+    reuse = bool(args.reuse_port or s.reuse_port or s.workers > 1)
+    if problem := port_problem(s.host, s.port, reuse):
         return _fail(problem)  # before loading the model or starting workers: a taken port is said at once
-    if config["server"]["workers"] > 1 and not args.reuse_port:
+    if s.workers > 1 and not args.reuse_port:
         from ..server import workers
 
         passed = [(flag, value) for flag, value in (("--config", args.config), ("--host", args.host), ("--model", args.model), ("--broker", args.broker)) if value]
-        return workers.run(int(config["server"]["workers"]), [x for pair in passed for x in pair] + ["--workers", "1"], config)
+        return workers.run(s.workers, [x for pair in passed for x in pair] + ["--workers", "1"], config)
     try:
         server = MoodServer(config)
     except (ModelError, EffectsError, ConfigError, BrokerError) as e:
@@ -219,13 +220,13 @@ def _serve(args: argparse.Namespace) -> int:
     from ..server import eventloop
 
     try:
-        return eventloop.run(config["server"]["event_loop"], _run(server))
+        return eventloop.run(s.event_loop, _run(server))
     except eventloop.EventLoopError as e:
         return _fail(str(e))
     except BrokerError as e:
         return _fail(str(e))
     except OSError as e:  # e.g. the port is taken
-        return _fail(f"cannot listen on {config['server']['host']}:{config['server']['port']}: {e.strerror or e}")
+        return _fail(f"cannot listen on {s.host}:{s.port}: {e.strerror or e}")
 
 
 def port_problem(host: str, port: int, reuse_port: bool = False) -> str | None:

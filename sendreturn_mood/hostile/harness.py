@@ -176,7 +176,7 @@ class GoodRoom:
 
         try:
             config = load_config(None, _flatten(self.config))
-            info = MoodModel(config["model"]["path"]).info
+            info = MoodModel(config.model.path).info
             stream = AnalysisStream(info.frontend, self.rate, window_plan(info, config))
             url = f"{self.base_url}/v1/rooms/{self.room}"
             local = {"local_addr": (self.source_address, 0)} if self.source_address else {}

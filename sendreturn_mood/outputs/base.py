@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..broker.base import Broker
+from ..config import Settings
 from ..room.rooms import Outgoing, Room, Sink
 
 
@@ -36,7 +37,7 @@ class BrokerSink:
 class Outputs:
     """A server's outputs: `sinks_for(room)` is the registry's factory of a new room's sinks."""
 
-    def __init__(self, config: dict[str, Any], broker: Broker, presets: Any, metrics: Any = None) -> None:
+    def __init__(self, config: Settings, broker: Broker, presets: Any, metrics: Any = None) -> None:
         self.broker_sink = BrokerSink(broker)
 
     def sinks_for(self, room: str) -> list[Sink]:

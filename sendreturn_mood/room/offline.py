@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .effects import load_presets
+from ..config import Settings
 from ..model.contract import MoodModel, Prediction
 from ..audio.files import DecodeError, mono_blocks
 from ..audio.pcm import BadAudio, check_samples
@@ -76,7 +77,7 @@ def room_updates(
 def analyze_file(
     path: str | Path,
     model: MoodModel,
-    config: dict[str, Any],
+    config: Settings,
     preset: str | None = None,
     tracker: MoodTracker | None = None,
     detector: TrackChangeDetector | None = None,
@@ -91,7 +92,7 @@ def analyze_audio(
     rate: int,
     blocks: Iterable[np.ndarray],
     model: MoodModel,
-    config: dict[str, Any],
+    config: Settings,
     preset: str | None = None,
     tracker: MoodTracker | None = None,
     detector: TrackChangeDetector | None = None,
@@ -107,7 +108,7 @@ def analyze_audio(
     info = model.info
     plan = window_plan(info, config)
     if tracker is None:
-        presets = load_presets(config["effects"]["file"], config["effects"]["default_preset"])
+        presets = load_presets(config.effects.file, config.effects.default_preset)
         tracker = tracker_from_config(info, config, presets, preset)
     else:
         tracker.reset()
@@ -130,10 +131,10 @@ def analyze_audio(
     if not windows:
         raise AnalyzeError(
             f"{name}: too short to analyse ({duration:.2f} s of audio; at least "
-            f"{config['analysis']['min_seconds']} s needed)"
+            f"{config.analysis.min_seconds} s needed)"
         )
     try:
-        preds = predict_windows(model, windows, int(config["analysis"]["max_batch"]))
+        preds = predict_windows(model, windows, config.analysis.max_batch)
     except Exception as e:  # onnxruntime raises its own exception types; name the file and carry on with the others
         raise AnalyzeError(f"{name}: inference failed: {e}") from None
     room = Room(OFFLINE_ROOM, tracker, detector=detector)

@@ -41,10 +41,11 @@ from typing import Any
 import numpy as np
 
 from ..audio.frontend import FrontEndSpec, log_mel
+from ..config import TRACK_FEATURES, Settings
 
 FEATURE_EMBEDDING = "embedding"
 FEATURE_LOGMEL = "logmel"
-FEATURES = ("auto", FEATURE_EMBEDDING, FEATURE_LOGMEL)
+FEATURES = TRACK_FEATURES  # ("auto", FEATURE_EMBEDDING, FEATURE_LOGMEL): the config says which it accepts
 
 RECENT_SECONDS = 2.0  # windows ending within this much of the newest one form the recent block (2 at hop 1.5 s)
 CONTEXT_SECONDS = 15.0  # the earlier context: windows ending up to this long before the recent block's audio began
@@ -84,14 +85,9 @@ class DetectorSettings:
             raise TrackChangeError(f"track_detection.feature must be one of {', '.join(FEATURES)}, got {self.feature!r}")
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "DetectorSettings":
-        t = config["track_detection"]
-        return cls(
-            enabled=bool(t["enabled"]),
-            sensitivity=float(t["sensitivity"]),
-            min_track_seconds=float(t["min_track_seconds"]),
-            feature=str(t["feature"]),
-        )
+    def from_config(cls, config: Settings) -> "DetectorSettings":
+        t = config.track_detection
+        return cls(t.enabled, t.sensitivity, t.min_track_seconds, t.feature)
 
     def resolve_feature(self, has_embedding: bool) -> str:
         """The feature actually used: `auto` means the embedding when the model has one."""
@@ -253,6 +249,6 @@ class TrackChangeDetector:
         return TrackChange(change_time, t, s, self.threshold)
 
 
-def detector_from_config(config: dict[str, Any], info: Any, window_seconds: float, has_embedding: bool) -> TrackChangeDetector:
+def detector_from_config(config: Settings, info: Any, window_seconds: float, has_embedding: bool) -> TrackChangeDetector:
     """The detector the config asks for, for a model (`info`: ModelInfo) and the window length actually used."""
     return TrackChangeDetector(DetectorSettings.from_config(config), info.frontend, window_seconds, has_embedding)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import Settings
 from .effects import EffectState, Presets
 from ..audio.level import window_level_db
 from ..model.contract import ModelInfo, Prediction
@@ -186,12 +187,8 @@ class MoodTracker:
 
 
 def tracker_from_config(
-    info: ModelInfo, config: dict[str, Any], presets: Presets, preset: str | None = None
+    info: ModelInfo, config: Settings, presets: Presets, preset: str | None = None
 ) -> MoodTracker:
     """A tracker with the config's smoothing settings; `preset` None: the presets' default."""
-    s = config["smoothing"]
-    silence = config["analysis"]["silence_db"]
-    return MoodTracker(
-        info, presets, preset, float(s["time_constant_seconds"]), float(s["hysteresis"]),
-        None if silence is None else float(silence),
-    )
+    s = config.smoothing
+    return MoodTracker(info, presets, preset, s.time_constant_seconds, s.hysteresis, config.analysis.silence_db)

@@ -39,7 +39,7 @@ from .. import __version__, protocol
 from ..audio.pipeline import AnalysisStream, window_plan
 from ..broker.base import Broker, make_broker
 from ..broker.tracks import StoreFull, make_store
-from ..config import ConfigError
+from ..config import ConfigError, Settings
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import ServerMetrics
 from ..model.contract import MoodModel
@@ -75,33 +75,31 @@ TRACK_PATH = re.escape(protocol.ROOM_PATH_PREFIX) + r"(?P<room>[^/]+)/tracks/(?P
 class MoodServer:
     """One process serving protocol v1. `await start()`, then `port`; `await close()` to stop (clients get 1001)."""
 
-    def __init__(self, config: dict[str, Any], model: MoodModel | None = None, broker: Broker | None = None) -> None:
+    def __init__(self, config: Settings, model: MoodModel | None = None, broker: Broker | None = None) -> None:
         self.config = config
-        s = config["server"]
-        self.model = model or MoodModel(config["model"]["path"], threads=int(config["model"]["threads"]))
+        s = config.server
+        self.model = model or MoodModel(config.model.path, threads=config.model.threads)
         self.info = self.model.info
-        self.presets = load_presets(config["effects"]["file"], config["effects"]["default_preset"])
+        self.presets = load_presets(config.effects.file, config.effects.default_preset)
         self.presets.check_moods(self.info.mood_labels)
         # The same window geometry as `analyze` (one function), so both cut identical windows from the same audio;
         # welcome reports the geometry actually used (whole frames).
         self.plan = window_plan(self.info, config)
         self.window_seconds = self.info.frontend.frames_to_seconds(self.plan.window_frames)
         self.hop_seconds = self.info.frontend.frames_to_seconds(self.plan.hop_frames)
-        self.max_message_bytes = int(s["max_message_bytes"])
-        self.admission = Admission(int(s["max_connections"]))
+        self.max_message_bytes = s.max_message_bytes
+        self.admission = Admission(s.max_connections)
         self.auth = Authenticator.from_config(config)  # AuthError (a ConfigError) for an unusable secret or token
-        self.reservations = SourceReservations(float(s["auth"]["reserve_seconds"]), int(s["max_rooms"]))
-        self.client_limits = ClientLimits(int(s["max_connections_per_address"]), int(s["max_rooms_per_address"]))
-        per_minute = float(s["room_creations_per_minute"])
-        room_creations = KeyedRateLimiter(per_minute / 60.0, per_minute)
-        per_second = float(s["http_requests_per_second"])
-        self.http_requests = KeyedRateLimiter(per_second, 2 * per_second)
+        self.reservations = SourceReservations(s.auth.reserve_seconds, s.max_rooms)
+        self.client_limits = ClientLimits(s.max_connections_per_address, s.max_rooms_per_address)
+        room_creations = KeyedRateLimiter(s.room_creations_per_minute / 60.0, s.room_creations_per_minute)
+        self.http_requests = KeyedRateLimiter(s.http_requests_per_second, 2 * s.http_requests_per_second)
         self.metrics = ServerMetrics()
         self.broker = broker or make_broker(config, self.metrics)
         self.metrics.node.set(1, node=self.broker.node, broker=self.broker.kind)
         self.outputs = Outputs(config, self.broker, self.presets, self.metrics)
         self.rooms = RoomRegistry(
-            self._make_tracker, int(s["max_rooms"]), self.metrics, self.broker, self._make_detector, self.outputs.sinks_for
+            self._make_tracker, s.max_rooms, self.metrics, self.broker, self._make_detector, self.outputs.sinks_for
         )
         try:  # a detector the model cannot feed (feature: embedding, and the model has none) fails here, not on join
             self._make_detector()
@@ -110,29 +108,24 @@ class MoodServer:
         self._warm_up()
         self.settings = SessionSettings(
             max_message_bytes=self.max_message_bytes,
-            rate_limit_factor=float(s["rate_limit_factor"]),
-            rate_limit_burst_seconds=float(s["rate_limit_burst_seconds"]),
-            clock_check_seconds=None if s["clock_check_seconds"] is None else float(s["clock_check_seconds"]),
+            rate_limit_factor=s.rate_limit_factor,
+            rate_limit_burst_seconds=s.rate_limit_burst_seconds,
+            clock_check_seconds=s.clock_check_seconds,
             plan=self.plan,
             frontend=self.info.frontend,
             window_seconds=self.window_seconds,
             hop_seconds=self.hop_seconds,
             model_public=self._model_public(),
             presets=tuple(self.presets.names),
-            lead_seconds=float(config["prepared"]["lead_seconds"]),
+            lead_seconds=config.prepared.lead_seconds,
         )
         self.tracks = TrackPreparer(self.model, config, make_store(config))
         self.playback = Playback(self.rooms, self.metrics)
-        a = config["analysis"]
+        a = config.analysis
         self.worker = InferenceWorker(
-            self.model,
-            ResultDelivery(self.rooms, self.metrics),
-            int(a["max_batch"]),
-            DEFAULT_QUEUE_SIZE,
-            self.metrics,
-            a["batch_tick_ms"] / 1000,
+            self.model, ResultDelivery(self.rooms, self.metrics), a.max_batch, DEFAULT_QUEUE_SIZE, self.metrics, a.batch_tick_ms / 1000
         )
-        outboxes = OutboxSettings(int(s["send_queue_size"]), int(s["send_queue_bytes"]), float(s["shutdown_timeout_seconds"]))
+        outboxes = OutboxSettings(s.send_queue_size, s.send_queue_bytes, s.shutdown_timeout_seconds)
         self.connection_loop = ConnectionLoop(
             self.admission, outboxes, self.settings, self.rooms, self.broker, self.worker, self.reservations,
             self.client_limits, self.metrics, self.tracks, self.playback,
@@ -140,7 +133,7 @@ class MoodServer:
         self.broker.on_source_lost = self.connection_loop.source_lost
         self.handshake = HandshakeChecks(
             self.admission,
-            origin_policy_from_config(s, [str(s["host"])]),
+            origin_policy_from_config(s, [s.host]),
             tuple(self.presets.names),
             self.auth,
             self.client_limits,
@@ -220,7 +213,7 @@ class MoodServer:
         # room's updates) to the size of the per-connection state.
         gc.collect()
         gc.freeze()
-        s = self.config["server"]
+        s = self.config.server
         # the websockets library logs request lines and headers at debug level: never with a token in them
         install_log_redaction("websockets.server", "websockets", __name__)
         await self.broker.start(self.rooms)
@@ -229,20 +222,20 @@ class MoodServer:
         try:
             self._server = await serve(
                 self.connection_loop,
-                s["host"],
-                int(s["port"]),
+                s.host,
+                s.port,
                 process_request=self._process_request,
                 compression=None,
                 max_size=self.max_message_bytes * WS_SIZE_SLACK,
                 max_queue=WS_MAX_QUEUE,
-                ping_interval=s["ping_interval_seconds"],
-                ping_timeout=s["ping_timeout_seconds"],
+                ping_interval=s.ping_interval_seconds,
+                ping_timeout=s.ping_timeout_seconds,
                 close_timeout=2,
-                reuse_port=bool(s["reuse_port"]) or None,
+                reuse_port=s.reuse_port or None,
             )
-            if s["metrics_port"] is not None:
+            if s.metrics_port is not None:
                 self._metrics_server = await serve(
-                    self.connection_loop, s["host"], int(s["metrics_port"]), process_request=self.metrics_http.dispatch, reuse_port=None
+                    self.connection_loop, s.host, s.metrics_port, process_request=self.metrics_http.dispatch, reuse_port=None
                 )
         except BaseException:
             if self._server is not None:
@@ -275,7 +268,7 @@ class MoodServer:
         if self._server is not None:
             self._server.close(close_connections=True)
             try:
-                await asyncio.wait_for(self._server.wait_closed(), float(self.config["server"]["shutdown_timeout_seconds"]))
+                await asyncio.wait_for(self._server.wait_closed(), self.config.server.shutdown_timeout_seconds)
             except TimeoutError:
                 log.warning("some connections did not close within the shutdown timeout")
         await self.worker.stop()

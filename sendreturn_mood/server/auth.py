@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from .. import protocol
-from ..config import ConfigError
+from ..config import ConfigError, Settings
 from ..protocol import ROLES, Refusal
 
 ALGORITHM = "HS256"
@@ -84,30 +84,29 @@ class AuthSettings:
     revoked: frozenset[str]
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> "AuthSettings":
+    def from_config(cls, config: Settings, environ: Mapping[str, str] | None = None) -> "AuthSettings":
         """The server's auth settings; the secret comes from `server.auth.secret`, else the environment variable
         named by `server.auth.secret_env`. Raises AuthError for a secret shorter than 32 bytes or a bad token."""
-        s = config["server"]
-        a = s["auth"]
+        a = config.server.auth
         env = os.environ if environ is None else environ
-        raw = a["secret"] if a["secret"] is not None else env.get(str(a["secret_env"] or ""), "") or None
-        secret = None if raw is None else str(raw).encode()
+        raw = a.secret if a.secret is not None else env.get(a.secret_env or "", "") or None
+        secret = None if raw is None else raw.encode()
         if secret is not None and len(secret) < MIN_SECRET_BYTES:
-            where = "server.auth.secret" if a["secret"] is not None else f"${a['secret_env']}"
+            where = "server.auth.secret" if a.secret is not None else f"${a.secret_env}"
             raise AuthError(f"{where}: an HS256 secret needs at least {MIN_SECRET_BYTES} bytes (got {len(secret)})")
-        tokens = tuple(str(t) for t in (s["auth_tokens"] or []))
+        tokens = config.server.auth_tokens
         for i, t in enumerate(tokens):
             if not protocol.TOKEN_RE.fullmatch(t):
                 raise AuthError(f"server.auth_tokens[{i}]: a token is 1 to 4096 visible ASCII characters")
         return cls(
             secret=secret,
             static_tokens=tokens,
-            issuer=str(a["issuer"]),
-            audience=str(a["audience"]),
-            leeway=float(a["leeway_seconds"]),
-            max_ttl=float(a["max_ttl_seconds"]),
-            reserve_seconds=float(a["reserve_seconds"]),
-            revoked=frozenset(str(j) for j in (a["revoked"] or [])),
+            issuer=a.issuer,
+            audience=a.audience,
+            leeway=a.leeway_seconds,
+            max_ttl=a.max_ttl_seconds,
+            reserve_seconds=a.reserve_seconds,
+            revoked=frozenset(a.revoked),
         )
 
 
@@ -118,7 +117,7 @@ class Authenticator:
         self.settings = settings
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> "Authenticator":
+    def from_config(cls, config: Settings, environ: Mapping[str, str] | None = None) -> "Authenticator":
         return cls(AuthSettings.from_config(config, environ))
 
     @property

@@ -22,6 +22,7 @@ from typing import Iterable
 from urllib.parse import urlsplit
 
 from .. import protocol
+from ..config import ServerSettings
 from ..protocol import Refusal
 
 LOCALHOST_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -187,10 +188,6 @@ class ClientLimits:
         return len(self._usage)
 
 
-def origin_policy_from_config(server: dict, bind_hosts: Iterable[str]) -> OriginPolicy:
+def origin_policy_from_config(server: ServerSettings, bind_hosts: Iterable[str]) -> OriginPolicy:
     """The policy for `server.allowed_origins` / `server.allow_localhost_origins` on these bound addresses."""
-    return OriginPolicy(
-        tuple(str(o) for o in (server["allowed_origins"] or [])),
-        bool(server["allow_localhost_origins"]),
-        all(is_loopback(h) for h in bind_hosts),
-    )
+    return OriginPolicy(server.allowed_origins, server.allow_localhost_origins, all(is_loopback(h) for h in bind_hosts))

@@ -22,6 +22,7 @@ from typing import Any
 from .. import protocol
 from ..audio.files import DecodeError, mono_blocks
 from ..broker.tracks import TrackStore
+from ..config import Settings, as_dict
 from ..metrics import ServerMetrics
 from ..model.contract import MoodModel
 from ..room.offline import AnalyzeError, analyze_audio
@@ -42,11 +43,11 @@ class PrepareError(protocol.ProtocolError):
 class TrackPreparer:
     """Prepares rooms' tracks with the server's model and settings, into the store."""
 
-    def __init__(self, model: MoodModel, config: dict[str, Any], store: TrackStore, executor: Executor | None = None) -> None:
+    def __init__(self, model: MoodModel, config: Settings, store: TrackStore, executor: Executor | None = None) -> None:
         self.model = model
         self.config = config
         self.store = store
-        self.max_seconds = float(config["prepared"]["max_track_seconds"])
+        self.max_seconds = config.prepared.max_track_seconds
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="prepare")
 
     def settings_key(self, preset: str | None) -> dict[str, Any]:
@@ -55,9 +56,9 @@ class TrackPreparer:
         c = self.config
         info = self.model.info
         return {
-            "model": [info.name, info.version], "preset": preset or c["effects"]["default_preset"],
-            "analysis": c["analysis"], "smoothing": c["smoothing"], "track_detection": c["track_detection"],
-            "effects": c["effects"]["file"],
+            "model": [info.name, info.version], "preset": preset or c.effects.default_preset,
+            "analysis": as_dict(c.analysis), "smoothing": as_dict(c.smoothing), "track_detection": as_dict(c.track_detection),
+            "effects": c.effects.file,
         }
 
     async def prepare(

@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+from ..config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 class Supervisor:
-    def __init__(self, n: int, worker_args: list[str], config: dict[str, Any]) -> None:
+    def __init__(self, n: int, worker_args: list[str], config: Settings) -> None:
         self.n = n
         self.worker_args = worker_args
         self.config = config
@@ -46,9 +46,9 @@ class Supervisor:
     async def _spawn(self, index: int, port: int) -> str:
         """Start worker `index`; return its listening line once it is serving."""
         cmd = [sys.executable, "-m", "sendreturn_mood", "serve", *self.worker_args, "--port", str(port), "--reuse-port"]
-        metrics_port = self.config["server"]["metrics_port"]
+        metrics_port = self.config.server.metrics_port
         if metrics_port is not None:  # each worker its own metrics port, so every worker can be scraped
-            cmd += ["--metrics-port", str(int(metrics_port) + index)]
+            cmd += ["--metrics-port", str(metrics_port + index)]
         env = dict(os.environ, SENDRETURN_WORKER=str(index), PYTHONUNBUFFERED="1")
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, env=env)
         self.procs[index] = proc
@@ -73,8 +73,8 @@ class Supervisor:
             pass
 
     async def run(self) -> int:
-        s = self.config["server"]
-        reserved = reserve_port(s["host"], int(s["port"]))
+        s = self.config.server
+        reserved = reserve_port(s.host, s.port)
         port = reserved.getsockname()[1]
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -119,7 +119,7 @@ class Supervisor:
                 log.error("%s", e)
 
     async def _stop_all(self) -> None:
-        timeout = float(self.config["server"]["shutdown_timeout_seconds"]) + 5.0
+        timeout = self.config.server.shutdown_timeout_seconds + 5.0
         for proc in self.procs.values():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
@@ -135,11 +135,11 @@ def loop_time() -> float:
     return asyncio.get_running_loop().time()
 
 
-def _redacted_broker(config: dict[str, Any]) -> str:
+def _redacted_broker(config: Settings) -> str:
     from ..broker.redis_broker import redact
 
-    return redact(str(config["broker"]["url"]))
+    return redact(str(config.broker.url))
 
 
-def run(n: int, worker_args: list[str], config: dict[str, Any]) -> int:
+def run(n: int, worker_args: list[str], config: Settings) -> int:
     return asyncio.run(Supervisor(n, worker_args, config).run())
