@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from .. import protocol
 from ..config import Settings
