@@ -67,6 +67,7 @@ class ServerSettings:
     send_queue_bytes: int
     allowed_origins: tuple[str, ...]
     allow_localhost_origins: bool
+    allowed_hosts: tuple[str, ...]
     max_connections_per_address: int
     max_rooms_per_address: int
     room_creations_per_minute: float

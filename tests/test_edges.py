@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
+from urllib.parse import urlencode
 
 import numpy as np
 
 from sendreturn_mood.audio.pcm import encode
-from tests.server_support import client, read_until_closed, running_server, tone
+from tests.server_support import checked_body, client, read_until_closed, refusal, running_server, tone
 
 CLOCK_SPAN = 3.0  # server.clock_check_seconds for the test (20 s by default)
 
@@ -71,3 +73,105 @@ def test_a_paused_player_is_not_a_wrong_clock():
     fast = AudioClock(20.0)
     ratios = [r for r in (fast.add(0.2, 0.1 * i) for i in range(1, 400)) if r is not None]  # 2x, for 40 s
     assert len(ratios) == 1 and abs(ratios[0] - 2.0) < 0.01  # one warning per 20 s span (the first span starts late)
+
+
+# ------------------------------------------------------------------------------------------------ HTTP edges
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[int | None, dict[str, str], bytes]:
+    """Send `request` as it is on a raw socket (no HTTP library would send a raw space or UTF-8 in a target) ->
+    (status, headers, body); status None when the server closed without answering."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    if not data:
+        return None, {}, b""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def get(port: int, target: bytes, host: bytes | None = b"127.0.0.1", method: bytes = b"GET", extra: bytes = b"") -> tuple:
+    head = method + b" " + target + b" HTTP/1.1\r\n" + (b"Host: " + host + b"\r\n" if host is not None else b"")
+    return raw_exchange(port, head + extra + b"Connection: close\r\n\r\n")
+
+
+UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+
+
+async def test_http_edges_answer_with_the_protocol_error_body(tiny_model_path):
+    """Raw sockets against a real server with the default config (loopback): every odd request gets a JSON answer
+    with the right status; none is closed without a word, none reaches a route it should not."""
+    async with running_server(tiny_model_path) as server:
+        port = server.port
+        async with client(server, "lobby", role="source"):
+            def run() -> dict[str, tuple]:
+                return {
+                    "rebinding": get(port, b"/v1/rooms/lobby", b"evil.example:%d" % port),
+                    "rebinding_page": get(port, b"/", b"evil.example:%d" % port),
+                    "rebinding_upgrade": get(port, b"/v1/rooms/lobby", b"evil.example:%d" % port, extra=UPGRADE),
+                    "own_name": get(port, b"/v1/rooms/lobby", b"localhost:%d" % port),
+                    "foreign_page": get(port, b"/v1/rooms/lobby", extra=b"Origin: http://evil.example\r\n"),
+                    "space": get(port, b"/v1/rooms/lob by"),
+                    "utf8": get(port, "/v1/rooms/lobby\u00e9".encode()),
+                    "no_host_get": get(port, b"/v1/rooms/lobby", None),
+                    "no_host_upgrade": get(port, b"/v1/rooms/lobby", None, extra=UPGRADE),
+                    "trace": get(port, b"/", method=b"TRACE"),
+                    "delete_room": get(port, b"/v1/rooms/lobby", method=b"DELETE"),
+                    "options": get(port, b"/healthz", method=b"OPTIONS"),
+                    "upgrade_by_post": get(port, b"/v1/rooms/lobby", method=b"OPTIONS", extra=UPGRADE),
+                    "healthz": get(port, b"/healthz"),
+                }
+
+            answers = await asyncio.to_thread(run)
+
+    def error(name: str, status: int, code: str) -> dict:
+        got, headers, body = answers[name]
+        assert got == status, (name, got, body)
+        err = checked_body("http-error", body)["error"]
+        assert err["code"] == code, (name, err)
+        return err
+
+    error("rebinding", 403, "forbidden_origin")
+    assert b"lobby" not in answers["rebinding"][2]  # no room state for a page that rebound its name
+    error("rebinding_page", 403, "forbidden_origin")
+    error("rebinding_upgrade", 403, "forbidden_origin")
+    assert answers["own_name"][0] == 200 and json.loads(answers["own_name"][2])["source"] is True
+    error("foreign_page", 403, "forbidden_origin")
+    assert "percent-encode" in error("space", 400, "bad_request")["message"]
+    assert "ASCII" in error("utf8", 400, "bad_request")["message"]
+    assert "Host" in error("no_host_get", 400, "bad_request")["message"]
+    assert "Host" in error("no_host_upgrade", 400, "bad_request")["message"]
+    for name in ("trace", "delete_room", "options", "upgrade_by_post"):
+        error(name, 405, "method_not_allowed")
+        assert answers[name][1]["allow"] == "GET", name
+    assert b"<html" not in answers["trace"][2].lower()  # TRACE used to return the page
+    health = checked_body("healthz", answers["healthz"][2])
+    assert health["model"] == {"name": "tiny-test-model", "version": "0.0.1"}  # no file path
+
+
+async def test_a_reverse_proxy_name_can_be_allowed(tiny_model_path):
+    """A loopback server behind a proxy that keeps the public Host answers it when allowed (server.allowed_hosts)."""
+    async with running_server(tiny_model_path, server__allowed_hosts=["mood.example.com"]) as server:
+        ok = await asyncio.to_thread(get, server.port, b"/healthz", b"mood.example.com")
+        other = await asyncio.to_thread(get, server.port, b"/healthz", b"evil.example")
+    assert ok[0] == 200 and other[0] == 403
+
+
+async def test_an_empty_or_blank_token_is_like_any_token_without_auth(tiny_model_path):
+    """On a server without tokens, ?token= (empty or blank) is ignored as ?token=abc is; with tokens it is a 401
+    saying a token is needed."""
+    async with running_server(tiny_model_path) as server:
+        for token in ("", " ", "abc"):
+            async with client(server, "open-room", token=token) as (_, welcome):
+                assert welcome["role"] == "listener"
+    async with running_server(tiny_model_path, server__auth_tokens=["s3cret"]) as server:
+        for token in ("", " "):
+            status, body = await refusal(server, "/v1/rooms/r?" + urlencode({"token": token}))
+            assert status == 401 and "needs an access token" in body["error"]["message"]

@@ -48,8 +48,15 @@ def test_query_values_exactly_as_the_protocol_says(query):
 
 
 def test_tokens_with_control_characters_are_refused_without_echo():
+    """A token's shape is judged by the authenticator, when the server requires tokens (without them any value is
+    ignored alike): control characters are a 401 that never echoes the value."""
+    from sendreturn_mood.config import load_config
+    from sendreturn_mood.server.auth import Authenticator
+
+    assert protocol.parse_connect("/v1/rooms/a?token=abc%0Adef").token == "abc\ndef"
+    auth = Authenticator.from_config(load_config(None, {"server.auth_tokens": ["s3cret"]}))
     with pytest.raises(Refusal) as e:
-        protocol.parse_connect("/v1/rooms/a?token=abc%0Adef")
+        auth.verify("abc\ndef")
     assert e.value.status == 401 and "abc" not in e.value.message
 
 

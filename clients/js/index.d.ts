@@ -13,7 +13,8 @@ export type ErrorCode =
   | "bad_message" | "bad_audio" | "rate_limited" | "not_allowed" | "too_big" | "unauthorized" | "server_error"
   | "unknown_track" | "clock_mismatch";
 export type HttpErrorCode =
-  | "bad_request" | "unauthorized" | "forbidden_origin" | "not_found" | "source_taken" | "rate_limited" | "server_full";
+  | "bad_request" | "unauthorized" | "forbidden_origin" | "not_found" | "method_not_allowed" | "source_taken"
+  | "rate_limited" | "server_full" | "store_full";
 /** label -> probability (they sum to 1), in the model's label order */
 export type Probabilities = Record<string, number>;
 
@@ -209,7 +210,6 @@ export interface RoomInfo {
 export interface HealthModel {
   name: string;
   version: string;
-  path: string;
 }
 
 /** @schema healthz.json#/properties/broker/properties/cluster */

@@ -54,11 +54,12 @@ from ..room.tracker import tracker_from_config
 from .auth import Authenticator
 from .connection import Admission, ConnectionLoop, OutboxSettings
 from .delivery import ResultDelivery
-from .handshake import HandshakeChecks
+from .handshake import HandshakeChecks, check_addressing
 from .limits import ClientLimits, KeyedRateLimiter, origin_policy_from_config
 from .prepared import Playback, PrepareError, TrackPreparer
 from .redaction import install_log_redaction, redact
 from .reservations import SourceReservations
+from .requestline import connection_factory
 from .routing import Router, error_response, header, json_response, response, route, address
 from .static import StaticFiles, static_root
 
@@ -131,9 +132,9 @@ class MoodServer:
             self.client_limits, self.metrics, self.tracks, self.playback,
         )
         self.broker.on_source_lost = self.connection_loop.source_lost
+        self.origins = origin_policy_from_config(s, [s.host])
         self.handshake = HandshakeChecks(
             self.admission,
-            origin_policy_from_config(s, [s.host]),
             tuple(self.presets.names),
             self.auth,
             self.client_limits,
@@ -225,6 +226,7 @@ class MoodServer:
                 s.host,
                 s.port,
                 process_request=self._process_request,
+                create_connection=connection_factory(),
                 compression=None,
                 max_size=self.max_message_bytes * WS_SIZE_SLACK,
                 max_queue=WS_MAX_QUEUE,
@@ -235,7 +237,8 @@ class MoodServer:
             )
             if s.metrics_port is not None:
                 self._metrics_server = await serve(
-                    self.connection_loop, s.host, s.metrics_port, process_request=self.metrics_http.dispatch, reuse_port=None
+                    self.connection_loop, s.host, s.metrics_port, process_request=self._process_metrics_request,
+                    create_connection=connection_factory(), reuse_port=None,
                 )
         except BaseException:
             if self._server is not None:
@@ -289,20 +292,34 @@ class MoodServer:
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Every HTTP request: plain GETs go to the routing table, websocket handshakes are checked (refused with a
         JSON 4xx/503) or let through. Nothing a client sends may end in a 500 with a traceback: odd requests
-        (duplicated headers, control characters) are 400s."""
+        (duplicated headers, control characters) are 400s. Every request, plain or upgrade, first passes the same
+        addressing rules (`handshake.check_addressing`)."""
         try:
+            method = getattr(request, "method", "GET")
+            check_addressing(request, self.origins)
             if "websocket" not in header(request, "Upgrade").lower():
-                return await self.http.dispatch(connection, request, getattr(request, "method", "GET"))
+                return await self.http.dispatch(connection, request, method)
+            if method != "GET":  # RFC 6455: a handshake is a GET
+                raise Refusal(protocol.METHOD_NOT_ALLOWED, f"a websocket handshake is a GET, not {protocol.shown(method, 20)}")
             params = await self.handshake.check(connection, request)
         except Refusal as r:
             self.metrics.refusals.inc(code=r.code)
             log.info("refused %s: %s %s", redact(request.path), r.code, r.message)
-            return response(r.status, r.body(), "application/json")
+            extra = (("Allow", "GET"),) if r.code == protocol.METHOD_NOT_ALLOWED else ()
+            return response(r.status, r.body(), "application/json", extra=extra)
         except Exception:
             log.exception("handling the request for %s failed", redact(request.path))
             return error_response(500, protocol.SERVER_ERROR, "internal server error")
         connection.sr_params = params  # type: ignore[attr-defined]  # read by the connection loop
         return None
+
+    async def _process_metrics_request(self, connection: ServerConnection, request: Request) -> Response:
+        """`server.metrics_port`: the same addressing rules, then its two routes."""
+        try:
+            check_addressing(request, self.origins)
+        except Refusal as r:
+            return response(r.status, r.body(), "application/json")
+        return await self.metrics_http.dispatch(connection, request, getattr(request, "method", "GET"))
 
     async def _healthz(self, connection: ServerConnection, request: Request, match: re.Match[str]) -> Response:
         return json_response(200, await self.health())
@@ -391,7 +408,7 @@ class MoodServer:
             "status": status,
             "version": __version__,
             "protocol": protocol.PROTOCOL_VERSION,
-            "model": {"name": self.info.name, "version": self.info.version, "path": str(self.model.path)},
+            "model": {"name": self.info.name, "version": self.info.version},  # no path: it says how the host is laid out
             "rooms": len(self.rooms),
             "connections": self.connections,
             "broker": broker,

@@ -135,8 +135,10 @@ class Authenticator:
         contains the token."""
         if not self.enabled:
             return OPEN
-        if token is None:
+        if token is None or not token.strip():
             raise Refusal(protocol.UNAUTHORIZED, "this server needs an access token (?token= or Authorization: Bearer)")
+        if not protocol.TOKEN_RE.fullmatch(token):
+            raise Refusal(protocol.UNAUTHORIZED, "an access token is 1 to 4096 visible ASCII characters")  # never echoed
         encoded = token.encode()
         if any(hmac.compare_digest(encoded, t.encode()) for t in self.settings.static_tokens):
             return Grant("*", frozenset(ROLES), static=True)

@@ -1,5 +1,5 @@
-"""The websocket handshake's checks, cheapest first, before anything is allocated for the connection: origin,
-the connect parameters, the token, room for one more connection, the address's limits, the source slot (reserved,
+"""The websocket handshake's checks, cheapest first, before anything is allocated for the connection: the connect
+parameters, the token, room for one more connection, the address's limits, the source slot (reserved,
 taken here or elsewhere in the cluster), the room's capacity, the address's rate of new rooms. Each refusal is a
 `protocol.Refusal` (HTTP status + JSON body).
 
@@ -7,6 +7,9 @@ A second source that races another one past these checks (the broker's claim is 
 refused when it joins (connection.py).
 
 To add a rule: one more step in `HandshakeChecks.check`, raising Refusal; it sees the request and the parsed params.
+
+Before any of them, every request (a handshake or plain HTTP) passes `check_addressing`: the Host header, and the
+Origin of a web page.
 """
 
 from __future__ import annotations
@@ -33,11 +36,22 @@ log = logging.getLogger(__name__)
 TAKEOVER_WAIT_SECONDS = 3.0  # a reserving source reconnecting waits this long for its old connection to leave
 
 
+def check_addressing(request: Request, origins: OriginPolicy) -> None:
+    """What every request must say about where it is going, before any route or handshake check sees it: HTTP/1.1
+    requires a Host header (a handshake or GET without one is a 400, RFC 9112 3.2); a loopback server answers only
+    requests addressed to it (the Host rule against DNS rebinding, `OriginPolicy.allows_host`); a web page's Origin
+    must be allowed, for plain HTTP as for websocket handshakes. Refusal for anything refused."""
+    host = header(request, "Host", None)
+    if host is None and getattr(request, "protocol", "HTTP/1.1") == "HTTP/1.1":
+        raise Refusal(protocol.BAD_REQUEST, "an HTTP/1.1 request needs a Host header")
+    origins.check_host(host)
+    origins.check(header(request, "Origin", None), host)
+
+
 class HandshakeChecks:
     def __init__(
         self,
         admission: Admission,
-        origins: OriginPolicy,
         presets: tuple[str, ...],
         auth: Authenticator,
         client_limits: ClientLimits,
@@ -47,7 +61,6 @@ class HandshakeChecks:
         room_creations: KeyedRateLimiter,
     ) -> None:
         self.admission = admission
-        self.origins = origins
         self.presets = presets
         self.auth = auth
         self.client_limits = client_limits
@@ -57,8 +70,7 @@ class HandshakeChecks:
         self.room_creations = room_creations
 
     async def check(self, connection: ServerConnection, request: Request) -> tuple[ConnectParams, Grant]:
-        """The handshake's checks, cheapest first. Refusal for anything refused."""
-        self.origins.check(header(request, "Origin", None), header(request, "Host", None))
+        """The handshake's checks, cheapest first (after `check_addressing`). Refusal for anything refused."""
         params = protocol.parse_connect(request.path, header(request, "Authorization", None), self.presets)
         grant = self.auth.authorize(params.token, params.room, params.role)
         self.admission.check()

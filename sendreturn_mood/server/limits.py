@@ -63,6 +63,7 @@ class OriginPolicy:
     allowed: tuple[str, ...] = ()
     allow_localhost: bool = True
     server_is_loopback: bool = True
+    allowed_hosts: tuple[str, ...] = ()  # Host names a loopback server answers besides loopback names ("*": any)
 
     def allows(self, origin: str | None, host_header: str | None) -> bool:
         if origin is None:
@@ -92,6 +93,30 @@ class OriginPolicy:
             if (o_host, o_port) == (h_host, h_port) and (not self.server_is_loopback or is_loopback(h_host)):
                 return True
         return False
+
+    def allows_host(self, host_header: str | None) -> bool:
+        """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 reaches a loopback server with
+        `Host: evil.example` (and, for a same-origin GET, no Origin at all). A loopback server therefore answers only
+        requests addressed to a loopback name, to a name in `allowed_hosts`, or to the host of an allowed origin (a
+        reverse proxy in front of it keeping the public Host). A server bound to other addresses answers any Host."""
+        if not self.server_is_loopback or "*" in self.allowed_hosts or "*" in self.allowed:
+            return True
+        host, _ = _host_port((host_header or "").strip().lower(), None)
+        if is_loopback(host):
+            return True
+        names = {h.lower() for h in self.allowed_hosts}
+        names |= {_host_port(urlsplit(o.lower()).netloc, None)[0] for o in self.allowed if "://" in o and "*" not in o}
+        suffixes = [o.lower().partition("://*.")[2].rstrip("/") for o in self.allowed if "://*." in o]
+        return host in names or any(host.endswith("." + s) for s in suffixes if s)
+
+    def check_host(self, host_header: str | None) -> None:
+        """Refusal (HTTP 403 forbidden_origin) for a request addressed to a name this server does not answer."""
+        if not self.allows_host(host_header):
+            raise Refusal(
+                protocol.FORBIDDEN_ORIGIN,
+                f"this server does not answer requests for host {protocol.shown(host_header, 80)} "
+                "(it listens on loopback: server.allowed_hosts, or an origin in server.allowed_origins)",
+            )
 
     def check(self, origin: str | None, host_header: str | None) -> None:
         """Refusal (HTTP 403 forbidden_origin) for an origin that is not allowed."""
@@ -190,4 +215,6 @@ class ClientLimits:
 
 def origin_policy_from_config(server: ServerSettings, bind_hosts: Iterable[str]) -> OriginPolicy:
     """The policy for `server.allowed_origins` / `server.allow_localhost_origins` on these bound addresses."""
-    return OriginPolicy(server.allowed_origins, server.allow_localhost_origins, all(is_loopback(h) for h in bind_hosts))
+    return OriginPolicy(
+        server.allowed_origins, server.allow_localhost_origins, all(is_loopback(h) for h in bind_hosts), server.allowed_hosts
+    )

@@ -2,7 +2,8 @@
 
 A route is a regular expression over the whole path, the methods it answers and an async handler
 `(connection, request, match) -> Response`; the first route whose pattern matches and which answers the method wins.
-Anything no route answers gets 404 (`Router.allowed` lists the methods a path does answer, for a 405). Every error
+A path some route matches but not with this method gets 405 with `Allow` (TRACE, OPTIONS, ... included); a path no
+route matches gets 404. Every error
 body is protocol v1's `{"error": {"code", "message"}}`; handlers signal refusals by raising
 `protocol.Refusal`, which the server turns into that body with the refusal's status.
 """
@@ -53,6 +54,10 @@ class Router:
             match = r.pattern.fullmatch(path)
             if match is not None and method in r.methods:
                 return await r.handler(connection, request, match)
+        allowed = self.allowed(path)
+        if allowed:
+            message = f"{protocol.shown(method, 20)} is not allowed here (allowed: {', '.join(allowed)})"
+            return error_response(405, protocol.METHOD_NOT_ALLOWED, message, (("Allow", ", ".join(allowed)),))
         return error_response(404, protocol.NOT_FOUND, self.not_found.format(path=repr(path[:100])))
 
     def allowed(self, path: str) -> list[str]:
