@@ -87,7 +87,7 @@ class Mood(_Message):
     valence: float = 0.0
     arousal: float = 0.0
     instant: dict[str, Any] = field(default_factory=dict)
-    effects: dict[str, float | str] = field(default_factory=dict)
+    effects: dict[str, float | str | list[float]] = field(default_factory=dict)  # colours: "#rrggbb" and NAME_rgb
     preset: str = ""
     latency_ms: float = 0.0
     track: dict[str, str] | None = None

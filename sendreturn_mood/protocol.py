@@ -70,6 +70,9 @@ METHOD_NOT_ALLOWED = "method_not_allowed"  # additive: plain HTTP with a method 
 REFUSAL_STATUS = {BAD_REQUEST: 400, UNAUTHORIZED: 401, FORBIDDEN_ORIGIN: 403, NOT_FOUND: 404, SOURCE_TAKEN: 409,
                   METHOD_NOT_ALLOWED: 405, RATE_LIMITED: 429, SERVER_FULL: 503, STORE_FULL: 507}
 
+# The websocket subprotocol a client may offer (Sec-WebSocket-Protocol); offering none works the same.
+SUBPROTOCOL = "sendreturn.v1"
+
 # Close codes.
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import numpy as np
 
 from sendreturn_mood.audio.pcm import encode
-from tests.server_support import checked_body, client, read_until_closed, refusal, running_server, tone
+from tests.server_support import checked, checked_body, client, read_until_closed, refusal, running_server, tone
 
 CLOCK_SPAN = 3.0  # server.clock_check_seconds for the test (20 s by default)
 
@@ -175,3 +175,38 @@ async def test_an_empty_or_blank_token_is_like_any_token_without_auth(tiny_model
         for token in ("", " "):
             status, body = await refusal(server, "/v1/rooms/r?" + urlencode({"token": token}))
             assert status == 401 and "needs an access token" in body["error"]["message"]
+
+
+# ------------------------------------------------------------------------------------------------ engines
+
+
+async def test_the_sendreturn_subprotocol_and_numeric_colours(tiny_model_path):
+    """A real websocket client offering `sendreturn.v1` (as UE's IWebSocket does with a Protocols list) gets it
+    back; one offering nothing or another name is served the same without one. Every colour effect also arrives as
+    NAME_rgb, three 0..1 floats equal to the hex colour."""
+    from websockets.asyncio.client import connect
+
+    from sendreturn_mood.room.effects import parse_colour
+
+    async with running_server(tiny_model_path) as server:
+        url = f"{server.url}/v1/rooms/engine"
+        async with connect(url, subprotocols=["sendreturn.v1"], proxy=None) as offered, \
+                connect(url, proxy=None) as plain, \
+                connect(url, subprotocols=["other.v2", "sendreturn.v1"], proxy=None) as both:
+            assert offered.subprotocol == "sendreturn.v1" and both.subprotocol == "sendreturn.v1"
+            assert plain.subprotocol is None
+            async with client(server, "engine", role="source", sample_rate=16000) as (src, _):
+                await src.send(encode(tone(2.0, 16000), "pcm_s16le"))
+                update = None
+                while update is None:
+                    msg = json.loads(await asyncio.wait_for(offered.recv(), 10))
+                    update = msg if msg["type"] == "mood" else None
+        unknown_only = connect(url, subprotocols=["other.v2"], proxy=None)
+        async with unknown_only as ws:
+            assert ws.subprotocol is None
+    checked(update)
+    colours = {k: v for k, v in update["effects"].items() if isinstance(v, str)}
+    assert colours, update["effects"]
+    for name, hex_colour in colours.items():
+        rgb = update["effects"][f"{name}_rgb"]
+        assert rgb == [round(c / 255, 4) for c in parse_colour(hex_colour)] and all(0 <= c <= 1 for c in rgb)

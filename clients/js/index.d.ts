@@ -102,7 +102,8 @@ export interface MoodMessage {
   /** only when the model has genres */
   genre?: Genre;
   /** effect parameter -> value (numbers; colours as "#rrggbb") */
-  effects: Record<string, number | string>;
+  /** numbers; colours as "#rrggbb", and each colour NAME also as NAME_rgb: [r, g, b] in 0..1 */
+  effects: Record<string, number | string | [number, number, number]>;
   preset: string;
   /** "silent": the window was below the server's silence threshold (mood held, effects at rest) */
   state?: "music" | "silent";

@@ -103,6 +103,21 @@ def format_colour(rgb: Iterable[float]) -> str:
     return "#" + "".join(f"{int(round(min(255.0, max(0.0, c)))):02x}" for c in rgb)
 
 
+RGB_SUFFIX = "_rgb"  # a colour parameter `tint` also goes on the wire as `tint_rgb`: [r, g, b], each 0..1
+
+
+def with_rgb(effects: dict[str, float | str]) -> dict[str, Any]:
+    """The wire's effects: every colour ("#rrggbb") followed by `{name}_rgb`, the same colour as three 0..1 floats
+    (4 decimals), for engines that read numbers only (a Material Parameter Collection, a Blueprint's JSON reader).
+    Read from the hex string itself, so both always say the same colour."""
+    out: dict[str, Any] = {}
+    for name, value in effects.items():
+        out[name] = value
+        if isinstance(value, str):
+            out[name + RGB_SUFFIX] = [round(c / 255.0, 4) for c in parse_colour(value)]
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ compiled form
 
 
@@ -390,6 +405,9 @@ def parse_presets(data: Any, file: str, default: str = "default") -> Presets:
     if not params_raw:
         raise c.fail("parameters", "missing or empty (declare every effect parameter here)")
     parameters = {name: _parameter(c, name, raw) for name, raw in params_raw.items()}
+    for name, p in parameters.items():
+        if p.type == "colour" and name + RGB_SUFFIX in parameters:
+            raise c.fail(f"parameters.{name}{RGB_SUFFIX}", f"the wire already sends colour {name!r} as {name}{RGB_SUFFIX}")
     presets_raw = c.mapping(top.get("presets"), "presets")
     if not presets_raw:
         raise c.fail("presets", "missing or empty")

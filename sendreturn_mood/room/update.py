@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol
+from .effects import with_rgb
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Analysis:
         }
         if self.genre is not None:
             out["genre"] = self.genre.to_dict()
-        out["effects"] = self.effects
+        out["effects"] = with_rgb(self.effects)
         if self.state is not None:
             out["state"] = self.state
             out["level_db"] = self.level_db

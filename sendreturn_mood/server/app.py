@@ -54,7 +54,7 @@ from ..room.tracker import tracker_from_config
 from .auth import Authenticator
 from .connection import Admission, ConnectionLoop, OutboxSettings
 from .delivery import ResultDelivery
-from .handshake import HandshakeChecks, check_addressing
+from .handshake import HandshakeChecks, check_addressing, select_subprotocol
 from .limits import ClientLimits, KeyedRateLimiter, origin_policy_from_config
 from .prepared import Playback, PrepareError, TrackPreparer
 from .redaction import install_log_redaction, redact
@@ -227,6 +227,7 @@ class MoodServer:
                 s.port,
                 process_request=self._process_request,
                 create_connection=connection_factory(),
+                select_subprotocol=select_subprotocol,
                 compression=None,
                 max_size=self.max_message_bytes * WS_SIZE_SLACK,
                 max_queue=WS_MAX_QUEUE,

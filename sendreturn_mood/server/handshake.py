@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
@@ -46,6 +47,13 @@ def check_addressing(request: Request, origins: OriginPolicy) -> None:
         raise Refusal(protocol.BAD_REQUEST, "an HTTP/1.1 request needs a Host header")
     origins.check_host(host)
     origins.check(header(request, "Origin", None), host)
+
+
+def select_subprotocol(connection: ServerConnection, offered: Sequence[str]) -> str | None:
+    """`sendreturn.v1` when the client offers it (engines such as UE's IWebSocket pass a Protocols list; a browser
+    that offers one requires the server to pick it), else none: a client offering nothing, or only names this
+    server does not know, is served the same protocol without a subprotocol header."""
+    return protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None
 
 
 class HandshakeChecks:
