@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import fnmatch
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -202,6 +204,65 @@ class PreparedSettings:
         return out
 
 
+OSC_PREFIX = "/sendreturn"  # the default OSC address prefix (outputs/osc.py)
+OSC_PREFIX_RE = re.compile(r"^(/[A-Za-z0-9_.\-]+)+$")
+
+
+@dataclass(frozen=True)
+class OscTargetSettings:
+    """One OSC destination (an item of outputs.osc.targets): where, which rooms (names or globs), under which
+    address prefix, at which rate (0: one bundle per update)."""
+
+    host: str
+    port: int
+    rooms: tuple[str, ...] = ("*",)
+    prefix: str = OSC_PREFIX
+    rate_hz: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """The target in metrics and logs."""
+        return f"{self.host}:{self.port}"
+
+    def matches(self, room: str) -> bool:
+        return any(fnmatch.fnmatchcase(room, pattern) for pattern in self.rooms)
+
+    def problems(self, where: str, max_rate_hz: float) -> list[str]:
+        out = []
+        if not self.host or len(self.host) > 253:
+            out.append(f"{where}.host: a host name or address is required")
+        if not 1 <= self.port <= 65535:
+            out.append(f"{where}.port must be a port in 1..65535, got {self.port}")
+        if not self.rooms or not all(self.rooms):
+            out.append(f"{where}.rooms must be a list of room names or globs (e.g. [lobby, stage-*])")
+        if not OSC_PREFIX_RE.fullmatch(self.prefix):
+            out.append(f"{where}.prefix must be an OSC address such as /sendreturn (segments of A-Z a-z 0-9 _ . -), got {self.prefix!r}")
+        if not 0 <= self.rate_hz <= max_rate_hz:
+            out.append(f"{where}.rate_hz must be 0 (one bundle per update) up to outputs.osc.max_rate_hz = {max_rate_hz:g}, got {self.rate_hz:g}")
+        return out
+
+
+@dataclass(frozen=True)
+class OscOutputSettings:
+    targets: tuple[OscTargetSettings, ...]
+    max_targets: int
+    max_rate_hz: float
+
+    def problems(self) -> list[str]:
+        out = [p for i, t in enumerate(self.targets) for p in t.problems(f"outputs.osc.targets[{i}]", self.max_rate_hz)]
+        if len(self.targets) > self.max_targets:
+            out.append(f"{len(self.targets)} OSC targets configured; outputs.osc.max_targets allows {self.max_targets}")
+        return out
+
+
+@dataclass(frozen=True)
+class OutputsSettings:
+    osc: OscOutputSettings
+
+    def problems(self) -> list[str]:
+        return self.osc.problems()
+
+
 @dataclass(frozen=True)
 class EffectsSettings:
     file: str | None
@@ -224,6 +285,7 @@ class Settings:
     smoothing: SmoothingSettings
     track_detection: TrackDetectionSettings
     prepared: PreparedSettings
+    outputs: OutputsSettings
     effects: EffectsSettings
     logging: LoggingSettings
 
@@ -343,11 +405,40 @@ def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) ->
         if dataclasses.is_dataclass(kind):
             values[f.name] = _build(kind, value, where + ".", problems)  # type: ignore[arg-type]
             continue
+        item = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else None
+        if item is not None and dataclasses.is_dataclass(item):
+            values[f.name] = _build_items(item, value, where, problems)
+            continue
         try:
             values[f.name] = _typed(kind, value)
         except TypeError:
             problems.append(f"'{where}' must be {_kind_name(kind)}, got {value!r}")
     return None if problems else cls(**values)
+
+
+def _build_items(cls: type, value: Any, where: str, problems: list[str]) -> tuple[Any, ...]:
+    """A list of mappings -> a tuple of `cls` (missing keys take the field's default)."""
+    if not isinstance(value, (list, tuple)):
+        problems.append(f"'{where}' must be a list of mappings")
+        return ()
+    items = []
+    for i, raw in enumerate(value):
+        at = f"{where}[{i}]"
+        if not isinstance(raw, dict):
+            problems.append(f"'{at}' must be a mapping, got {raw!r}")
+            continue
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = [k for k in raw if k not in fields]
+        missing = [k for k, f in fields.items() if k not in raw and f.default is dataclasses.MISSING]
+        if unknown or missing:
+            problems += [f"{at}: unknown key '{k}' (known: {', '.join(fields)})" for k in unknown]
+            problems += [f"{at}: '{k}' is required" for k in missing]
+            continue
+        data = {k: raw.get(k, f.default) for k, f in fields.items()}
+        built = _build(cls, data, at + ".", problems)
+        if built is not None:
+            items.append(built)
+    return tuple(items)
 
 
 def _typed(kind: Any, value: Any) -> Any:

@@ -142,6 +142,8 @@ class ServerMetrics:
         self.broker_reconnects = Counter("broker_reconnects_total", "Reconnections to the broker after it was lost.", r)
         self.broker_published = Counter("broker_published_total", "Messages published to the broker for other processes.", r)
         self.broker_received = Counter("broker_received_total", "Messages received from other processes through the broker.", r)
+        self.osc_bundles = Counter("osc_bundles_sent_total", "OSC bundles sent, by target (HOST:PORT).", r, ["target"])
+        self.osc_errors = Counter("osc_send_errors_total", "OSC bundles lost, by target: unresolved name, closed port, full buffer.", r, ["target"])
         self.broker_dropped = Counter("broker_dropped_total", "Messages for other processes dropped (broker down or slow).", r)
         self.broker_up.set(1)
 

@@ -1,5 +1,5 @@
 """Command line: `python -m sendreturn_mood serve | config | models [MODEL] | analyze PATH... | token --room R --role
-ROLE` (or `sendreturn-mood ...`, the console script pip installs).
+ROLE | osc --url URL --room R --to HOST:PORT` (or `sendreturn-mood ...`, the console script pip installs).
 
 `serve` prints two start-up lines on stdout (where it listens, which model it loaded) and flushes them, because
 scripts and tests read the real port from there when started with `--port 0`. Everything else is logged.
@@ -36,6 +36,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", metavar="URL", help="share rooms with other processes: redis://HOST:PORT/DB (default: broker.url of the config; none)")
     p.add_argument("--workers", type=int, metavar="N", help="N processes on this port sharing rooms through the broker (default: server.workers of the config, 1)")
     p.add_argument("--metrics-port", type=int, metavar="P", help="also serve /metrics and /healthz on port P (with --workers N: P, P+1, ...; default: server.metrics_port, none)")
+    p.add_argument("--osc", action="append", default=[], metavar="HOST:PORT[=ROOM_GLOB]",
+                   help="also send rooms' updates (those matching ROOM_GLOB, default all) as OSC bundles over UDP to "
+                        "HOST:PORT; repeatable; added to outputs.osc.targets of the config (docs/PROTOCOL.md)")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by --workers for its workers
 
 
@@ -60,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .token import add_arguments as add_token_arguments
 
     add_token_arguments(sub.add_parser("token", help="mint a signed access token for a room and role"))
+    from .osc import add_arguments as add_osc_arguments
+
+    add_osc_arguments(sub.add_parser("osc", help="follow a room on a server and send its updates as OSC (a bridge for engines and tools)"))
     return parser
 
 
@@ -80,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         from .token import run as run_token
 
         return run_token(args)
+    if args.command == "osc":
+        from .osc import run as run_osc
+
+        return run_osc(args)
     return _serve(args)
 
 
@@ -183,6 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ..config import ConfigError, load_config
     from ..room.effects import EffectsError
     from ..model.contract import ModelError
+    from ..outputs.osc import parse_target
     from ..server.app import MoodServer
 
     overrides = {
@@ -196,6 +207,9 @@ def _serve(args: argparse.Namespace) -> int:
     }
     try:
         config = load_config(args.config, overrides)
+        if args.osc:  # added to the file's targets, checked like them
+            targets = config.as_dict()["outputs"]["osc"]["targets"] + [parse_target(spec) for spec in args.osc]
+            config = config.replace(**{"outputs.osc.targets": targets})
     except ConfigError as e:
         return _fail(str(e))
     logging.basicConfig(
@@ -212,6 +226,7 @@ def _serve(args: argparse.Namespace) -> int:
         from ..server import workers
 
         passed = [(flag, value) for flag, value in (("--config", args.config), ("--host", args.host), ("--model", args.model), ("--broker", args.broker)) if value]
+        passed += [("--osc", spec) for spec in args.osc]
         return workers.run(s.workers, [x for pair in passed for x in pair] + ["--workers", "1"], config)
     try:
         server = MoodServer(config)

@@ -18,7 +18,9 @@ from typing import Any
 
 from ..broker.base import Broker
 from ..config import Settings
+from ..room.effects import Presets
 from ..room.rooms import Outgoing, Room, Sink
+from .osc import OscOutputs, OscTarget
 
 
 class BrokerSink:
@@ -35,13 +37,21 @@ class BrokerSink:
 
 
 class Outputs:
-    """A server's outputs: `sinks_for(room)` is the registry's factory of a new room's sinks."""
+    """A server's outputs: `sinks_for(room)` is the registry's factory of a new room's sinks (the broker, then the
+    OSC targets matching the room). ConfigError for OSC targets the config refuses."""
 
-    def __init__(self, config: Settings, broker: Broker, presets: Any, metrics: Any = None) -> None:
+    def __init__(
+        self, config: Settings, broker: Broker, presets: Presets, hop_seconds: float, metrics: Any = None,
+    ) -> None:
         self.broker_sink = BrokerSink(broker)
+        self.osc = OscOutputs([OscTarget(t, presets, hop_seconds, metrics) for t in config.outputs.osc.targets])
 
     def sinks_for(self, room: str) -> list[Sink]:
-        return [self.broker_sink]
+        return [self.broker_sink, *self.osc.sinks_for(room)]
 
-    async def close(self) -> None:
-        pass
+    async def start(self) -> None:
+        """Resolve the OSC targets' names (bounded wait; what fails is retried, counted and logged)."""
+        await self.osc.start()
+
+    def close(self) -> None:
+        self.osc.close()

@@ -528,11 +528,12 @@ class EffectState:
             for m in preset.mappings:
                 name = m.parameter.name
                 rate = preset.max_rate(m)
-                self._values[name] = _approach(self._values[name], targets[name], None if rate is None else rate * dt)
+                self._values[name] = approach(self._values[name], targets[name], None if rate is None else rate * dt)
         return {m.parameter.name: _wire(self._values[m.parameter.name], m.parameter.decimals) for m in preset.mappings}
 
 
-def _approach(current: float | RGB, target: float | RGB, step: float | None) -> float | RGB:
+def approach(current: float | RGB, target: float | RGB, step: float | None) -> float | RGB:
+    """`current` moved towards `target` by at most `step` (per channel for colours; None: all the way)."""
     if step is None:
         return target
     if isinstance(target, tuple):

@@ -96,3 +96,17 @@ class Update:
     def to_message(self) -> dict[str, Any]:
         """The websocket view: protocol v1's `mood` message."""
         return protocol.mood(self.room, self.seq, self.analysis.to_dict(), self.track, self.latency_ms)
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any]) -> "Update":
+        """A `mood` message (as received over the websocket) back into an Update, for outputs fed by a client (the
+        OSC bridge). Raises KeyError / TypeError for a message that is not a v1 `mood`."""
+        instant, genre = msg["instant"], msg.get("genre")
+        analysis = Analysis(
+            stream_time=msg["stream_time"], mood=msg["mood"], confidence=msg["confidence"],
+            probabilities=msg["probabilities"], valence=msg["valence"], arousal=msg["arousal"],
+            instant=Instant(instant["probabilities"], instant["valence"], instant["arousal"]),
+            genre=None if genre is None else Guess(genre["label"], genre["probabilities"]),
+            effects=msg["effects"], preset=msg["preset"], state=msg.get("state"), level_db=msg.get("level_db"),
+        )
+        return cls(msg["room"], msg["seq"], analysis, msg.get("track"), msg["latency_ms"])

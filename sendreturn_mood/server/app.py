@@ -98,7 +98,7 @@ class MoodServer:
         self.metrics = ServerMetrics()
         self.broker = broker or make_broker(config, self.metrics)
         self.metrics.node.set(1, node=self.broker.node, broker=self.broker.kind)
-        self.outputs = Outputs(config, self.broker, self.presets, self.metrics)
+        self.outputs = Outputs(config, self.broker, self.presets, self.hop_seconds, self.metrics)
         self.rooms = RoomRegistry(
             self._make_tracker, s.max_rooms, self.metrics, self.broker, self._make_detector, self.outputs.sinks_for
         )
@@ -219,6 +219,7 @@ class MoodServer:
         install_log_redaction("websockets.server", "websockets", __name__)
         await self.broker.start(self.rooms)
         await self.tracks.store.start()
+        await self.outputs.start()
         self.worker.start()
         try:
             self._server = await serve(
@@ -280,6 +281,7 @@ class MoodServer:
         self.tracks.close()
         await self.tracks.store.close()
         await self.broker.close()
+        self.outputs.close()
 
     async def __aenter__(self) -> "MoodServer":
         await self.start()
