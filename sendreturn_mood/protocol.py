@@ -80,6 +80,7 @@ CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVER_ERROR = 1011
+CLOSE_PING_TIMEOUT = 4408  # additive: no pong within server.ping_timeout_seconds (the client's network, not a server error)
 
 CLIENT_MESSAGE_TYPES = ("track", "preset", "end", "keepalive", "track_detection", "play", "position", "pause", "stop")
 MAX_LEAD_SECONDS = 10.0  # `lead_seconds` of a room following a prepared track: 0 (on time) to this

@@ -210,3 +210,50 @@ async def test_the_sendreturn_subprotocol_and_numeric_colours(tiny_model_path):
     for name, hex_colour in colours.items():
         rgb = update["effects"][f"{name}_rgb"]
         assert rgb == [round(c / 255, 4) for c in parse_colour(hex_colour)] and all(0 <= c <= 1 for c in rgb)
+
+
+# ------------------------------------------------------------------------------------------------ connections
+
+
+def close_code_of(frames: bytes) -> int | None:
+    """The status code of the first close frame in a server's (unmasked) websocket byte stream."""
+    i = 0
+    while i + 2 <= len(frames):
+        opcode, length = frames[i] & 0x0F, frames[i + 1] & 0x7F
+        i += 2
+        if length == 126:
+            length, i = int.from_bytes(frames[i : i + 2], "big"), i + 2
+        elif length == 127:
+            length, i = int.from_bytes(frames[i : i + 8], "big"), i + 8
+        if opcode == 0x8:
+            return int.from_bytes(frames[i : i + 2], "big")
+        i += length
+    return None
+
+
+async def test_a_listener_that_stops_answering_pings_is_closed_with_the_documented_code(tiny_model_path):
+    """A real listener (a raw socket after a real handshake) that never answers pings: the server closes it with
+    4408, the code PROTOCOL.md documents for a ping timeout, not 1011 (a server error)."""
+    from sendreturn_mood import protocol
+
+    async with running_server(tiny_model_path, server__ping_interval_seconds=0.3, server__ping_timeout_seconds=0.5) as server:
+
+        def mute_listener() -> bytes:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+                s.sendall(b"GET /v1/rooms/muted HTTP/1.1\r\nHost: 127.0.0.1\r\n" + UPGRADE + b"\r\n")
+                data = b""
+                deadline = time.monotonic() + 8
+                while time.monotonic() < deadline:
+                    try:
+                        chunk = s.recv(65536)  # read (so TCP is fine) but never answer a ping
+                    except (ConnectionResetError, socket.timeout):
+                        break
+                    if not chunk:
+                        break
+                    data += chunk
+            return data
+
+        data = await asyncio.to_thread(mute_listener)
+    head, _, frames = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert close_code_of(frames) == protocol.CLOSE_PING_TIMEOUT == 4408

@@ -59,6 +59,7 @@ from .limits import ClientLimits, KeyedRateLimiter, origin_policy_from_config
 from .prepared import Playback, PrepareError, TrackPreparer
 from .redaction import install_log_redaction, redact
 from .reservations import SourceReservations
+from .keepalive import KeepaliveConnection
 from .requestline import connection_factory
 from .routing import Router, error_response, header, json_response, response, route, address
 from .static import StaticFiles, static_root
@@ -227,7 +228,7 @@ class MoodServer:
                 s.host,
                 s.port,
                 process_request=self._process_request,
-                create_connection=connection_factory(),
+                create_connection=connection_factory(KeepaliveConnection),
                 select_subprotocol=select_subprotocol,
                 compression=None,
                 max_size=self.max_message_bytes * WS_SIZE_SLACK,

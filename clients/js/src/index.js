@@ -29,6 +29,7 @@ export const CLOSE_TEXT = {
   1008: "closed by server policy (see the error before it: e.g. unauthorized, not allowed)",
   1009: "a message was too big for the server",
   1011: "the server hit an internal error",
+  4408: "the server got no answer to its pings in time (a network stall, or this page was frozen)",
 };
 const NO_RETRY_CODES = new Set([1000, 1003, 1008, 1009]);
 const DEFAULTS = {
