@@ -154,3 +154,27 @@ def test_musifeast_and_emotify_as_soft_targets():
     assert agree[off_midpoint].all()  # elsewhere the posterior's mode is the quadrant the means are in
     e = emotify_targets(resolve_dataset("emotify"))
     assert np.allclose(e.sum(axis=1), 1.0) and e.shape == (300, 4)
+
+
+def test_band_masked_graph_is_the_model_on_masked_input(tmp_path):
+    """The shipped file behind a band mask: the same outputs as the file itself on input with those bands zeroed,
+    and no change at all from what the masked bands hold."""
+    import onnx
+
+    from sendreturn_mood.model.contract import MoodModel
+    from training.graft import band_masked
+    from training.manifest import REPO
+    from training.robust import band_mask
+
+    src = REPO / "exported_models" / "mood_cnn.onnx"
+    keep = band_mask(7300.0)
+    out = tmp_path / "masked.onnx"
+    onnx.save(band_masked(onnx.load(str(src)), keep), str(out))
+    x = np.random.default_rng(0).uniform(0, 4, size=(3, 96, 187)).astype(np.float32)
+    masked, plain = MoodModel(out), MoodModel(src)
+    assert masked.info == plain.info  # metadata travels with the graph
+    a, b = masked.predict(x), plain.predict(x * keep[None, :, None])
+    assert np.allclose(a.moods, b.moods, atol=1e-6) and np.allclose(a.genres, b.genres, atol=1e-6)
+    y = x.copy()
+    y[:, keep == 0] += 3.0  # "full-band" content the training data never had
+    assert np.array_equal(masked.predict(y).moods, a.moods)

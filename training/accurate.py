@@ -32,6 +32,7 @@ import numpy as np
 
 from training.manifest import GENRES_EMOTIFY, MOOD_COORDINATES, MOODS_4Q, REPO
 from training.recipe import ACCURATE_HEADS, ACCURATE_MAX_MB, ACCURATE_TEACHERS, SVM_C
+from training.card import robustness_lines
 from training.svm import make_head
 
 DEFAULT_OUT = REPO / "exported_models" / "mood_musicnn.onnx"
@@ -366,6 +367,7 @@ def write_card(path: Path, info, report: dict, bench: dict | None, default_bench
                     f"{FLIP_MARGIN:g} of a pairwise tie, {v['of_which_differ']} of them differing)"
                     for k, v in ver.get("heads", {}).items())
         + "; the runtime's `MoodModel` loads it and accepts a 40-frame window.", "",
+        *robustness_lines(info.name, prov.get("band_mask", {}).get("name", "none")),
         "## Known limits", "", "Same as mood_cnn: sad vs calm is the main confusion; pop vs rock for genres; "
         "4Q/Emotify are Western commercial music; there is no 'no music' class.", "",
     ]

@@ -15,6 +15,8 @@ from pathlib import Path
 from training.manifest import REPO
 
 EVAL_DIR = REPO / "docs" / "evaluation"
+ROBUST_DIR = EVAL_DIR / "robust"  # `training robust`: rows/<model>-<mask>.json per model and band mask
+CONDITIONS = ("clean", "lowpass_6k", "noise_7k3", "gain_-6dB", "gain_+6dB", "stream_16k_mono", "stream_48k_stereo")
 
 
 def _fmt(summary: dict, key: str, prefix: str) -> str:
@@ -135,6 +137,78 @@ def valence_arousal_lines(report: dict, info) -> list[str]:
         + (f"This model ships that calibration (metadata `valence_arousal_zero` = ({shipped[0]:+.2f}, {shipped[1]:+.2f}), "
            "fitted on the held-out probabilities of an inner grouped CV over all labelled clips; the runtime applies it)."
            if shipped else "This model does not ship a calibration (it did not make the signs agree better at both levels).")]
+
+
+METRICS = (("mood", "clip_macro_f1"), ("mood", "window_accuracy"), ("genre", "clip_accuracy"))
+
+
+def drops(rows: dict) -> dict:
+    """Per condition and metric: clean minus that condition (positive = worse), where both were computed."""
+    clean = rows.get("clean", {})
+    out = {}
+    for cond, r in rows.items():
+        if cond == "clean":
+            continue
+        for task, metric in METRICS:
+            if task in r and task in clean:
+                out.setdefault(cond, {})[metric] = clean[task][metric] - r[task][metric]
+    return out
+
+
+def largest_drop(rows: dict) -> float | None:
+    values = [v for d in drops(rows).values() for v in d.values()]
+    return max(values) if values else None
+
+
+def robustness_table(name: str, v: dict) -> list[str]:
+    rows, d = v["rows"], drops(v["rows"])
+
+    def cell(cond: str, task: str, metric: str) -> str:
+        if task not in rows.get(cond, {}):
+            return "not computed"
+        val = rows[cond][task][metric]
+        return f"{val:.3f}" + (f" ({-d[cond][metric]:+.3f})" if cond in d and metric in d[cond] else "")
+
+    lines = [f"### {name}: {v['model']}, mask {v['mask']}", "", f"`{v['command']}` at `{v['git_commit']}`.", "",
+             "| condition | mood clip macro-F1 | mood window acc | sad -> calm | calm -> sad | genre clip acc | genre window acc | windows scored (4Q / Emotify) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for cond in CONDITIONS:
+        if cond not in rows:
+            continue
+        r = rows[cond]
+        sc = f"{r['mood']['sad_as_calm']} | {r['mood']['calm_as_sad']}" if "mood" in r else "- | -"
+        gw = f"{r['genre']['window_accuracy']:.3f}" if "genre" in r else "-"
+        n = " / ".join(str(r[t]["windows"]) if t in r else "-" for t in ("mood", "genre"))
+        lines.append(f"| {cond} | {cell(cond, 'mood', 'clip_macro_f1')} | {cell(cond, 'mood', 'window_accuracy')} | {sc} | "
+                     f"{cell(cond, 'genre', 'clip_accuracy')} | {gw} | {n} |")
+    ld = largest_drop(rows)
+    lines += ["", f"Largest drop from clean: {ld:.3f}." if ld is not None else "", ""]
+    return lines
+
+
+def va_line(name: str, va: dict) -> str:
+    v, a = va["valence"], va["arousal"]
+    folds = lambda x: " / ".join(f"{r:.2f}" for r in x)  # noqa: E731
+    return (f"| {name} | {v['r']:.3f} | {v['ccc']:.3f} | {a['r']:.3f} | {a['ccc']:.3f} | {folds(v['r_folds'])} | "
+            f"{folds(a['r_folds'])} |")
+
+
+def robustness_lines(name: str, mask: str = "none") -> list[str]:
+    """The card's robustness table and valence/arousal correlations, from `training robust`'s record of this model."""
+    path = ROBUST_DIR / "rows" / f"{name}-{mask}.json"
+    if not path.is_file():
+        return []
+    v = json.loads(path.read_text())
+    lines = ["## Robustness and valence/arousal (`docs/evaluation/robust/report.md`)", "",
+             "The same folds with the test audio changed (conditions defined in the report): the model's own outputs, "
+             "so on 4Q and Emotify, which it was trained on, only the change from the clean row (in brackets) means "
+             "something.", ""]
+    lines += robustness_table(name, v)[2:]
+    if "valence_arousal" in v:
+        lines += ["Reported valence/arousal against MUSIFEAST-17's listener ratings (356 clips it never heard):", "",
+                  "| model | valence r | valence CCC | arousal r | arousal CCC | valence r per fold | arousal r per fold |",
+                  "|---|---|---|---|---|---|---|", va_line(name, v["valence_arousal"]), ""]
+    return lines
 
 
 def distill_targets(teachers: list[str]) -> str:
@@ -291,6 +365,7 @@ def write_card(path: Path, info, report: dict, check: dict) -> Path:
                       f"{m['total'] / 1e6:.1f} M (mood side {m['mood_logits'] / 1e6:.1f} M"
                       + (f", genre side {m['genre_logits'] / 1e6:.1f} M" if "genre_logits" in m else "") + f"){other}."]
         lines.append("")
+    lines += robustness_lines(info.name, prov.get("band_mask", {}).get("name", "none"))
     lines += ["## Experiments (what was tried and what it gave)", ""] + experiments_table(current=report.get("command")) + [""]
     lines += [
         "## Reproduce",

@@ -84,3 +84,25 @@ def _renamed_copies(protos, keep: set[str]) -> list:  # type: ignore[no-untyped-
             q.name = _renamed(p.name)
             out.append(q)
     return out
+
+
+MASKED_INPUT = "logmel_band_masked"
+
+
+def band_masked(model: onnx.ModelProto, keep) -> onnx.ModelProto:
+    """The same graph behind one `Mul` of its input by `keep` ([n_mels] of 1/0): the bands set to 0 read as silence
+    whatever the audio has there. Every node that read the input reads the product instead; weights are untouched."""
+    import copy
+
+    import numpy as np
+    from onnx import numpy_helper
+
+    m = copy.deepcopy(model)
+    g = m.graph
+    for node in g.node:
+        node.input[:] = [MASKED_INPUT if v == INPUT else v for v in node.input]
+    mask = numpy_helper.from_array(np.asarray(keep, dtype=np.float32).reshape(1, -1, 1), "band_mask")
+    g.initializer.append(mask)
+    g.node.insert(0, helper.make_node("Mul", [INPUT, "band_mask"], [MASKED_INPUT], name="band_mask"))
+    onnx.checker.check_model(m)
+    return m
