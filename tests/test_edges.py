@@ -257,3 +257,25 @@ async def test_a_listener_that_stops_answering_pings_is_closed_with_the_document
     head, _, frames = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101")
     assert close_code_of(frames) == protocol.CLOSE_PING_TIMEOUT == 4408
+
+
+async def test_silence_first_over_osc_is_an_empty_label(tiny_model_path):
+    """The same room over OSC (a real python-osc UDP server): before the track's first music the `mood` address
+    carries an empty string (the websocket's null), then the label."""
+    from tests.test_osc import osc_server
+
+    rate = 16000
+    audio = np.concatenate([np.zeros(3 * rate, dtype=np.float32), tone(3.0, rate)])
+    async with osc_server() as (port, recorder):
+        target = [{"host": "127.0.0.1", "port": port, "rooms": ["*"], "prefix": "/sendreturn", "rate_hz": 0}]
+        async with running_server(tiny_model_path, outputs__osc__targets=target) as server:
+            async with client(server, "quiet", role="source", sample_rate=rate, encoding="pcm_f32le") as (ws, _):
+                await ws.send(encode(audio, "pcm_f32le"))
+                await ws.send(json.dumps({"type": "end"}))
+                updates = [m for m in await read_until_closed(ws) if m["type"] == "mood"]
+            await asyncio.sleep(0.3)
+    labels = {b["/sendreturn/quiet/seq"][1][0]: b["/sendreturn/quiet/mood"] for _, b in recorder.bundles("/seq")}
+    assert sorted(labels) == [u["seq"] for u in updates]
+    for u in updates:
+        assert labels[u["seq"]] == ("s", (u["mood"] or "",))
+    assert labels[updates[0]["seq"]] == ("s", ("",)) and labels[updates[-1]["seq"]][1][0] != ""

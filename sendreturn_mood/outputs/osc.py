@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 STATE_CODES = {"silent": 0, "music": 1}  # `state` as an int: tools that take numbers only
 SOURCE_CODES = {"disconnected": 0, "connected": 1}
+NO_LABEL = ""  # `mood` / `genre` before a track's first music (the websocket's null): an empty string
 ERROR_LOG_SECONDS = 60.0  # a failing target is logged at most this often
 RESOLVE_RETRY_SECONDS = 60.0  # an unresolvable name is tried again this long after a failure
 RESOLVE_WAIT_SECONDS = 2.0  # the server's start waits at most this long for its targets' names
@@ -79,12 +80,12 @@ def update_messages(prefix: str, update: Update, parameters: Mapping[str, Parame
     out: list[Message] = [
         (f"{base}/seq", "i", (update.seq,)),
         (f"{base}/stream_time", "f", (a.stream_time,)),
-        (f"{base}/mood", "s", (a.mood,)),
+        (f"{base}/mood", "s", (a.mood or NO_LABEL,)),
         (f"{base}/confidence", "f", (a.confidence,)),
     ]
     out += [(f"{base}/mood/{label}", "f", (p,)) for label, p in a.probabilities.items()]
     if a.genre is not None:
-        out.append((f"{base}/genre", "s", (a.genre.label,)))
+        out.append((f"{base}/genre", "s", (a.genre.label or NO_LABEL,)))
         out += [(f"{base}/genre/{label}", "f", (p,)) for label, p in a.genre.probabilities.items()]
     if a.state is not None:
         out.append((f"{base}/state", "i", (STATE_CODES[a.state],)))

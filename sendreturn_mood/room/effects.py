@@ -118,6 +118,11 @@ def with_rgb(effects: dict[str, float | str]) -> dict[str, Any]:
     return out
 
 
+def without_rgb(effects: dict[str, Any]) -> dict[str, float | str]:
+    """The wire's effects back to the parameters alone (with_rgb's NAME_rgb entries are a view of NAME)."""
+    return {name: value for name, value in effects.items() if not isinstance(value, list)}
+
+
 # ------------------------------------------------------------------------------------------------ compiled form
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol
-from .effects import with_rgb
+from .effects import with_rgb, without_rgb
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,6 @@ class Update:
             probabilities=msg["probabilities"], valence=msg["valence"], arousal=msg["arousal"],
             instant=Instant(instant["probabilities"], instant["valence"], instant["arousal"]),
             genre=None if genre is None else Guess(genre["label"], genre["probabilities"]),
-            effects=msg["effects"], preset=msg["preset"], state=msg.get("state"), level_db=msg.get("level_db"),
+            effects=without_rgb(msg["effects"]), preset=msg["preset"], state=msg.get("state"), level_db=msg.get("level_db"),
         )
         return cls(msg["room"], msg["seq"], analysis, msg.get("track"), msg["latency_ms"])
