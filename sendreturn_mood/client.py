@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Union
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -212,10 +212,11 @@ class ClientError(Exception):
 class Refused(ClientError):
     """The server refused the handshake for a reason retrying cannot fix. `body` is its JSON answer when it sent one."""
 
-    def __init__(self, status: int, body: str) -> None:
+    def __init__(self, status: int, body: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status} {body}".strip())
         self.status = status
         self.body = body
+        self.retry_after = retry_after  # seconds, from a 429's Retry-After
         try:
             err = json.loads(body)["error"]
             self.code, self.message = str(err["code"]), str(err["message"])
@@ -274,6 +275,93 @@ def room_url(base: str, room: str, **params: Any) -> str:
     """ws://HOST:PORT/v1/rooms/{room}?... (None parameters left out; the room name is escaped)."""
     query = urlencode({k: v for k, v in params.items() if v is not None})
     return f"{base.rstrip('/')}/v1/rooms/{quote(room, safe='')}" + (f"?{query}" if query else "")
+
+
+# ---------------------------------------------------------------------------------------------------- HTTP
+
+UPLOAD_CHUNK = 64 * 1024
+
+
+def http_base(url: str) -> tuple[str, int, bool, str]:
+    """(host, port, tls, Host header) of a server's ws://, wss://, http:// or https:// URL (any path ignored)."""
+    parts = urlsplit(url)
+    tls = parts.scheme in ("wss", "https")
+    if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
+        raise ValueError(f"not a server URL: {url!r} (ws://HOST:PORT or http://HOST:PORT)")
+    return parts.hostname, parts.port or (443 if tls else 80), tls, parts.netloc
+
+
+async def http_request(
+    url: str, method: str, target: str, body: bytes, headers: list[tuple[str, str]], timeout: float
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request with a body (h11 over an asyncio connection) -> (status, headers, body). The body is
+    sent while the answer is watched for: a server that answers early (401, 413, 415, 429) is heard, and the rest
+    of the body is not sent."""
+    import h11
+
+    host, port, tls, netloc = http_base(url)
+    conn = h11.Connection(h11.CLIENT)
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port, ssl=tls or None)
+        try:
+            head = [("Host", netloc), ("Content-Length", str(len(body))), ("Connection", "close"), *headers]
+            writer.write(conn.send(h11.Request(method=method, target=target, headers=head)))
+
+            async def send_body() -> None:
+                for i in range(0, len(body), UPLOAD_CHUNK):
+                    writer.write(conn.send(h11.Data(data=body[i : i + UPLOAD_CHUNK])))
+                    await writer.drain()
+                writer.write(conn.send(h11.EndOfMessage()))
+                await writer.drain()
+
+            sender = asyncio.ensure_future(send_body())
+            status, answer_headers, chunks = 0, {}, []
+            try:
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        data = await reader.read(UPLOAD_CHUNK)
+                        conn.receive_data(data)
+                        continue
+                    if isinstance(event, h11.Response):
+                        status = event.status_code
+                        answer_headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
+                    elif isinstance(event, h11.Data):
+                        chunks.append(bytes(event.data))
+                    elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                        break
+            finally:
+                if not sender.done():
+                    sender.cancel()
+                with contextlib.suppress(BaseException):
+                    await sender
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+    return status, answer_headers, b"".join(chunks)
+
+
+async def analyze_file(
+    url: str, file: str | Path | bytes, *, token: str | None = None, name: str | None = None, timeout: float = 300.0
+) -> dict[str, Any]:
+    """POST an audio file (a path, or its bytes) to the server's /v1/analyze -> what `analyze --json` prints for
+    it plus `features` (docs/PROTOCOL.md). `url` is the server's ws:// or http:// address. Raises `Refused` with
+    the server's status, code and message (and `retry_after` on a 429) when it does not analyse it."""
+    if isinstance(file, bytes):
+        data, shown = file, name
+    else:
+        path = Path(file)
+        data, shown = path.read_bytes(), name or path.name
+    target = "/v1/analyze" + (f"?{urlencode({'name': shown})}" if shown else "")
+    headers = [("Content-Type", "application/octet-stream")]
+    if token is not None:
+        headers.append(("Authorization", f"Bearer {token}"))
+    status, answer_headers, body = await http_request(url, "POST", target, data, headers, timeout)
+    if status != 200:
+        retry = answer_headers.get("retry-after")
+        raise Refused(status, body.decode("utf-8", "replace"), float(retry) if retry and retry.isdigit() else None)
+    return json.loads(body)  # type: ignore[no-any-return]
 
 
 def _refusal_text(exc: InvalidStatus) -> str:

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import difflib
 import fnmatch
+import os
 import re
 import types
 import typing
@@ -264,6 +265,33 @@ class OutputsSettings:
 
 
 @dataclass(frozen=True)
+class AnalyzeSettings:
+    """POST /v1/analyze (server/analysis.py)."""
+
+    enabled: bool
+    max_bytes: int
+    max_seconds: float
+    max_concurrent: int
+    workers: int
+    timeout_seconds: float
+    upload_timeout_seconds: float
+
+    def problems(self) -> list[str]:
+        out = []
+        for key in ("max_bytes", "max_seconds", "max_concurrent", "timeout_seconds", "upload_timeout_seconds"):
+            if getattr(self, key) <= 0:
+                out.append(f"analyze.{key} must be > 0, got {getattr(self, key)}")
+        if self.workers < 0:
+            out.append(f"analyze.workers must be >= 0 (0: one per core but one), got {self.workers}")
+        return out
+
+    @property
+    def worker_processes(self) -> int:
+        """`workers`, with 0 meaning one per core but one (at least one)."""
+        return self.workers or max(1, (os.cpu_count() or 2) - 1)
+
+
+@dataclass(frozen=True)
 class EffectsSettings:
     file: str | None
     default_preset: str
@@ -286,6 +314,7 @@ class Settings:
     track_detection: TrackDetectionSettings
     prepared: PreparedSettings
     outputs: OutputsSettings
+    analyze: AnalyzeSettings
     effects: EffectsSettings
     logging: LoggingSettings
 

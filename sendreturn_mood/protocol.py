@@ -33,6 +33,8 @@ INT_PARAM_RE = re.compile(r"[0-9]{1,9}")  # int() would also take " 48000\n", "4
 TOKEN_RE = re.compile(r"[\x21-\x7e]{1,4096}")  # a token is visible ASCII (JWTs are base64url and dots)
 MAX_QUERY_FIELDS = 32  # parameters in one handshake query; more is refused (parsing stays bounded)
 ROLES = ("source", "listener")
+ANALYZE_ROLE = "analyze"  # a token role for POST /v1/analyze only (no room: it joins none)
+TOKEN_ROLES = ROLES + (ANALYZE_ROLE,)  # the roles an access token may grant
 DEFAULT_ROLE = "listener"
 DEFAULT_ENCODING = "pcm_s16le"
 DEFAULT_SAMPLE_RATE = 48000
@@ -66,9 +68,13 @@ STORE_FULL = "store_full"  # additive: PUT of a prepared track when the store ho
 FORBIDDEN_ORIGIN = "forbidden_origin"  # additive: a web page whose Origin is not allowed (HTTP 403)
 NOT_FOUND = "not_found"
 METHOD_NOT_ALLOWED = "method_not_allowed"  # additive: plain HTTP with a method the path does not answer (HTTP 405)
+UNSUPPORTED_MEDIA = "unsupported_media_type"  # additive (HTTP uploads): a body that is not audio the server reads
+TIMEOUT = "timeout"  # additive (HTTP uploads): the work asked for took longer than its limit (504)
+REQUEST_TIMEOUT = "request_timeout"  # additive (HTTP uploads): the request itself did not arrive in time (408)
 # additive refusals: 403 forbidden_origin, 404 not_found (HTTP room state), 429 rate_limited (per-address limits)
 REFUSAL_STATUS = {BAD_REQUEST: 400, UNAUTHORIZED: 401, FORBIDDEN_ORIGIN: 403, NOT_FOUND: 404, SOURCE_TAKEN: 409,
-                  METHOD_NOT_ALLOWED: 405, RATE_LIMITED: 429, SERVER_FULL: 503, STORE_FULL: 507}
+                  METHOD_NOT_ALLOWED: 405, RATE_LIMITED: 429, SERVER_FULL: 503, STORE_FULL: 507, TOO_BIG: 413,
+                  UNSUPPORTED_MEDIA: 415, BAD_AUDIO: 422, TIMEOUT: 504, REQUEST_TIMEOUT: 408}
 
 # The websocket subprotocol a client may offer (Sec-WebSocket-Protocol); offering none works the same.
 SUBPROTOCOL = "sendreturn.v1"
@@ -99,9 +105,10 @@ class ProtocolError(Exception):
 class Refusal(ProtocolError):
     """A handshake the server refuses: HTTP `status` with body {"error": {"code", "message"}}."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(code, message)
         self.status = REFUSAL_STATUS[code]
+        self.headers = headers  # extra response headers (Retry-After on a 429, Allow on a 405)
 
     def body(self) -> bytes:
         return refusal_body(self.code, self.message)

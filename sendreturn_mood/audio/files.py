@@ -46,6 +46,24 @@ class Truncated(DecodeError):
         self.declared_seconds = declared_seconds
 
 
+SNIFF_BYTES = 12  # the start of a file that says which format it is
+
+
+def sniff_format(head: bytes) -> str | None:
+    """'wav', 'mp3', 'flac' or 'ogg' from a file's first SNIFF_BYTES (its magic number, not its name); None for
+    anything else. MP3 is an ID3v2 tag or an MPEG audio frame sync (11 set bits, a layer other than the reserved
+    one: ADTS AAC, which shares the sync, has layer 00)."""
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:3] == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06):
+        return "mp3"
+    return None
+
+
 def find_audio(paths: list[str | Path] | list[str] | list[Path]) -> list[Path]:
     """Files as given (any extension: the decoder decides), folders expanded recursively, sorted, to the files
     with an audio extension inside them. FileNotFoundError for a path that does not exist."""

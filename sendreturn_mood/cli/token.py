@@ -16,7 +16,7 @@ import sys
 
 from ..server.auth import AuthError, Authenticator
 from ..config import ConfigError, load_config
-from ..protocol import ROLES
+from ..protocol import TOKEN_ROLES
 
 TTL_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)")
 TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -24,7 +24,7 @@ TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--room", required=True, help="room name, or a glob over room names (team-*, *)")
-    parser.add_argument("--role", action="append", choices=ROLES, required=True, help="role granted (repeat for both)")
+    parser.add_argument("--role", action="append", choices=TOKEN_ROLES, required=True, help="role granted (repeat for several)")
     parser.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
     parser.add_argument("--sub", help="who holds it (required with --reserve)")
     parser.add_argument("--reserve", action="store_true", help="keep this source's slot while it reconnects")

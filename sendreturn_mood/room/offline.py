@@ -10,6 +10,7 @@ check what a room will see for a song, and the reference the server is tested ag
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -18,7 +19,7 @@ import numpy as np
 from .effects import load_presets
 from ..config import Settings
 from ..model.contract import MoodModel, Prediction
-from ..audio.files import DecodeError, mono_blocks
+from ..audio.files import TRUNCATION_TOLERANCE_SECONDS, AudioFile, DecodeError, block_frames, mono_blocks, to_mono
 from ..audio.pcm import BadAudio, check_samples
 from ..audio.pipeline import AnalysisStream, Window, window_plan
 from .rooms import Room
@@ -49,6 +50,42 @@ def read_blocks(path: Path) -> tuple[int, Iterator[np.ndarray]]:
             raise AnalyzeError(f"{path}: {e}") from None
 
     return rate, named()
+
+
+class TooLong(AnalyzeError):
+    """Audio longer than the caller's limit (its declared length, or what was decoded before the limit)."""
+
+
+def analyze_upload(data: bytes, name: str, model: MoodModel, config: Settings, max_seconds: float) -> dict[str, Any]:
+    """A whole audio file's bytes -> what `analyze --json` prints for it (the same decoding, the same blocks, the
+    same `analyze_audio`) plus `features` (`trackfeatures.track_features`). AnalyzeError for audio that cannot be
+    decoded to its end (truncated, corrupt) or analysed; TooLong beyond `max_seconds`, said by the file's declared
+    length before decoding when it declares one, else as soon as the decoder passes the limit."""
+    from ..audio.features import MAX_LOUDNESS_CHANNELS, audio_features
+    from .trackfeatures import track_features
+
+    try:
+        f = AudioFile(io.BytesIO(data))
+    except DecodeError as e:
+        raise AnalyzeError(f"{name}: {e}") from None
+    limit = f"the limit is {max_seconds:g} s"
+    if f.declared_frames > (max_seconds + TRUNCATION_TOLERANCE_SECONDS) * f.rate:
+        raise TooLong(f"{name}: {f.seconds(f.declared_frames):.1f} s of audio; {limit}")
+    blocks: list[np.ndarray] = []
+    with f:
+        try:
+            for block, _ in f.blocks(block_frames(f.rate)):
+                if f.decoded_frames > max_seconds * f.rate:
+                    raise TooLong(f"{name}: more than {max_seconds:g} s of audio; {limit}")
+                blocks.append(block)
+        except DecodeError as e:
+            raise AnalyzeError(f"{name}: {e}") from None
+    result = analyze_audio(name, f.rate, (to_mono(b) for b in blocks), model, config)
+    samples = np.concatenate(blocks)
+    if samples.shape[1] > MAX_LOUDNESS_CHANNELS:  # R128 weights cover 5 channels: measure a downmix instead
+        samples = to_mono(samples)
+    result["features"] = track_features(result, audio_features(samples, f.rate))
+    return result
 
 
 def predict_windows(model: MoodModel, windows: list[Window], max_batch: int) -> list[Prediction]:

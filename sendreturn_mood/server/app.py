@@ -60,6 +60,8 @@ from .prepared import Playback, PrepareError, TrackPreparer
 from .redaction import install_log_redaction, redact
 from .reservations import SourceReservations
 from .keepalive import KeepaliveConnection
+from .analysis import AnalyzeEndpoint
+from .bodies import BodyExchange, front_door
 from .requestline import connection_factory
 from .routing import Router, error_response, header, json_response, response, route, address
 from .static import StaticFiles, static_root
@@ -72,6 +74,7 @@ WS_MAX_QUEUE = 4  # frames the websocket layer buffers per connection before it 
 WS_SIZE_SLACK = 4  # the websocket layer accepts up to this many times max_message_bytes so we can answer too_big
 ROOM_STATE_PATH = re.escape(protocol.ROOM_PATH_PREFIX) + r".*"
 TRACK_PATH = re.escape(protocol.ROOM_PATH_PREFIX) + r"(?P<room>[^/]+)/tracks/(?P<track>[^/]+)"
+ANALYZE_PATH = r"/v1/analyze"
 
 
 class MoodServer:
@@ -145,6 +148,8 @@ class MoodServer:
             room_creations,
         )
         self.static = StaticFiles(static_root())
+        self.analyze = AnalyzeEndpoint(config.analyze, self.auth, str(self.model.path), config)
+        self._body_exchanges: set[asyncio.Task[None]] = set()  # requests with a body being served (bodies.py)
         # The HTTP routing table: the first route whose pattern matches the whole path (and answers the method)
         # handles the request. Add a route here.
         self.http = Router(
@@ -153,6 +158,7 @@ class MoodServer:
                 route(r"/metrics", self._metrics),
                 route(TRACK_PATH, self._track, ("GET", "PUT", "DELETE")),
                 route(ROOM_STATE_PATH, self._room_state),
+                route(ANALYZE_PATH, self.analyze.handle, methods=("POST",)),
                 route(r"/.*", self._static_file),
             ]
         )
@@ -228,7 +234,7 @@ class MoodServer:
                 s.host,
                 s.port,
                 process_request=self._process_request,
-                create_connection=connection_factory(KeepaliveConnection),
+                create_connection=front_door(self._body_request, self._body_exchanges, KeepaliveConnection),
                 select_subprotocol=select_subprotocol,
                 compression=None,
                 max_size=self.max_message_bytes * WS_SIZE_SLACK,
@@ -277,6 +283,9 @@ class MoodServer:
                 await asyncio.wait_for(self._server.wait_closed(), self.config.server.shutdown_timeout_seconds)
             except TimeoutError:
                 log.warning("some connections did not close within the shutdown timeout")
+        for task in list(self._body_exchanges):
+            task.cancel()
+        self.analyze.close()
         await self.worker.stop()
         self.playback.close()
         self.tracks.close()
@@ -324,6 +333,20 @@ class MoodServer:
         except Refusal as r:
             return response(r.status, r.body(), "application/json")
         return await self.metrics_http.dispatch(connection, request, getattr(request, "method", "GET"))
+
+    async def _body_request(self, exchange: BodyExchange, request: Request) -> Response:
+        """A request with a body (bodies.py): the addressing rules every request passes, then the same routing
+        table (404, or 405 with Allow, for what no route answers). Anything unexpected is a 500."""
+        try:
+            check_addressing(request, self.origins)
+            return await self.http.dispatch(exchange, request, request.method)  # type: ignore[arg-type]
+        except Refusal as r:
+            self.metrics.refusals.inc(code=r.code)
+            log.info("refused %s %s: %s %s", request.method, redact(request.path), r.code, r.message)
+            return error_response(r.status, r.code, r.message, r.headers)
+        except Exception:
+            log.exception("handling %s %s failed", request.method, redact(request.path))
+            return error_response(500, protocol.SERVER_ERROR, "internal server error")
 
     async def _healthz(self, connection: ServerConnection, request: Request, match: re.Match[str]) -> Response:
         return json_response(200, await self.health())
@@ -374,7 +397,10 @@ class MoodServer:
                 raise Refusal(protocol.NOT_FOUND, f"no prepared track {protocol.shown(track)} in room {protocol.shown(room)}")
             return response(204, b"", "application/json")
         title, artist = query.get("title"), query.get("artist")
-        body = getattr(request, "body", b"") or b""
+        reader, body = getattr(request, "body", None), b""
+        if reader is not None and reader.present:  # a PUT with a body (bodies.py): read only now, after the checks
+            uploads = self.config.analyze
+            body = await reader.read(uploads.max_bytes, uploads.upload_timeout_seconds, "audio file")
         try:
             if body:
                 preset = query.get("preset")

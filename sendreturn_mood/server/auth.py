@@ -12,7 +12,7 @@ Two modes, usable together (both off: the server is open, as before):
       jti         token id (listed in server.auth.revoked: refused)
       room        the room name, or a glob over room names ("team-*", "*"): the token is good for those rooms only
       roles       ["source"], ["listener"] or both: a listener token cannot stream, a source token for room A
-                  cannot listen to or take room B
+                  cannot listen to or take room B; ["analyze"]: POST /v1/analyze (no room is joined)
       sub         who holds it (free text, <= 128 visible characters); required with `reserve`
       reserve     true: this source's slot is kept for it (see below)
 
@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping
 
 from .. import protocol
 from ..config import ConfigError, Settings
-from ..protocol import ROLES, Refusal
+from ..protocol import TOKEN_ROLES, Refusal
 
 ALGORITHM = "HS256"
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash output
@@ -69,7 +69,7 @@ class Grant:
         return role in self.roles and self.covers(room)
 
 
-OPEN = Grant("*", frozenset(ROLES), static=True)  # what everyone gets when auth is off
+OPEN = Grant("*", frozenset(TOKEN_ROLES), static=True)  # what everyone gets when auth is off
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class Authenticator:
             raise Refusal(protocol.UNAUTHORIZED, "an access token is 1 to 4096 visible ASCII characters")  # never echoed
         encoded = token.encode()
         if any(hmac.compare_digest(encoded, t.encode()) for t in self.settings.static_tokens):
-            return Grant("*", frozenset(ROLES), static=True)
+            return Grant("*", frozenset(TOKEN_ROLES), static=True)
         if self.settings.secret is None or token.count(".") != 2:
             raise Refusal(protocol.UNAUTHORIZED, "invalid access token")
         return self._verify_jwt(token, time.time() if now is None else now)
@@ -203,8 +203,8 @@ class Authenticator:
             raise bad("room must be a room name or pattern")
         roles = claims.get("roles")
         roles = [roles] if isinstance(roles, str) else roles
-        if not isinstance(roles, list) or not roles or not all(isinstance(r, str) and r in ROLES for r in roles):
-            raise bad(f"roles must be a non-empty list of {', '.join(ROLES)}")
+        if not isinstance(roles, list) or not roles or not all(isinstance(r, str) and r in TOKEN_ROLES for r in roles):
+            raise bad(f"roles must be a non-empty list of {', '.join(TOKEN_ROLES)}")
         sub = claims.get("sub")
         if sub is not None and (not isinstance(sub, str) or not SUBJECT_RE.fullmatch(sub)):
             raise bad("sub must be 1 to 128 visible characters")
@@ -238,8 +238,8 @@ class Authenticator:
             raise AuthError("no signing secret: set server.auth.secret in the config or the environment variable "
                             "named by server.auth.secret_env")
         roles = sorted(set(roles))
-        if not roles or not set(roles) <= set(ROLES):
-            raise AuthError(f"roles must be some of {', '.join(ROLES)}")
+        if not roles or not set(roles) <= set(TOKEN_ROLES):
+            raise AuthError(f"roles must be some of {', '.join(TOKEN_ROLES)}")
         if not ROOM_PATTERN_RE.fullmatch(room):
             raise AuthError("room must be 1 to 64 characters of A-Z a-z 0-9 _ . - (or a glob with * ? [ ])")
         if not 0 < ttl <= s.max_ttl:
