@@ -70,7 +70,7 @@ async def _prepare_once(data: bytes, warm: bytes) -> tuple[float, float]:
     from ..server.prepared import TrackPreparer
 
     config = load_config(None, {"logging.level": "warning"})
-    preparer = TrackPreparer(MoodModel(config["model"]["path"]), config, TrackStore(10, 10, 3600))
+    preparer = TrackPreparer(MoodModel(config.model.path), config, TrackStore(10, 10, 3600))
     await preparer.prepare("bench", "warm", warm)
     t, cpu = time.perf_counter(), time.process_time()
     track = await preparer.prepare("bench", "song", data)
