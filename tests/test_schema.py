@@ -153,3 +153,25 @@ def test_published_schemas_are_open_to_additive_fields():
         checked({"type": "welcome", "protocol": 1, "room": "r", "role": "source", "preset": "p",
                  "model": {"name": "m", "version": "1", "moods": ["a"], "genres": []},
                  "analysis": {"window_seconds": 3, "hop_seconds": 1.5}})
+
+
+def test_openapi_document_is_valid_and_describes_routes_the_server_answers(tiny_model_path):
+    """schema/openapi.yaml (OpenAPI 3.1, the plain HTTP endpoints) passes openapi-spec-validator with every $ref
+    into v1/ resolved, and each path and method it describes is one the server's routing table answers."""
+    from openapi_spec_validator import validate
+    from openapi_spec_validator.readers import read_from_filename
+
+    from sendreturn_mood.model.contract import MoodModel
+    from sendreturn_mood.server.app import MoodServer
+    from tests.server_support import server_config
+
+    spec, base = read_from_filename(str(contract.schema_dir() / "openapi.yaml"))
+    validate(spec, base_uri=base)
+    assert spec["openapi"].startswith("3.1")
+    assert {"/healthz", "/metrics", "/v1/rooms/{room}", "/v1/analyze"} <= set(spec["paths"])
+    router = MoodServer(server_config(), MoodModel(tiny_model_path)).http
+    for path, item in spec["paths"].items():
+        concrete = re.sub(r"\{\w+\}", "lobby", path)
+        methods = {m.upper() for m in item if m in ("get", "put", "post", "delete", "patch")}
+        answered = {m for r in router.routes if r.pattern.fullmatch(concrete) and r.pattern.pattern != "/.*" for m in r.methods}
+        assert methods <= answered, (path, methods, answered)
