@@ -2,10 +2,12 @@
 
     python -m sendreturn_mood.bench server [--rooms 200] [--seconds 30] [--listeners 1] [--procs 2] [--profile OUT]
     python -m sendreturn_mood.bench server --sources 48000:2 16000:1 --repeats 3   # what sources send, side by side
+    python -m sendreturn_mood.bench server --osc off 0 30 --repeats 3   # one OSC target per room, at 0 and 30 Hz
 
 The server runs as its own process (`python -m sendreturn_mood serve --port 0`, the shipped model, a config with
 room and connection limits raised for the run; `--set KEY=VALUE` changes any other key). The load generator runs in
-`--procs` other processes, each one event loop: per room one source streaming pre-encoded 48 kHz stereo s16le frames
+`--procs` other processes, each one event loop (`--osc RATE_HZ`: one OSC target per room, `rate_hz` RATE_HZ, each a
+UDP socket of the benchmark process that counts what arrives; `off`: none; several: each measured in turn): per room one source streaming pre-encoded 48 kHz stereo s16le frames
 of 100 ms in real time (`--sources RATE:CHANNELS ...`: other formats, each measured in turn under the same load;
 16000:1 is what the clients send by default, mono at the model's rate) (rooms start spread over one hop, as independent rooms would) and `--listeners` listeners.
 Every process reports its own CPU time, so it is visible whether the generator kept up (`late_frames`: frames it
@@ -74,12 +76,14 @@ def load_limits(rooms: int, listeners: int, code: Path | None = None) -> dict[st
     return {k: v for k, v in limits.items() if k in known}
 
 
-def server_config(args: argparse.Namespace, code: Path | None = None) -> dict[str, Any]:
+def server_config(args: argparse.Namespace, code: Path | None = None, osc: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {
         "server": load_limits(args.rooms, args.listeners, code),
         "analysis": {"hop_seconds": args.hop},
         "logging": {"level": "warning"},
     }
+    if osc is not None:
+        config["outputs"] = {"osc": {"targets": osc, "max_targets": max(16, len(osc))}}
     for item in args.set:
         key, _, value = item.partition("=")
         *parents, last = key.split(".")
@@ -90,9 +94,11 @@ def server_config(args: argparse.Namespace, code: Path | None = None) -> dict[st
     return config
 
 
-def start_server(args: argparse.Namespace, tmp: Path, code: Path | None = None) -> tuple[subprocess.Popen[str], int]:
+def start_server(
+    args: argparse.Namespace, tmp: Path, code: Path | None = None, osc: list[dict[str, Any]] | None = None,
+) -> tuple[subprocess.Popen[str], int]:
     cfg = tmp / "bench.yaml"
-    cfg.write_text(yaml.safe_dump(server_config(args, code)))
+    cfg.write_text(yaml.safe_dump(server_config(args, code, osc)))
     return spawn_server(cfg, args.model, code)
 
 
@@ -231,6 +237,51 @@ async def _generate(rooms: list[int], port: int, args: dict[str, Any], start_at:
     return stats
 
 
+# ------------------------------------------------------------------------------------------------ OSC receivers
+
+
+class OscReceivers:
+    """One UDP socket per room (the rooms' OSC targets) and a thread counting the datagrams that arrive."""
+
+    def __init__(self, rooms: int) -> None:
+        import selectors
+        import socket
+        import threading
+
+        self.socks = []
+        for _ in range(rooms):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+            self.socks.append(sock)
+        self.datagrams = 0
+        self._stop = False
+        self._sel = selectors.DefaultSelector()
+        for sock in self.socks:
+            self._sel.register(sock, selectors.EVENT_READ)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def targets(self, rate_hz: float) -> list[dict[str, Any]]:
+        return [{"host": "127.0.0.1", "port": s.getsockname()[1], "rooms": [f"bench{k}"], "rate_hz": rate_hz}
+                for k, s in enumerate(self.socks)]
+
+    def _run(self) -> None:
+        while not self._stop:
+            for key, _ in self._sel.select(0.2):
+                try:
+                    while key.fileobj.recv(65536):  # type: ignore[union-attr]
+                        self.datagrams += 1
+                except BlockingIOError:
+                    pass
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        for sock in self.socks:
+            sock.close()
+
+
 # ------------------------------------------------------------------------------------------------ profile
 
 
@@ -266,10 +317,23 @@ def parse_format(text: str) -> tuple[int, int]:
     return rate, channels
 
 
-def measure(args: argparse.Namespace, code: Path | None = None, source: str = SOURCE_FORMAT) -> dict[str, Any]:
+def parse_osc(text: str) -> float | None:
+    """"off" -> None, else a rate_hz."""
+    if text == "off":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--osc takes off or a rate in Hz (0: one bundle per update), got {text!r}") from None
+
+
+def measure(
+    args: argparse.Namespace, code: Path | None = None, source: str = SOURCE_FORMAT, osc: float | None = None,
+) -> dict[str, Any]:
     rate, channels = parse_format(source)
+    receivers = OscReceivers(args.rooms) if osc is not None else None
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_server(args, Path(tmp), code)
+        proc, port = start_server(args, Path(tmp), code, receivers.targets(osc) if receivers else None)
         try:
             time.sleep(0.5)
             rss0, ramp = proc_rss_bytes(proc.pid), max(3.0, args.rooms / 100)
@@ -314,6 +378,8 @@ def measure(args: argparse.Namespace, code: Path | None = None, source: str = SO
                 proc.wait(10)
             if proc.stdout is not None:
                 proc.stdout.close()
+            if receivers is not None:
+                receivers.close()
     lat = np.array([x for g in gens for x in g["latency_ms"]] or [np.nan])
     room_seconds = heard1 - heard0  # audio the server actually analysed meanwhile (less than sent if it fell behind)
     batches = metric(metrics, "sendreturn_batch_size_count")
@@ -348,7 +414,12 @@ def measure(args: argparse.Namespace, code: Path | None = None, source: str = SO
         "generator_late_frames": int(sum(g["late_frames"] for g in gens)),
         "generator_frames": int(sum(g["frames"] for g in gens)),
         "machine_load_average_1min": round(os.getloadavg()[0], 2),  # on a shared machine: what else wanted the cores
+        "osc_rate_hz": osc,
     }
+    if receivers is not None:
+        result["osc_bundles_sent"] = int(metric(metrics, "sendreturn_osc_bundles_sent_total"))
+        result["osc_send_errors"] = int(metric(metrics, "sendreturn_osc_send_errors_total"))
+        result["osc_datagrams_received"] = receivers.datagrams
     failures = [f for g in gens for f in g.get("failures", [])]
     if failures:
         result["failures"] = failures[:5]
@@ -377,6 +448,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sources", nargs="+", default=[SOURCE_FORMAT], metavar="RATE:CHANNELS",
                    help=f"what each source sends (default {SOURCE_FORMAT}); several: each measured in turn, medians "
                         "and CPU ratios to the first printed")
+    p.add_argument("--osc", nargs="+", default=["off"], metavar="off|RATE_HZ",
+                   help="one OSC target per room at this rate_hz (0: one bundle per update; off: no OSC, the default); "
+                        "several: each measured in turn, CPU ratios to the first printed")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
 
 
@@ -389,8 +463,9 @@ def run(args: argparse.Namespace) -> int:
 
     for source in args.sources:
         parse_format(source)
-    if args.against is None and args.repeats <= 1 and len(args.sources) == 1:
-        res = measure(args, None, args.sources[0])
+    oscs = [parse_osc(x) for x in args.osc]
+    if args.against is None and args.repeats <= 1 and len(args.sources) == 1 and len(oscs) == 1:
+        res = measure(args, None, args.sources[0], oscs[0])
         print(json.dumps({k: v for k, v in res.items() if k != "profile_top_self"}, indent=1))
         for name, share in res.get("profile_top_self", []):
             print(f"  {100 * share:5.1f}%  {name}")
@@ -399,18 +474,20 @@ def run(args: argparse.Namespace) -> int:
     codes: list[Path | None] = [None] if args.against is None else [None, Path(args.against).resolve()]
     if args.against is not None and not (codes[1] / "sendreturn_mood" / "__main__.py").is_file():  # type: ignore[operator]
         sys.exit(f"--against {args.against}: no sendreturn_mood package there (a checkout of this repository)")
-    def variant(code: Path | None, source: str) -> str:
+    def variant(code: Path | None, source: str, osc: float | None = oscs[0]) -> str:
         name = "this" if code is None else "against"
-        return name if len(args.sources) == 1 else f"{name} {source}"
+        name = name if len(args.sources) == 1 else f"{name} {source}"
+        return name if len(oscs) == 1 else f"{name} osc {'off' if osc is None else f'{osc:g} Hz'}"
 
     runs: dict[str, list[dict[str, Any]]] = {}
     for i in range(args.repeats):  # alternating, so every variant sees the same moments of a noisy machine
         for code in codes:
             for source in args.sources:
-                name = variant(code, source)
-                res = measure(args, code, source)
-                runs.setdefault(name, []).append(res)
-                print(f"run {i + 1} {name:8s} " + " ".join(f"{k}={res[k]}" for k in SUMMARY_KEYS), flush=True)
+                for osc in oscs:
+                    name = variant(code, source, osc)
+                    res = measure(args, code, source, osc)
+                    runs.setdefault(name, []).append(res)
+                    print(f"run {i + 1} {name:8s} " + " ".join(f"{k}={res[k]}" for k in SUMMARY_KEYS), flush=True)
     medians = {name: {k: _median([r[k] for r in rs]) for k in SUMMARY_KEYS} for name, rs in runs.items() if rs}
     out: dict[str, Any] = {"rooms": args.rooms, "repeats": args.repeats, "against": args.against, "sources": args.sources,
                            "medians": medians, "runs": runs}
@@ -422,6 +499,12 @@ def run(args: argparse.Namespace) -> int:
         first = cpu[variant(None, args.sources[0])]
         out["cpu_ratio_over_first_source"] = {
             s: round(cpu[variant(None, s)] / first, 3) if first and cpu[variant(None, s)] else None for s in args.sources
+        }
+    if len(oscs) > 1:
+        first = cpu[variant(None, args.sources[0], oscs[0])]
+        out["cpu_ratio_over_first_osc"] = {
+            name: round(cpu[name] / first, 3) if first and cpu[name] else None
+            for name in (variant(None, args.sources[0], o) for o in oscs)
         }
     print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))
     write_json(args.json, out)

@@ -28,6 +28,7 @@ for hundreds of rooms would cost more than the rooms themselves.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
@@ -50,6 +51,7 @@ SOURCE_CODES = {"disconnected": 0, "connected": 1}
 NO_LABEL = ""  # `mood` / `genre` before a track's first music (the websocket's null): an empty string
 ERROR_LOG_SECONDS = 60.0  # a failing target is logged at most this often
 RESOLVE_RETRY_SECONDS = 60.0  # an unresolvable name is tried again this long after a failure
+HEAD_CACHE_SIZE = 1 << 16  # encoded addresses kept (a room's map is a few dozen addresses)
 RESOLVE_WAIT_SECONDS = 2.0  # the server's start waits at most this long for its targets' names
 HOST_PORT_RE = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^:=\s]+):(?P<port>\d{1,5})(?:=(?P<rooms>\S+))?$")
 
@@ -147,19 +149,37 @@ _WRITERS = {"f": osc_types.write_float, "i": osc_types.write_int, "s": osc_types
 _BUNDLE_HEAD = osc_types.write_string("#bundle") + osc_types.write_date(osc_types.IMMEDIATELY)
 
 
+FIXED_SIZE = {"f": 4, "i": 4, "r": 4, "fff": 12}  # argument bytes of the type tag strings of fixed size
+
+
+@functools.lru_cache(maxsize=HEAD_CACHE_SIZE)
+def _head(address: str, tags: str) -> bytes:
+    """A message's address and type tag string, encoded once: the same few hundred addresses go out at 30 Hz. For
+    fixed-size arguments, with the bundle element's size in front (the element is then this + the arguments)."""
+    head = osc_types.write_string(address) + osc_types.write_string("," + tags)
+    return osc_types.write_int(len(head) + FIXED_SIZE[tags]) + head if tags in FIXED_SIZE else head
+
+
+def _args(tags: str, args: Sequence[Any]) -> bytes:
+    return b"".join(_WRITERS[t](a) for t, a in zip(tags, args))
+
+
 def encode_message(address: str, tags: str, args: Sequence[Any]) -> bytes:
-    return osc_types.write_string(address) + osc_types.write_string("," + tags) + b"".join(
-        _WRITERS[t](a) for t, a in zip(tags, args)
-    )
+    head = _head(address, tags)
+    return (head[4:] if tags in FIXED_SIZE else head) + _args(tags, args)
 
 
 def encode_bundle(messages: Sequence[Message]) -> bytes:
     """One OSC bundle (time tag: immediately) holding the messages, in order."""
     parts = [_BUNDLE_HEAD]
-    for m in messages:
-        data = encode_message(*m)
-        parts.append(osc_types.write_int(len(data)))
-        parts.append(data)
+    for address, tags, args in messages:
+        if tags in FIXED_SIZE:
+            parts.append(_head(address, tags))
+            parts.append(_args(tags, args))
+        else:
+            data = encode_message(address, tags, args)
+            parts.append(osc_types.write_int(len(data)))
+            parts.append(data)
     return b"".join(parts)
 
 
