@@ -57,8 +57,9 @@ def test_a_room_follows_a_prepared_track_in_step_with_its_player(tiny_model_path
 
     async def run() -> None:
         async with running_server(tiny_model_path) as server:
-            prepared = await server.tracks.prepare(ROOM, "song-1", audio, "Song", "Artist")
-            assert prepared.analysis.updates == len(expected["timeline"])
+            status, body = await asyncio.to_thread(http, server, "PUT", f"/v1/rooms/{ROOM}/tracks/song-1?title=Song&artist=Artist", audio)
+            assert status == 200, body
+            assert json.loads(body)["updates"] == len(expected["timeline"])
             status, body = await asyncio.to_thread(http, server, "GET", f"/v1/rooms/{ROOM}/tracks/song-1")
             assert status == 200 and json.loads(body)["track"] == {"id": "song-1", "title": "Song", "artist": "Artist"}
             async with client(server, ROOM, role="source", sample_rate=16000) as (src, _):
@@ -162,6 +163,11 @@ def test_non_audio_and_too_long_uploads_are_refused(tiny_model_path):
 
     async def run() -> None:
         async with running_server(tiny_model_path, prepared__max_track_seconds=5) as server:
+            for body, status, code in ((b"<html>not audio</html>" * 100, 415, "unsupported_media_type"),
+                                       (wav_bytes(8.0), 413, "too_big"), (wav_bytes(8.0)[:3000] + b"\0" * 50, 422, "bad_audio")):
+                got, answer = await asyncio.to_thread(http, server, "PUT", f"/v1/rooms/{ROOM}/tracks/x", body)
+                err = checked_body("http-error", answer)["error"]
+                assert (got, err["code"]) == (status, code), answer
             with pytest.raises(PrepareError) as e:
                 await server.tracks.prepare(ROOM, "x", b"<html>not audio</html>" * 100)
             assert e.value.status == 422

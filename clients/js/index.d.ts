@@ -109,6 +109,8 @@ export interface MoodMessage {
   state?: "music" | "silent";
   /** the analysed window's level in dB re a full-scale sine (-120: digital silence) */
   level_db?: number;
+  /** server extension: from the room's prepared track, sent at its position (stream_time) minus lead_seconds */
+  prepared?: true;
   latency_ms: number;
 }
 
@@ -137,9 +139,47 @@ export interface TrackChangeMessage {
   detected_at: number;
   score: number;
   threshold: number;
+  /** heard in the room's prepared track, sent at its position */
+  prepared?: true;
 }
 
-export type ServerMessage = WelcomeMessage | MoodMessage | SourceMessage | ErrorMessage | TrackChangeMessage;
+/** @schema timeline.json#/properties/updates/items */
+export interface TimelineUpdate {
+  /** seconds into the track (the update's stream_time) */
+  position: number;
+  mood: string;
+  confidence: number;
+  valence: number;
+  arousal: number;
+  genre?: string;
+  state?: "music" | "silent";
+  effects: Record<string, number | string | [number, number, number]>;
+}
+
+/** @schema timeline.json#/properties/track_changes/items */
+export interface TimelineTrackChange {
+  source: "detected";
+  stream_time: number;
+  detected_at: number;
+  score: number;
+  threshold: number;
+}
+
+/** @schema timeline.json */
+export interface TimelineMessage {
+  type: "timeline";
+  room: string;
+  track: Track;
+  /** the analysis id (a PUT may refer to it instead of uploading the audio again) */
+  analysis: string;
+  duration: number;
+  lead_seconds: number;
+  hop_seconds: number;
+  track_changes: TimelineTrackChange[];
+  updates: TimelineUpdate[];
+}
+
+export type ServerMessage = WelcomeMessage | MoodMessage | SourceMessage | ErrorMessage | TrackChangeMessage | TimelineMessage;
 
 /** @schema track.json */
 export interface TrackMessage {
@@ -171,7 +211,31 @@ export interface TrackDetectionMessage {
   enabled: boolean;
 }
 
-export type ClientMessage = TrackMessage | PresetMessage | EndMessage | KeepaliveMessage | TrackDetectionMessage;
+/** @schema play.json */
+export interface PlayMessage {
+  type: "play";
+  track: string;
+  position?: number;
+  lead_seconds?: number;
+}
+
+/** @schema position.json */
+export interface PositionMessage {
+  type: "position";
+  position: number;
+}
+
+/** @schema pause.json */
+export interface PauseMessage {
+  type: "pause";
+}
+
+/** @schema stop.json */
+export interface StopMessage {
+  type: "stop";
+}
+
+export type ClientMessage = TrackMessage | PresetMessage | EndMessage | KeepaliveMessage | TrackDetectionMessage | PlayMessage | PositionMessage | PauseMessage | StopMessage;
 
 /** @schema handshake-query.json */
 export interface HandshakeQuery {
@@ -271,6 +335,8 @@ export interface MoodClientEvents {
   error: ErrorMessage;
   /** the server heard a new track start in the audio (the room's smoothing restarted) */
   track_change: TrackChangeMessage;
+  /** a prepared track's whole timeline, once per play of a new track (server extension) */
+  timeline: TimelineMessage;
   /** every server message, including types this version does not know */
   message: ServerMessage | { type: string; [field: string]: unknown };
   close: CloseInfo;
@@ -325,6 +391,19 @@ export interface EndResult {
 
 export declare function roomUrl(base: string, room: string, params?: Partial<Record<keyof HandshakeQuery, string | number | undefined | null>>): string;
 
+/** What a PUT of a prepared track answers. */
+export interface PreparedTrackInfo {
+  track: Track;
+  analysis: string;
+  duration: number;
+  updates: number;
+  track_changes: TimelineTrackChange[];
+  model: { name: string; version: string };
+  preset: string;
+}
+
+export declare const POSITION_EVERY_MS: number;
+
 export declare class MoodClient {
   constructor(options: MoodClientOptions);
   readonly options: Required<Omit<MoodClientOptions, "preset" | "token">> & Pick<MoodClientOptions, "preset" | "token">;
@@ -348,6 +427,15 @@ export declare class MoodClient {
   keepalive(): boolean;
   /** source: switch the room's track-change detection on or off */
   trackDetection(enabled: boolean): boolean;
+  /** PUT the audio (or refer to a stored analysis) as the room's prepared track `id` (server extension) */
+  prepare(id: string, audio?: Blob | ArrayBuffer | ArrayBufferView, options?: { title?: string; artist?: string; analysis?: string; fetch?: typeof fetch }): Promise<PreparedTrackInfo>;
+  play(track: string, position?: number, options?: { leadSeconds?: number }): boolean;
+  position(position: number): boolean;
+  pause(): boolean;
+  stop(): boolean;
+  /** report clock() (seconds, null while paused) every everyMs (default 5000); returns a function that stops */
+  followPlayer(clock: () => number | null | undefined, options?: { everyMs?: number }): () => void;
+  playing: { track: string; leadSeconds?: number } | null;
   end(options?: { timeoutMs?: number }): Promise<EndResult>;
   close(code?: number, reason?: string): void;
 }

@@ -36,6 +36,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from .. import __version__, protocol
+from ..audio.files import SNIFF_BYTES, sniff_format
 from ..audio.pipeline import AnalysisStream, window_plan
 from ..broker.base import Broker, make_broker
 from ..broker.tracks import StoreFull, make_store
@@ -401,12 +402,18 @@ class MoodServer:
         if reader is not None and reader.present:  # a PUT with a body (bodies.py): read only now, after the checks
             uploads = self.config.analyze
             body = await reader.read(uploads.max_bytes, uploads.upload_timeout_seconds, "audio file")
+            if sniff_format(body[:SNIFF_BYTES]) is None:  # recognised by its content, as POST /v1/analyze does
+                raise Refusal(
+                    protocol.UNSUPPORTED_MEDIA,
+                    f"the body is not audio this server reads: wav, mp3, flac and ogg are recognised by their content "
+                    f"(it starts with {body[:SNIFF_BYTES]!r})",
+                )
         try:
             if body:
                 preset = query.get("preset")
                 if preset is not None and preset not in self.presets.names:
                     raise Refusal(protocol.BAD_REQUEST, f"unknown preset {protocol.shown(preset)}; known: {', '.join(self.presets.names)}")
-                prepared = await self.tracks.prepare(room, track, body, title, artist, preset)
+                prepared = await self.tracks.prepare(room, track, body, title, artist, preset)  # off the loop
             elif "analysis" in query:
                 found = await self.tracks.refer(room, track, query["analysis"], title, artist)
                 if found is None:

@@ -123,9 +123,9 @@ class TrackPreparer:
             rate, blocks = mono_blocks(io.BytesIO(audio))
             result = analyze_audio(name, rate, self._bounded(prefetched(blocks), rate), self.model, self.config, preset)
         except DecodeError as e:
-            raise PrepareError(422, protocol.BAD_REQUEST, f"the upload is not audio the decoder can read to its end: {e}") from None
+            raise PrepareError(422, protocol.BAD_AUDIO, f"the upload is not audio the decoder can read to its end: {e}") from None
         except AnalyzeError as e:
-            raise PrepareError(422, protocol.BAD_REQUEST, str(e)) from None
+            raise PrepareError(422, protocol.BAD_AUDIO, str(e)) from None
         return TrackAnalysis.from_result(aid, result)
 
     def _bounded(self, blocks: Any, rate: int) -> Any:

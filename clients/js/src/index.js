@@ -21,6 +21,7 @@
 export const PROTOCOL_VERSION = 1;
 export const MODEL_RATE = 16000; // what the shipped models hear (a welcome's analysis.sample_rate says it)
 export const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+export const POSITION_EVERY_MS = 5000; // a player's position report (the server's clock runs between reports)
 export const CLOSE_TEXT = {
   1000: "the stream ended normally",
   1001: "the server is shutting down or restarting",
@@ -72,6 +73,7 @@ export class MoodClient {
     this.welcome = null;
     this.last = null; // the latest mood message
     this.currentTrack = null;
+    this.playing = null; // {track, leadSeconds} of the prepared track played (followPlayer plays it again after a reconnect)
     this.sentBytes = 0;
     this.droppedChunks = 0;
     this._listeners = new Map();
@@ -187,7 +189,7 @@ export class MoodClient {
     if (msg.type === "welcome") this.welcome = msg;
     if (msg.type === "mood") this.last = msg;
     this._emit("message", msg);
-    if (["welcome", "mood", "source", "error", "track_change"].includes(msg.type)) this._emit(msg.type, msg);
+    if (["welcome", "mood", "source", "error", "track_change", "timeline"].includes(msg.type)) this._emit(msg.type, msg);
     // other types: a newer server's additions; `message` listeners see them, v1 clients ignore them
   }
 
@@ -336,6 +338,71 @@ export class MoodClient {
 
   keepalive() {
     return this._sendJson({ type: "keepalive" });
+  }
+
+  /** Prepare the room's track `id` before it plays (server extension): PUT the audio file (a Blob, ArrayBuffer or
+   * typed array) to /v1/rooms/{room}/tracks/{id}, or refer to a stored analysis (`{analysis}`, the id an earlier PUT
+   * answered). Resolves with the server's description ({track, analysis, duration, updates, ...}); rejects with an
+   * Error carrying `status` and `body` (413 too long, 415 not audio, 507 store full). Uses `fetch`. */
+  async prepare(id, audio, { title, artist, analysis, fetch: fetchImpl = globalThis.fetch } = {}) {
+    const query = new URLSearchParams();
+    for (const [k, v] of Object.entries({ title, artist, analysis, token: this.options.token })) if (v) query.set(k, v);
+    const base = this.options.url.replace(/^ws/, "http").replace(/\/+$/, "");
+    const url = `${base}/v1/rooms/${encodeURIComponent(this.options.room)}/tracks/${encodeURIComponent(id)}` + (query.size ? `?${query}` : "");
+    const res = await fetchImpl(url, { method: "PUT", body: analysis ? undefined : audio, headers: { "Content-Type": "application/octet-stream" } });
+    const body = await res.json().catch(() => null);
+    if (!res.ok) {
+      const err = new Error(`prepare ${id}: HTTP ${res.status} ${body && body.error ? body.error.message : ""}`.trim());
+      Object.assign(err, { status: res.status, body });
+      throw err;
+    }
+    return body;
+  }
+
+  /** The room follows its prepared track from `position` seconds (source only; server extension). */
+  play(track, position = 0, { leadSeconds } = {}) {
+    this.playing = { track, leadSeconds };
+    const msg = { type: "play", track, position: Math.max(0, Math.round(position * 1000) / 1000) };
+    if (leadSeconds !== undefined) msg.lead_seconds = leadSeconds;
+    return this._sendJson(msg);
+  }
+
+  /** Where the player is in the prepared track now (every few seconds is enough: the server's clock runs). */
+  position(position) {
+    return this._sendJson({ type: "position", position: Math.max(0, Math.round(position * 1000) / 1000) });
+  }
+
+  pause() {
+    return this._sendJson({ type: "pause" });
+  }
+
+  /** Stop following the prepared track (live audio may follow). */
+  stop() {
+    this.playing = null;
+    return this._sendJson({ type: "stop" });
+  }
+
+  /** Report a player's position every `everyMs` until the returned function is called: `clock()` gives the
+   * position in seconds, or null while paused (an <audio> element: () => (el.paused ? null : el.currentTime)).
+   * After a reconnect the track is played again at the clock's position. */
+  followPlayer(clock, { everyMs = POSITION_EVERY_MS } = {}) {
+    let paused = false;
+    const report = () => {
+      const position = clock();
+      if (position === null || position === undefined) {
+        if (!paused) this.pause();
+        paused = true;
+      } else {
+        this.position(position);
+        paused = false;
+      }
+    };
+    const timer = setInterval(report, everyMs);
+    const offWelcome = this.on("welcome", () => {
+      const position = clock();
+      if (this.playing && position !== null && position !== undefined) this.play(this.playing.track, position, this.playing);
+    });
+    return () => { clearInterval(timer); offWelcome(); };
   }
 
   /** Switch the room's track-change detection on or off (source only). */
