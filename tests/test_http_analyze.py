@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -164,3 +166,17 @@ async def test_concurrency_is_bounded_and_a_slow_analysis_times_out(song: Path, 
         assert refusal(e) == (504, "timeout")
         server.analyze.pool.timeout = 60.0
         assert (await analyze_file(server.url, song))["windows"] > 0
+
+
+async def test_js_analyze_file_against_a_real_server(song: Path, tiny_model_path: Path, tmp_path: Path) -> None:
+    from tests.test_js_client import JS, node_or_skip, run_node_tests
+
+    node = node_or_skip()
+    received = tmp_path / "analyses.jsonl"
+    async with running_server(tiny_model_path) as server:
+        env = dict(os.environ, SENDRETURN_URL=server.url, SENDRETURN_AUDIO=str(song), SENDRETURN_RECV_LOG=str(received))
+        code, out = await run_node_tests(node, [JS / "test" / "analyze.test.js"], env, websocket=False)
+    assert code == 0, out
+    assert re.search(r"pass 2\b", out) and re.search(r"fail 0\b", out), out
+    for line in received.read_text().splitlines():
+        checked_body("analysis", line)

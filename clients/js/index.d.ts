@@ -14,7 +14,8 @@ export type ErrorCode =
   | "unknown_track" | "clock_mismatch";
 export type HttpErrorCode =
   | "bad_request" | "unauthorized" | "forbidden_origin" | "not_found" | "method_not_allowed" | "source_taken"
-  | "rate_limited" | "server_full" | "store_full";
+  | "rate_limited" | "server_full" | "store_full" | "too_big" | "unsupported_media_type" | "bad_audio" | "timeout"
+  | "request_timeout" | "server_error";
 /** label -> probability (they sum to 1), in the model's label order */
 export type Probabilities = Record<string, number>;
 
@@ -259,6 +260,83 @@ export interface HttpErrorDetail {
 export interface HttpError {
   error: HttpErrorDetail;
 }
+
+/** @schema analysis.json#/$defs/features/properties/spotify_compatible */
+export interface SpotifyCompatibleFeatures {
+  /** null: not computed here (drop the column explicitly) */
+  danceability: null;
+  energy: number;
+  key: number;
+  loudness: number | null;
+  mode: 0 | 1 | null;
+  speechiness: null;
+  acousticness: null;
+  instrumentalness: null;
+  liveness: null;
+  valence: number;
+  tempo: number | null;
+  time_signature: null;
+  duration_ms: number;
+}
+
+/** @schema analysis.json#/$defs/features */
+export interface TrackFeatures {
+  /** 0..1: (model valence + 1) / 2 */
+  valence: number;
+  /** 0..1: 0.7 (model arousal + 1) / 2 + 0.3 level (from loudness) */
+  energy: number;
+  mood: string;
+  mood_probabilities: Probabilities;
+  genre: string | null;
+  genre_probabilities: Probabilities | null;
+  /** beats per minute (0 with confidence 0: none found) */
+  tempo: number;
+  tempo_confidence: number;
+  /** pitch class 0 (C) .. 11, -1 undecided */
+  key: number;
+  /** 1 major, 0 minor, -1 undecided */
+  mode: -1 | 0 | 1;
+  key_confidence: number;
+  /** integrated loudness (EBU R128), LUFS */
+  loudness: number | null;
+  duration_ms: number;
+  spotify_compatible: SpotifyCompatibleFeatures;
+}
+
+/** @schema analysis.json */
+export interface Analysis {
+  file: string;
+  duration: number;
+  model: { name: string; version: string };
+  preset: string;
+  windows: number;
+  mood: string;
+  probabilities: Probabilities;
+  valence: number;
+  arousal: number;
+  genre?: { label: string; probabilities: Probabilities };
+  silent_spans: [number, number][];
+  track_detection: boolean;
+  track_changes: { source: "detected"; stream_time: number }[];
+  /** what the server would broadcast for the audio, per hop (mood messages without type, room, seq, track, latency_ms) */
+  timeline: Omit<MoodMessage, "type" | "room" | "seq" | "track" | "latency_ms" | "prepared">[];
+  /** POST /v1/analyze only */
+  features?: TrackFeatures;
+}
+
+/** A refused POST /v1/analyze: the HTTP status, the error body's code and message, Retry-After on a 429. */
+export declare class AnalyzeError extends Error {
+  readonly status: number;
+  readonly code: HttpErrorCode | "";
+  readonly retryAfter: number | null;
+}
+
+/** POST an audio file (a browser File/Blob, an ArrayBuffer, a typed array or a Node Buffer) to `url`'s /v1/analyze. */
+export declare function analyzeFile(
+  url: string,
+  file: Blob | ArrayBuffer | ArrayBufferView,
+  options?: { token?: string; name?: string; signal?: AbortSignal; fetch?: typeof fetch },
+): Promise<Analysis>;
 
 /** @schema room-info.json */
 export interface RoomInfo {

@@ -530,3 +530,44 @@ export async function startCapture(input, { context, chunkMs = 100, workletUrl, 
   if (ctx.state === "suspended") await ctx.resume();
   return capture;
 }
+
+/** A refused POST /v1/analyze: the HTTP status, the error body's code and message, Retry-After (seconds) on a 429. */
+export class AnalyzeError extends Error {
+  constructor(status, code, message, retryAfter = null) {
+    super(`HTTP ${status} ${code}: ${message}`);
+    this.name = "AnalyzeError";
+    this.status = status;
+    this.code = code;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/**
+ * POST an audio file to the server's /v1/analyze: resolves with what `analyze --json` prints for it plus `features`
+ * (valence, energy, mood, genre, tempo, key, mode, loudness, duration, a spotify_compatible view). `file`: a browser
+ * File or Blob, an ArrayBuffer, a typed array or a Node Buffer (wav, mp3, flac or ogg: the server goes by the
+ * content). `url`: the server's ws:// or http:// address. Rejects with an AnalyzeError when the server refuses
+ * (401 token, 413 too big or too long, 415 not audio, 422 corrupt or truncated, 429 busy: see retryAfter).
+ */
+export async function analyzeFile(url, file, { token, name, signal, fetch: fetchImpl = globalThis.fetch } = {}) {
+  const base = String(url).replace(/^ws(s?):\/\//, "http$1://");
+  const target = new URL("/v1/analyze", base);
+  const shown = name ?? (typeof file?.name === "string" ? file.name : undefined);
+  if (shown) target.searchParams.set("name", shown);
+  const headers = { "Content-Type": "application/octet-stream" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const res = await fetchImpl(target, { method: "POST", body: file, headers, signal });
+  const text = await res.text();
+  if (!res.ok) {
+    let code = "";
+    let message = text;
+    try {
+      ({ code, message } = JSON.parse(text).error);
+    } catch {
+      // not the server's JSON error body (a proxy's page): keep the text
+    }
+    const retry = res.headers.get("Retry-After");
+    throw new AnalyzeError(res.status, code, message, retry ? Number(retry) : null);
+  }
+  return JSON.parse(text);
+}
