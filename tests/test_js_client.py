@@ -65,7 +65,7 @@ async def test_js_client_against_a_real_server(tiny_model_path, tmp_path):
                    SENDRETURN_SCHEMA_DIR=str(contract.schema_dir() / "v1"))
         code, out = await run_node_tests(node, [JS / "test" / "client.test.js"], env)
     assert code == 0, out
-    assert re.search(r"pass 6\b", out) and re.search(r"fail 0\b", out), out
+    assert re.search(r"pass 7\b", out) and re.search(r"fail 0\b", out), out
     sent = [json.loads(line) for line in sent_log.read_text().splitlines()]
     received = [json.loads(line) for line in recv_log.read_text().splitlines()]
     assert {m["type"] for m in sent} >= {"track", "preset", "end"}

@@ -83,6 +83,46 @@ test("a source and a listener: typed events, track, preset, end", { skip }, asyn
   listener.close();
 });
 
+/** A WAV file (16-bit PCM, mono) of `samples`. */
+function wav(samples, rate) {
+  const pcm = encodePcm(samples, "pcm_s16le");
+  const out = new DataView(new ArrayBuffer(44 + pcm.byteLength));
+  const text = (at, s) => [...s].forEach((c, i) => out.setUint8(at + i, c.charCodeAt(0)));
+  text(0, "RIFF"); out.setUint32(4, 36 + pcm.byteLength, true); text(8, "WAVE"); text(12, "fmt ");
+  out.setUint32(16, 16, true); out.setUint16(20, 1, true); out.setUint16(22, 1, true); out.setUint32(24, rate, true);
+  out.setUint32(28, rate * 2, true); out.setUint16(32, 2, true); out.setUint16(34, 16, true); text(36, "data");
+  out.setUint32(40, pcm.byteLength, true);
+  new Uint8Array(out.buffer, 44).set(new Uint8Array(pcm.buffer ?? pcm, pcm.byteOffset ?? 0, pcm.byteLength));
+  return new Uint8Array(out.buffer);
+}
+
+test("a prepared track: prepare, play, the player's clock reported, timeline and prepared moods", { skip }, async () => {
+  const source = client({ room: "js-prepared", role: "source", sampleRate: RATE });
+  const info = await source.prepare("js:song", wav(tone(6, RATE), RATE), { title: "Song" });
+  assert.equal(info.track.id, "js:song");
+  assert.ok(info.updates > 3 && /^[0-9a-f]{32}$/.test(info.analysis));
+  await assert.rejects(source.prepare("js:nothing", new Uint8Array(200)), (e) => e.status === 415);
+  const listener = client({ room: "js-prepared" });
+  await listener.connect();
+  await source.connect();
+  const timeline = until(listener, "timeline");
+  const moods = [];
+  const three = new Promise((resolve) => listener.on("mood", (m) => { moods.push(m); if (moods.length === 3) resolve(); }));
+  const started = Date.now();
+  assert.ok(source.play("js:song", 0, { leadSeconds: 0.25 }));
+  const stop = source.followPlayer(() => (Date.now() - started) / 1000, { everyMs: 300 });
+  const t = await timeline;
+  assert.equal(t.updates.length, info.updates);
+  assert.equal(t.lead_seconds, 0.25);
+  await three;
+  stop();
+  assert.ok(moods.every((m) => m.prepared === true && m.track.title === "Song"));
+  assert.deepEqual(moods.map((m) => m.stream_time), t.updates.slice(0, 3).map((u) => u.position));
+  assert.ok(source.stop());
+  source.close();
+  listener.close();
+});
+
 test("a dropped connection reconnects with backoff and re-sends the track", { skip }, async () => {
   const source = client({ room: "js-drop", role: "source", sampleRate: RATE });
   await source.connect();
