@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rate", type=int, default=16000, help="sample rate the sources stream (mono s16le)")
     s.add_argument("--churn-seconds", type=float, default=30.0, help="each listener reconnects and each source "
                    "starts a new track this often")
+    s.add_argument("--warm-up", type=float, default=1.0, help="minutes before the RSS and fd slopes are fitted")
+    s.add_argument("--samples", help="also write every (seconds, rss MB, fds) sample to this CSV file")
     _server_args(s)
     return parser
 
@@ -90,10 +92,14 @@ def _soak(args: argparse.Namespace) -> int:
               "logging": {"level": "warning"}}
     server, base, _, _ = _start(args, config)
     try:
-        result = asyncio.run(soak(base, server, args.rooms, args.minutes, load_audio(120, args.rate), args.rate, args.churn_seconds))
+        result = asyncio.run(soak(base, server, args.rooms, args.minutes, load_audio(120, args.rate), args.rate,
+                                  args.churn_seconds, warm_up_seconds=args.warm_up * 60.0))
     finally:
         if server is not None:
             server.stop()
+    if args.samples:
+        with open(args.samples, "w") as f:
+            f.write("seconds,rss_mb,fds\n" + "".join(f"{t:.1f},{r:.2f},{n}\n" for t, r, n in result.samples))
     report = summary(result, server)
     print(json.dumps(report, indent=2))
     bad = result.seq_gaps or result.stalls or (server is not None and (server.tracebacks or server.errors))

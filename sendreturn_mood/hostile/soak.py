@@ -14,7 +14,7 @@ import numpy as np
 
 from .harness import FRAME_SECONDS, ServerProcess, slope_per_minute
 
-WARM_UP_SECONDS = 60.0  # slopes are fitted after this (allocator and caches settle in the first minute)
+WARM_UP_SECONDS = 60.0  # default: slopes are fitted after this (allocator and caches settle in the first minute)
 STALL_SECONDS = 10.0  # a room with no update for this long while streaming is stalled (counted once per 10 s)
 # Expected rate, for reading the figures: a new track every 30 s restarts the analysis (first update after one ~3 s
 # window, then one per 1.5 s hop): about 38 updates per room-minute at the defaults when the server keeps up.
@@ -31,9 +31,10 @@ class SoakResult:
     errors: dict[str, int] = field(default_factory=dict)
     samples: list[tuple[float, float, int]] = field(default_factory=list)  # (seconds, rss MB, fds)
     stall_log: list[str] = field(default_factory=list)
+    warm_up_seconds: float = WARM_UP_SECONDS
 
     def slopes(self) -> tuple[float, float]:
-        late = [s for s in self.samples if s[0] >= WARM_UP_SECONDS] or self.samples
+        late = [s for s in self.samples if s[0] >= self.warm_up_seconds] or self.samples
         return slope_per_minute([(t, r) for t, r, _ in late]), slope_per_minute([(t, float(f)) for t, _, f in late])
 
 
@@ -111,9 +112,10 @@ async def _sample(server: ServerProcess | None, until: float, every: float, resu
 
 
 async def soak(base: str, server: ServerProcess | None, rooms: int, minutes: float, audio: np.ndarray, rate: int,
-               churn_seconds: float = 30.0, sample_seconds: float = 10.0) -> SoakResult:
+               churn_seconds: float = 30.0, sample_seconds: float = 10.0,
+               warm_up_seconds: float = WARM_UP_SECONDS) -> SoakResult:
     pcm = (np.clip(audio, -1, 32767 / 32768) * 32768).round().astype("<i2")
-    result = SoakResult(rooms, minutes)
+    result = SoakResult(rooms, minutes, warm_up_seconds=warm_up_seconds)
     until = time.monotonic() + minutes * 60.0
     tasks = []
     for i in range(rooms):  # starts spread over a second, like independent clients
@@ -143,9 +145,11 @@ def summary(result: SoakResult, server: Any) -> dict[str, Any]:
         "listener reconnects": result.reconnects,
         "errors": result.errors,
         "rss_mb start/end": [round(first[1], 1), round(last[1], 1)],
-        "rss_mb per minute after the first": round(rss_slope, 3),
+        "slopes fitted after (s)": result.warm_up_seconds,
+        "rss_mb per minute after warm-up": round(rss_slope, 3),
+        "rss_mb per hour after warm-up": round(rss_slope * 60, 2),
         "fds start/end": [first[2], last[2]],
-        "fds per minute after the first": round(fd_slope, 3),
+        "fds per minute after warm-up": round(fd_slope, 3),
         "server tracebacks": None if server is None else server.tracebacks,
         "server ERROR lines": None if server is None else server.errors,
         "machine load average (1, 5, 15 min) at the end": [round(x, 1) for x in os.getloadavg()],
