@@ -145,6 +145,8 @@ class ServerMetrics:
         self.osc_bundles = Counter("osc_bundles_sent_total", "OSC bundles sent, by target (HOST:PORT).", r, ["target"])
         self.osc_errors = Counter("osc_send_errors_total", "OSC bundles lost, by target: unresolved name, closed port, full buffer.", r, ["target"])
         self.broker_dropped = Counter("broker_dropped_total", "Messages for other processes dropped (broker down or slow).", r)
+        self.broker_fenced = Counter(
+            "broker_fenced_total", "Messages of a room's lapsed source lease: not published from here, or late from another process.", r)
         self.broker_up.set(1)
 
     def all(self) -> list[_Metric]:

@@ -71,10 +71,15 @@ METHOD_NOT_ALLOWED = "method_not_allowed"  # additive: plain HTTP with a method 
 UNSUPPORTED_MEDIA = "unsupported_media_type"  # additive (HTTP uploads): a body that is not audio the server reads
 TIMEOUT = "timeout"  # additive (HTTP uploads): the work asked for took longer than its limit (504)
 REQUEST_TIMEOUT = "request_timeout"  # additive (HTTP uploads): the request itself did not arrive in time (408)
-# additive refusals: 403 forbidden_origin, 404 not_found (HTTP room state), 429 rate_limited (per-address limits)
+# With a broker: a source for a room this process does not hold, while the cluster (Redis) cannot decide who holds
+# it, is refused with 503 and a Retry-After header rather than risk two sources for one room.
+CLUSTER_UNAVAILABLE = "cluster_unavailable"
+# additive refusals: 403 forbidden_origin, 404 not_found (HTTP room state), 429 rate_limited (per-address limits),
+# 503 cluster_unavailable
 REFUSAL_STATUS = {BAD_REQUEST: 400, UNAUTHORIZED: 401, FORBIDDEN_ORIGIN: 403, NOT_FOUND: 404, SOURCE_TAKEN: 409,
                   METHOD_NOT_ALLOWED: 405, RATE_LIMITED: 429, SERVER_FULL: 503, STORE_FULL: 507, TOO_BIG: 413,
-                  UNSUPPORTED_MEDIA: 415, BAD_AUDIO: 422, TIMEOUT: 504, REQUEST_TIMEOUT: 408}
+                  UNSUPPORTED_MEDIA: 415, BAD_AUDIO: 422, TIMEOUT: 504, REQUEST_TIMEOUT: 408,
+                  CLUSTER_UNAVAILABLE: 503}
 
 # The websocket subprotocol a client may offer (Sec-WebSocket-Protocol); offering none works the same.
 SUBPROTOCOL = "sendreturn.v1"
@@ -87,6 +92,7 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVER_ERROR = 1011
 CLOSE_PING_TIMEOUT = 4408  # additive: no pong within server.ping_timeout_seconds (the client's network, not a server error)
+CLOSE_TRY_AGAIN_LATER = 1013  # a source that joined as the cluster's broker went away (cluster_unavailable)
 
 CLIENT_MESSAGE_TYPES = ("track", "preset", "end", "keepalive", "track_detection", "play", "position", "pause", "stop")
 MAX_LEAD_SECONDS = 10.0  # `lead_seconds` of a room following a prepared track: 0 (on time) to this
@@ -538,6 +544,12 @@ def timeline_text(
 
 def source_state(connected: bool) -> dict[str, Any]:
     return {"type": "source", "state": "connected" if connected else "disconnected"}
+
+
+def resync(room: str, first: int, last: int) -> dict[str, Any]:
+    """Updates `first`..`last` (seq, inclusive) of the room will not reach this connection (the cluster could not
+    carry them, or another process's source took the room over): the next `mood` update is the current state."""
+    return {"type": "resync", "room": room, "from_seq": first, "to_seq": last}
 
 
 def error(code: str, message: str, fatal: bool = False) -> dict[str, Any]:

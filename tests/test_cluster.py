@@ -13,6 +13,7 @@ import socket
 import time
 import urllib.request
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import pytest
@@ -300,38 +301,188 @@ def test_the_deployment_files_run_real_commands():
         assert config.server.host == "0.0.0.0"
 
 
-async def test_two_sources_accepted_while_redis_was_away_are_reconciled(cluster, redis_server):
-    """While Redis is away each process serves alone, so two processes may each accept a source for one room; when
-    Redis is back exactly one keeps the room and the other is closed with a fatal not_allowed (1008)."""
-    a, b, _ = cluster
-    redis_server.stop()
-    await wait_for(lambda: all(p.http("/healthz")[1]["status"] == "degraded" for p in (a, b)), 10, "both to notice")
-    ws_a = await connect(url(a, "split", role="source", sample_rate=16000), proxy=None)
-    ws_b = await connect(url(b, "split", role="source", sample_rate=16000), proxy=None)
+@dataclass
+class Heard:
+    """Everything one client received, parsed, with the time it arrived."""
+
+    messages: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    closed: int | None = None
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [m for _, m in self.messages if m["type"] == kind]
+
+    def seqs(self) -> list[int]:
+        return [m["seq"] for m in self.of("mood")]
+
+
+async def hear(ws: ClientConnection, into: Heard) -> None:
     try:
-        for ws in (ws_a, ws_b):
+        async for text in ws:
+            into.messages.append((time.monotonic(), checked(json.loads(text))))
+    except ConnectionClosed:
+        pass
+    into.closed = ws.close_code
+
+
+def assert_rising_and_told(heard: Heard) -> None:
+    """seq only goes up at this listener, and every gap in it was announced by a `resync` just before."""
+    last = 0
+    for _, m in heard.messages:
+        if m["type"] == "resync":
+            assert m["from_seq"] == last + 1 and m["to_seq"] >= m["from_seq"], (last, m)
+            last = m["to_seq"]
+        elif m["type"] == "mood":
+            assert m["seq"] > last, f"seq went from {last} to {m['seq']}"
+            assert last == 0 or m["seq"] == last + 1, f"seq jumped from {last} to {m['seq']} without a resync"
+            last = m["seq"]
+
+
+def source_states(heard: Heard) -> list[str]:
+    return [m["state"] for m in heard.of("source")]
+
+
+async def refused(server: ServerProcess, room: str, **params: Any) -> Any:
+    with pytest.raises(InvalidStatus) as e:
+        async with connect(url(server, room, **params), proxy=None):
+            pass
+    return e.value.response
+
+
+async def test_no_second_source_while_redis_is_away_and_seq_keeps_rising(cluster, redis_server):
+    """Room r's source on A, listeners on A and B; Redis stops. A second source for r on B is refused (503
+    cluster_unavailable with Retry-After), and so is a source for a room B does not hold; A's room keeps running for
+    A's listener; when Redis is back B's listener hears A's source again. At no listener does seq go down (a gap is
+    announced by `resync`), the source is never closed, and B's listener never hears it leave."""
+    a, b, _ = cluster
+    heard = {name: Heard() for name in ("la", "lb", "src")}
+    async with join(a, "r") as la, join(b, "r") as lb, join(a, "r", role="source", sample_rate=16000) as src:
+        tasks = [asyncio.ensure_future(hear(ws, heard[n])) for n, ws in (("la", la), ("lb", lb), ("src", src))]
+        streaming = asyncio.ensure_future(stream(src, 60, pace=0.1))  # real time
+        try:
+            await wait_for(lambda: len(heard["lb"].of("mood")) >= 2, 20, "B's listener to hear the room")
+            redis_server.stop()
+            await wait_for(lambda: b.http("/healthz")[1]["status"] == "degraded", 10, "B to notice Redis is gone")
+            for room in ("r", "elsewhere"):
+                response = await refused(b, room, role="source", sample_rate=16000)
+                assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
+                assert json.loads(response.body)["error"]["code"] == "cluster_unavailable"
+                contract.validate("http-error", json.loads(response.body), strict=True)
+            assert (await refused(a, "r", role="source")).status_code == 409  # A holds r: one source there already
+            outage = len(heard["la"].of("mood"))
+            await wait_for(lambda: len(heard["la"].of("mood")) >= outage + 2, 20, "A's room to keep running alone")
+            redis_server.start()
+            await wait_for(lambda: all(p.http("/healthz")[1]["broker"]["connected"] for p in (a, b)), 20, "both to reconnect")
+            top = max(heard["la"].seqs())
+            await wait_for(lambda: max(heard["lb"].seqs()) > top, 20, "B's listener to hear A's source again")
+        finally:
+            streaming.cancel()
+            await src.close()
+            await asyncio.sleep(0.5)
+            for t in tasks:
+                t.cancel()
+    for name in ("la", "lb"):
+        assert_rising_and_told(heard[name])
+    assert heard["lb"].of("resync"), "B's listener missed the outage's updates without being told"
+    assert not heard["src"].of("error")  # the source was never refused or closed
+    assert "disconnected" not in source_states(heard["lb"])[:-1]  # only when the source finally left
+
+
+async def test_after_kill_9_listeners_elsewhere_hear_the_source_leave_then_come_back_elsewhere(cluster):
+    """Sources of several rooms on A, listeners on B and C; A is killed (-9) and every source reconnects to B as soon
+    as B lets it. Every listener hears `source: disconnected` within about a lease of the kill, before the source's
+    `connected` from B, and seq goes on rising."""
+    a, b, c = cluster
+    rooms = [f"k{i}" for i in range(6)]
+    heard = {(r, p): Heard() for r in rooms for p in "bc"}
+    listeners = []
+    for r in rooms:
+        for p, server in (("b", b), ("c", c)):
+            ws = await connect(url(server, r), proxy=None, compression=None)
             assert json.loads(await ws.recv())["type"] == "welcome"
-        redis_server.start()
+            listeners.append((ws, asyncio.ensure_future(hear(ws, heard[(r, p)]))))
+    sources = [await connect(url(a, r, role="source", sample_rate=16000), proxy=None, compression=None) for r in rooms]
+    try:
+        await asyncio.gather(*(stream(ws, 1.6) for ws in sources))
+        await wait_for(lambda: all(h.of("mood") for h in heard.values()), 30, "every listener to hear its room")
+        killed = time.monotonic()
+        a.kill()
 
-        async def outcome(ws: ClientConnection) -> str:
-            try:
-                while True:
-                    msg = json.loads(await ws.recv())
-                    if msg["type"] == "error" and msg["fatal"]:
-                        assert msg["code"] == "not_allowed"
-            except ConnectionClosed:
-                return f"closed {ws.close_code}"
+        async def come_back(room: str) -> ClientConnection:
+            while True:
+                try:
+                    ws = await connect(url(b, room, role="source", sample_rate=16000), proxy=None, compression=None)
+                except InvalidStatus as e:
+                    assert e.response.status_code == 409  # A's lease holds until it expires
+                    await asyncio.sleep(0.05)
+                    continue
+                await stream(ws, 1.6, seed=1)
+                return ws
 
-        tasks = [asyncio.ensure_future(outcome(ws)) for ws in (ws_a, ws_b)]
-        done, pending = await asyncio.wait(tasks, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-        assert len(done) == 1 and done.pop().result() == "closed 1008"
-        await asyncio.sleep(LEASE)  # the winner keeps renewing: nobody else is closed
-        assert all(not t.done() for t in pending)
-        for t in pending:
-            t.cancel()
+        sources += await asyncio.gather(*(come_back(r) for r in rooms))
+        await wait_for(lambda: all(source_states(h)[-2:] == ["disconnected", "connected"] and len(h.of("mood")) >= 2
+                                   for h in heard.values()), 30, "every listener to hear the source come back")
     finally:
-        await ws_a.close()
-        await ws_b.close()
+        for ws, task in listeners:
+            await ws.close()
+            task.cancel()
+        for ws in sources:
+            await ws.close()
+    for (room, where), h in heard.items():
+        told = next(t for t, m in h.messages if m["type"] == "source" and m["state"] == "disconnected")
+        assert told - killed < LEASE + 1.5, f"{room} on {where}: told {told - killed:.1f} s after the kill"
+        assert source_states(h) == ["connected", "disconnected", "connected"] or source_states(h) == ["disconnected", "connected"]
+        assert_rising_and_told(h)
+
+
+async def test_a_process_cut_off_from_redis_is_fenced_and_hands_the_room_over(tmp_path, tiny_model_path, redis_server):
+    """A reaches Redis through a proxy, B directly. A's Redis traffic stalls for longer than a lease: B's listener
+    hears A's source leave, and a new source for the room is accepted on B. A's room keeps running for A's own
+    listener meanwhile, but nothing more of A's lease reaches B. When A's traffic flows again A learns it lost the
+    room: its source is closed with an error, and A's listener follows B's source, seq still rising."""
+    from sendreturn_mood.hostile.proxy import FaultProxy
+
+    proxy = await FaultProxy(redis_server.port).start()
+    config = write_config(tmp_path, **{"broker.lease_seconds": LEASE, "broker.reconnect_max_seconds": 0.5})
+    # started (and stopped) from threads: the proxy forwards A's Redis traffic in this loop meanwhile
+    a = await asyncio.to_thread(ServerProcess, config, tiny_model_path, f"redis://127.0.0.1:{proxy.port}/0")
+    b = await asyncio.to_thread(ServerProcess, config, tiny_model_path, redis_server.url)
+    heard = {n: Heard() for n in ("la", "lb", "src_a")}
+    try:
+        async with join(a, "cut") as la, join(b, "cut") as lb, join(a, "cut", role="source", sample_rate=16000) as src_a:
+            tasks = [asyncio.ensure_future(hear(ws, heard[n])) for n, ws in (("la", la), ("lb", lb), ("src_a", src_a))]
+            streaming = asyncio.ensure_future(stream(src_a, 60, pace=0.1))
+            try:
+                await wait_for(lambda: len(heard["lb"].of("mood")) >= 2, 20, "B's listener to hear A's source")
+                proxy.stall()
+                await wait_for(lambda: "disconnected" in source_states(heard["lb"]), LEASE * 4, "B to hear A's source leave")
+                async with join(b, "cut", role="source", sample_rate=16000) as src_b:
+                    await src_b.send(json.dumps({"type": "track", "id": "b"}))
+                    streaming_b = asyncio.ensure_future(stream(src_b, 60, pace=0.1, seed=1))
+                    await wait_for(lambda: len(heard["la"].of("mood")) >= 6, 20, "A's room to keep running alone")
+                    proxy.resume()
+                    await wait_for(lambda: heard["src_a"].closed is not None, 20, "A to close its source")
+                    await wait_for(lambda: any(m.get("track") == {"id": "b"} for m in heard["la"].of("mood")), 20,
+                                   "A's listener to follow B's source")
+                    streaming_b.cancel()
+            finally:
+                streaming.cancel()
+                await asyncio.sleep(0.3)
+                for t in tasks:
+                    t.cancel()
+    finally:
+        await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))
+        await proxy.close()
+    assert heard["src_a"].closed == 1008 and heard["src_a"].of("error")[-1]["code"] == "not_allowed"
+    for name in ("la", "lb"):
+        assert_rising_and_told(heard[name])
+    # B's listener: once B's source connected, nothing of A's lease (its updates have no track) reached it
+    # Both listeners heard A's source come, leave, and B's come (then leave as the test ended).
+    for name in ("la", "lb"):
+        assert source_states(heard[name])[:3] == ["connected", "disconnected", "connected"], name
+    # B's listener: once B's source connected, nothing of A's lease (its updates have no track) reached it
+    states = [i for i, (_, m) in enumerate(heard["lb"].messages) if m["type"] == "source"]
+    after_b = [m for _, m in heard["lb"].messages[states[2]:] if m["type"] == "mood"]
+    assert after_b and all(m.get("track") == {"id": "b"} for m in after_b)
 
 
 async def test_a_reserved_source_slot_holds_on_every_process(tmp_path, tiny_model_path, redis_server):

@@ -5,9 +5,11 @@ entry, nothing leaves the process, and `python -m sendreturn_mood serve` needs n
 (`redis_broker.py`, `broker.url: redis://...`) shares rooms between any number of processes and machines.
 
 What the server asks of a broker, and when:
-- handshake of a source: `source_present(room)` (409 source_taken); then, joining, `claim_source(room, holder)` -> a `Claim` (with the highest seq the room ever published,
-  so a source that moves to another process continues `seq` upward) or None (`409 source_taken`);
-  `release_source` when it leaves;
+- handshake of a source: `source_present(room)` (409 source_taken); then, joining, `claim_source(room, holder)` ->
+  a `Claim` (a lease with its epoch, and the highest seq the room ever published, so a source that moves to another
+  process continues `seq` upward) or None (`409 source_taken`); both raise `ClusterUnavailable` (503
+  cluster_unavailable, with Retry-After) when the cluster cannot decide who holds the room; `release_source` when
+  it leaves;
 - a listener joins: `sync_room(room)` (the room's preset and whether a source is connected elsewhere);
 - the first / last local member of a room: `room_opened` / `room_closed` (subscribe / unsubscribe);
   every join and leave: `members_changed`;
@@ -35,6 +37,16 @@ class BrokerError(RuntimeError):
     """A broker that cannot be used (e.g. the configured Redis cannot be reached at start-up)."""
 
 
+class ClusterUnavailable(BrokerError):
+    """Who holds a room's source cannot be decided now (the broker is unreachable, or it lost its state and the
+    processes that held rooms are taking them back): a new source must wait `retry_after` seconds rather than risk
+    a second source for the room on another process."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True)
 class Claim:
     """A granted source slot. `last_seq`: the highest seq the room has published anywhere (0 for a new room)."""
@@ -42,6 +54,7 @@ class Claim:
     holder: str
     last_seq: int = 0
     preset: str | None = None  # the room's preset as the cluster knows it (kept when the source sets none)
+    epoch: int = 0  # the lease's fencing token: higher for every new lease of the room (0 in memory)
 
 
 def node_id() -> str:

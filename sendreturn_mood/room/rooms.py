@@ -118,7 +118,10 @@ class Room:
     generation: int = 0  # bumped on every track change / new source: results of older windows are discarded
     audio_seconds: float = 0.0
     closed: bool = False
-    remote_source: bool = False  # a source is connected to this room on another process (as far as we know)
+    # The room as heard from other processes (a broker): the lease that holds its source elsewhere, as far as this
+    # process knows, and the highest lease epoch heard (a fencing token: messages of an older lease are late).
+    remote_holder: str | None = None
+    epoch: int = 0
     detector: Any = None  # sendreturn_mood.room.trackchange.TrackChangeDetector, or None (detection not available)
     prepared: Follower | None = None  # the prepared track the room follows (where its source is), None: live
     lead_seconds: float | None = None  # the room's lead for prepared tracks (None: the configured default)
@@ -131,6 +134,11 @@ class Room:
     @property
     def members(self) -> list[Member]:
         return ([self.source] if self.source is not None else []) + list(self.listeners)
+
+    @property
+    def remote_source(self) -> bool:
+        """A source is connected to this room on another process (as far as we know)."""
+        return self.remote_holder is not None
 
     @property
     def has_source(self) -> bool:
@@ -241,6 +249,48 @@ class Room:
                 out.append((Outgoing(change, text, CONTROL), late))
         return out
 
+    # -------------------------------------------------------------------------------------------- heard from elsewhere
+    # What a broker hears about this room from other processes goes through these, and each returns the messages the
+    # local members get (none for what is late or already known): `source` states change only with the lease that
+    # holds the room, `seq` never goes down, and a gap in it is announced with a `resync` before the next update.
+
+    def remote_source_changed(self, holder: str | None, epoch: int = 0) -> list[dict[str, Any]]:
+        """The lease holding the source elsewhere is now `holder` (None: nobody). A new holder after another one
+        is told as `disconnected` then `connected`. Ignored while the source is here, and for an older lease."""
+        if self.source is not None or (epoch and epoch < self.epoch) or holder == self.remote_holder:
+            return []
+        self.epoch = max(self.epoch, epoch)
+        out = [protocol.source_state(False)] if self.remote_holder is not None else []
+        self.remote_holder = holder
+        return out + ([protocol.source_state(True)] if holder is not None else [])
+
+    def remote_message(self, holder: str, epoch: int, kind: str, seq: int | None) -> tuple[list[dict[str, Any]], bool]:
+        """A message of the source's lease `holder` on another process -> (what must reach the local members first:
+        the source's arrival if it was not known, a `resync` for a gap in seq; whether the message itself is
+        current). Not current: an older lease's, or an update at or below the seq already delivered here."""
+        if self.source is not None or epoch < self.epoch:
+            return [], False
+        before: list[dict[str, Any]] = []
+        if kind != SOURCE and holder != self.remote_holder:
+            before += self.remote_source_changed(holder, epoch)
+        self.epoch = epoch
+        if kind == MOOD and seq is not None:
+            if seq <= self.seq:
+                return before, False
+            if self.seq and seq > self.seq + 1:
+                before.append(protocol.resync(self.name, self.seq + 1, seq - 1))
+            self.seq = seq
+        return before, True
+
+    def continue_above(self, seq: int) -> list[dict[str, Any]]:
+        """Another process's listeners have seen updates up to `seq` (a source that held this room there while the
+        broker was away): the next update here is numbered above it, so no listener sees seq go down. The numbers
+        skipped are announced to the local members (a `resync`: they will not see them)."""
+        if seq <= self.seq:
+            return []
+        first, self.seq = self.seq + 1, seq
+        return [protocol.resync(self.name, first, seq)]
+
     def is_current(self, generation: int) -> bool:
         """Whether a window of `generation` still belongs to the room's current track and source."""
         return not self.closed and generation == self.generation
@@ -330,8 +380,10 @@ class RoomRegistry:
                 room.sinks = [LOCAL_MEMBERS, *self._make_sinks(name)]
             self._rooms[name] = room
         if is_source:
+            if room.remote_holder is not None:  # its lease elsewhere is over (the claim succeeded): say so first
+                room.remote_holder = None
+                self.deliver_local(room, protocol.encode(protocol.source_state(False)), SOURCE)
             room.source = member
-            room.remote_source = False
             room.start_source(preset, last_seq, track_detection)
         else:
             room.listeners.add(member)
@@ -380,6 +432,12 @@ class RoomRegistry:
     def deliver_local(room: Room, text: str, kind: str) -> None:
         for member in room.members:
             member.deliver(text, kind)
+
+    def deliver_messages(self, room: Room, messages: list[dict[str, Any]]) -> None:
+        """Messages made on this process for its own members only (what a room heard from elsewhere implies)."""
+        for message in messages:
+            out = outgoing(message)
+            self.deliver_local(room, out.text, out.kind)
 
     def _update_gauge(self) -> None:
         if self.metrics:

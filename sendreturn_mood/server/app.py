@@ -320,7 +320,7 @@ class MoodServer:
             self.metrics.refusals.inc(code=r.code)
             log.info("refused %s: %s %s", redact(request.path), r.code, r.message)
             extra = (("Allow", "GET"),) if r.code == protocol.METHOD_NOT_ALLOWED else ()
-            return response(r.status, r.body(), "application/json", extra=extra)
+            return response(r.status, r.body(), "application/json", extra=extra + tuple(r.headers))
         except Exception:
             log.exception("handling the request for %s failed", redact(request.path))
             return error_response(500, protocol.SERVER_ERROR, "internal server error")

@@ -23,7 +23,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from .. import protocol
-from ..broker.base import Broker, Claim
+from ..broker.base import Broker, Claim, ClusterUnavailable
 from ..metrics import ServerMetrics
 from ..model.inference import InferenceWorker, Job
 from ..protocol import ConnectParams, Refusal
@@ -171,7 +171,12 @@ class ConnectionLoop:
         params = conn.params
         claim = None
         if params.is_source:
-            claim = await self.broker.claim_source(params.room, f"{self.broker.node}/{next(self._holder_ids)}")
+            try:
+                claim = await self.broker.claim_source(params.room, f"{self.broker.node}/{next(self._holder_ids)}")
+            except ClusterUnavailable as e:  # the broker went away after the handshake's check: try again later
+                self._reply(conn, protocol.error(protocol.NOT_ALLOWED, str(e), True))
+                conn.outbox.close(protocol.CLOSE_TRY_AGAIN_LATER, protocol.CLUSTER_UNAVAILABLE)
+                return None, None
             if claim is None:
                 self.refuse(conn, f"room {protocol.shown(params.room)} already has a source")
                 return None, None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 
@@ -23,7 +24,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
 
 from .. import protocol
-from ..broker.base import Broker
+from ..broker.base import Broker, ClusterUnavailable
 from ..protocol import ConnectParams, Refusal
 from ..room.rooms import RoomError, RoomRegistry
 from .auth import Authenticator, Grant
@@ -95,8 +96,11 @@ class HandshakeChecks:
             self.rooms.check_join(params.room, params.is_source)
         except RoomError as e:
             raise Refusal(e.code, e.message) from None
-        if params.is_source and await self.broker.source_present(params.room):
-            raise Refusal(protocol.SOURCE_TAKEN, f"room {protocol.shown(params.room)} already has a source")
+        try:
+            if params.is_source and await self.broker.source_present(params.room):
+                raise Refusal(protocol.SOURCE_TAKEN, f"room {protocol.shown(params.room)} already has a source")
+        except ClusterUnavailable as e:
+            raise Refusal(protocol.CLUSTER_UNAVAILABLE, str(e), (("Retry-After", str(max(1, math.ceil(e.retry_after)))),)) from None
         if self.rooms.get(params.room) is None and not self.room_creations.allow(client):
             raise Refusal(protocol.RATE_LIMITED, "this address is opening rooms too fast (server.room_creations_per_minute)")
         return params, grant
