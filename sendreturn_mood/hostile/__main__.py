@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warm-up", type=float, default=1.0, help="minutes before the RSS and fd slopes are fitted")
     s.add_argument("--samples", help="also write every (seconds, rss MB, fds) sample to this CSV file")
     _server_args(s)
+    u = sub.add_parser("uploads", help="every bad POST /v1/analyze, each expecting its status, beside a good room")
+    u.add_argument("--token", help="with --url: an access token with the analyze role (the started server has its own)")
+    _server_args(u)
     return parser
 
 
@@ -106,9 +109,26 @@ def _soak(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _uploads(args: argparse.Namespace) -> int:
+    from . import uploads
+
+    if args.url and args.token:
+        uploads.TOKEN = args.token
+    server, base, host, port = _start(args, uploads.UPLOAD_SERVER_CONFIG)
+    try:
+        result, room = uploads.run_beside_a_good_room(host, port, base, uploads.UPLOAD_SERVER_CONFIG)
+    finally:
+        if server is not None:
+            server.stop()
+    print(json.dumps({"answers": result.answers, "violations": result.violations, "good_room": vars(room),
+                      "tracebacks": server.tracebacks if server else None}, indent=2, default=str))
+    bad = result.violations or room.failure or room.missed or (server is not None and server.tracebacks)
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return _fuzz(args) if args.command == "fuzz" else _soak(args)
+    return {"fuzz": _fuzz, "soak": _soak, "uploads": _uploads}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -144,13 +144,17 @@ class GoodRoom:
     """A source streaming real audio in real time (s16le, 100 ms frames) and a listener, in their own thread and
     event loop; `stop()` sends `end` and returns what the listener saw against what it should have seen."""
 
-    def __init__(self, base_url: str, room: str, audio: np.ndarray, rate: int, config: dict[str, Any], source_address: str = GOOD_ADDRESS) -> None:
+    def __init__(
+        self, base_url: str, room: str, audio: np.ndarray, rate: int, config: dict[str, Any],
+        source_address: str = GOOD_ADDRESS, token: str | None = None,
+    ) -> None:
         self.base_url = base_url
         self.room = room
         self.audio = (np.clip(audio, -1, 32767 / 32768) * 32768).round().astype("<i2")
         self.rate = rate
         self.config = config
         self.source_address = source_address
+        self.token = token  # for a server that requires one
         self.report = RoomReport(room)
         self._stop = threading.Event()
         self._started = threading.Event()
@@ -183,6 +187,8 @@ class GoodRoom:
             # ping_interval=None: the client's own pings draw from the global `random`, which Hypothesis (running the
             # attack in the main thread at the same time) reports as a strategy using `random`; the server pings anyway
             opts: dict[str, Any] = dict(proxy=None, compression=None, ping_interval=None, **local)
+            if self.token is not None:
+                opts["additional_headers"] = {"Authorization": f"Bearer {self.token}"}
             async with connect(url, **opts) as listener, connect(f"{url}?role=source&sample_rate={self.rate}", **opts) as source:
                 reading = asyncio.create_task(self._listen(listener))
                 own = asyncio.create_task(self._drain(source))
