@@ -346,3 +346,25 @@ def test_a_closed_stdout_stops_the_example_quietly(server: str, tmp_path: Path, 
             feeder.stop(signal.SIGINT)
     assert code == 141, err
     assert "Traceback" not in err and "reconnecting" not in err and "Exception ignored" not in err, err
+
+
+def test_play_prepared_drives_a_room_in_step_with_a_player(server: str, tmp_path: Path) -> None:
+    """examples/play_prepared.py: the file is PUT, played by a pretend player whose clock is reported, and every
+    prepared update it prints arrives when the player is at its position (lead 0.5 s: up to that much early)."""
+    wav = tmp_path / "short.wav"
+    rate = 16000
+    t = np.arange(6 * rate) / rate
+    sf.write(wav, (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), rate)
+    watcher = listener(server, "prepared-walk", "--json")
+    src = Proc(EXAMPLES / "play_prepared.py", wav, "--url", server, "--room", "prepared-walk", "--lead", "0.5")
+    assert src.wait() == 0, src.report()
+    watcher.stop()
+    assert re.match(r"prepared 'short': 6\.0 s, \d+ updates", src.out[0]), src.report()
+    assert any(line.startswith("timeline: ") and "lead 0.5 s" in line for line in src.out), src.report()
+    steps = [re.match(r"\s*([\d.]+)s  update for\s+([\d.]+)s", line) for line in src.out]
+    steps = [(float(m.group(1)), float(m.group(2))) for m in steps if m]
+    assert len(steps) >= 5, src.report()
+    for at, position in steps:
+        assert position - 0.5 - 0.15 <= at <= position + 0.25, (at, position)
+    heard = [m for m in watcher.json_lines() if m.get("type") == "mood"]
+    assert heard and all(m.get("prepared") for m in heard)
