@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from ..config import Settings
     from ..room.rooms import Room, RoomRegistry
 
 
@@ -144,15 +143,3 @@ class Broker:
     async def health(self) -> dict[str, Any]:
         """The broker's part of `/healthz`."""
         return {"kind": self.kind, "node": self.node, "connected": True}
-
-
-def make_broker(config: Settings, metrics: Any = None) -> Broker:
-    """The broker the config names: `broker.url` null or "memory" -> in process; redis://... -> Redis."""
-    url = config.broker.url
-    if url is None or config.broker.in_memory:
-        return Broker()
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from .redis_broker import RedisBroker
-
-        return RedisBroker(config, metrics)
-    raise BrokerError(f"broker.url must be null, 'memory' or redis://HOST:PORT[/DB], got {url!r}")

@@ -22,7 +22,7 @@ import asyncio
 import collections
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -34,8 +34,6 @@ from .prepared import Follower, PreparedTrack
 from .tracker import NonFiniteOutput
 from .update import Update
 
-if TYPE_CHECKING:
-    from ..broker.base import Broker
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +97,17 @@ class LocalMembers:
 
 
 LOCAL_MEMBERS = LocalMembers()
+
+
+class Membership(Protocol):
+    """Who is told when a room opens or closes on this process and when its local members change: the broker, which
+    shares rooms across processes (declared here, like `Sink`, because imports only go downward)."""
+
+    def room_opened(self, room: "Room") -> None: ...
+
+    def members_changed(self, room: "Room") -> None: ...
+
+    def room_closed(self, room: "Room") -> None: ...
 
 
 class RoomError(protocol.ProtocolError):
@@ -330,7 +339,7 @@ class RoomRegistry:
         make_tracker: Callable[[str | None], Any],
         max_rooms: int,
         metrics: ServerMetrics | None = None,
-        broker: "Broker | None" = None,
+        membership: Membership | None = None,
         make_detector: Callable[[], Any] | None = None,
         make_sinks: Callable[[str], list[Sink]] | None = None,
     ) -> None:
@@ -341,7 +350,7 @@ class RoomRegistry:
         self._make_detector = make_detector
         self.max_rooms = max_rooms
         self.metrics = metrics
-        self.broker = broker
+        self.membership = membership
         self._rooms: dict[str, Room] = {}
 
     def __len__(self) -> int:
@@ -387,10 +396,10 @@ class RoomRegistry:
             room.start_source(preset, last_seq, track_detection)
         else:
             room.listeners.add(member)
-        if self.broker is not None:
+        if self.membership is not None:
             if created:
-                self.broker.room_opened(room)
-            self.broker.members_changed(room)
+                self.membership.room_opened(room)
+            self.membership.members_changed(room)
         self._update_gauge()
         return room
 
@@ -407,10 +416,10 @@ class RoomRegistry:
         if room.source is None and not room.listeners:
             room.closed = True
             self._rooms.pop(room.name, None)
-        if self.broker is not None:
-            self.broker.members_changed(room)
+        if self.membership is not None:
+            self.membership.members_changed(room)
             if room.closed:
-                self.broker.room_closed(room)
+                self.membership.room_closed(room)
         if room.closed:
             for sink in room.sinks:
                 sink.room_closed(room)
