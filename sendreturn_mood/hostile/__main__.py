@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("uploads", help="every bad POST /v1/analyze, each expecting its status, beside a good room")
     u.add_argument("--token", help="with --url: an access token with the analyze role (the started server has its own)")
     _server_args(u)
+    pr = sub.add_parser("prepared", help="every bad prepared-track PUT and playback message, beside a good room")
+    _server_args(pr)
     return parser
 
 
@@ -126,9 +128,24 @@ def _uploads(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _prepared(args: argparse.Namespace) -> int:
+    from . import prepared
+
+    server, base, host, port = _start(args, prepared.PREPARED_SERVER_CONFIG)
+    try:
+        result, seen, room = prepared.run_beside_a_good_room(host, port, base, prepared.PREPARED_SERVER_CONFIG)
+    finally:
+        if server is not None:
+            server.stop()
+    print(json.dumps({"answers": result.answers, "websocket": seen, "violations": result.violations,
+                      "good_room": vars(room), "tracebacks": server.tracebacks if server else None}, indent=2, default=str))
+    bad = result.violations or room.failure or room.missed or (server is not None and server.tracebacks)
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"fuzz": _fuzz, "soak": _soak, "uploads": _uploads}[args.command](args)
+    return {"fuzz": _fuzz, "soak": _soak, "uploads": _uploads, "prepared": _prepared}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from .. import protocol
 from .wire import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawClient, default_headers, frame, handshake_request
 
 GOOD_ROOM = "good-room"
-REPLY_TYPES = ("welcome", "mood", "source", "error")
+REPLY_TYPES = ("welcome", "mood", "source", "error", "track_change", "timeline")
 ALLOWED_CLOSE = {1000, 1001, 1002, 1003, 1005, 1007, 1008, 1009}
 MAX_FRAME_TEXT = 16384  # no server text frame is longer (a mood message is ~1 KB)
 MAX_REFUSAL_BODY = 4096
@@ -117,7 +117,11 @@ def strategies(good_room: str = GOOD_ROOM) -> Any:
                          '{"type": "preset", "name": "subtle"}', '{"type": "preset", "name": "nope"}', '{"type": "track"}',
                          '{"type": "keepalive", "n": NaN}', '{"type": "keepalive", "n": Infinity}', '{"type": "keepalive", "n": -Infinity}',
                          '{"type": "keepalive", "n": ' + "9" * 4301 + "}", '{"type": "keepalive", "n": 1e999}', "[" * 3000, "{",
-                         '{"type": ["' + "\u00e9" * 3000 + '"]}', '"keepalive"', "null", "", "\ufeff{}"]),
+                         '{"type": ["' + "\u00e9" * 3000 + '"]}', '"keepalive"', "null", "", "\ufeff{}",
+                         '{"type": "play", "track": "x"}', '{"type": "play", "track": "x", "position": -1}',
+                         '{"type": "play", "track": "x", "position": 1e308}', '{"type": "play", "track": "x", "lead_seconds": 99}',
+                         '{"type": "position", "position": 3}', '{"type": "position", "position": NaN}', '{"type": "pause"}',
+                         '{"type": "stop"}', '{"type": "play", "track": "' + "t" * 600 + '"}']),
         st.fixed_dictionaries({"type": st.one_of(st.sampled_from(protocol.CLIENT_MESSAGE_TYPES), json_values)},
                               optional={"id": json_values, "title": json_values, "artist": json_values, "name": json_values}).map(json.dumps),
         st.text(max_size=200),
