@@ -107,12 +107,12 @@ def test_lead_seconds_sends_updates_early(tiny_model_path):
         async with running_server(tiny_model_path) as server:
             prepared = await server.tracks.prepare(ROOM, "song-1", wav_bytes())
             first = prepared.analysis.cues[0].position
-            async with client(server, ROOM, role="source") as (src, _):
+            async with client(server, ROOM, role="source") as (src, _), client(server, ROOM) as (lis, _):
                 start = time.perf_counter()
                 await src.send(json.dumps({"type": "play", "track": "song-1", "lead_seconds": 0.5}))
-                timeline = await until_type(src, "timeline")
+                timeline = await until_type(src, "timeline")  # the source gets the timeline, its listeners each update
                 assert timeline["lead_seconds"] == 0.5
-                m = await until_type(src, "mood")
+                m = await until_type(lis, "mood")
                 at = time.perf_counter() - start
                 assert m["stream_time"] == first and first - 0.5 - 0.02 <= at < first - 0.3
 

@@ -57,6 +57,7 @@ class Outgoing:
     message: Update | dict[str, Any]
     text: str
     kind: str
+    to_source: bool = True  # False: the room's listeners only (a prepared update: its source has the timeline)
 
     @property
     def update(self) -> Update | None:
@@ -90,7 +91,7 @@ class LocalMembers:
     """The room's members on this process (their bounded outboxes): the first sink of every room."""
 
     def send(self, room: "Room", out: Outgoing) -> None:
-        RoomRegistry.deliver_local(room, out.text, out.kind)
+        RoomRegistry.deliver_local(room, out.text, out.kind, out.to_source)
 
     def room_closed(self, room: "Room") -> None:
         pass
@@ -251,7 +252,8 @@ class Room:
                 latency_ms = round(late * 1000.0, 3)
                 text = protocol.mood_text(self.name, self.seq, cue.position, self.track, cue.body, latency_ms)
                 update = Update(self.name, self.seq, cue.analysis, self.track, latency_ms)
-                out.append((Outgoing(update, text, MOOD), late))
+                # not to the source: it has every update in the timeline, and a prepared room's cost is its sends
+                out.append((Outgoing(update, text, MOOD, to_source=False), late))
             else:
                 text = protocol.track_change_text(self.name, cue.body)
                 change = {"type": "track_change", "room": self.name, **(cue.fields or {}), "prepared": True}
@@ -438,8 +440,8 @@ class RoomRegistry:
                 log.exception("room %s: sink %s failed", room.name, type(sink).__name__)
 
     @staticmethod
-    def deliver_local(room: Room, text: str, kind: str) -> None:
-        for member in room.members:
+    def deliver_local(room: Room, text: str, kind: str, to_source: bool = True) -> None:
+        for member in room.members if to_source else room.listeners:
             member.deliver(text, kind)
 
     def deliver_messages(self, room: Room, messages: list[dict[str, Any]]) -> None:
