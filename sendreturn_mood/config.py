@@ -52,6 +52,7 @@ class ServerAuthSettings:
     issuer: str
     audience: str
     leeway_seconds: float
+    close_at_expiry: bool
     max_ttl_seconds: float
     reserve_seconds: float
     revoked: tuple[str, ...]

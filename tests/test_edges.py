@@ -279,3 +279,31 @@ async def test_silence_first_over_osc_is_an_empty_label(tiny_model_path):
     for u in updates:
         assert labels[u["seq"]] == ("s", (u["mood"] or "",))
     assert labels[updates[0]["seq"]] == ("s", ("",)) and labels[updates[-1]["seq"]][1][0] != ""
+
+
+async def test_a_connection_outlives_its_token_unless_the_server_closes_at_expiry(tiny_model_path):
+    """Tokens are checked at the handshake: by default a listener whose 2 s token expires stays connected. With
+    server.auth.close_at_expiry it gets a fatal `unauthorized` error and close 1008 at exp + leeway."""
+    from websockets.exceptions import ConnectionClosed
+
+    secret = "edges-test-secret-of-at-least-32-bytes!"
+    for close_at_expiry in (False, True):
+        async with running_server(
+            tiny_model_path, server__auth__secret=secret, server__auth__leeway_seconds=0.5,
+            server__auth__close_at_expiry=close_at_expiry,
+        ) as server:
+            token = server.auth.mint("lobby", ["listener"], ttl=2)
+            async with client(server, "lobby", token=token) as (ws, _):
+                t0 = time.monotonic()
+                messages = []
+                try:
+                    while time.monotonic() - t0 < 4.0:
+                        messages.append(json.loads(await asyncio.wait_for(ws.recv(), 4.5 - (time.monotonic() - t0))))
+                except (ConnectionClosed, TimeoutError):
+                    pass
+                took = time.monotonic() - t0
+                if close_at_expiry:
+                    assert messages[-1]["type"] == "error" and messages[-1]["code"] == "unauthorized"
+                    assert messages[-1]["fatal"] is True and ws.close_code == 1008 and 1.5 <= took <= 3.5, took
+                else:
+                    assert ws.close_code is None and messages == []  # still open two seconds after exp

@@ -136,6 +136,7 @@ class MoodServer:
         self.connection_loop = ConnectionLoop(
             self.admission, outboxes, self.settings, self.rooms, self.broker, self.worker, self.reservations,
             self.client_limits, self.metrics, self.tracks, self.playback,
+            expiry_leeway=s.auth.leeway_seconds if s.auth.close_at_expiry else None,
         )
         self.broker.on_source_lost = self.connection_loop.source_lost
         self.origins = origin_policy_from_config(s, [s.host])

@@ -97,8 +97,10 @@ class ConnectionLoop:
         metrics: ServerMetrics,
         tracks: TrackPreparer | None = None,
         playback: Playback | None = None,
+        expiry_leeway: float | None = None,
     ) -> None:
         self.admission = admission
+        self.expiry_leeway = expiry_leeway  # server.auth.close_at_expiry: close this long after a token's exp
         self.tracks = tracks
         self.playback = playback
         self.outboxes = outboxes
@@ -126,6 +128,7 @@ class ConnectionLoop:
         self.metrics.connections_total.inc(role=params.role)
         room: Room | None = None
         claim: Claim | None = None
+        expiry = self._close_at_expiry(conn)
         try:
             room, claim = await self._join(conn)
             if room is None:
@@ -148,6 +151,8 @@ class ConnectionLoop:
             self._reply(conn, protocol.error(protocol.SERVER_ERROR, "internal server error", True))
             conn.outbox.close(protocol.CLOSE_SERVER_ERROR, "server error")
         finally:
+            if expiry is not None:
+                expiry.cancel()
             if room is not None and self.rooms.leave(room, conn):
                 self.rooms.publish(room, protocol.source_state(False))
             if claim is not None:
@@ -242,6 +247,21 @@ class ConnectionLoop:
                 conn.outbox.close(action.code, action.reason)
                 return False
         return True
+
+    def _close_at_expiry(self, conn: Connection) -> asyncio.TimerHandle | None:
+        """`server.auth.close_at_expiry`: when the connection's token expires (its `exp` plus the leeway the
+        handshake allowed), a fatal `unauthorized` error and close 1008. Off (the default), a connection outlives
+        its token: tokens are checked at the handshake."""
+        exp = conn.grant.expires_at
+        if self.expiry_leeway is None or exp is None:
+            return None
+
+        def expire() -> None:
+            self._reply(conn, protocol.error(protocol.UNAUTHORIZED, "the access token expired; reconnect with a fresh one", True))
+            conn.outbox.close(protocol.CLOSE_POLICY, "access token expired")
+
+        delay = max(0.0, exp + self.expiry_leeway - time.time())
+        return asyncio.get_running_loop().call_later(delay, expire)
 
     def _reply(self, conn: Connection, message: dict[str, Any] | str) -> None:
         if isinstance(message, str):  # already encoded (a prepared track's timeline)
