@@ -513,3 +513,43 @@ async def test_a_reserved_source_slot_holds_on_every_process(tmp_path, tiny_mode
     finally:
         a.stop()
         b.stop()
+
+
+async def test_per_address_limits_count_over_every_process(tmp_path, tiny_model_path, redis_server):
+    """One client address may hold `server.max_connections_per_address` connections and
+    `server.max_rooms_per_address` rooms in the whole cluster, not that many on each process; room creations and
+    room-state requests are rate-limited over the cluster too."""
+    config = write_config(tmp_path, **{"server.max_connections_per_address": 3, "server.max_rooms_per_address": 2,
+                                       "server.room_creations_per_minute": 4, "server.http_requests_per_second": 2})
+    a, b = ServerProcess(config, tiny_model_path, redis_server.url), ServerProcess(config, tiny_model_path, redis_server.url)
+    held: list[ClientConnection] = []
+    try:
+        await wait_for(lambda: a.http("/healthz")[1]["broker"]["cluster"]["nodes"] == 2, 20, "both processes")
+        for server, room in ((a, "one"), (a, "two"), (b, "one")):
+            held.append(await connect(url(server, room), proxy=None))
+        response = await refused(b, "one")  # a fourth connection, on the process that has only one of them
+        assert response.status_code == 429 and "3 connections" in json.loads(response.body)["error"]["message"]
+        await held.pop().close()
+        await asyncio.sleep(0.5)  # the close reaches B, which records it in Redis
+        response = await refused(b, "three")  # a third room, though B has none of this address's rooms
+        assert response.status_code == 429 and "2 rooms" in json.loads(response.body)["error"]["message"]
+        for ws in held:
+            await ws.close()
+        held.clear()
+        # room creations: a burst of 4 per minute over both processes; three were used above (a room new to a
+        # process counts: "one" on A and on B, "two" on A)
+        opened = []
+        for i, server in enumerate((a, b, a, b)):
+            try:
+                async with connect(url(server, f"new{i}"), proxy=None):
+                    opened.append(i)
+            except InvalidStatus as e:
+                assert e.response.status_code == 429
+        assert len(opened) == 1
+        statuses = [server.http("/v1/rooms/nobody")[0] for server in (a, b, a, b, a, b)]
+        assert statuses.count(429) == 2 and statuses.count(404) == 4  # a burst of 4 (2 s at 2/s) over both
+    finally:
+        for ws in held:
+            await ws.close()
+        a.stop()
+        b.stop()

@@ -133,6 +133,21 @@ class Broker:
     def room_changed(self, room: "Room") -> None:
         pass
 
+    # -------------------------------------------------------------------------------------------- per-address limits
+
+    async def address_usage(self, address: str) -> tuple[int, frozenset[str]]:
+        """A client address's connections and rooms on the cluster's other processes (none in memory, and none
+        known while the cluster cannot be reached: each process then counts alone)."""
+        return 0, frozenset()
+
+    def address_changed(self, address: str, rooms: dict[str, int]) -> None:
+        """This process's connections of `address` per room are now `rooms` (empty: none)."""
+
+    async def take_token(self, kind: str, key: str, rate: float, burst: float) -> bool | None:
+        """Take a token from the cluster's bucket `kind` for `key` (refilled at `rate` per second up to `burst`):
+        whether one was there; None when there is no shared bucket (the caller's local one decides)."""
+        return None
+
     # -------------------------------------------------------------------------------------------- HTTP
 
     async def snapshot(self, room: str) -> dict[str, Any] | None:

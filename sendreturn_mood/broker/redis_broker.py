@@ -11,7 +11,9 @@ room (other than the process of its source) is subscribed to it. What must be de
                              `GET /v1/rooms/{room}` and a late listener's welcome need
     {prefix}grace            while present, no new lease is granted: Redis lost its data (a restart) and the
                              processes that held rooms are taking them back
-    {prefix}limit:{kind}:{address}  per-address connection counts across the cluster (server/limits.py)
+    {prefix}addr:{address}   hash: node -> connections from that client address, node|room -> those to a room
+                             (per-address limits across the cluster: server/shared_limits.py)
+    {prefix}bucket:{kind}:{address}  a token bucket shared by the cluster (room creations, HTTP requests)
     {prefix}resv:{room}      the subject a reserving source's slot is held for (while it is connected, renewed with
                              its lease, and `server.auth.reserve_seconds` after it left), so no other client can
                              take the room on any process while that source reconnects
@@ -143,7 +145,35 @@ if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') then
 end
 return 0
 """
-SCRIPTS = {"claim": CLAIM, "renew": RENEW, "release": RELEASE, "publish": PUBLISH, "raise_seq": RAISE_SEQ}
+# This node's connections of one client address: KEYS = the address's hash; ARGV = node, state ttl, then pairs of
+# room and count. Fields: "<node>" -> connections, "<node>|<room>" -> connections to that room; this node's old
+# fields go, the given ones are written (none: the node has no connection from that address any more).
+ADDRESS = """
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if f == ARGV[1] or string.sub(f, 1, #ARGV[1] + 1) == ARGV[1] .. '|' then redis.call('HDEL', KEYS[1], f) end
+end
+local total = 0
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[1] .. '|' .. ARGV[i], ARGV[i + 1]); total = total + tonumber(ARGV[i + 1])
+end
+if total > 0 then redis.call('HSET', KEYS[1], ARGV[1], total); redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return total
+"""
+# A token bucket shared by the cluster: KEYS = bucket; ARGV = rate per second, burst, ttl ms. 1: a token taken.
+TAKE_TOKEN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 't')
+local tokens = math.min(burst, (tonumber(b[1]) or burst) + math.max(0, now - (tonumber(b[2]) or now)) * rate)
+local ok = 0
+if tokens >= 1 then tokens = tokens - 1; ok = 1 end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 't', tostring(now))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return ok
+"""
+SCRIPTS = {"claim": CLAIM, "renew": RENEW, "release": RELEASE, "publish": PUBLISH, "raise_seq": RAISE_SEQ,
+           "address": ADDRESS, "take_token": TAKE_TOKEN}
 
 KIND_CODES = {"mood": "m", "control": "c", "source": "s"}
 CODE_KINDS = {v: k for k, v in KIND_CODES.items()}
@@ -211,6 +241,8 @@ class RedisBroker(Broker):
         self._scripts: dict[str, Any] = {}
         self._run_id: str | None = None  # the Redis server's run id: another one means Redis restarted
         self._last_ok = 0.0  # monotonic start of the last heartbeat round Redis answered
+        self._live: set[str] = set()  # the cluster's live nodes at the last heartbeat
+        self._addresses: dict[str, dict[str, int]] = {}  # client address -> this node's connections per room
         self.reconnects = 0
 
     # ------------------------------------------------------------------------------------------------ keys
@@ -381,8 +413,16 @@ class RedisBroker(Broker):
                 pipe.evalsha(self._scripts["raise_seq"], 1, self._k("room", room.name), room.seq, STATE_TTL_SECONDS)
             if room.source is not None and room.name in self._claims:
                 self._state(pipe, room)
+        # this node's per-address counts as they are now (Redis may have lost them; changes queued while it was away
+        # are superseded by this)
+        self._pending = collections.deque(p for p in self._pending if p[0] != "address")
+        for address, rooms in list(self._addresses.items()):
+            self._address(pipe, address, rooms)
+            if not rooms:
+                del self._addresses[address]
         await pipe.execute()
         await self._renew()
+        self._live = set(await self._live_nodes())
         async with self._sub_lock:
             names = [r.name for r in rooms if r.listeners and r.source is None]
             if names:
@@ -642,6 +682,8 @@ class RedisBroker(Broker):
                     room, value, done = args
                     releases.append(done)
                     pipe.evalsha(self._scripts["release"], 1, self._k("src", room), value)
+                elif op == "address":
+                    self._address(pipe, *args)
                 elif op == "raise":
                     room, seq = args
                     pipe.evalsha(self._scripts["raise_seq"], 1, self._k("room", room), seq, STATE_TTL_SECONDS)
@@ -751,6 +793,7 @@ class RedisBroker(Broker):
     async def _heartbeat_round(self) -> None:
         await self._heartbeat_once()
         await self._renew()
+        self._live = set(await self._live_nodes())
 
     async def _heartbeat_once(self) -> None:
         assert self._redis is not None and self.registry is not None
@@ -805,6 +848,50 @@ class RedisBroker(Broker):
                 ended += 1
         if ended:
             await pipe.execute()
+
+    # ------------------------------------------------------------------------------------------------ per-address limits
+
+    async def address_usage(self, address: str) -> tuple[int, frozenset[str]]:
+        if not self.connected or self._redis is None:
+            return 0, frozenset()
+        try:
+            fields = await asyncio.wait_for(self._redis.hgetall(self._k("addr", address)), self.lease_ms / 1000 / 2)
+        except CallErrors:
+            return 0, frozenset()
+        others = self._live - {self.node}
+        connections, rooms = 0, set()
+        for field_name, value in fields.items():
+            node, _, room = field_name.partition("|")
+            if node in others:
+                if room:
+                    rooms.add(room)
+                else:
+                    connections += int(value)
+        return connections, frozenset(rooms)
+
+    def address_changed(self, address: str, rooms: dict[str, int]) -> None:
+        if rooms:
+            self._addresses[address] = dict(rooms)
+        else:
+            self._addresses.pop(address, None)
+        self._queue("address", (address, dict(rooms)))
+
+    def _address(self, pipe: Any, address: str, rooms: dict[str, int]) -> None:
+        pairs = [x for room, n in rooms.items() for x in (room, n)]
+        pipe.evalsha(self._scripts["address"], 1, self._k("addr", address), self.node, STATE_TTL_SECONDS, *pairs)
+
+    async def take_token(self, kind: str, key: str, rate: float, burst: float) -> bool | None:
+        if not self.connected or self._redis is None or rate <= 0:
+            return None
+        ttl_ms = int(1000 * (burst / rate + 1))
+        try:
+            got = await asyncio.wait_for(
+                self._redis.evalsha(self._scripts["take_token"], 1, self._k("bucket", f"{kind}:{key}"), rate, burst, ttl_ms),
+                self.lease_ms / 1000 / 2,
+            )
+        except CallErrors:
+            return None
+        return bool(int(got))
 
     # ------------------------------------------------------------------------------------------------ HTTP
 

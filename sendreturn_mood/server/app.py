@@ -58,6 +58,7 @@ from .connection import Admission, ConnectionLoop, OutboxSettings
 from .delivery import ResultDelivery
 from .handshake import HandshakeChecks, check_addressing, select_subprotocol
 from .limits import ClientLimits, KeyedRateLimiter, origin_policy_from_config
+from .shared_limits import AddressLimits, SharedRateLimiter
 from .prepared import Playback, PrepareError, TrackPreparer
 from .redaction import install_log_redaction, redact
 from .reservations import SourceReservations
@@ -98,11 +99,16 @@ class MoodServer:
         self.admission = Admission(s.max_connections)
         self.auth = Authenticator.from_config(config)  # AuthError (a ConfigError) for an unusable secret or token
         self.reservations = SourceReservations(s.auth.reserve_seconds, s.max_rooms)
-        self.client_limits = ClientLimits(s.max_connections_per_address, s.max_rooms_per_address)
-        room_creations = KeyedRateLimiter(s.room_creations_per_minute / 60.0, s.room_creations_per_minute)
-        self.http_requests = KeyedRateLimiter(s.http_requests_per_second, 2 * s.http_requests_per_second)
         self.metrics = ServerMetrics()
         self.broker = broker or make_broker(config, self.metrics)
+        # per address, counted over the whole cluster when the broker can count (shared_limits.py)
+        self.client_limits = AddressLimits(ClientLimits(s.max_connections_per_address, s.max_rooms_per_address), self.broker)
+        room_creations = SharedRateLimiter(
+            "rooms", KeyedRateLimiter(s.room_creations_per_minute / 60.0, s.room_creations_per_minute), self.broker
+        )
+        self.http_requests = SharedRateLimiter(
+            "http", KeyedRateLimiter(s.http_requests_per_second, 2 * s.http_requests_per_second), self.broker
+        )
         self.metrics.node.set(1, node=self.broker.node, broker=self.broker.kind)
         self.outputs = Outputs(config, self.broker, self.presets, self.hop_seconds, self.metrics)
         self.rooms = RoomRegistry(
@@ -364,7 +370,7 @@ class MoodServer:
     async def _room_state(self, connection: ServerConnection, request: Request, match: re.Match[str]) -> Response:
         """GET /v1/rooms/{room}: rate-limited per address, and when auth is on it needs a token for that room (any
         role), so room names, tracks and titles cannot be probed. Refusal for everything refused."""
-        if not self.http_requests.allow(address(connection)):
+        if not await self.http_requests.allow(address(connection)):
             raise Refusal(protocol.RATE_LIMITED, "too many requests from this address (server.http_requests_per_second)")
         name = protocol.room_from_path(request.path) or ""
         if self.auth.enabled:
@@ -384,7 +390,7 @@ class MoodServer:
         """A room's prepared track: PUT (the audio as the body, or `?analysis=ID` of an analysis already stored, no
         body) needs a source token for the room when tokens are required; GET describes it, DELETE removes it."""
         method = getattr(request, "method", "GET")
-        if not self.http_requests.allow(address(connection)):
+        if not await self.http_requests.allow(address(connection)):
             raise Refusal(protocol.RATE_LIMITED, "too many requests from this address (server.http_requests_per_second)")
         room = protocol.room_from_path(f"{protocol.ROOM_PATH_PREFIX}{match['room']}") or ""
         track = protocol.track_id_from_path(match["track"])

@@ -30,7 +30,7 @@ from ..protocol import ConnectParams, Refusal
 from ..room.rooms import CONTROL, Outbox, Room, RoomError, RoomRegistry
 from ..room.session import Broadcast, Close, Drain, Fetch, Follow, Reply, RoomChanged, Session, SessionSettings, Submit
 from .auth import Grant, OPEN
-from .limits import ClientLimits
+from .shared_limits import AddressLimits
 from .prepared import Playback, TrackPreparer
 from .reservations import SourceReservations
 from .routing import address
@@ -93,7 +93,7 @@ class ConnectionLoop:
         broker: Broker,
         worker: InferenceWorker,
         reservations: SourceReservations,
-        client_limits: ClientLimits,
+        client_limits: AddressLimits,
         metrics: ServerMetrics,
         tracks: TrackPreparer | None = None,
         playback: Playback | None = None,

@@ -29,7 +29,8 @@ from ..protocol import ConnectParams, Refusal
 from ..room.rooms import RoomError, RoomRegistry
 from .auth import Authenticator, Grant
 from .connection import Admission, Connection
-from .limits import ClientLimits, KeyedRateLimiter, OriginPolicy
+from .limits import OriginPolicy
+from .shared_limits import AddressLimits, SharedRateLimiter
 from .reservations import SourceReservations
 from .routing import address, header
 
@@ -63,11 +64,11 @@ class HandshakeChecks:
         admission: Admission,
         presets: tuple[str, ...],
         auth: Authenticator,
-        client_limits: ClientLimits,
+        client_limits: AddressLimits,
         reservations: SourceReservations,
         rooms: RoomRegistry,
         broker: Broker,
-        room_creations: KeyedRateLimiter,
+        room_creations: SharedRateLimiter,
     ) -> None:
         self.admission = admission
         self.presets = presets
@@ -84,7 +85,7 @@ class HandshakeChecks:
         grant = self.auth.authorize(params.token, params.room, params.role)
         self.admission.check()
         client = address(connection)
-        self.client_limits.check(client, params.room)
+        await self.client_limits.check(client, params.room)
         takeover = params.is_source and self.reservations.check(params.room, grant, time.time())
         if takeover:
             await self._replace_source(params.room, grant)
@@ -101,7 +102,7 @@ class HandshakeChecks:
                 raise Refusal(protocol.SOURCE_TAKEN, f"room {protocol.shown(params.room)} already has a source")
         except ClusterUnavailable as e:
             raise Refusal(protocol.CLUSTER_UNAVAILABLE, str(e), (("Retry-After", str(max(1, math.ceil(e.retry_after)))),)) from None
-        if self.rooms.get(params.room) is None and not self.room_creations.allow(client):
+        if self.rooms.get(params.room) is None and not await self.room_creations.allow(client):
             raise Refusal(protocol.RATE_LIMITED, "this address is opening rooms too fast (server.room_creations_per_minute)")
         return params, grant
 

@@ -176,15 +176,18 @@ class ClientLimits:
         self.max_rooms = int(max_rooms)
         self._usage: dict[str, _Usage] = {}
 
-    def check(self, address: str, room: str) -> None:
-        """Refusal(rate_limited, HTTP 429) if `address` may not open another connection to `room`."""
+    def check(self, address: str, room: str, elsewhere: tuple[int, frozenset[str]] = (0, frozenset())) -> None:
+        """Refusal(rate_limited, HTTP 429) if `address` may not open another connection to `room`. `elsewhere`: the
+        address's connections and rooms on the cluster's other processes (a broker counts them), added to ours."""
         u = self._usage.get(address)
-        if u is None:
+        if u is None and not elsewhere[0]:
             return
-        if u.connections >= self.max_connections:
-            raise Refusal(protocol.RATE_LIMITED, f"this address already has {u.connections} connections (the limit per address)")
-        if room not in u.rooms and len(u.rooms) >= self.max_rooms:
-            raise Refusal(protocol.RATE_LIMITED, f"this address is already in {len(u.rooms)} rooms (the limit per address)")
+        connections = (u.connections if u else 0) + elsewhere[0]
+        rooms = set(u.rooms if u else ()) | elsewhere[1]
+        if connections >= self.max_connections:
+            raise Refusal(protocol.RATE_LIMITED, f"this address already has {connections} connections (the limit per address)")
+        if room not in rooms and len(rooms) >= self.max_rooms:
+            raise Refusal(protocol.RATE_LIMITED, f"this address is already in {len(rooms)} rooms (the limit per address)")
 
     def add(self, address: str, room: str) -> None:
         self.check(address, room)
@@ -208,6 +211,11 @@ class ClientLimits:
     def usage(self, address: str) -> tuple[int, int]:
         u = self._usage.get(address)
         return (0, 0) if u is None else (u.connections, len(u.rooms))
+
+    def rooms_of(self, address: str) -> dict[str, int]:
+        """The address's connections per room on this process (what a broker records for the cluster)."""
+        u = self._usage.get(address)
+        return {} if u is None else dict(u.rooms)
 
     def __len__(self) -> int:
         return len(self._usage)
