@@ -1,4 +1,4 @@
-"""`python -m sendreturn_mood.bench audio | model | server | cluster | prepared | prepare | songchange | silence`: each subcommand is one module (see its --help)."""
+"""`python -m sendreturn_mood.bench audio | model | server | cluster | prepared | prepare | analyze | songchange | silence`: each subcommand is one module (see its --help)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ COMMANDS = {
     "cluster": "rooms across 1..P server processes through Redis: updates/s, latency, server and Redis CPU, drops",
     "prepared": "prepared rooms under load (CPU per room-second against live rooms, update delay at many rooms)",
     "prepare": "wall time to prepare a track (decode + analysis), e.g. a 4-minute song",
+    "analyze": "POST /v1/analyze: analyses per second per core (30 s, 4 min), live rooms' latency with analyses vs none",
     "songchange": "song-change pairs of real songs: when the room's mood follows the new song, prepared against live",
     "silence": "window levels of real music, white noise and silence (to choose analysis.silence_db)",
 }
