@@ -15,6 +15,7 @@ COMMANDS = {
     "prepare": "wall time to prepare a track (decode + analysis), e.g. a 4-minute song",
     "analyze": "POST /v1/analyze: analyses per second per core (30 s, 4 min), live rooms' latency with analyses vs none",
     "songchange": "song-change pairs of real songs: when the room's mood follows the new song, prepared against live",
+    "osc": "the OSC output alone: CPU per room-second of one OSC target per room, at 0 Hz and at rate_hz",
     "silence": "window levels of real music, white noise and silence (to choose analysis.silence_db)",
 }
 

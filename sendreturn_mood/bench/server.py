@@ -144,7 +144,7 @@ def proc_rss_bytes(pid: int) -> int:
 def scrape_metrics(port: int) -> dict[str, float]:
     import urllib.request
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read().decode()  # a saturated server answers late
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):

@@ -116,16 +116,23 @@ def value_messages(base: str, values: Mapping[str, Value], parameters: Mapping[s
     `fff` (0..1) and as `/rgba` (OSC's colour type, alpha 255)."""
     out: list[Message] = []
     for key, v in values.items():
-        address = f"{base}/{key}"
+        address, norm, colour = _addresses(base, key)
         if isinstance(v, tuple):
             out.append((address, "fff", v))
-            out.append((f"{address}/rgba", "r", (rgba(v),)))
+            out.append((colour, "r", (rgba(v),)))
             continue
         out.append((address, "f", (v,)))
         p = parameters.get(key[len("effects/"):]) if key.startswith("effects/") else None
         if p is not None and p.type == "float":
-            out.append((f"{address}/norm", "f", (min(1.0, max(0.0, (v - p.low) / (p.high - p.low))),)))
+            out.append((norm, "f", (min(1.0, max(0.0, (v - p.low) / (p.high - p.low))),)))
     return out
+
+
+@functools.lru_cache(maxsize=HEAD_CACHE_SIZE)
+def _addresses(base: str, key: str) -> tuple[str, str, str]:
+    """A continuous value's address, its `/norm` and its `/rgba` (built once: the stream sends them every tick)."""
+    address = f"{base}/{key}"
+    return address, f"{address}/norm", f"{address}/rgba"
 
 
 def rgba(rgb: Sequence[float]) -> int:
@@ -173,7 +180,10 @@ def encode_bundle(messages: Sequence[Message]) -> bytes:
     """One OSC bundle (time tag: immediately) holding the messages, in order."""
     parts = [_BUNDLE_HEAD]
     for address, tags, args in messages:
-        if tags in FIXED_SIZE:
+        if tags == "f":  # most messages: one float (the 30 Hz stream is nothing else, and a colour)
+            parts.append(_head(address, tags))
+            parts.append(osc_types.write_float(args[0]))
+        elif tags in FIXED_SIZE:
             parts.append(_head(address, tags))
             parts.append(_args(tags, args))
         else:
