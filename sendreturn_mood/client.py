@@ -41,6 +41,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from .errors import SendReturnError
 from .audio import pcm
 from .audio.files import AudioFile, block_frames, find_audio  # noqa: F401  (part of this module's API: files and folders -> audio files)
 
@@ -206,7 +207,7 @@ def client_message(kind: str, **fields_: Any) -> str:
 # ---------------------------------------------------------------------------------------------------- errors
 
 
-class ClientError(Exception):
+class ClientError(SendReturnError):
     """Base of the errors this module raises."""
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .errors import SendReturnError
 from . import PROTOCOL_VERSION
 from .audio.pcm import ENCODINGS, MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
@@ -86,8 +87,6 @@ SUBPROTOCOL = "sendreturn.v1"
 
 # Close codes.
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVER_ERROR = 1011
@@ -96,10 +95,9 @@ CLOSE_TRY_AGAIN_LATER = 1013  # a source that joined as the cluster's broker wen
 
 CLIENT_MESSAGE_TYPES = ("track", "preset", "end", "keepalive", "track_detection", "play", "position", "pause", "stop")
 MAX_LEAD_SECONDS = 10.0  # `lead_seconds` of a room following a prepared track: 0 (on time) to this
-SOURCE_ONLY_MESSAGES = ("track", "preset", "end", "track_detection", "play", "position", "pause", "stop")
 
 
-class ProtocolError(Exception):
+class ProtocolError(SendReturnError):
     """Something the protocol answers with an error `code` (one of the codes above) and a human `message`."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -149,7 +147,7 @@ def shown(value: Any, limit: int = MAX_ECHO) -> str:
     """A client's value as it may be quoted in an error message or a log line: its repr, cut to `limit` characters.
 
     Every message that echoes input goes through this, whatever the value's type: an echoed 1 MiB list of "é" was
-    3 MB of escaped JSON per reply (issue 13). repr() of a huge container is itself costly, so strings and short
+    3 MB of escaped JSON per reply. repr() of a huge container is itself costly, so strings and short
     containers are cut before repr."""
     if isinstance(value, str):
         text = repr(value[: limit + 1])
@@ -282,17 +280,6 @@ def bearer_token(authorization: str) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
-
-
-def check_token(params: ConnectParams, tokens: Iterable[str]) -> None:
-    """Raise Refusal(unauthorized) when the server requires a token and the client has no valid one."""
-    allowed = set(tokens)
-    if not allowed:
-        return
-    if params.token is None:
-        raise Refusal(UNAUTHORIZED, "this server needs an access token (?token= or Authorization: Bearer)")
-    if params.token not in allowed:
-        raise Refusal(UNAUTHORIZED, "invalid access token")
 
 
 def refusal_body(code: str, message: str) -> bytes:

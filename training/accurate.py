@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sendreturn_mood.model.contract import GENRE_OUTPUT, MOOD_OUTPUT
 from training.manifest import GENRES_EMOTIFY, MOOD_COORDINATES, MOODS_4Q, REPO
 from training.recipe import ACCURATE_HEADS, ACCURATE_MAX_MB, ACCURATE_TEACHERS, SVM_C
 from training.card import robustness_lines
@@ -42,7 +43,7 @@ OLD_COMMIT = "5a252b6"  # the last commit that shipped 1.0.0 (the side-by-side b
 VERIFY_ATOL = 1e-3
 FLIP_MARGIN = 1e-3  # a pairwise SVM decision this close to 0 may flip its vote under float32 rounding
 CHECK_CLIPS = 2  # clips per dataset run through the whole graph at export
-TASKS = {"mood": ("4q", MOODS_4Q, "mood_logits"), "genre": ("emotify", GENRES_EMOTIFY, "genre_logits")}
+TASKS = {"mood": ("4q", MOODS_4Q, MOOD_OUTPUT), "genre": ("emotify", GENRES_EMOTIFY, GENRE_OUTPUT)}
 PARTS = ("embedding", "logits")
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sendreturn_mood.model.contract import softmax  # the runtime's: evaluated = served
 from training.manifest import Item
 from training.metrics import classification_report, clip_level, group_folds, summarize_folds
 from training.recipe import C_GRID, FOLD_SEED, INNER_FOLDS, LR_MAX_ITER, N_SPLITS
@@ -73,13 +74,6 @@ def cross_dataset_folds(base: Sequence[Item], extra: Sequence[Item], n_splits: i
     for k, (_, test) in enumerate(dataset_folds([extra[i] for i in rest], n_splits, seed)):
         fold_of[rest[test]] = k
     return [np.flatnonzero(fold_of == k) for k in range(n_splits)]
-
-
-def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = z / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def hard_labels(y: np.ndarray) -> np.ndarray:

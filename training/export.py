@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sendreturn_mood.model.contract import EMBEDDING_OUTPUT, GENRE_OUTPUT, MOOD_OUTPUT
 from training.commandline import git_commit, invocation
 from training.manifest import GENRES_EMOTIFY, MOOD_COORDINATES, MOODS_4Q, REPO
 
@@ -99,7 +100,7 @@ def export_onnx(net, path: Path, n_mels: int, patch: int) -> None:
 
     wrapper = ExportWrapper(net).eval()
     example = torch.randn(2, n_mels, patch)
-    names = ["mood_logits", "genre_logits", "embedding"] if net.genre is not None else ["mood_logits", "embedding"]
+    names = [MOOD_OUTPUT, GENRE_OUTPUT, EMBEDDING_OUTPUT] if net.genre is not None else [MOOD_OUTPUT, EMBEDDING_OUTPUT]
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
     frames = torch.export.Dim("frames", min=1, max=100000)

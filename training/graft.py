@@ -11,11 +11,12 @@ student. Export then checks that the mood outputs equal the old model's on the s
 from __future__ import annotations
 
 import onnx
+
+from sendreturn_mood.model.contract import EMBEDDING_OUTPUT, GENRE_OUTPUT, MOOD_OUTPUT
 from onnx import helper
 
 INPUT = "logmel"
-MOOD_OUTPUTS = ("mood_logits", "embedding")
-GENRE_OUTPUT = "genre_logits"
+MOOD_OUTPUTS = (MOOD_OUTPUT, EMBEDDING_OUTPUT)
 GENRE_PREFIX = "genre_side/"  # the genre side's value and node names, so they cannot collide with the mood side's
 
 

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from training.manifest import Item
+from training.recipe import RUNTIME_HOP_SECONDS
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class HandcraftedRecipe:
     n_mfcc: int = 20
     n_mels: int = 64
     window_seconds: float = 3.0
-    hop_seconds: float = 1.5
+    hop_seconds: float = RUNTIME_HOP_SECONDS
     version: int = 2  # 2: chroma with tuning=0
 
     def key(self) -> str:

@@ -8,6 +8,7 @@ commands that use them; measured results live there and in the model card, not h
 from __future__ import annotations
 
 from sendreturn_mood.audio.frontend import FrontEndSpec
+from sendreturn_mood.config import DEFAULTS
 
 # -- front end and window grid (the runtime's geometry; musicnn's own recipe so one log-mel cache serves teacher
 # and student) -------------------------------------------------------------------------------------------------
@@ -16,7 +17,8 @@ FRONTEND = FrontEndSpec(
     log="log10_scaled", log_scale=10000.0, log_offset=1.0, quantize="float16",
 )
 PATCH_FRAMES = 187  # 3 s, what musicnn was trained on and what the runtime classifies
-HOP_FRAMES = 94  # ~1.5 s between windows (the runtime hop): ~19 windows per 30 s clip
+RUNTIME_HOP_SECONDS = float(DEFAULTS["analysis"]["hop_seconds"])  # the server's default hop (default_config.yaml)
+HOP_FRAMES = FRONTEND.seconds_to_frames(RUNTIME_HOP_SECONDS)  # 94 frames = 1.5 s between windows: ~19 per 30 s clip
 
 # -- cross-validation: the one definition of the folds (`training.cv.dataset_folds`) --------------------------------
 N_SPLITS = 5

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import soxr
 
+from ..errors import SendReturnError
+
 ANALYSIS_RATE = 22050  # librosa's own default rate: its onset and chroma defaults are tuned for it
 HOP = 512  # onset-envelope hop (23 ms at 22.05 kHz): librosa's default for beat tracking
 CHROMA_HOP = 2048  # chroma hop (93 ms): key needs no finer time resolution, and it is 4x cheaper than HOP
@@ -69,7 +71,7 @@ KEY_PROFILE = "krumhansl"  # the profile used: see docs/evaluation/features.md f
 CHROMA_KIND = "stft"
 
 
-class FeatureError(ValueError):
+class FeatureError(SendReturnError, ValueError):
     """Audio these features cannot be computed from (wrong shape, rate, or non-finite samples)."""
 
 

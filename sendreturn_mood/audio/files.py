@@ -19,6 +19,8 @@ from typing import IO, Any, Iterator
 
 import numpy as np
 
+from ..errors import SendReturnError
+
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff")
 READ_BLOCK_SECONDS = 60.0  # decoded this much at a time by every reader. Memory stays bounded, and every reader
 # stops the decoder at the same places: libmpg123 (libsndfile's MP3 decoder) returns slightly different samples
@@ -29,7 +31,7 @@ TRUNCATION_TOLERANCE_SECONDS = 1.0  # an MP3's declared length may be off by a f
 Source = str | Path | IO[bytes]
 
 
-class DecodeError(ValueError):
+class DecodeError(SendReturnError, ValueError):
     """Audio that cannot be decoded: not a format the decoder reads, corrupt, or stopped early. `decoded_seconds`
     is how much was decoded before it failed (0 when the file could not be opened at all)."""
 

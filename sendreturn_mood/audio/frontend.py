@@ -23,12 +23,14 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
+from ..errors import SendReturnError
+
 LOG_TYPES = ("log10_scaled", "db")
 PAD_MODES = ("constant", "reflect")
 QUANTIZE = (None, "float16")
 
 
-class FrontEndError(ValueError):
+class FrontEndError(SendReturnError, ValueError):
     """A front-end recipe that cannot be built (unknown key, bad value)."""
 
 
@@ -245,10 +247,6 @@ class StreamingLogMel:
     @property
     def frames_emitted(self) -> int:
         return self._emitted
-
-    @property
-    def samples_seen(self) -> int:
-        return self._n_samples
 
     @property
     def pending(self) -> int:

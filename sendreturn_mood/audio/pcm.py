@@ -2,7 +2,7 @@
 
 Float audio is refused (never clipped) when a sample is NaN, infinite or beyond MAX_FLOAT_AMPLITUDE. A finite but
 absurd sample is as broken as a NaN: one 1e30 sample overflowed the log-mel's float32 power to inf, the model
-answered NaN, and the room's smoothing stayed NaN for the rest of the track (issue 13). Clipping would hide the
+answered NaN, and the room's smoothing stayed NaN for the rest of the track. Clipping would hide the
 usual cause, a client sending int16-scaled floats (32767.0), behind a square wave analysed as music; refusing the
 frame with `bad_audio` tells that client what is wrong while the room keeps running. Up to +24 dBFS is accepted as
 it is: float pipelines legitimately overshoot 1.0, and 16 x full scale keeps every front-end power far inside float32.
@@ -11,6 +11,8 @@ it is: float pipelines legitimately overshoot 1.0, and 16 x full scale keeps eve
 from __future__ import annotations
 
 import numpy as np
+
+from ..errors import SendReturnError
 
 ENCODINGS: dict[str, np.dtype] = {
     "pcm_s16le": np.dtype("<i2"),
@@ -22,7 +24,7 @@ MAX_CHANNELS = 8
 MAX_FLOAT_AMPLITUDE = 16.0  # |sample| above this (+24 dBFS) is bad_audio; see the module docstring
 
 
-class BadAudio(ValueError):
+class BadAudio(SendReturnError, ValueError):
     """Audio that does not match its announced format (protocol error code `bad_audio`)."""
 
 

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..config import DEFAULTS
 from .common import FRAME_SECONDS, music_like
 from .server import load_limits, metric, proc_cpu_seconds, scrape_metrics, spawn_server
 
@@ -284,7 +285,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="seconds of audio each room streams")
     p.add_argument("--speed", type=float, default=1.0, help="times real time")
     p.add_argument("--rate", type=int, default=48000, help="sample rate the sources send (stereo s16le)")
-    p.add_argument("--hop", type=float, default=1.5, help="analysis.hop_seconds")
+    p.add_argument("--hop", type=float, default=DEFAULTS["analysis"]["hop_seconds"], help="analysis.hop_seconds (default: the server's)")
     p.add_argument("--max-batch", type=int, default=64, help="analysis.max_batch")
     p.add_argument("--sync", action="store_true", help="start every room at once (windows fall due together)")
     p.add_argument("--clients", type=int, default=0, help=f"load-generator processes (default: one per {ROOMS_PER_CLIENT} rooms)")

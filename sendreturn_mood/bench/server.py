@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..config import DEFAULTS
 from .common import FRAME_SECONDS, music_like, pcm_frames
 
 LISTEN_RE = re.compile(r"listening on ws://([0-9.]+):(\d+)")
@@ -432,10 +433,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rooms", type=int, default=200, help="rooms, each one source (default 200)")
     p.add_argument("--listeners", type=int, default=1, help="listeners per room besides the source (default 1)")
     p.add_argument("--seconds", type=float, default=30.0, help="seconds of audio each source streams (default 30)")
-    p.add_argument("--hop", type=float, default=1.5, help="analysis.hop_seconds (default 1.5)")
+    p.add_argument("--hop", type=float, default=DEFAULTS["analysis"]["hop_seconds"], help="analysis.hop_seconds (default: the server's)")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes (default 2)")
     p.add_argument("--frame-ms", type=float, default=1000 * FRAME_SECONDS,
-                   help="milliseconds of audio per websocket frame a source sends (default 100, what issue 12 measures; "
+                   help="milliseconds of audio per websocket frame a source sends (default 100, what the README's numbers use; "
                         "protocol v1 allows larger frames, and each frame costs the server a websocket message)")
     p.add_argument("--model", default=None, help="ONNX model (default: the shipped one)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -28,11 +28,13 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..errors import SendReturnError
+
 if TYPE_CHECKING:
     from ..room.rooms import Room, RoomRegistry
 
 
-class BrokerError(RuntimeError):
+class BrokerError(SendReturnError, RuntimeError):
     """A broker that cannot be used (e.g. the configured Redis cannot be reached at start-up)."""
 
 

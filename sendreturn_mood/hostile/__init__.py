@@ -1,4 +1,4 @@
-"""The project's own hostile-client suite (issue 13): attack a real `serve` the way an independent client would.
+"""The project's own hostile-client suite: attack a real `serve` the way an independent client would.
 
     python -m sendreturn_mood.hostile fuzz --cases 10000     # Hypothesis-driven protocol fuzzer
     python -m sendreturn_mood.hostile soak --rooms 50 --minutes 10

@@ -1,6 +1,6 @@
 """The protocol fuzzer: Hypothesis generates whole client sessions (handshake target and headers, then text
 messages, binary frames, pings, malformed frames, in any order) and runs each against a real server over a raw
-socket; every reply is checked against what protocol v1 and issue 13 promise, while a well-behaved room streams
+socket; every reply is checked against what protocol v1 and the server's hardening promise, while a well-behaved room streams
 beside the attack and must miss no update.
 
 Invariants checked for every case (`violations`):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SendReturnError
 from ..audio.frontend import FrontEndError, FrontEndSpec
 
 METADATA_KEY = "sendreturn_mood"
@@ -31,7 +32,7 @@ EMBEDDING_OUTPUT = "embedding"
 DEFAULT_MODEL_FILE = "mood_cnn.onnx"
 
 
-class ModelError(ValueError):
+class ModelError(SendReturnError, ValueError):
     """A model file the runtime cannot use; the message says why."""
 
 
@@ -192,8 +193,11 @@ def default_model_path() -> Path:
     return Path(str(resources.files("sendreturn_mood.exported_models").joinpath(DEFAULT_MODEL_FILE)))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities over the last axis (float64), of logits divided by `temperature`: the runtime's, and the one
+    training evaluates with, so evaluated and served probabilities are the same function."""
+    z = logits.astype(np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 

@@ -48,6 +48,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from ..errors import SendReturnError
+
 PARAM_TYPES = ("float", "colour")
 CURVES = ("linear", "smoothstep", "exp", "log", "pow")
 INPUTS = ("valence", "arousal")
@@ -68,7 +70,7 @@ COLOUR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
 RGB = tuple[float, float, float]
 
 
-class EffectsError(ValueError):
+class EffectsError(SendReturnError, ValueError):
     """A preset file the server cannot use; the message reads "<file>: <key path>: <reason>"."""
 
 

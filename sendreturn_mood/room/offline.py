@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from ..errors import SendReturnError
 from .effects import load_presets
 from ..config import Settings
 from ..model.contract import MoodModel, Prediction
@@ -29,7 +30,7 @@ from .update import Update
 
 OFFLINE_ROOM = "analyze"  # the name of the room a file is played in (it appears in no output of analyze)
 
-class AnalyzeError(ValueError):
+class AnalyzeError(SendReturnError, ValueError):
     """A file that cannot be analysed (unreadable, truncated, no audio, too short); the message names the file."""
 
 

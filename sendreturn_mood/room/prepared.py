@@ -30,6 +30,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..errors import SendReturnError
 from .. import protocol
 from .update import Analysis, Guess, Instant
 
@@ -39,7 +40,7 @@ TRACK_CHANGE = "track_change"
 BLOB_VERSION = 1  # the stored form's version (a store never serves a blob it cannot read)
 
 
-class PreparedError(ValueError):
+class PreparedError(SendReturnError, ValueError):
     """An analysis that cannot become a prepared track (too long, empty), or a stored blob that cannot be read."""
 
 

@@ -364,9 +364,6 @@ class RoomRegistry:
     def get(self, name: str) -> Room | None:
         return self._rooms.get(name)
 
-    def names(self) -> list[str]:
-        return sorted(self._rooms)
-
     def check_join(self, name: str, is_source: bool) -> None:
         """Raise RoomError if a join would be refused now (the handshake asks; `join` checks again, because two
         handshakes can pass this check before either joins)."""
@@ -461,7 +458,7 @@ class Outbox:
     When it is full, the oldest queued mood update is dropped (counted in metrics), so a slow client receives
     fewer, newer updates and never blocks the room. Control messages (welcome, source changes, errors) are not
     conflated; a hard cap of `size + CONTROL_SLACK` items still bounds a client that provokes errors and never reads.
-    `max_bytes` bounds the queued text as well (issue 13: a client that never reads and provokes large replies held
+    `max_bytes` bounds the queued text as well (a client that never reads and provokes large replies held
     ~120 MB): a mood update that does not fit pushes out older mood updates, anything else that does not fit is
     dropped (counted the same way).
     """

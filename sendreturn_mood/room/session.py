@@ -1,7 +1,7 @@
 """One connection's protocol behaviour, with no I/O: events in, actions out.
 
-The websocket handler (server.py) only moves bytes. For every event of a connection (it opened, a binary or text
-message arrived, it is closing) it asks the connection's `Session`, which returns the actions to carry out in
+The websocket handler (server/connection.py) only moves bytes. For every event of a connection (it opened, a binary
+or text message arrived) it asks the connection's `Session`, which returns the actions to carry out in
 order: a reply to this client, a message for the whole room, a window for the inference worker, a close. The same
 split as the `websockets` library's own sans-I/O protocol objects: everything here can be tested with plain
 function calls, no socket, no event loop, no clock (the caller passes `now`).
@@ -9,7 +9,6 @@ function calls, no socket, no event loop, no clock (the caller passes `now`).
     Session.open()                   -> [Reply(welcome), Broadcast(source connected)]
     Session.receive(bytes, now)      -> [Reply(error)] | [Submit(window), ...] | []
     Session.receive(str, now)        -> [Reply(error)] | [RoomChanged()] | [Submit(tail)..., Drain(1000)]
-    Session.close()                  -> [Broadcast(source disconnected)] (a source; the room decides)
     Session.receive(play, now)       -> [Fetch(play)]; the caller loads the track, then
     Session.play(track, play, now)   -> [Reply(unknown_track)] | [Broadcast(timeline)?, RoomChanged(), Follow()]
     Session.receive(position, now)   -> [Follow()] (the caller sends the room's due cues and schedules the next)
@@ -234,14 +233,6 @@ class Session:
         if isinstance(message, bytes):
             return self._audio(message, now)
         return self._text(message, now)
-
-    def close(self) -> list[Action]:
-        """The connection is gone. A source's stream state is dropped (its queued windows are discarded by the
-        room's generation); the room announces the source's departure (see `rooms.RoomRegistry.leave`)."""
-        self.ended = True
-        self.stream = None
-        self._take_held()
-        return []
 
     # -------------------------------------------------------------------------------------------------- audio
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SendReturnError
 from ..audio.frontend import FrontEndSpec, log_mel
 from ..config import TRACK_FEATURES, Settings
 
@@ -62,7 +63,7 @@ THRESHOLDS = {FEATURE_EMBEDDING: (0.8, 0.2), FEATURE_LOGMEL: (8.0, 2.0)}
 DECIMALS = 4
 
 
-class TrackChangeError(ValueError):
+class TrackChangeError(SendReturnError, ValueError):
     """Settings the detector cannot use; the message says which and why."""
 
 

@@ -9,7 +9,7 @@ Valence/arousal: the smoothed values are computed from the smoothed probabilitie
 coordinates of the model's metadata). The smoothing is linear, so this equals smoothing valence and arousal
 separately with the same time constant, and it keeps V/A consistent with the reported probabilities.
 
-Silence (issue 13: a muted microphone was broadcast as "angry 0.34"): when the caller passes the window's level
+Silence (a muted microphone was once broadcast as "angry 0.34"): when the caller passes the window's level
 (`level_db`, or its `logmel` and the tracker reads the level from it, see level.py) and it is below the silence
 threshold, the update says `"state": "silent"`; the smoothed probabilities, labels, valence/arousal and genre hold
 their last music values, `instant` is the uniform distribution (a silent window says nothing about mood), and the
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SendReturnError
 from ..config import Settings
 from .effects import EffectState, Presets
 from ..audio.level import window_level_db
@@ -44,7 +45,7 @@ SILENT = "silent"
 MUSIC = "music"
 
 
-class NonFiniteOutput(ValueError):
+class NonFiniteOutput(SendReturnError, ValueError):
     """A window whose model outputs (or stream time) are not finite: treat it as a failed window."""
 
 

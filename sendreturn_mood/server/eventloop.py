@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Coroutine
 
-LOOPS = ("auto", "uvloop", "asyncio")
+from ..config import EVENT_LOOPS as LOOPS
+from ..errors import SendReturnError
 
 
-class EventLoopError(ValueError):
+class EventLoopError(SendReturnError, ValueError):
     """`server.event_loop: uvloop` without uvloop installed."""
 
 

@@ -1,7 +1,7 @@
 """Bounds on what one client can cause, as pure bookkeeping the server consults at the handshake (no I/O here).
 
 - `OriginPolicy`: which web pages may open a websocket to this server. Browsers send `Origin` and any page the user
-  opens could otherwise join, listen to or stream into a local server (issue 13). Non-browser clients send no Origin
+  opens could otherwise join, listen to or stream into a local server. Non-browser clients send no Origin
   and are not affected.
 - `ClientLimits`: connections and rooms per client address, so one client holding `max_rooms` idle listeners cannot
   shut everyone else out.
@@ -25,7 +25,6 @@ from .. import protocol
 from ..config import ServerSettings
 from ..protocol import Refusal
 
-LOCALHOST_NAMES = ("localhost", "127.0.0.1", "::1")
 MAX_TRACKED_KEYS = 10_000  # rate-limiter buckets kept (least recently used go first)
 
 
