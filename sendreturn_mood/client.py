@@ -42,6 +42,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .errors import SendReturnError
+from .protocol import MAX_CHANNELS
 from .audio import pcm
 from .audio.files import AudioFile, block_frames, find_audio  # noqa: F401  (part of this module's API: files and folders -> audio files)
 
@@ -782,7 +783,7 @@ class Source:
         model's rate (`model_format`), else the audio's own. The model's rate comes from the server's welcome: before
         the first one, a connection at MODEL_RATE mono asks (and is kept when the server's model hears that rate)."""
         if not self.model_format:
-            return sample_rate or rate, want_channels or min(channels, pcm.MAX_CHANNELS)
+            return sample_rate or rate, want_channels or min(channels, MAX_CHANNELS)
         if sample_rate is None and self.model_rate is None:
             await self.connect(MODEL_RATE, want_channels or 1)
             with contextlib.suppress(asyncio.TimeoutError):

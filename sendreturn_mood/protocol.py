@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .errors import SendReturnError
 from . import PROTOCOL_VERSION
-from .audio.pcm import ENCODINGS, MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from .errors import SendReturnError
 
 ROOM_PATH_PREFIX = "/v1/rooms/"
 ROOM_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # always fullmatch: `$` would accept a trailing newline
@@ -37,6 +36,11 @@ ROLES = ("source", "listener")
 ANALYZE_ROLE = "analyze"  # a token role for POST /v1/analyze only (no room: it joins none)
 TOKEN_ROLES = ROLES + (ANALYZE_ROLE,)  # the roles an access token may grant
 DEFAULT_ROLE = "listener"
+# The wire's audio formats (audio/pcm.py decodes them): encoding -> numpy dtype string, and the stream's limits
+ENCODINGS = {"pcm_s16le": "<i2", "pcm_f32le": "<f4"}
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 192000
+MAX_CHANNELS = 8
 DEFAULT_ENCODING = "pcm_s16le"
 DEFAULT_SAMPLE_RATE = 48000
 DEFAULT_CHANNELS = 1

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sendreturn_mood.audio.pcm import ENCODINGS, MAX_CHANNELS, BadAudio, bytes_per_frame, decode, encode
+from sendreturn_mood.protocol import MAX_CHANNELS
+from sendreturn_mood.audio.pcm import ENCODINGS, BadAudio, bytes_per_frame, decode, encode
 
 
 def interleaved(channels: int, frames: int, seed: int = 0) -> np.ndarray:

@@ -2,5 +2,6 @@
 turns a source's PCM into model windows, audio files on disk, and a piece's track-level features (tempo, key, mode,
 loudness).
 
-The bottom layer: numpy, scipy, soxr, librosa, pyloudnorm and soundfile only; nothing else from this package.
+The bottom layer above the base modules (errors, config, protocol): numpy, scipy, soxr, librosa, pyloudnorm and
+soundfile; nothing else from this package.
 """

@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import protocol
 from ..errors import SendReturnError
 
-ENCODINGS: dict[str, np.dtype] = {
-    "pcm_s16le": np.dtype("<i2"),
-    "pcm_f32le": np.dtype("<f4"),
-}
-MIN_SAMPLE_RATE = 8000
-MAX_SAMPLE_RATE = 192000
-MAX_CHANNELS = 8
+ENCODINGS: dict[str, np.dtype] = {name: np.dtype(code) for name, code in protocol.ENCODINGS.items()}
 MAX_FLOAT_AMPLITUDE = 16.0  # |sample| above this (+24 dBFS) is bad_audio; see the module docstring
 
 

@@ -1,5 +1,6 @@
-"""The broker a config names. Apart from base.py so that the interface never imports an implementation (the Redis
-broker builds on base.py, and the in-memory broker needs no Redis client)."""
+"""The broker and the prepared-track store a config names. Apart from base.py and tracks.py so that an interface
+never imports an implementation (the Redis broker and store build on them, and the in-memory ones need no Redis
+client)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from ..config import Settings
 from .base import Broker, BrokerError
+from .tracks import TrackStore
 
 
 def make_broker(config: Settings, metrics: Any = None) -> Broker:
@@ -19,3 +21,15 @@ def make_broker(config: Settings, metrics: Any = None) -> Broker:
 
         return RedisBroker(config, metrics)
     raise BrokerError(f"broker.url must be null, 'memory' or redis://HOST:PORT[/DB], got {url!r}")
+
+
+def make_store(config: Settings) -> TrackStore:
+    """The store the config asks for: in Redis when a broker URL is configured (any process can serve a room),
+    else in this process."""
+    p = config.prepared
+    args = (p.max_tracks, p.max_tracks_per_room, p.ttl_seconds)
+    if config.broker.url is None or config.broker.in_memory:
+        return TrackStore(*args)
+    from .redis_tracks import RedisTrackStore
+
+    return RedisTrackStore(config.broker.url, config.broker.prefix, *args)

@@ -18,7 +18,6 @@ import time
 from typing import Callable
 
 from .. import protocol
-from ..config import Settings
 from ..room.prepared import TrackAnalysis, PreparedError, PreparedTrack
 
 PARSED_CACHE = 32  # analyses kept parsed (a room that plays a track needs its cues; the same track in many rooms
@@ -134,15 +133,3 @@ class TrackStore:
         for aid in [a for a in self._blobs if a not in used]:
             del self._blobs[aid]
             self._parsed.pop(aid, None)
-
-
-def make_store(config: Settings) -> TrackStore:
-    """The store the config asks for: in Redis when a broker URL is configured (any process can serve a room),
-    else in this process."""
-    p = config.prepared
-    args = (p.max_tracks, p.max_tracks_per_room, p.ttl_seconds)
-    if config.broker.url is None or config.broker.in_memory:
-        return TrackStore(*args)
-    from .redis_tracks import RedisTrackStore
-
-    return RedisTrackStore(config.broker.url, config.broker.prefix, *args)

@@ -39,8 +39,8 @@ from .. import __version__, protocol
 from ..audio.files import SNIFF_BYTES, sniff_format
 from ..audio.pipeline import AnalysisStream, window_plan
 from ..broker.base import Broker
-from ..broker.factory import make_broker
-from ..broker.tracks import StoreFull, make_store
+from ..broker.factory import make_broker, make_store
+from ..broker.tracks import StoreFull
 from ..config import ConfigError, Settings
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import ServerMetrics
