@@ -15,9 +15,10 @@ from __future__ import annotations
 import copy
 import json
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from .shipped import SCHEMAS, shipped_dir
 
 VERSION_DIR = "v1"
 SERVER_MESSAGE = "server-message"
@@ -26,7 +27,7 @@ CLIENT_MESSAGE = "client-message"
 
 def schema_dir() -> Path:
     """The folder holding `asyncapi.yaml` and `v1/*.json`."""
-    return Path(str(resources.files("sendreturn_mood.schema")))
+    return shipped_dir(SCHEMAS)
 
 
 def schema_names() -> list[str]:

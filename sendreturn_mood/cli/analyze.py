@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="audio files (wav, mp3, flac, ogg) and/or folders (searched recursively for audio files)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line per file")
     parser.add_argument("--config", metavar="FILE", help="configuration YAML (defaults: `config` subcommand)")
-    parser.add_argument("--model", metavar="PATH", help="ONNX model (default: config model.path, else the shipped one)")
+    parser.add_argument("--model", metavar="NAME|PATH", help="a shipped model's name or an ONNX file (default: config model.path, else the shipped one)")
     parser.add_argument("--preset", metavar="NAME", help="effect preset (default: config effects.default_preset)")
     parser.add_argument(
         "--track-detection", choices=("on", "off"),

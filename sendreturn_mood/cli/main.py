@@ -32,7 +32,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to bind (default: server.host of the config)")
     p.add_argument("--port", type=int, help="port (0: any free port; default: server.port of the config)")
     p.add_argument("--config", metavar="FILE", help="YAML config file (only the keys it changes)")
-    p.add_argument("--model", metavar="PATH", help="ONNX model file (default: the shipped model)")
+    p.add_argument("--model", metavar="NAME|PATH", help="a shipped model's name (`models` lists them) or an ONNX file (default: the shipped model)")
     p.add_argument("--broker", metavar="URL", help="share rooms with other processes: redis://HOST:PORT/DB (default: broker.url of the config; none)")
     p.add_argument("--workers", type=int, metavar="N", help="N processes on this port sharing rooms through the broker (default: server.workers of the config, 1)")
     p.add_argument("--metrics-port", type=int, metavar="P", help="also serve /metrics and /healthz on port P (with --workers N: P, P+1, ...; default: server.metrics_port, none)")
@@ -101,28 +101,15 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def shipped_models() -> list[Path]:
-    """The ONNX models installed with the package (the default one first)."""
-    from ..model.contract import default_model_path
-
-    default = default_model_path()
-    return sorted(default.parent.glob("*.onnx"), key=lambda p: (p != default, p.name))
-
-
 def _models(args: argparse.Namespace) -> int:
     from ..model.contract import ModelError, MoodModel, default_model_path
 
     if args.path is None:
         return _list_models(args.json)
-    path = Path(args.path)
-    shipped = {p.stem: p for p in shipped_models()} | {p.name: p for p in shipped_models()}
-    if not path.exists() and args.path in shipped:
-        path = shipped[args.path]
     try:
-        model = MoodModel(path)
+        model = MoodModel(args.path)
     except ModelError as e:
-        names = ", ".join(p.stem for p in shipped_models())
-        return _fail(f"{e} (shipped models: {names}; `{prog_name()} models` lists them)" if path.suffix != ".onnx" else str(e))
+        return _fail(str(e))
     info = model.info
     if args.json:
         print(json.dumps({"path": str(model.path), "default": model.path == default_model_path(), **info.to_dict()}, indent=2, sort_keys=True))
@@ -133,7 +120,7 @@ def _models(args: argparse.Namespace) -> int:
 
 def _list_models(as_json: bool) -> int:
     """One line per shipped model: name, version, size, what it is; the one `serve` loads by default first."""
-    from ..model.contract import ModelError, MoodModel, default_model_path
+    from ..model.contract import ModelError, MoodModel, default_model_path, shipped_models
 
     rows = []
     for path in shipped_models():
@@ -157,7 +144,7 @@ def _list_models(as_json: bool) -> int:
         if r["about"]:
             print(f"{'':<16} {r['about']}")
     print(f"\n{prog_name()} models NAME      shows one (labels, front end, provenance, metrics); "
-          f"serve --model {rows[-1]['path'] if rows else 'FILE'} loads another")
+          f"serve --model {Path(rows[-1]['file']).stem if rows else 'FILE'} loads another")
     return 0
 
 

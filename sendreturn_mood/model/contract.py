@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import SendReturnError
 from ..audio.frontend import FrontEndError, FrontEndSpec
+from ..errors import SendReturnError
+from ..shipped import MODELS, shipped_dir
 
 METADATA_KEY = "sendreturn_mood"
 SCHEMA_VERSION = 1
@@ -190,7 +190,26 @@ class Prediction:
 
 def default_model_path() -> Path:
     """The model shipped with the package (exported_models/ in the repository)."""
-    return Path(str(resources.files("sendreturn_mood.exported_models").joinpath(DEFAULT_MODEL_FILE)))
+    return shipped_dir(MODELS) / DEFAULT_MODEL_FILE
+
+
+def shipped_models() -> list[Path]:
+    """The ONNX models shipped with the package, the default one first."""
+    default = default_model_path()
+    return sorted(default.parent.glob("*.onnx"), key=lambda p: (p != default, p.name))
+
+
+def find_model(spec: str | os.PathLike[str] | None) -> Path:
+    """The model file `spec` names: None -> the default shipped model; an existing file -> itself; a shipped model's
+    name with or without .onnx (`mood_musicnn`) -> that file; anything else -> the path as given (MoodModel then
+    says there is no such file)."""
+    if spec is None:
+        return default_model_path()
+    path = Path(spec)
+    if path.exists():
+        return path
+    shipped = {p.stem: p for p in shipped_models()} | {p.name: p for p in shipped_models()}
+    return shipped.get(str(spec), path)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -238,9 +257,10 @@ class MoodModel:
     def __init__(self, path: str | os.PathLike[str] | None = None, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        self.path = Path(path) if path is not None else default_model_path()
+        self.path = find_model(path)
         if not self.path.is_file():
-            raise ModelError(f"{self.path}: no such model file")
+            names = ", ".join(p.stem for p in shipped_models())
+            raise ModelError(f"{self.path}: no such model file (shipped models: {names})")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

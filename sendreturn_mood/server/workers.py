@@ -15,10 +15,13 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
+
 from ..config import Settings
 
 log = logging.getLogger(__name__)
 
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder this sendreturn_mood package was imported from
 START_TIMEOUT_SECONDS = 120.0  # a worker loads the model and warms up before it prints its listening line
 RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 HEALTHY_SECONDS = 60.0  # a worker that ran this long before dying restarts without the backoff it had earned
@@ -45,11 +48,14 @@ class Supervisor:
 
     async def _spawn(self, index: int, port: int) -> str:
         """Start worker `index`; return its listening line once it is serving."""
-        cmd = [sys.executable, "-m", "sendreturn_mood", "serve", *self.worker_args, "--port", str(port), "--reuse-port"]
+        # -P and PYTHONPATH: a worker runs this very package, not whatever `sendreturn_mood` the working directory
+        # holds (`python -m` would put the working directory first: at a repository root, the source folder)
+        cmd = [sys.executable, "-P", "-m", "sendreturn_mood", "serve", *self.worker_args, "--port", str(port), "--reuse-port"]
         metrics_port = self.config.server.metrics_port
         if metrics_port is not None:  # each worker its own metrics port, so every worker can be scraped
             cmd += ["--metrics-port", str(metrics_port + index)]
-        env = dict(os.environ, SENDRETURN_WORKER=str(index), PYTHONUNBUFFERED="1")
+        path = os.pathsep.join(p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, SENDRETURN_WORKER=str(index), PYTHONUNBUFFERED="1", PYTHONPATH=path)
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, env=env)
         self.procs[index] = proc
         assert proc.stdout is not None
