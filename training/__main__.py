@@ -30,6 +30,7 @@ MODULE_COMMANDS = {
     "ceiling": ("training.ceiling", "what the teacher's features reach on a task (the students' ceiling)"),
     "quantize": ("training.quantize", "static int8 quantisation of an exported model, checked against the float model"),
     "trackchange-eval": ("training.trackchange", "evaluate the track-change detector on streams of real songs"),
+    "keytempo-eval": ("training.keytempo", "measure tempo and key accuracy on FluidSynth renders of MIDI with known truth"),
     "chain": ("training.chain", "run the strict per-fold training chain of the shipped recipe unattended"),
     "robust": ("training.robust", "robustness to audio the data never had, valence/arousal vs MUSIFEAST, sad vs calm"),
 }
