@@ -495,6 +495,7 @@ def run(args: argparse.Namespace) -> int:
                                                    [r["key"][chosen_key]["score"] for r in records]),
             "analysis_seconds_median": round(float(np.median([r["analysis_seconds"] for r in records])), 3),
         },
+        "long_song": long_song_timing(records, cache),
         "records": records,
     }
     if args.real:
@@ -534,6 +535,43 @@ def _by_bpm(records: Sequence[dict[str, Any]], prior: str) -> dict[str, dict[str
         out[f"{lo}-{lo + 30}"] = {"n": len(sub), "acc1": _mean(r["tempo"][prior]["acc1"] for r in sub),
                                   "acc2": _mean(r["tempo"][prior]["acc2"] for r in sub)}
     return out
+
+
+LONG_SECONDS = 240.0  # "a 4-minute song"
+
+
+def long_song_timing(records: Sequence[dict[str, Any]], cache: Path, repeats: int = 3) -> dict[str, Any]:
+    """Seconds `audio_features` takes on a 4-minute 44.1 kHz stereo song (renders played back to back), median of
+    `repeats`, with the stages it spends them in."""
+    parts, total = [], 0
+    for r in records:
+        samples, rate = read_audio(rendered(Piece(**{**r["piece"], "progression": tuple(r["piece"]["progression"])}), cache))
+        parts.append(samples)
+        total += len(samples)
+        if total >= LONG_SECONDS * rate:
+            break
+    song = np.concatenate(parts)[: int(LONG_SECONDS * rate)]
+    t0 = time.perf_counter()
+    F.audio_features(song[: 10 * rate], rate)  # the first call in a process pays librosa's and pyloudnorm's imports
+    first_call = time.perf_counter() - t0
+    stages: dict[str, list[float]] = {"total": [], "loudness": [], "downmix_resample": [], "tempo": [], "key": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        F.audio_features(song, rate)
+        t1 = time.perf_counter()
+        F.integrated_loudness(song, rate)
+        t2 = time.perf_counter()
+        y = F.analysis_signal(song, rate)
+        t3 = time.perf_counter()
+        F.estimate_tempo(F.onset_envelope(y))
+        t4 = time.perf_counter()
+        F.estimate_key(F.chroma_profile(y, F.CHROMA_KIND), F.KEY_PROFILE)
+        t5 = time.perf_counter()
+        for name, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            stages[name].append(seconds)
+    return {"seconds": LONG_SECONDS, "rate": rate, "channels": song.shape[1] if song.ndim == 2 else 1,
+            "first_call_10s_seconds": round(first_call, 3),
+            "median_seconds": {k: round(float(np.median(v)), 3) for k, v in stages.items()}}
 
 
 def _fluidsynth_version() -> str:
@@ -594,6 +632,15 @@ def report(result: dict[str, Any]) -> str:
               f"renders: tempo acc1 {sh['acc1']:.3f}, acc2 {sh['acc2']:.3f}; key weighted {sh['key_weighted']:.3f} "
               f"({sh['key_undecided']:.3f} undecided). Median analysis time per {p['seconds']:g} s render "
               f"(44.1 kHz stereo, loudness included): {r['analysis_seconds_median']:.2f} s.", ""]
+    if "long_song" in result:
+        t = result["long_song"]["median_seconds"]
+        lines += [f"A {result['long_song']['seconds']:g} s song (renders back to back, {result['long_song']['rate']} "
+                  f"Hz, {result['long_song']['channels']} channels): `audio_features` takes {t['total']:.2f} s (median "
+                  f"of 3, one core): loudness {t['loudness']:.2f} s, downmix and resampling {t['downmix_resample']:.2f} "
+                  f"s, tempo {t['tempo']:.2f} s, key {t['key']:.2f} s. Measured on this run's machine (2 cores shared "
+                  "with other jobs): the ratios between stages carry over, the seconds do not. The first call in a "
+                  f"fresh process (10 s of audio) took {result['long_song']['first_call_10s_seconds']:.2f} s: imports "
+                  "and librosa's one-time set-up, which a worker pool pays once.", ""]
     if "real" in result:
         s = result["real"]["summary"]
         sp = result["real"]["spotify_reference"]
