@@ -353,9 +353,10 @@ def key_breakdown(records: Sequence[dict[str, Any]], name: str) -> dict[str, flo
 
 
 def choose(tune: dict[str, Any]) -> dict[str, str]:
-    """The defaults by the tune half's mean score: tempo by accuracy 2 then 1 (ties: librosa's default prior); key by
-    the weighted score (ties: stft before cqt, it is cheaper, then the order of KEY_PROFILES)."""
-    prior = max(TEMPO_PRIORS, key=lambda p: (tune["tempo"][p]["acc2"], tune["tempo"][p]["acc1"], -TEMPO_PRIORS.index(p)))
+    """The defaults by the tune half's mean score: tempo by accuracy 1 (the tempo a client gets), then accuracy 2,
+    then librosa's default prior; key by the weighted score (ties: stft before cqt, it is cheaper, then the order of
+    KEY_PROFILES)."""
+    prior = max(TEMPO_PRIORS, key=lambda p: (tune["tempo"][p]["acc1"], tune["tempo"][p]["acc2"], -TEMPO_PRIORS.index(p)))
     names = list(tune["key"])
     order = {n: (0 if n.startswith("stft") else 1, list(F.KEY_PROFILES).index(n.split("/")[1])) for n in names}
     key = max(names, key=lambda n: (tune["key"][n]["weighted"], tuple(-x for x in order[n])))
@@ -389,17 +390,17 @@ def real_clips(data: Path, limit: int | None = None) -> list[Path]:
     return files
 
 
-def measure_real(path: Path, choice: dict[str, str]) -> dict[str, Any]:
+def measure_real(path: Path, choice: dict[str, str], data: Path) -> dict[str, Any]:
     samples, rate = read_audio(path)
     started = time.perf_counter()
     shipped = F.audio_features(samples, rate)
     seconds = time.perf_counter() - started
     y = F.analysis_signal(np.asarray(samples, dtype=np.float32), rate)
-    other_prior = next(p for p in TEMPO_PRIORS if p != choice["tempo_prior"])
-    other_bpm, _ = F.estimate_tempo(F.onset_envelope(y), prior=_prior(other_prior))
+    envelope = F.onset_envelope(y)
+    by_prior = {p: round(F.estimate_tempo(envelope, prior=_prior(p))[0], 2) for p in TEMPO_PRIORS}
     chosen_key = F.estimate_key(F.chroma_profile(y, choice["chroma"]), choice["profile"], min_confidence=0.0)
-    return {"file": str(path), "shipped": shipped.to_dict(), "analysis_seconds": round(seconds, 3),
-            "other_prior_bpm": round(other_bpm, 2), "key_correlation": round(chosen_key.confidence, 3)}
+    return {"file": str(path.relative_to(data)), "shipped": shipped.to_dict(), "analysis_seconds": round(seconds, 3),
+            "tempo_by_prior": by_prior, "key_correlation": round(chosen_key.confidence, 3)}
 
 
 TEMPO_BINS = (0, 60, 80, 100, 120, 140, 160, 180, 400)
@@ -419,7 +420,7 @@ def summarize_real(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "tempo_median": round(float(np.median([b for b in bpms if b > 0])), 1) if any(b > 0 for b in bpms) else None,
         "tempo_histogram": tempo_histogram(bpms),
         "no_tempo": _mean(b <= 0 for b in bpms),
-        "octave_ambiguous": _mean(octave_related(r["shipped"]["tempo"], r["other_prior_bpm"]) for r in records),
+        "octave_ambiguous": _mean(octave_related(*r["tempo_by_prior"].values()) for r in records),
         "tempo_confidence_median": round(float(np.median([r["shipped"]["tempo_confidence"] for r in records])), 3),
         "key_undecided": _mean(k["key"] == F.UNDECIDED for k in keys),
         "minor_of_decided": _mean(k["mode"] == F.MINOR for k in keys if k["key"] != F.UNDECIDED),
@@ -462,6 +463,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {reason}", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    commit = git_commit()  # now: the code that runs, whatever is committed while it runs
     cache = Path(args.cache) if args.cache else default_cache()
     pieces = plan(args.renders, args.seed, args.seconds)
     records = []
@@ -476,7 +478,7 @@ def run(args: argparse.Namespace) -> int:
     chosen_key = f"{choice['chroma']}/{choice['profile']}"
     result: dict[str, Any] = {
         "command": invocation("keytempo-eval"),
-        "commit": git_commit(),
+        "commit": commit,
         "parameters": {"renders": args.renders, "seconds": args.seconds, "seed": args.seed,
                        "generator_version": GENERATOR_VERSION, "soundfont": str(SOUNDFONT), "render_rate": RENDER_RATE,
                        "fluidsynth": _fluidsynth_version(), "shipped": {"tempo_prior": "lognormal",
@@ -505,7 +507,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         real = []
         for i, path in enumerate(files):
-            real.append(measure_real(path, choice))
+            real.append(measure_real(path, choice, Path(args.data)))
             if (i + 1) % 100 == 0 or i + 1 == len(files):
                 print(f"real clips: {i + 1}/{len(files)} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
         result["real"] = {"summary": summarize_real(real), "spotify_reference": spotify_reference(Path(args.data)),
