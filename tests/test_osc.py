@@ -26,7 +26,7 @@ from pythonosc.osc_server import AsyncIOOSCUDPServer
 from pythonosc.parsing import osc_types
 
 from sendreturn_mood.config import ConfigError, OscTargetSettings, Settings, load_config
-from sendreturn_mood.model.contract import MoodModel
+from sendreturn_mood.model.contract import MoodModel, Prediction
 from sendreturn_mood.outputs.osc import parse_target
 from sendreturn_mood.room.effects import load_presets, parse_colour
 from sendreturn_mood.server.app import MoodServer
@@ -334,3 +334,52 @@ def test_serve_refuses_a_bad_osc_flag_before_loading_anything(capsys: pytest.Cap
 
     assert main(["serve", "--osc", "nowhere"]) == 2
     assert "HOST:PORT[=ROOM_GLOB]" in capsys.readouterr().err
+
+
+def test_a_rooms_sinks_get_every_broadcast_in_order_and_one_failing_sink_costs_the_others_nothing() -> None:
+    from sendreturn_mood.room.rooms import Outgoing, RoomRegistry
+    from sendreturn_mood.room.tracker import tracker_from_config
+    from tests.tiny_model import tiny_info
+
+    cfg = load_config()
+    got: dict[str, list[str]] = {"stage-1": [], "lobby": [], "after": []}
+
+    class Member:
+        role = "listener"
+
+        def __init__(self, room: str) -> None:
+            self.room = room
+
+        def deliver(self, text: str, kind: str) -> None:
+            got[self.room].append(text)
+
+    class Broken:
+        def send(self, room: Any, out: Outgoing) -> None:
+            raise RuntimeError("a sink's bug")
+
+        def room_closed(self, room: Any) -> None:
+            pass
+
+    class After:
+        closed: list[str] = []
+
+        def send(self, room: Any, out: Outgoing) -> None:
+            got["after"].append(out.text)
+
+        def room_closed(self, room: Any) -> None:
+            self.closed.append(room.name)
+
+    after = After()
+    reg = RoomRegistry(lambda preset: tracker_from_config(tiny_info(), cfg, PRESETS), 4,
+                       make_sinks=lambda name: [Broken(), after] if name.startswith("stage-") else [])
+    member = Member("stage-1")
+    stage, lobby = reg.join("stage-1", member, False), reg.join("lobby", Member("lobby"), False)
+    [update] = stage.on_window(stage.generation, Prediction(np.array([0.7, 0.1, 0.1, 0.1])), 3.0, 1.0)
+    reg.publish(stage, update)
+    reg.publish(stage, {"type": "source", "state": "connected"})
+    reg.publish(lobby, {"type": "source", "state": "connected"})  # a room the sink's glob does not match
+    assert got["stage-1"] == got["after"] and [json.loads(t)["type"] for t in got["after"]] == ["mood", "source"]
+    assert got["lobby"] == ['{"type":"source","state":"connected"}']
+    assert json.loads(got["after"][0]) == update.to_message()  # the update's websocket view, encoded once
+    reg.leave(stage, member)
+    assert after.closed == ["stage-1"]
