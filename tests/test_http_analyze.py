@@ -15,6 +15,7 @@ import re
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ import yaml
 
 from sendreturn_mood.cli.analyze import main as analyze_main
 from sendreturn_mood.client import Refused, analyze_file
+from sendreturn_mood.hostile.uploads import exchange
 from sendreturn_mood.room.trackfeatures import NOT_COMPUTED
 from tests.server_support import TEST_SETTINGS, checked_body, client, running_server
 from tests.test_decoding import RATE, cut, music
@@ -37,20 +39,9 @@ def song(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def raw_request(port: int, head: str, body: bytes = b"", read_timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    """Send `head` (+ `body`) on a plain socket, read the answer until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as s:
-        s.sendall(head.encode() + body)
-        data = b""
-        try:
-            while chunk := s.recv(65536):
-                data += chunk
-        except (ConnectionResetError, TimeoutError):
-            pass
-    status_line, _, rest = data.partition(b"\r\n")
-    raw_headers, _, payload = rest.partition(b"\r\n\r\n")
-    headers = dict(line.decode().split(": ", 1) for line in raw_headers.split(b"\r\n") if b": " in line)
-    return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}, payload
+def raw_request(port: int, head: str, body: bytes = b"") -> tuple[int, dict[str, str], Any]:
+    """Send `head` (+ `body`) on a plain socket, read the answer until the server closes (JSON body parsed)."""
+    return exchange("127.0.0.1", port, head.encode() + body, timeout=10.0)
 
 
 def post_head(length: int, path: str = "/v1/analyze", extra: str = "") -> str:
@@ -118,14 +109,14 @@ async def test_bad_input_gets_its_status_and_says_what_failed(song: Path, tiny_m
         # too big: answered from Content-Length alone, before (and without) the body
         started = time.monotonic()
         status, _, body = await asyncio.to_thread(raw_request, port, post_head(10**9))
-        assert status == 413 and "the limit is 400000 bytes" in json.loads(body)["error"]["message"]
+        assert status == 413 and "the limit is 400000 bytes" in body["error"]["message"]
         assert time.monotonic() - started < 5
         # a chunked body is counted as it arrives, and refused as soon as it passes the limit
         chunk = b"ID3" + b"\x00" * 99_997
         chunked = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(5)) + b"0\r\n\r\n"
         head = "POST /v1/analyze HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
         status, _, body = await asyncio.to_thread(raw_request, port, head, chunked)
-        assert status == 413 and "more than 400000 bytes" in json.loads(body)["error"]["message"]
+        assert status == 413 and "more than 400000 bytes" in body["error"]["message"]
         # other methods and paths
         status, headers, _ = await asyncio.to_thread(raw_request, port, post_head(3, "/healthz"), b"abc")
         assert status == 405 and headers["allow"] == "GET"

@@ -11,8 +11,10 @@ rooms' update latency while analyses run against none.
 2. Live latency: a `serve` process (as a user starts it, defaults but the per-address limits) with `--rooms` live
    rooms streaming 16 kHz mono in real time (the generator of `bench server`, its own process), one listener each;
    the `latency_ms` of every update the listeners get, p50/p95, first with no analysis, then with `--in-flight`
-   uploads of the 4-minute song kept in flight (each one sent again as soon as it is answered). The analyses run
-   in the server's analysis worker processes (analyze.workers, niced), not on its event loop.
+   uploads of the 4-minute song kept in flight (each one sent again as soon as it is answered), then with none
+   again (A-B-A: on a shared machine the first and last phases show how much the load moved by itself). The
+   analyses run in the server's analysis worker processes (analyze.workers, SCHED_IDLE), not on its event loop;
+   the server process's own CPU seconds per phase say whether the loop itself did more work.
 
 The machine is shared (other jobs run on it): the two latency phases are measured back to back in one run, and the
 load average is reported beside them.
@@ -36,7 +38,7 @@ import yaml
 
 from .common import median, one_blas_thread, write_json
 from .prepare import song_mp3
-from .server import generator_process, load_limits, spawn_server
+from .server import generator_process, load_limits, proc_cpu_seconds, spawn_server
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,23 +128,31 @@ def live_latency(song: bytes, clip: bytes, args: argparse.Namespace) -> dict[str
         proc, port = spawn_server(cfg)
         try:
             url = f"ws://127.0.0.1:{port}"
-            asyncio.run(analyze_file(url, clip, timeout=300))  # the analysis workers exist in both phases
-            none = latency_phase(port, args)
+            asyncio.run(analyze_file(url, clip, timeout=300))  # the analysis workers exist in every phase
+
+            def phase() -> dict[str, Any]:
+                cpu = proc_cpu_seconds(proc.pid)  # the server process alone (its analysis workers are children)
+                out = latency_phase(port, args)
+                out["server_process_cpu_seconds"] = round(proc_cpu_seconds(proc.pid) - cpu, 2)
+                return out
+
+            before = phase()
             stop, done, errors = threading.Event(), [], []
             loader = threading.Thread(target=_keep_in_flight, args=(url, song, args.in_flight, stop, done, errors))
             loader.start()
             time.sleep(2.0)  # the uploads are in
-            busy = latency_phase(port, args)
+            busy = phase()
             stop.set()
             loader.join(900)
             busy.update({"analyses_completed": len(done), "analysis_wall_seconds_median": round(median(done), 2) if done else None,
                          "upload_errors": errors[:5]})
+            after = phase()  # none again: A-B-A, so a change of the shared machine's load shows as A != A
         finally:
             proc.terminate()
             proc.wait(30)
     return {"rooms": args.rooms, "seconds_per_phase": args.seconds, "in_flight": args.in_flight,
-            "analyze_workers": args.workers if args.workers is not None else "default", "no_analyses": none,
-            "with_analyses": busy}
+            "analyze_workers": args.workers if args.workers is not None else "default", "no_analyses": before,
+            "with_analyses": busy, "no_analyses_again": after}
 
 
 def run(args: argparse.Namespace) -> int:
