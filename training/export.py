@@ -161,7 +161,7 @@ def verify_graft(mood_from: Path, genre_net, path: Path, n_mels: int, patch: int
         ref = old.run(list(MOOD_OUTPUTS), {"logmel": x})
         mood_worst = max([mood_worst] + [float(np.abs(got[n] - r).max()) for n, r in zip(MOOD_OUTPUTS, ref)])
         with torch.no_grad():
-            genre_ref = genre_net(torch.from_numpy(x))["genre_logits"].numpy()
+            genre_ref = genre_net(torch.from_numpy(x))[GENRE_OUTPUT].numpy()
         genre_worst = max(genre_worst, float(np.abs(got[GENRE_OUTPUT] - genre_ref).max()))
     if mood_worst > 0.0:
         raise RuntimeError(f"{path}: the mood side differs from {mood_from} by {mood_worst:.2e} (it must be the same graph)")

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from sendreturn_mood.model.contract import EMBEDDING_OUTPUT, GENRE_OUTPUT, MOOD_OUTPUT
+
 
 @dataclass(frozen=True)
 class NetConfig:
@@ -82,9 +84,9 @@ class MoodNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         e = self.embed(x)
         d = self.dropout(e)
-        out = {"embedding": e, "mood_logits": self.mood(d)}
+        out = {EMBEDDING_OUTPUT: e, MOOD_OUTPUT: self.mood(d)}
         if self.genre is not None:
-            out["genre_logits"] = self.genre(d)
+            out[GENRE_OUTPUT] = self.genre(d)
         if self.distill is not None:
             out["distill"] = self.distill(e)
         return out
@@ -147,7 +149,7 @@ class MoodEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         e, z = self.mood_forward(x)
-        return {"embedding": e, "mood_logits": z}
+        return {EMBEDDING_OUTPUT: e, MOOD_OUTPUT: z}
 
 
 class BranchedNet(nn.Module):
@@ -173,7 +175,7 @@ class BranchedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         e, mood_logits = self.mood_net.mood_forward(x)
         g = self.genre_net.embed(x)
-        return {"embedding": e, "mood_logits": mood_logits, "genre_logits": self.genre(self.genre_net.dropout(g))}
+        return {EMBEDDING_OUTPUT: e, MOOD_OUTPUT: mood_logits, GENRE_OUTPUT: self.genre(self.genre_net.dropout(g))}
 
 
 class ExportWrapper(nn.Module):
@@ -185,9 +187,9 @@ class ExportWrapper(nn.Module):
 
     def forward(self, logmel: torch.Tensor):
         out = self.net(logmel)
-        if "genre_logits" in out:
-            return out["mood_logits"], out["genre_logits"], out["embedding"]
-        return out["mood_logits"], out["embedding"]
+        if GENRE_OUTPUT in out:
+            return out[MOOD_OUTPUT], out[GENRE_OUTPUT], out[EMBEDDING_OUTPUT]
+        return out[MOOD_OUTPUT], out[EMBEDDING_OUTPUT]
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sendreturn_mood.model.contract import GENRE_OUTPUT
 from training.checkpoints import interpolate
 from training.commandline import PROG
 from training.manifest import GENRES_EMOTIFY, MOODS_4Q, Item
@@ -268,7 +269,7 @@ def train(args: argparse.Namespace) -> Path:
         if posterior is not None:
             t, q = t[:, : -posterior.shape[1]], t[:, -posterior.shape[1] :]
             temp = GENRE_POSTERIOR["temperature"]
-            soft = -(q * F.log_softmax(o["genre_logits"] / temp, dim=1)).sum(dim=1).mean() * temp**2
+            soft = -(q * F.log_softmax(o[GENRE_OUTPUT] / temp, dim=1)).sum(dim=1).mean() * temp**2
             loss = loss + GENRE_POSTERIOR["weight"] * soft
             parts["posterior"] = soft.item()
         if t is not None:
