@@ -74,9 +74,9 @@ def parse_target(spec: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ the view
 
 
-def update_messages(prefix: str, update: Update, parameters: Mapping[str, Parameter], continuous: bool = True) -> list[Message]:
-    """An Update as OSC messages (the bundle of one update). `continuous` False leaves out the values a rate_hz
-    stream carries (valence, arousal, effects)."""
+def update_messages(prefix: str, update: Update) -> list[Message]:
+    """An Update as OSC messages, but for the continuous values (`continuous_values`, encoded by `value_elements`):
+    the bundle of one update holds both, unless a rate_hz stream carries the continuous ones."""
     a = update.analysis
     base = f"{prefix}/{update.room}"
     out: list[Message] = [
@@ -94,8 +94,6 @@ def update_messages(prefix: str, update: Update, parameters: Mapping[str, Parame
     if a.level_db is not None:
         out.append((f"{base}/level_db", "f", (a.level_db,)))
     out.append((f"{base}/preset", "s", (a.preset,)))
-    if continuous:
-        out += value_messages(base, continuous_values(update), parameters)
     return out
 
 
@@ -111,28 +109,33 @@ def continuous_values(update: Update) -> dict[str, Value]:
     return values
 
 
-def value_messages(base: str, values: Mapping[str, Value], parameters: Mapping[str, Parameter]) -> list[Message]:
-    """Continuous values as messages: a float as `f` (an effect also as `/norm`, 0..1 of its range), a colour as
-    `fff` (0..1) and as `/rgba` (OSC's colour type, alpha 255)."""
-    out: list[Message] = []
+def value_elements(base: str, values: Mapping[str, Value], parameters: Mapping[str, Parameter]) -> list[bytes]:
+    """Continuous values as encoded bundle elements (the 30 Hz stream's whole work, so no message tuples in
+    between): a float as `f` (an effect also as `/norm`, 0..1 of its range), a colour as `fff` (0..1) and as `/rgba`
+    (OSC's colour type, alpha 255)."""
+    out: list[bytes] = []
+    write_float = osc_types.write_float
     for key, v in values.items():
-        address, norm, colour = _addresses(base, key)
         if isinstance(v, tuple):
-            out.append((address, "fff", v))
-            out.append((colour, "r", (rgba(v),)))
+            head, rgba_head = _value_heads(base, key, "colour")
+            out += (head, write_float(v[0]), write_float(v[1]), write_float(v[2]), rgba_head, osc_types.write_rgba(rgba(v)))
             continue
-        out.append((address, "f", (v,)))
         p = parameters.get(key[len("effects/"):]) if key.startswith("effects/") else None
         if p is not None and p.type == "float":
-            out.append((norm, "f", (min(1.0, max(0.0, (v - p.low) / (p.high - p.low))),)))
+            head, norm_head = _value_heads(base, key, "norm")
+            out += (head, write_float(v), norm_head, write_float(min(1.0, max(0.0, (v - p.low) / (p.high - p.low)))))
+        else:
+            out += (_value_heads(base, key, "float")[0], write_float(v))
     return out
 
 
 @functools.lru_cache(maxsize=HEAD_CACHE_SIZE)
-def _addresses(base: str, key: str) -> tuple[str, str, str]:
-    """A continuous value's address, its `/norm` and its `/rgba` (built once: the stream sends them every tick)."""
+def _value_heads(base: str, key: str, kind: str) -> tuple[bytes, bytes]:
+    """A continuous value's encoded element heads: its own, and its `/norm` (kind "norm") or `/rgba` ("colour")."""
     address = f"{base}/{key}"
-    return address, f"{address}/norm", f"{address}/rgba"
+    if kind == "colour":
+        return _head(address, "fff"), _head(f"{address}/rgba", "r")
+    return _head(address, "f"), _head(f"{address}/norm", "f") if kind == "norm" else b""
 
 
 def rgba(rgb: Sequence[float]) -> int:
@@ -176,11 +179,11 @@ def encode_message(address: str, tags: str, args: Sequence[Any]) -> bytes:
     return (head[4:] if tags in FIXED_SIZE else head) + _args(tags, args)
 
 
-def encode_bundle(messages: Sequence[Message]) -> bytes:
-    """One OSC bundle (time tag: immediately) holding the messages, in order."""
+def encode_bundle(messages: Sequence[Message], elements: Sequence[bytes] = ()) -> bytes:
+    """One OSC bundle (time tag: immediately) holding the messages, in order, then the already encoded `elements`."""
     parts = [_BUNDLE_HEAD]
     for address, tags, args in messages:
-        if tags == "f":  # most messages: one float (the 30 Hz stream is nothing else, and a colour)
+        if tags == "f":  # most messages: one float
             parts.append(_head(address, tags))
             parts.append(osc_types.write_float(args[0]))
         elif tags in FIXED_SIZE:
@@ -190,6 +193,7 @@ def encode_bundle(messages: Sequence[Message]) -> bytes:
             data = encode_message(address, tags, args)
             parts.append(osc_types.write_int(len(data)))
             parts.append(data)
+    parts.extend(elements)
     return b"".join(parts)
 
 
@@ -244,7 +248,8 @@ class OscTarget:
         prefix = self.settings.prefix
         if isinstance(message, Update):
             streaming = self.settings.rate_hz > 0
-            self._send(encode_bundle(update_messages(prefix, message, self.parameters, continuous=not streaming)))
+            values = () if streaming else value_elements(f"{prefix}/{message.room}", continuous_values(message), self.parameters)
+            self._send(encode_bundle(update_messages(prefix, message), values))
             if streaming:
                 self._follow(room, message)
             return
@@ -304,7 +309,7 @@ class OscTarget:
 
     def _send_values(self, room: str, values: Mapping[str, Value]) -> None:
         base = f"{self.settings.prefix}/{room}"
-        self._send(encode_bundle(value_messages(base, values, self.parameters)))
+        self._send(encode_bundle((), value_elements(base, values, self.parameters)))
 
     def close(self) -> None:
         if self._ticker is not None:
