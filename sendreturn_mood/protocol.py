@@ -227,9 +227,7 @@ def parse_connect(path: str, authorization: str | None = None, presets: Iterable
     detection = query.get("track_detection")
     if detection is not None and detection not in SWITCH_VALUES:
         raise Refusal(BAD_REQUEST, f"track_detection must be on or off, got {shown(detection)}")
-    token = query.get("token")
-    if token is None and authorization is not None:
-        token = bearer_token(authorization)
+    token = request_token(query.get("token"), authorization)
     # the token's shape is the authenticator's business: on a server without tokens any value (empty, blank) is
     # ignored alike, on one with tokens a malformed value is refused there (server/auth.py)
     return ConnectParams(
@@ -276,6 +274,13 @@ def parse_query(query: str, keys: tuple[str, ...] = QUERY_KEYS) -> dict[str, str
             raise Refusal(BAD_REQUEST, f"query parameter {key} must be visible ASCII, got {shown(value)}")
         out[key] = value
     return out
+
+
+def request_token(query_token: str | None, authorization: str | None) -> str | None:
+    """The access token a request carries: `?token=`, else an `Authorization: Bearer` header's (None: neither)."""
+    if query_token is None and authorization is not None:
+        return bearer_token(authorization)
+    return query_token
 
 
 def bearer_token(authorization: str) -> str | None:

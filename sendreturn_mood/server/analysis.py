@@ -237,9 +237,7 @@ class AnalyzeEndpoint:
     def _authorize(self, token: str | None, authorization: str | None) -> None:
         if not self.auth.enabled:
             return
-        if token is None and authorization is not None:
-            token = protocol.bearer_token(authorization)
-        grant = self.auth.verify(token)
+        grant = self.auth.verify(protocol.request_token(token, authorization))
         if ANALYZE_ROLE not in grant.roles:
             raise Refusal(protocol.UNAUTHORIZED, f"this access token does not grant the {ANALYZE_ROLE} role")
 

@@ -4,7 +4,9 @@ table; each concern lives in a module of its own:
 
     routing.py     the routing table and response helpers        static.py     the browser page and JS client
     handshake.py   the websocket handshake's checks              connection.py one connection's loop (its Session)
-    delivery.py    the model's results back to their rooms       auth.py, reservations.py, redaction.py, limits.py
+    delivery.py    the model's results back to their rooms       room_routes.py GET /v1/rooms/{room}, its tracks
+    analysis.py    POST /v1/analyze                              bodies.py     requests with a body (PUT, POST)
+    prepared.py    prepared tracks: analysis and playback        auth.py, reservations.py, redaction.py, limits.py
 
 What a connection's messages mean is `room.session.Session`'s business (events in, actions out), what a room does
 with a window's model output is `room.rooms.Room`'s, and how a room reaches its members on other processes is the
@@ -36,11 +38,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from .. import __version__, protocol
-from ..audio.files import SNIFF_BYTES, sniff_format
 from ..audio.pipeline import AnalysisStream, window_plan
 from ..broker.base import Broker
 from ..broker.factory import make_broker, make_store
-from ..broker.tracks import StoreFull
 from ..config import ConfigError, Settings
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import ServerMetrics
@@ -59,14 +59,15 @@ from .delivery import ResultDelivery
 from .handshake import HandshakeChecks, check_addressing, select_subprotocol
 from .limits import ClientLimits, KeyedRateLimiter, origin_policy_from_config
 from .shared_limits import AddressLimits, SharedRateLimiter
-from .prepared import Playback, PrepareError, TrackPreparer
+from .prepared import Playback, TrackPreparer
 from .redaction import install_log_redaction, redact
 from .reservations import SourceReservations
 from .keepalive import KeepaliveConnection
 from .analysis import AnalyzeEndpoint
 from .bodies import BodyExchange, front_door
 from .requestline import connection_factory
-from .routing import Router, error_response, header, json_response, response, route, address
+from .room_routes import ROOM_STATE_PATH, TRACK_PATH, RoomRoutes
+from .routing import Router, error_response, header, json_response, response, route
 from .static import StaticFiles, static_root
 
 __all__ = ["MoodServer", "WS_SIZE_SLACK", "static_root"]
@@ -75,8 +76,6 @@ log = logging.getLogger(__name__)
 
 WS_MAX_QUEUE = 4  # frames the websocket layer buffers per connection before it stops reading (TCP pushes back): bounds memory
 WS_SIZE_SLACK = 4  # the websocket layer accepts up to this many times max_message_bytes so we can answer too_big
-ROOM_STATE_PATH = re.escape(protocol.ROOM_PATH_PREFIX) + r".*"
-TRACK_PATH = re.escape(protocol.ROOM_PATH_PREFIX) + r"(?P<room>[^/]+)/tracks/(?P<track>[^/]+)"
 ANALYZE_PATH = r"/v1/analyze"
 
 
@@ -157,6 +156,9 @@ class MoodServer:
             room_creations,
         )
         self.static = StaticFiles(static_root())
+        self.room_routes = RoomRoutes(
+            self.auth, self.broker, self.tracks, self.http_requests, tuple(self.presets.names), config.analyze
+        )
         self.analyze = AnalyzeEndpoint(config.analyze, self.auth, str(self.model.path), config)
         self._body_exchanges: set[asyncio.Task[None]] = set()  # requests with a body being served (bodies.py)
         # The HTTP routing table: the first route whose pattern matches the whole path (and answers the method)
@@ -165,8 +167,8 @@ class MoodServer:
             [
                 route(r"/healthz", self._healthz),
                 route(r"/metrics", self._metrics),
-                route(TRACK_PATH, self._track, ("GET", "PUT", "DELETE")),
-                route(ROOM_STATE_PATH, self._room_state),
+                route(TRACK_PATH, self.room_routes.track, ("GET", "PUT", "DELETE")),
+                route(ROOM_STATE_PATH, self.room_routes.room_state),
                 route(ANALYZE_PATH, self.analyze.handle, methods=("POST",)),
                 route(r"/.*", self._static_file),
             ]
@@ -366,85 +368,6 @@ class MoodServer:
 
     async def _static_file(self, connection: ServerConnection, request: Request, match: re.Match[str]) -> Response:
         return self.static.response(urlsplit(request.path).path)
-
-    async def _room_state(self, connection: ServerConnection, request: Request, match: re.Match[str]) -> Response:
-        """GET /v1/rooms/{room}: rate-limited per address, and when auth is on it needs a token for that room (any
-        role), so room names, tracks and titles cannot be probed. Refusal for everything refused."""
-        if not await self.http_requests.allow(address(connection)):
-            raise Refusal(protocol.RATE_LIMITED, "too many requests from this address (server.http_requests_per_second)")
-        name = protocol.room_from_path(request.path) or ""
-        if self.auth.enabled:
-            token = protocol.parse_query(urlsplit(request.path).query).get("token")
-            authorization = header(request, "Authorization", None)
-            if token is None and authorization is not None:
-                token = protocol.bearer_token(authorization)
-            grant = self.auth.verify(token)
-            if not grant.covers(name):
-                raise Refusal(protocol.UNAUTHORIZED, f"this access token is not valid for room {protocol.shown(name)}")
-        info = await self.broker.snapshot(name)
-        if info is None:
-            raise Refusal(protocol.NOT_FOUND, f"no room {protocol.shown(name)} (nobody is connected to it)")
-        return json_response(200, info)
-
-    async def _track(self, connection: ServerConnection, request: Request, match: re.Match[str]) -> Response:
-        """A room's prepared track: PUT (the audio as the body, or `?analysis=ID` of an analysis already stored, no
-        body) needs a source token for the room when tokens are required; GET describes it, DELETE removes it."""
-        method = getattr(request, "method", "GET")
-        if not await self.http_requests.allow(address(connection)):
-            raise Refusal(protocol.RATE_LIMITED, "too many requests from this address (server.http_requests_per_second)")
-        room = protocol.room_from_path(f"{protocol.ROOM_PATH_PREFIX}{match['room']}") or ""
-        track = protocol.track_id_from_path(match["track"])
-        query = protocol.parse_query(urlsplit(request.path).query, protocol.TRACK_QUERY_KEYS)
-        self._check_track_grant(request, query, room, "listener" if method == "GET" else "source")
-        if method == "GET":
-            found = await self.tracks.get(room, track)
-            if found is None:
-                raise Refusal(protocol.NOT_FOUND, f"no prepared track {protocol.shown(track)} in room {protocol.shown(room)}")
-            return json_response(200, found.describe())
-        if method == "DELETE":
-            if not await self.tracks.store.delete(room, track):
-                raise Refusal(protocol.NOT_FOUND, f"no prepared track {protocol.shown(track)} in room {protocol.shown(room)}")
-            return response(204, b"", "application/json")
-        title, artist = query.get("title"), query.get("artist")
-        reader, body = getattr(request, "body", None), b""
-        if reader is not None and reader.present:  # a PUT with a body (bodies.py): read only now, after the checks
-            uploads = self.config.analyze
-            body = await reader.read(uploads.max_bytes, uploads.upload_timeout_seconds, "audio file")
-            if sniff_format(body[:SNIFF_BYTES]) is None:  # recognised by its content, as POST /v1/analyze does
-                raise Refusal(
-                    protocol.UNSUPPORTED_MEDIA,
-                    f"the body is not audio this server reads: wav, mp3, flac and ogg are recognised by their content "
-                    f"(it starts with {body[:SNIFF_BYTES]!r})",
-                )
-        try:
-            if body:
-                preset = query.get("preset")
-                if preset is not None and preset not in self.presets.names:
-                    raise Refusal(protocol.BAD_REQUEST, f"unknown preset {protocol.shown(preset)}; known: {', '.join(self.presets.names)}")
-                prepared = await self.tracks.prepare(room, track, body, title, artist, preset)  # off the loop
-            elif "analysis" in query:
-                found = await self.tracks.refer(room, track, query["analysis"], title, artist)
-                if found is None:
-                    raise Refusal(protocol.NOT_FOUND, f"no stored analysis {protocol.shown(query['analysis'])} (it expired, or was never made)")
-                prepared = found
-            else:
-                raise Refusal(protocol.BAD_REQUEST, "PUT a track with its audio as the body, or ?analysis=ID of a stored analysis")
-        except StoreFull as e:
-            return error_response(507, e.code, e.message)
-        except PrepareError as e:
-            return error_response(e.status, e.code, e.message)
-        return json_response(200, prepared.describe())
-
-    def _check_track_grant(self, request: Request, query: dict[str, str], room: str, role: str) -> None:
-        if not self.auth.enabled:
-            return
-        token = query.get("token")
-        authorization = header(request, "Authorization", None)
-        if token is None and authorization is not None:
-            token = protocol.bearer_token(authorization)
-        grant = self.auth.verify(token)
-        if not grant.allows(room, role) and not (role == "listener" and grant.covers(room)):
-            raise Refusal(protocol.UNAUTHORIZED, f"this access token does not let a {role} use room {protocol.shown(room)}'s tracks")
 
     async def health(self) -> dict[str, Any]:
         broker = await self.broker.health()
