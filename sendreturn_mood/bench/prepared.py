@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import resource
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -78,6 +79,15 @@ def song_bytes(seconds: float) -> bytes:
     return buf.getvalue()
 
 
+def loop_thread_wait_seconds() -> float:
+    """Seconds the event loop's thread (this one) has waited, runnable, for a core (Linux schedstat; 0 elsewhere):
+    on a shared machine, how much of an update's delay was the machine's other work, not the server's."""
+    try:
+        return int(open(f"/proc/self/task/{threading.get_native_id()}/schedstat").read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def self_cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -121,16 +131,20 @@ async def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         t_begin = start_at + args.hop + 3.0
         t_end = start_at + args.seconds - 1.0
         await asyncio.sleep(max(0.0, t_begin - time.time()))
-        cpu0, w0, updates0 = self_cpu_seconds(), time.time(), server.metrics.updates.get()
+        cpu0, w0, updates0, heard0 = self_cpu_seconds(), time.time(), server.metrics.updates.get(), server.metrics.audio_seconds.get()
+        waited0 = loop_thread_wait_seconds()
         await asyncio.sleep(max(0.0, t_end - time.time()))
-        cpu1, w1, updates1 = self_cpu_seconds(), time.time(), server.metrics.updates.get()
+        cpu1, w1, updates1, heard1 = self_cpu_seconds(), time.time(), server.metrics.updates.get(), server.metrics.audio_seconds.get()
+        waited1 = loop_thread_wait_seconds()
         loop = asyncio.get_running_loop()
         gens = [await loop.run_in_executor(None, results.get, True, args.seconds + 300) for _ in procs]
         for p in procs:
             await loop.run_in_executor(None, p.join, 30)
     finally:
         await server.close()
-    room_seconds = args.rooms * (w1 - w0)
+    # a prepared room-second is a second of a room following its track; a live one a second of audio the server
+    # actually analysed meanwhile (fewer than rooms x seconds when it falls behind, as `bench server` counts)
+    room_seconds = args.rooms * (w1 - w0) if mode == "prepared" else heard1 - heard0
     out: dict[str, Any] = {
         "mode": mode,
         "rooms": args.rooms,
@@ -138,9 +152,13 @@ async def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         "measured_seconds": round(w1 - w0, 2),
         "server_cpu_ms_per_room_second": round(1000 * (cpu1 - cpu0) / room_seconds, 4),
         "server_cores_busy": round((cpu1 - cpu0) / (w1 - w0), 3),
+        # of the measured time, the share the server's event-loop thread was ready to run but waited for a core
+        "server_loop_waiting_for_a_core": round((waited1 - waited0) / (w1 - w0), 3),
         "updates_per_second": round((updates1 - updates0) / (w1 - w0), 1),
+        "room_seconds": round(room_seconds, 1),
         "failed_rooms": int(sum(g["failed_rooms"] for g in gens)),
         "errors": {k: v for g in gens for k, v in g["errors"].items()},
+        "failures": sorted({f for g in gens for f in g.get("failures", [])})[:5],
         "generator_cpu_seconds": round(sum(g["cpu_seconds"] for g in gens), 2),
         "seq_gaps_at_listeners": int(sum(g["gaps"] for g in gens)),
     }
@@ -223,5 +241,6 @@ async def _prepared_rooms(rooms: list[int], port: int, args: dict[str, Any], sta
 
     outcomes = await asyncio.gather(*(room(k) for k in rooms), return_exceptions=True)
     stats["failed_rooms"] = sum(isinstance(o, BaseException) for o in outcomes)
+    stats["failures"] = sorted({repr(o)[:160] for o in outcomes if isinstance(o, BaseException)})[:5]
     stats["errors"] = dict(stats["errors"])
     return stats
