@@ -83,7 +83,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     from ..config import load_config
     from ..server.app import MoodServer
 
-    server = MoodServer(load_config(None, {"server.port": 0, "logging.level": "warning", "server.max_rooms": 1000}))
+    from .server import load_limits
+
+    rooms = args.pairs * (1 + len(args.leads))
+    overrides: dict[str, Any] = {f"server.{k}": v for k, v in load_limits(rooms, 1).items()}
+    overrides.update({"server.port": 0, "logging.level": "warning", "prepared.max_tracks": rooms + 10})
+    server = MoodServer(load_config(None, overrides))
     await server.start()
     hop = server.hop_seconds
     try:
