@@ -23,6 +23,7 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes (the clas
 PREFIX = "sendreturn_"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+ANALYSIS_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0)
 
 
 class _Metric:
@@ -147,6 +148,9 @@ class ServerMetrics:
         self.broker_dropped = Counter("broker_dropped_total", "Messages for other processes dropped (broker down or slow).", r)
         self.broker_fenced = Counter(
             "broker_fenced_total", "Messages of a room's lapsed source lease: not published from here, or late from another process.", r)
+        self.analyses = Counter("analyses_total", "POST /v1/analyze answers by error code (ok: analysed).", r, ["code"])
+        self.analysis_seconds = Histogram(
+            "analysis_duration_seconds", "Wall time of one upload's analysis in a worker process.", r, ANALYSIS_BUCKETS)
         self.broker_up.set(1)
 
     def all(self) -> list[_Metric]:

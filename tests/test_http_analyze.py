@@ -157,6 +157,9 @@ async def test_concurrency_is_bounded_and_a_slow_analysis_times_out(song: Path, 
         assert refusal(e) == (504, "timeout")
         server.analyze.pool.timeout = 60.0
         assert (await analyze_file(server.url, song))["windows"] > 0
+        m = server.metrics
+        assert (m.analyses.get(code="rate_limited"), m.analyses.get(code="request_timeout")) == (1, 1)
+        assert (m.analyses.get(code="timeout"), m.analyses.get(code="ok"), m.analysis_seconds.count()) == (1, 1, 1)
 
 
 async def test_js_analyze_file_against_a_real_server(song: Path, tiny_model_path: Path, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .. import protocol
 from ..config import AnalyzeSettings, Settings
+from ..metrics import ServerMetrics
 from ..audio.files import SNIFF_BYTES, sniff_format
 from ..protocol import ANALYZE_ROLE, Refusal
 from .auth import Authenticator
@@ -123,6 +124,7 @@ class AnalysisPool:
         self.config = config
         self.timeout = timeout
         self._idle: asyncio.Queue[Worker | None] | None = None
+        self._workers: set[Worker] = set()  # every live worker process, idle or busy (close() kills them all)
         self.durations: deque[float] = deque(maxlen=20)  # recent analyses' seconds (for Retry-After)
 
     def _queue(self) -> asyncio.Queue[Worker | None]:
@@ -137,27 +139,35 @@ class AnalysisPool:
         worker = await idle.get()
         try:
             if worker is None or not worker.process.is_alive():
+                if worker is not None:
+                    self._retire(worker)
                 worker = Worker(self.model_path, self.config)
+                self._workers.add(worker)
                 await asyncio.to_thread(worker.wait_ready, WORKER_START_SECONDS)
             started = time.monotonic()
             try:
                 reply = await asyncio.wait_for(asyncio.to_thread(worker.call, (data, name, max_seconds)), self.timeout)
             except TimeoutError:
-                worker.kill()
+                self._retire(worker)
                 worker = None
                 raise
-            except (EOFError, OSError, BrokenPipeError):  # the process died under it (killed, out of memory)
-                worker.kill()
+            except (EOFError, OSError):  # the process died under it (killed, out of memory)
+                self._retire(worker)
                 worker = None
                 return ("error", "the analysis worker died")
             self.durations.append(time.monotonic() - started)
             return reply
         except BaseException:
             if worker is not None and not worker.process.is_alive():
+                self._retire(worker)
                 worker = None
             raise
         finally:
             idle.put_nowait(worker)
+
+    def _retire(self, worker: Worker) -> None:
+        self._workers.discard(worker)
+        worker.kill()
 
     def retry_after(self, waiting: int) -> int:
         """Seconds until a new request would likely be admitted: the queue ahead of it at the recent pace."""
@@ -167,12 +177,9 @@ class AnalysisPool:
         return max(1, math.ceil(mean * max(1, waiting) / self.size))
 
     def close(self) -> None:
-        if self._idle is None:
-            return
-        while not self._idle.empty():
-            worker = self._idle.get_nowait()
-            if worker is not None:
-                worker.kill()
+        """Kill every worker process, idle or busy (a busy one's request then fails, as the server is closing)."""
+        for worker in list(self._workers):
+            self._retire(worker)
 
 
 def upload_name(query: str) -> str | None:
@@ -188,13 +195,26 @@ def upload_name(query: str) -> str | None:
 class AnalyzeEndpoint:
     """The route's handler (`handle`) with its admission count and its pool."""
 
-    def __init__(self, settings: AnalyzeSettings, auth: Authenticator, model_path: str, config: Settings) -> None:
+    def __init__(
+        self, settings: AnalyzeSettings, auth: Authenticator, model_path: str, config: Settings, metrics: ServerMetrics
+    ) -> None:
         self.settings = settings
         self.auth = auth
+        self.metrics = metrics
         self.pool = AnalysisPool(settings.worker_processes, model_path, config, settings.timeout_seconds)
         self.admitted = 0
 
     async def handle(self, connection: Any, request: Any, match: Any) -> Any:
+        """The route: every answer counted by its code (`sendreturn_analyses_total`)."""
+        try:
+            answer = await self._handle(request)
+        except Refusal as r:
+            self.metrics.analyses.inc(code=r.code)
+            raise
+        self.metrics.analyses.inc(code="ok" if answer.status_code == 200 else protocol.SERVER_ERROR)
+        return answer
+
+    async def _handle(self, request: Any) -> Any:
         s = self.settings
         if not s.enabled:
             raise Refusal(protocol.NOT_FOUND, "this server does not analyse uploads (analyze.enabled is false)")
@@ -219,8 +239,10 @@ class AnalyzeEndpoint:
                     f"content (it starts with {data[:SNIFF_BYTES]!r})",
                 )
             name = upload_name(urlsplit(request.path).query) or f"upload.{kind}"
+            started = time.monotonic()
             try:
                 status, value = await self.pool.run(data, name, s.max_seconds)
+                self.metrics.analysis_seconds.observe(time.monotonic() - started)
             except TimeoutError:
                 raise Refusal(protocol.TIMEOUT, f"the analysis took longer than {s.timeout_seconds:g} s (analyze.timeout_seconds)") from None
         finally:

@@ -159,7 +159,7 @@ class MoodServer:
         self.room_routes = RoomRoutes(
             self.auth, self.broker, self.tracks, self.http_requests, tuple(self.presets.names), config.analyze
         )
-        self.analyze = AnalyzeEndpoint(config.analyze, self.auth, str(self.model.path), config)
+        self.analyze = AnalyzeEndpoint(config.analyze, self.auth, str(self.model.path), config, self.metrics)
         self._body_exchanges: set[asyncio.Task[None]] = set()  # requests with a body being served (bodies.py)
         # The HTTP routing table: the first route whose pattern matches the whole path (and answers the method)
         # handles the request. Add a route here.
@@ -290,12 +290,13 @@ class MoodServer:
             self._metrics_server.close()
         if self._server is not None:
             self._server.close(close_connections=True)
+            for task in list(self._body_exchanges):  # uploads in progress: their connections close now
+                task.cancel()
+            self.analyze.close()
             try:
                 await asyncio.wait_for(self._server.wait_closed(), self.config.server.shutdown_timeout_seconds)
             except TimeoutError:
                 log.warning("some connections did not close within the shutdown timeout")
-        for task in list(self._body_exchanges):
-            task.cancel()
         self.analyze.close()
         await self.worker.stop()
         self.playback.close()
