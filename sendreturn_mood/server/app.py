@@ -297,7 +297,6 @@ class MoodServer:
                 await asyncio.wait_for(self._server.wait_closed(), self.config.server.shutdown_timeout_seconds)
             except TimeoutError:
                 log.warning("some connections did not close within the shutdown timeout")
-        self.analyze.close()
         await self.worker.stop()
         self.playback.close()
         self.tracks.close()
