@@ -331,7 +331,7 @@ class Settings:
 
     def replace(self, **dotted: Any) -> "Settings":
         """A copy with some keys changed, checked like a file: settings.replace(**{"server.port": 0})."""
-        return _read(_merged(as_dict(self), [("replace", _nest(dotted))]))
+        return _read(*_merged(as_dict(self), [("replace", _nest(dotted))]))
 
     def as_dict(self) -> dict[str, Any]:
         return as_dict(self)
@@ -356,7 +356,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{path}: the top level must be a mapping")
         layers.append((str(path), data))
     layers.append(("command line", _nest({k: v for k, v in (overrides or {}).items() if v is not None})))
-    return _read(_merged(copy.deepcopy(DEFAULTS), layers))
+    return _read(*_merged(copy.deepcopy(DEFAULTS), layers))
 
 
 def as_dict(settings: Any) -> dict[str, Any]:
@@ -383,17 +383,21 @@ def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _merged(base: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    """`base` with each layer's values on top; ConfigError naming every unknown key of every layer."""
+def _merged(base: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """`base` with each layer's values on top, and where each set key came from (dotted key -> file or "command
+    line"); ConfigError naming every unknown key of every layer."""
     problems: list[str] = []
+    origins: dict[str, str] = {}
     for source, data in layers:
-        _merge(base, data, source, "", problems)
+        _merge(base, data, source, "", problems, origins)
     if problems:
         raise ConfigError(_listing(problems))
-    return base
+    return base, origins
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any], source: str, prefix: str, problems: list[str]) -> None:
+def _merge(
+    base: dict[str, Any], override: dict[str, Any], source: str, prefix: str, problems: list[str], origins: dict[str, str]
+) -> None:
     for key, value in override.items():
         where = f"{prefix}{key}"
         if key not in base:
@@ -402,16 +406,24 @@ def _merge(base: dict[str, Any], override: dict[str, Any], source: str, prefix: 
             problems.append(f"{source}: unknown key '{where}' ({hint})")
         elif isinstance(base[key], dict):
             if isinstance(value, dict):
-                _merge(base[key], value, source, where + ".", problems)
+                _merge(base[key], value, source, where + ".", problems, origins)
             else:
                 problems.append(f"{source}: '{where}' must be a mapping")
         else:
             base[key] = value
+            origins[where] = source
 
 
-def _read(data: dict[str, Any]) -> Settings:
+def _sourced(problem: str, origins: dict[str, str]) -> str:
+    """A type problem ("'server.port' must be ...") with the file or command line the value came from."""
+    key = problem[1:].partition("'")[0].partition("[")[0] if problem.startswith("'") else ""
+    return f"{origins[key]}: {problem}" if key in origins else problem
+
+
+def _read(data: dict[str, Any], origins: dict[str, str]) -> Settings:
     problems: list[str] = []
     settings = _build(Settings, data, "", problems)
+    problems = [_sourced(p, origins) for p in problems]
     if not problems:
         problems = [p for section in (settings, *vars(settings).values()) for p in _problems(section)]
     if problems:

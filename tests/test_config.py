@@ -56,7 +56,7 @@ def test_wrong_types_and_ranges_are_refused_all_at_once():
     with pytest.raises(ConfigError) as e:
         load_config(None, {"server.port": "x", "server.reuse_port": 1, "analysis.max_batch": 2.5})
     text = str(e.value)
-    assert "'server.port' must be an integer, got 'x'" in text
+    assert "command line: 'server.port' must be an integer, got 'x'" in text
     assert "'server.reuse_port' must be true or false, got 1" in text
     assert "'analysis.max_batch' must be an integer, got 2.5" in text
     with pytest.raises(ConfigError) as e:
