@@ -233,3 +233,11 @@ def test_the_store_is_bounded_and_says_which_limit(analysed):
         await store.put("r3", "t1", a)
 
     asyncio.run(run())
+
+
+def test_live_audio_takes_over_once_the_prepared_track_has_played_to_its_end(analysed, world):  # noqa: F811
+    src, room = source(world)
+    src.play(track(analysed), protocol.Play("song-1", 0.0), now=0.0)
+    assert codes(src.receive(b"\0\0" * 1600, now=1.0)) == [protocol.NOT_ALLOWED]
+    room.follow(1000.0)  # every cue sent, the player is past the end
+    assert codes(src.receive(b"\0\0" * 1600, now=1000.0)) == [] and room.prepared is None

@@ -4,7 +4,7 @@ update) and a well-behaved prepared room keeps playing.
 
     python -m sendreturn_mood.hostile prepared [--url ws://HOST:PORT]
 
-HTTP (raw sockets): not audio (415), audio longer than prepared.max_track_seconds (413), a Content-Length beyond the
+HTTP (raw sockets): more uploads at once than the server admits (429), not audio (415), audio longer than prepared.max_track_seconds (413), a Content-Length beyond the
 upload limit (413, before any body), no body and no analysis (400), a reference to an analysis never stored (404),
 a track id with a control character (400), a room filled to prepared.max_tracks_per_room (507 naming the limit),
 GET of a track never put (404). Websocket: play of an unknown track (unknown_track, non-fatal), a listener's play
@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -28,7 +30,7 @@ from .uploads import UploadResult, exchange
 PREPARED_SERVER_CONFIG: dict[str, Any] = {
     "server": {"rate_limit_factor": 4.0, "room_creations_per_minute": 100_000, "http_requests_per_second": 100_000},
     "prepared": {"max_tracks_per_room": 3, "max_track_seconds": 20},
-    "analyze": {"max_bytes": 2_000_000, "upload_timeout_seconds": 2},
+    "analyze": {"max_bytes": 2_000_000, "upload_timeout_seconds": 2, "max_concurrent": 2},
     "logging": {"level": "warning"},
 }
 ROOM = "hostile-prepared"
@@ -69,6 +71,16 @@ def attack_prepared(host: str, port: int, base: str) -> tuple[UploadResult, dict
         go(put(hostname, ROOM, f"more{i}", b"", query=f"analysis={analysis}"))
     r.check("room full", 507, go(put(hostname, ROOM, "one-too-many", b"", query=f"analysis={analysis}")), "max_tracks_per_room")
     r.check("never put", 404, go(put(hostname, ROOM, "never", b"", method="GET")))
+    # more uploads at once than the server admits: hold max_concurrent half-sent, then one more is 429
+    held = [socket.create_connection((host, port), timeout=30) for _ in range(limits["analyze"]["max_concurrent"])]
+    try:
+        for s in held:
+            s.sendall(put(hostname, ROOM, "held", b"RIFF", length=500_000))
+        time.sleep(0.5)
+        r.check("too many at once", 429, go(put(hostname, "other-room", "x", wav(4))), "max_concurrent")
+    finally:
+        for s in held:
+            s.close()
     seen = asyncio.run(_playback(base))
     for case, ok in seen["checks"].items():
         if not ok:

@@ -239,8 +239,11 @@ class Session:
     def _audio(self, data: bytes, now: float) -> list[Action]:
         if self.stream is None or self.bucket is None:
             return [_error(protocol.NOT_ALLOWED, "listeners cannot send audio (connect with role=source)")]
-        if self.room.prepared is not None:
-            return self._limited(now, protocol.NOT_ALLOWED, "the room follows a prepared track: audio is dropped until 'stop'")
+        follower = self.room.prepared
+        if follower is not None:
+            if not (follower.finished and follower.position(now) >= follower.track.duration):
+                return self._limited(now, protocol.NOT_ALLOWED, "the room follows a prepared track: audio is dropped until 'stop'")
+            self.room.stop_prepared()  # the track played to its end: live audio takes over
         p = self.params
         try:
             n = pcm.frame_count(data, p.encoding, p.channels)

@@ -86,6 +86,7 @@ class TrackPreparer:
         self.config = config
         self.store = store
         self.max_seconds = config.prepared.max_track_seconds
+        self.in_flight = 0  # uploads being read or analysed (the HTTP route admits at most analyze.max_concurrent)
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="prepare")
 
     def settings_key(self, preset: str | None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ cannot be probed.
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
@@ -19,6 +20,7 @@ from ..broker.tracks import StoreFull
 from ..config import AnalyzeSettings
 from ..protocol import Refusal
 from .auth import Authenticator
+from ..room.prepared import PreparedTrack
 from .prepared import PrepareError, TrackPreparer
 from .routing import address, error_response, header, json_response, response
 from .shared_limits import SharedRateLimiter
@@ -82,22 +84,10 @@ class RoomRoutes:
                 raise Refusal(protocol.NOT_FOUND, f"no prepared track {protocol.shown(track)} in room {protocol.shown(room)}")
             return response(204, b"", "application/json")
         title, artist = query.get("title"), query.get("artist")
-        reader, body = getattr(request, "body", None), b""
-        if reader is not None and reader.present:  # a PUT with a body (bodies.py): read only now, after the checks
-            uploads = self.uploads
-            body = await reader.read(uploads.max_bytes, uploads.upload_timeout_seconds, "audio file")
-            if sniff_format(body[:SNIFF_BYTES]) is None:  # recognised by its content, as POST /v1/analyze does
-                raise Refusal(
-                    protocol.UNSUPPORTED_MEDIA,
-                    f"the body is not audio this server reads: wav, mp3, flac and ogg are recognised by their content "
-                    f"(it starts with {body[:SNIFF_BYTES]!r})",
-                )
+        reader = getattr(request, "body", None)
         try:
-            if body:
-                preset = query.get("preset")
-                if preset is not None and preset not in self.presets:
-                    raise Refusal(protocol.BAD_REQUEST, f"unknown preset {protocol.shown(preset)}; known: {', '.join(self.presets)}")
-                prepared = await self.tracks.prepare(room, track, body, title, artist, preset)  # off the loop
+            if reader is not None and reader.present:  # a PUT with a body (bodies.py): read only now, after the checks
+                prepared = await self._prepare_upload(reader, room, track, query, title, artist)
             elif "analysis" in query:
                 found = await self.tracks.refer(room, track, query["analysis"], title, artist)
                 if found is None:
@@ -110,6 +100,36 @@ class RoomRoutes:
         except PrepareError as e:
             return error_response(e.status, e.code, e.message)
         return json_response(200, prepared.describe())
+
+    async def _prepare_upload(
+        self, reader: Any, room: str, track: str, query: dict[str, str], title: str | None, artist: str | None,
+    ) -> PreparedTrack:
+        """An uploaded track, with POST /v1/analyze's limits: at most analyze.max_concurrent at once (429 with
+        Retry-After beyond: each holds its body in memory), the body bounded in bytes and time, audio recognised
+        by its content (415)."""
+        uploads = self.uploads
+        preset = query.get("preset")
+        if preset is not None and preset not in self.presets:
+            raise Refusal(protocol.BAD_REQUEST, f"unknown preset {protocol.shown(preset)}; known: {', '.join(self.presets)}")
+        if self.tracks.in_flight >= uploads.max_concurrent:
+            raise Refusal(
+                protocol.RATE_LIMITED,
+                f"{self.tracks.in_flight} tracks are being prepared, the most this server takes at once "
+                "(analyze.max_concurrent); retry after 2 s",
+                (("Retry-After", "2"),),
+            )
+        self.tracks.in_flight += 1
+        try:
+            body = await reader.read(uploads.max_bytes, uploads.upload_timeout_seconds, "audio file")
+            if sniff_format(body[:SNIFF_BYTES]) is None:  # recognised by its content, as POST /v1/analyze does
+                raise Refusal(
+                    protocol.UNSUPPORTED_MEDIA,
+                    f"the body is not audio this server reads: wav, mp3, flac and ogg are recognised by their content "
+                    f"(it starts with {body[:SNIFF_BYTES]!r})",
+                )
+            return await self.tracks.prepare(room, track, body, title, artist, preset)  # off the loop
+        finally:
+            self.tracks.in_flight -= 1
 
     def _check_track_grant(self, request: Request, query: dict[str, str], room: str, role: str) -> None:
         if not self.auth.enabled:
