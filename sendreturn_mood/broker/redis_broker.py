@@ -416,9 +416,9 @@ class RedisBroker(Broker):
         # this node's per-address counts as they are now (Redis may have lost them; changes queued while it was away
         # are superseded by this)
         self._pending = collections.deque(p for p in self._pending if p[0] != "address")
-        for address, rooms in list(self._addresses.items()):
-            self._address(pipe, address, rooms)
-            if not rooms:
+        for address, counts in list(self._addresses.items()):
+            self._address(pipe, address, counts)
+            if not counts:  # its fields here are gone with this write
                 del self._addresses[address]
         await pipe.execute()
         await self._renew()
@@ -434,8 +434,8 @@ class RedisBroker(Broker):
 
     def _unavailable(self) -> ClusterUnavailable:
         return ClusterUnavailable(
-            f"the cluster's broker (Redis) cannot be reached from this process, so it cannot tell whether another "
-            f"process holds this room; try again", max(1.0, min(self.backoff_max, self.lease_ms / 1000)),
+            "the cluster's broker (Redis) cannot be reached from this process, so it cannot tell whether another "
+            "process holds this room; try again", max(1.0, min(self.backoff_max, self.lease_ms / 1000)),
         )
 
     async def claim_source(self, room: str, holder: str) -> Claim | None:
@@ -671,6 +671,7 @@ class RedisBroker(Broker):
             pipe = self._redis.pipeline(transaction=False)
             publishes: list[tuple[int, str]] = []  # (index of the reply, room)
             releases = []
+            cleared: list[str] = []  # addresses this node no longer has connections from
             for op, args in batch:
                 index = len(pipe.command_stack)
                 if op == "publish":
@@ -684,6 +685,8 @@ class RedisBroker(Broker):
                     pipe.evalsha(self._scripts["release"], 1, self._k("src", room), value)
                 elif op == "address":
                     self._address(pipe, *args)
+                    if not args[1]:
+                        cleared.append(args[0])
                 elif op == "raise":
                     room, seq = args
                     pipe.evalsha(self._scripts["raise_seq"], 1, self._k("room", room), seq, STATE_TTL_SECONDS)
@@ -705,6 +708,9 @@ class RedisBroker(Broker):
             finally:
                 for done in releases:
                     done.set()
+            for address in cleared:
+                if not self._addresses.get(address, True):
+                    del self._addresses[address]
             self._published(publishes, replies)
 
     def _published(self, publishes: list[tuple[int, str]], replies: list[Any]) -> None:
@@ -870,10 +876,8 @@ class RedisBroker(Broker):
         return connections, frozenset(rooms)
 
     def address_changed(self, address: str, rooms: dict[str, int]) -> None:
-        if rooms:
-            self._addresses[address] = dict(rooms)
-        else:
-            self._addresses.pop(address, None)
+        # kept while empty until written, so a reconnect that drops the queued write still clears this node's fields
+        self._addresses[address] = dict(rooms)
         self._queue("address", (address, dict(rooms)))
 
     def _address(self, pipe: Any, address: str, rooms: dict[str, int]) -> None:

@@ -1,4 +1,4 @@
-"""`python -m sendreturn_mood.hostile fuzz|soak`: see the package docstring and docs/RELIABILITY.md."""
+"""`python -m sendreturn_mood.hostile fuzz|soak|uploads|prepared|cluster`: see the package docstring and docs/RELIABILITY.md."""
 
 from __future__ import annotations
 
@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     _server_args(u)
     pr = sub.add_parser("prepared", help="every bad prepared-track PUT and playback message, beside a good room")
     _server_args(pr)
+    c = sub.add_parser("cluster", help="N rooms on 2-3 processes and a real Redis behind proxies, with random faults")
+    c.add_argument("--processes", type=int, default=3, choices=(2, 3))
+    c.add_argument("--rooms", type=int, default=6)
+    c.add_argument("--minutes", type=float, default=5.0)
+    c.add_argument("--seed", type=int, default=1, help="the fault schedule's random seed")
+    c.add_argument("--model", help="ONNX model for the started servers (default: the shipped one)")
     return parser
 
 
@@ -143,9 +149,21 @@ def _prepared(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    from .cluster import report, run_cluster
+
+    try:
+        figures = run_cluster(args.processes, args.rooms, args.minutes, args.seed, args.model)
+    except FileNotFoundError as e:  # no redis-server here
+        print(e, file=sys.stderr)
+        return 2
+    print(json.dumps(report(figures), indent=2))
+    return 1 if figures.violations else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"fuzz": _fuzz, "soak": _soak, "uploads": _uploads, "prepared": _prepared}[args.command](args)
+    return {"fuzz": _fuzz, "soak": _soak, "uploads": _uploads, "prepared": _prepared, "cluster": _cluster}[args.command](args)
 
 
 if __name__ == "__main__":
