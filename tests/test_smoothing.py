@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sendreturn_mood.config import load_config
+from sendreturn_mood.model.contract import Prediction
 from sendreturn_mood.room.effects import load_presets
 from sendreturn_mood.room.smoothing import ExpSmoother, LabelHysteresis, smoothing_alpha
 from sendreturn_mood.room.tracker import MoodTracker, tracker_from_config
@@ -23,6 +24,11 @@ MOOD_FIELDS = {"stream_time", "mood", "confidence", "probabilities", "valence", 
 
 def tracker(tau: float = 4.0, hysteresis: float = 0.08, info=INFO, preset: str | None = None) -> MoodTracker:
     return MoodTracker(info, PRESETS, preset, tau, hysteresis)
+
+
+def analysed(t: MoodTracker, moods: np.ndarray, genres: np.ndarray | None, stream_time: float) -> dict:
+    """The tracker's Analysis of one window's Prediction, as the wire shows it (`analyze`'s timeline row)."""
+    return t.update(Prediction(moods, genres), stream_time).to_dict()
 
 
 # ------------------------------------------------------------------------------------------------ smoothing
@@ -80,7 +86,8 @@ def test_zero_hysteresis_is_argmax() -> None:
 
 
 def test_update_returns_exactly_the_mood_fields() -> None:
-    out = tracker().update(HAPPY, np.array([0.1, 0.2, 0.6, 0.1]), 3.0)
+    analysis = tracker().update(Prediction(HAPPY, np.array([0.1, 0.2, 0.6, 0.1])), 3.0)
+    out = analysis.to_dict()
     assert set(out) == MOOD_FIELDS | {"genre"}
     assert out["stream_time"] == 3.0
     assert out["mood"] == "happy" and out["confidence"] == 0.85
@@ -90,19 +97,19 @@ def test_update_returns_exactly_the_mood_fields() -> None:
     assert (out["valence"], out["arousal"]) == (round(va[0], 4), round(va[1], 4))
     assert out["genre"] == {"label": "pop", "probabilities": {"classical": 0.1, "electronic": 0.2, "pop": 0.6, "rock": 0.1}}
     assert out["preset"] == "default"
-    assert set(out["effects"]) == {p.name for p in PRESETS.parameters}
+    assert set(analysis.effects) == {p.name for p in PRESETS.parameters}  # the wire adds each colour's _rgb view
     json.dumps(out)  # plain JSON types only
 
 
 def test_no_genre_without_genres() -> None:
-    out = tracker(info=tiny_info(genres=False)).update(HAPPY, None, 3.0)
+    out = analysed(tracker(info=tiny_info(genres=False)), HAPPY, None, 3.0)
     assert set(out) == MOOD_FIELDS
 
 
 def test_smoothing_over_stream_time_and_instant_is_unsmoothed() -> None:
     t = tracker(tau=4.0, hysteresis=0.0)
-    t.update(HAPPY, None, 3.0)
-    out = t.update(SAD, None, 4.5)
+    analysed(t, HAPPY, None, 3.0)
+    out = analysed(t, SAD, None, 4.5)
     a = 1 - math.exp(-1.5 / 4.0)
     expected = HAPPY + a * (SAD - HAPPY)
     assert out["probabilities"] == {k: round(v, 4) for k, v in zip(INFO.mood_labels, expected)}
@@ -114,8 +121,8 @@ def test_smoothing_over_stream_time_and_instant_is_unsmoothed() -> None:
 
 def test_time_constant_zero_follows_the_instant_values() -> None:
     t = tracker(tau=0.0, hysteresis=0.0)
-    t.update(HAPPY, None, 3.0)
-    out = t.update(SAD, None, 4.5)
+    analysed(t, HAPPY, None, 3.0)
+    out = analysed(t, SAD, None, 4.5)
     assert out["probabilities"] == out["instant"]["probabilities"] and out["mood"] == "sad"
 
 
@@ -125,7 +132,7 @@ def test_result_depends_on_stream_time_not_on_hop() -> None:
     def final(hop: float) -> dict:
         t = tracker(tau=4.0)
         times = np.arange(3.0, 12.0 + 1e-9, hop)
-        return [t.update(HAPPY if x <= 6.0 + 1e-9 else SAD, None, float(x)) for x in times][-1]
+        return [analysed(t, HAPPY if x <= 6.0 + 1e-9 else SAD, None, float(x)) for x in times][-1]
 
     a, b = final(1.5), final(3.0)
     assert a["probabilities"] == b["probabilities"] and a["valence"] == b["valence"] and a["mood"] == b["mood"]
@@ -136,17 +143,17 @@ def test_label_does_not_flicker_between_sad_and_calm() -> None:
     labels = []
     for i in range(20):
         sad = 0.46 + (0.04 if i % 2 else -0.04)
-        labels.append(t.update(np.array([0.02, 0.02, sad, 0.96 - sad]), None, 3.0 + 1.5 * i)["mood"])
+        labels.append(analysed(t, np.array([0.02, 0.02, sad, 0.96 - sad]), None, 3.0 + 1.5 * i)["mood"])
     assert set(labels) == {"calm"}  # the first label holds: the other one never leads by more than 0.08
-    assert t.update(np.array([0.02, 0.02, 0.66, 0.30]), None, 40.0)["mood"] == "sad"
+    assert analysed(t, np.array([0.02, 0.02, 0.66, 0.30]), None, 40.0)["mood"] == "sad"
 
 
 def test_reset_restarts_smoothing_and_effects() -> None:
     t = tracker()
-    first = t.update(HAPPY, None, 3.0)
-    t.update(SAD, None, 4.5)
+    first = analysed(t, HAPPY, None, 3.0)
+    analysed(t, SAD, None, 4.5)
     t.reset()
-    again = t.update(HAPPY, None, 3.0)
+    again = analysed(t, HAPPY, None, 3.0)
     assert again == first
 
 
@@ -157,11 +164,11 @@ def test_same_inputs_give_identical_json() -> None:
     config = load_config()
     a = tracker_from_config(INFO, config, PRESETS)
     b = tracker_from_config(INFO, config, PRESETS)
-    assert [json.dumps(a.update(*x)) for x in seq] == [json.dumps(b.update(*x)) for x in seq]
+    assert [json.dumps(analysed(a, *x)) for x in seq] == [json.dumps(analysed(b, *x)) for x in seq]
 
 
 def test_values_are_rounded_to_four_decimals() -> None:
-    out = tracker().update(np.array([0.123456789, 0.2, 0.3, 0.376543211]), None, 1.23456789)
+    out = analysed(tracker(), np.array([0.123456789, 0.2, 0.3, 0.376543211]), None, 1.23456789)
     numbers = [out["stream_time"], out["valence"], out["arousal"], *out["probabilities"].values()]
     numbers += [v for v in out["effects"].values() if isinstance(v, float)]
     assert all(round(x, 4) == x for x in numbers)
@@ -169,7 +176,7 @@ def test_values_are_rounded_to_four_decimals() -> None:
 
 def test_presets_are_chosen_and_unknown_ones_refused() -> None:
     t = tracker(preset="subtle")
-    assert t.preset == "subtle" and t.update(HAPPY, None, 3.0)["preset"] == "subtle"
+    assert t.preset == "subtle" and analysed(t, HAPPY, None, 3.0)["preset"] == "subtle"
     t.set_preset("dramatic")
     assert t.preset == "dramatic"
     with pytest.raises(KeyError, match="nope"):
@@ -182,11 +189,11 @@ def test_presets_are_chosen_and_unknown_ones_refused() -> None:
 def test_tracker_from_config_uses_the_config() -> None:
     config = load_config(overrides={"smoothing.time_constant_seconds": 0.0, "smoothing.hysteresis": 0.0})
     t = tracker_from_config(INFO, config, PRESETS, "none")
-    t.update(HAPPY, None, 3.0)
-    out = t.update(SAD, None, 4.5)
+    analysed(t, HAPPY, None, 3.0)
+    out = analysed(t, SAD, None, 4.5)
     assert out["mood"] == "sad" and out["probabilities"]["sad"] == 0.85 and out["preset"] == "none"
 
 
 def test_wrong_number_of_probabilities_is_an_error() -> None:
     with pytest.raises(ValueError, match="expected 4 mood probabilities, got 3"):
-        tracker().update(np.array([0.3, 0.3, 0.4]), None, 3.0)
+        analysed(tracker(), np.array([0.3, 0.3, 0.4]), None, 3.0)
