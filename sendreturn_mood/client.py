@@ -151,6 +151,16 @@ class Timeline(_Message):
 
 
 @dataclass(frozen=True)
+class Resync(_Message):
+    """Updates `from_seq`..`to_seq` of the room will not arrive (a cluster could not carry them, or the room's source
+    moved to another server process): the next Mood is the room's current state; snap to it (server extension)."""
+
+    room: str = ""
+    from_seq: int = 0
+    to_seq: int = 0
+
+
+@dataclass(frozen=True)
 class Unknown(_Message):
     """A message type this client does not know (a later server may add some): `raw` has it all."""
 
@@ -174,11 +184,11 @@ class Reconnecting:
     attempt: int
 
 
-ServerMessage = Union[Welcome, Mood, SourceState, ServerError, TrackChange, Timeline, Unknown]
+ServerMessage = Union[Welcome, Mood, SourceState, ServerError, TrackChange, Timeline, Resync, Unknown]
 Event = Union[ServerMessage, Disconnected, Reconnecting]
 _TYPES: dict[str, type[_Message]] = {
     "welcome": Welcome, "mood": Mood, "source": SourceState, "error": ServerError, "track_change": TrackChange,
-    "timeline": Timeline,
+    "timeline": Timeline, "resync": Resync,
 }
 
 

@@ -39,7 +39,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
 def test_dataclasses_cover_exactly_the_schema_fields():
     classes = ((sr.Welcome, "welcome"), (sr.Mood, "mood"), (sr.SourceState, "source"), (sr.ServerError, "error"),
-               (sr.TrackChange, "track_change"), (sr.Timeline, "timeline"))
+               (sr.TrackChange, "track_change"), (sr.Timeline, "timeline"), (sr.Resync, "resync"))
     assert sorted(name for _, name in classes) == sorted(contract.message_types(contract.SERVER_MESSAGE))
     for cls, name in classes:
         mine = {f.name for f in dataclasses.fields(cls)} - {"raw", "extra"}

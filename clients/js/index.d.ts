@@ -15,7 +15,7 @@ export type ErrorCode =
 export type HttpErrorCode =
   | "bad_request" | "unauthorized" | "forbidden_origin" | "not_found" | "method_not_allowed" | "source_taken"
   | "rate_limited" | "server_full" | "store_full" | "too_big" | "unsupported_media_type" | "bad_audio" | "timeout"
-  | "request_timeout" | "server_error";
+  | "request_timeout" | "server_error" | "cluster_unavailable";
 /** label -> probability (they sum to 1), in the model's label order */
 export type Probabilities = Record<string, number>;
 
@@ -180,7 +180,17 @@ export interface TimelineMessage {
   updates: TimelineUpdate[];
 }
 
-export type ServerMessage = WelcomeMessage | MoodMessage | SourceMessage | ErrorMessage | TrackChangeMessage | TimelineMessage;
+/** @schema resync.json */
+export interface ResyncMessage {
+  type: "resync";
+  room: string;
+  /** seq numbers from_seq..to_seq will not arrive (a cluster could not carry them, or the source moved process):
+   * the next mood is the room's current state; snap to it */
+  from_seq: number;
+  to_seq: number;
+}
+
+export type ServerMessage = WelcomeMessage | MoodMessage | SourceMessage | ErrorMessage | TrackChangeMessage | TimelineMessage | ResyncMessage;
 
 /** @schema track.json */
 export interface TrackMessage {
@@ -415,6 +425,8 @@ export interface MoodClientEvents {
   track_change: TrackChangeMessage;
   /** a prepared track's whole timeline, once per play of a new track (server extension) */
   timeline: TimelineMessage;
+  /** updates that will not arrive (with a Redis broker: an outage, or the source moved to another process) */
+  resync: ResyncMessage;
   /** every server message, including types this version does not know */
   message: ServerMessage | { type: string; [field: string]: unknown };
   close: CloseInfo;

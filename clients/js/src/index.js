@@ -189,7 +189,7 @@ export class MoodClient {
     if (msg.type === "welcome") this.welcome = msg;
     if (msg.type === "mood") this.last = msg;
     this._emit("message", msg);
-    if (["welcome", "mood", "source", "error", "track_change", "timeline"].includes(msg.type)) this._emit(msg.type, msg);
+    if (["welcome", "mood", "source", "error", "track_change", "timeline", "resync"].includes(msg.type)) this._emit(msg.type, msg);
     // other types: a newer server's additions; `message` listeners see them, v1 clients ignore them
   }
 
