@@ -4,8 +4,8 @@
 
     async with Listener("ws://127.0.0.1:8765", "lobby") as room:      # reconnects with backoff on drops
         async for update in room:                                     # Welcome | Mood | SourceState | ServerError |
-            if isinstance(update, Mood):                              # Unknown | Disconnected | Reconnecting
-                scene.apply(update.effects)
+            if isinstance(update, Mood):                              # TrackChange | Timeline | Resync | Unknown |
+                scene.apply(update.effects)                           # Disconnected | Reconnecting
 
     async with Source("ws://127.0.0.1:8765", "lobby", on_event=print) as src:
         await src.send_file("song.mp3")                               # track + paced PCM, resumes after a drop

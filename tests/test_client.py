@@ -49,6 +49,8 @@ def test_dataclasses_cover_exactly_the_schema_fields():
 def test_parse_message_keeps_unknown_fields_and_types():
     msg = sr.parse_message('{"type": "source", "state": "connected", "since": 3}')
     assert isinstance(msg, sr.SourceState) and msg.connected and msg.extra == {"since": 3}
+    gap = sr.parse_message('{"type": "resync", "room": "r", "from_seq": 57, "to_seq": 63}')
+    assert isinstance(gap, sr.Resync) and (gap.room, gap.from_seq, gap.to_seq) == ("r", 57, 63)
     other = sr.parse_message('{"type": "news", "text": "hi"}')
     assert isinstance(other, sr.Unknown) and other.type == "news" and json.loads(other.raw)["text"] == "hi"
 
