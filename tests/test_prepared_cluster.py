@@ -62,6 +62,8 @@ async def test_a_prepared_track_survives_its_process(cluster, redis_server, tiny
             before = [json.loads(t) for t in await texts_until(lb, lambda m: is_prepared_mood(m) and m["seq"] >= 3)]
             assert any(m["type"] == "timeline" for m in before)
             last_seq = max(m["seq"] for m in before if m["type"] == "mood")
+            async with join(c, "crash") as late:  # a listener joining on a third process gets the timeline too
+                assert json.loads(await asyncio.wait_for(late.recv(), 10))["type"] == "timeline"
             a.kill()
             await texts_until(lb, is_source_state("disconnected"), timeout=LEASE * 4)
         finally:

@@ -6,6 +6,7 @@ Keys (under `broker.prefix`):
     {prefix}track:{room}:{id}    hash: analysis, title, artist; expires `prepared.ttl_seconds` after its PUT
     {prefix}tracks               sorted set: "{room}\\x1f{id}" -> expiry (ms): the count behind max_tracks
     {prefix}roomtracks:{room}    sorted set: id -> expiry (ms): the count behind max_tracks_per_room
+    {prefix}playing:{room}       "{lead}\x1f{track id}" while the room follows a prepared track (for late listeners)
 
 A PUT is one Lua script (expired entries leave the counts, the bounds are checked, the keys written), so two
 processes putting at once cannot pass a bound together. Room names never hold ':' (protocol.ROOM_NAME_RE).
@@ -118,6 +119,20 @@ class RedisTrackStore(TrackStore):
         pipe.zrem(self._k("roomtracks", room), id)
         found, *_ = await pipe.execute()
         return bool(found)
+
+    async def set_playing(self, room: str, track: str | None, lead: float = 0.0) -> None:
+        key = self._k("playing", room)
+        if track is None:
+            await self._redis.delete(key)
+        else:  # expires with the store's tracks: a process that died cannot leave it forever
+            await self._redis.set(key, f"{lead!r}\x1f{track}", ex=max(1, int(self.ttl)))
+
+    async def playing(self, room: str) -> tuple[str, float] | None:
+        raw = await self._redis.get(self._k("playing", room))
+        if raw is None:
+            return None
+        lead, _, track = raw.decode().partition("\x1f")
+        return track, float(lead)
 
     async def count(self) -> int:
         key = self._k("tracks")

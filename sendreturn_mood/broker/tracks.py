@@ -44,6 +44,7 @@ class TrackStore:
         self._parsed: collections.OrderedDict[str, TrackAnalysis] = collections.OrderedDict()
         self._tracks: dict[tuple[str, str], tuple[float, str, str | None, str | None]] = {}  # -> expiry, analysis, title, artist
         self._blobs: dict[str, bytes] = {}
+        self._playing: dict[str, tuple[str, float]] = {}
 
     async def start(self) -> None:
         pass
@@ -88,6 +89,20 @@ class TrackStore:
     async def count(self) -> int:
         self._expire()
         return len(self._tracks)
+
+    # -------------------------------------------------------------------------------------------- what rooms play
+
+    async def set_playing(self, room: str, track: str | None, lead: float = 0.0) -> None:
+        """The room follows its prepared track `track` (None: none), so a listener joining on any process gets its
+        timeline."""
+        if track is None:
+            self._playing.pop(room, None)
+        else:
+            self._playing[room] = (track, lead)
+
+    async def playing(self, room: str) -> tuple[str, float] | None:
+        """(track id, lead seconds) the room follows, or None."""
+        return self._playing.get(room)
 
     # -------------------------------------------------------------------------------------------- shared rules
 

@@ -194,6 +194,14 @@ class PreparedTrack:
         }
 
 
+def timeline_text(room: str, track: PreparedTrack, lead: float, hop_seconds: float) -> str:
+    """The `timeline` message of `track` in `room` (protocol.timeline_text), encoded."""
+    a = track.analysis
+    return protocol.timeline_text(
+        room, track.track_field(), a.id, a.duration, lead, hop_seconds, a.timeline_updates, list(a.track_changes)
+    )
+
+
 def check_position(position: float, duration: float) -> str | None:
     """Why `position` cannot be a playback position of a track of `duration` seconds, or None when it can (a
     player's clock may read a little past the end as the track finishes: up to JUMP_SECONDS is the end)."""

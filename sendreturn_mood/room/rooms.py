@@ -30,7 +30,7 @@ from .. import protocol
 from ..metrics import ServerMetrics
 from ..model.contract import Prediction
 from .prepared import MOOD as CUE_MOOD
-from .prepared import Follower, PreparedTrack
+from .prepared import Follower, PreparedTrack, timeline_text
 from .tracker import NonFiniteOutput
 from .update import Update
 
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 MOOD = "mood"  # message kind that may be conflated (dropped oldest-first from a full outbox)
 CONTROL = "control"  # welcome, error: not conflated
 SOURCE = "source"  # `source` connected/disconnected: not conflated (and tells other processes' rooms)
+TIMELINE_TEXT_START = '{"type":"timeline"'  # how a `timeline` message's text starts (protocol.timeline_text)
+PREPARED_MARK = '"prepared":true,"latency_ms":'  # near the end of a prepared update's text (protocol.mood_text)
 CONTROL_SLACK = 32  # an outbox holds at most send_queue_size + this many messages; beyond, new ones are dropped
 
 
@@ -135,6 +137,7 @@ class Room:
     detector: Any = None  # sendreturn_mood.room.trackchange.TrackChangeDetector, or None (detection not available)
     prepared: Follower | None = None  # the prepared track the room follows (where its source is), None: live
     lead_seconds: float | None = None  # the room's lead for prepared tracks (None: the configured default)
+    last_timeline: str | None = None  # the last `timeline` text its members got, while prepared updates follow it
     sinks: list[Sink] = field(default_factory=lambda: [LOCAL_MEMBERS])  # where `RoomRegistry.publish` hands its broadcasts
 
     @property
@@ -227,15 +230,27 @@ class Room:
     def stop_prepared(self) -> None:
         self.prepared = None
 
+    def note_timeline(self, text: str, kind: str) -> None:
+        """Remember the last `timeline` that went to this room's members (from here or another process) while
+        prepared updates follow it, for a listener joining here later; a live update or the source leaving ends it."""
+        if kind == CONTROL:
+            if text.startswith(TIMELINE_TEXT_START):
+                self.last_timeline = text
+        elif self.last_timeline is not None and (kind == SOURCE or PREPARED_MARK not in text[-64:]):
+            self.last_timeline = None
+
+    def current_timeline(self, hop_seconds: float) -> str | None:
+        """The timeline a listener joining now gets after its welcome: the prepared track's (the source is here),
+        or the last one that came from the source's process (None: the room is live)."""
+        out = self.timeline(hop_seconds)
+        return out.text if out is not None else self.last_timeline
+
     def timeline(self, hop_seconds: float) -> "Outgoing | None":
         """The `timeline` message of the prepared track the room follows (None: none), encoded."""
         f = self.prepared
         if f is None:
             return None
-        a = f.track.analysis
-        text = protocol.timeline_text(
-            self.name, f.track.track_field(), a.id, a.duration, f.lead, hop_seconds, a.timeline_updates, list(a.track_changes)
-        )
+        text = timeline_text(self.name, f.track, f.lead, hop_seconds)
         return Outgoing({"type": "timeline", "room": self.name, "track": f.track.track_field()}, text, CONTROL)
 
     def follow(self, now: float) -> list[tuple["Outgoing", float]]:
@@ -438,6 +453,7 @@ class RoomRegistry:
 
     @staticmethod
     def deliver_local(room: Room, text: str, kind: str, to_source: bool = True) -> None:
+        room.note_timeline(text, kind)
         for member in room.members if to_source else room.listeners:
             member.deliver(text, kind)
 

@@ -215,8 +215,8 @@ class Session:
         if self.is_source:
             welcome["track_detection"] = {"enabled": self.room.track_detection}  # an extension: docs/PROTOCOL.md
             actions += [RoomChanged(), Broadcast(protocol.source_state(True))]
-        elif self.room.prepared is not None:  # joining while a prepared track plays: its timeline, once
-            actions.append(Reply(self.room.timeline(s.hop_seconds).text))
+        elif (timeline := self.room.current_timeline(s.hop_seconds)) is not None:  # joining while a prepared track
+            actions.append(Reply(timeline))  # plays (here or on the source's process): its timeline, once
         return actions
 
     def receive(self, message: bytes | str, now: float) -> list[Action]:

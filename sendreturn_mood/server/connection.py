@@ -103,6 +103,7 @@ class ConnectionLoop:
         self.expiry_leeway = expiry_leeway  # server.auth.close_at_expiry: close this long after a token's exp
         self.tracks = tracks
         self.playback = playback
+        self._noted: dict[str, tuple[str, float] | None] = {}  # room -> the prepared track the store was told of
         self.outboxes = outboxes
         self.settings = settings
         self.rooms = rooms
@@ -134,6 +135,8 @@ class ConnectionLoop:
             if room is None:
                 return
             session = Session(params, room, self.settings, time.perf_counter())
+            if not params.is_source and room.prepared is None and self.tracks is not None:
+                room.last_timeline = await self.tracks.timeline_elsewhere(room.name, self.settings.hop_seconds) or room.last_timeline
             if not await self._carry_out(conn, room, session.open(), session):
                 return
             async for message in ws:
@@ -155,6 +158,7 @@ class ConnectionLoop:
                 expiry.cancel()
             if room is not None and self.rooms.leave(room, conn):
                 self.rooms.publish(room, protocol.source_state(False))
+                await self._note_playing(room)  # the follower went with its source
             if claim is not None:
                 await self.broker.release_source(params.room, claim.holder)
                 self.reservations.disconnected(params.room, grant, time.time())
@@ -225,6 +229,7 @@ class ConnectionLoop:
             if isinstance(action, Follow):
                 if self.playback is not None:
                     self.playback.follow(room)
+                await self._note_playing(room)
                 continue
             if isinstance(action, Submit):
                 conn.last_job = await self.worker.submit(Job(room, action.window, action.arrival, action.generation))
@@ -234,6 +239,7 @@ class ConnectionLoop:
                 self.rooms.publish(room, action.message)
             elif isinstance(action, RoomChanged):
                 self.broker.room_changed(room)
+                await self._note_playing(room)
             elif isinstance(action, Drain):
                 if conn.last_job is not None:
                     try:
@@ -262,6 +268,15 @@ class ConnectionLoop:
 
         delay = max(0.0, exp + self.expiry_leeway - time.time())
         return asyncio.get_running_loop().call_later(delay, expire)
+
+    async def _note_playing(self, room: Room) -> None:
+        """Tell the store which prepared track the room follows, when that changed (a listener joining on another
+        process reads it for the timeline)."""
+        f = room.prepared
+        playing = (f.track.id, f.lead) if f is not None else None
+        if self.tracks is not None and playing != self._noted.get(room.name):
+            self._noted[room.name] = playing
+            await self.tracks.store.set_playing(room.name, *(playing or (None,)))
 
     def _reply(self, conn: Connection, message: dict[str, Any] | str) -> None:
         if isinstance(message, str):  # already encoded (a prepared track's timeline)

@@ -28,7 +28,7 @@ from ..config import Settings, as_dict
 from ..metrics import ServerMetrics
 from ..model.contract import MoodModel
 from ..room.offline import AnalyzeError, analyze_audio
-from ..room.prepared import PreparedTrack, TrackAnalysis, analysis_id
+from ..room.prepared import PreparedTrack, TrackAnalysis, analysis_id, timeline_text
 from ..room.rooms import MOOD, Room, RoomRegistry
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,15 @@ class TrackPreparer:
 
     async def get(self, room: str, id: str) -> PreparedTrack | None:
         return await self.store.get(room, id)
+
+    async def timeline_elsewhere(self, room: str, hop_seconds: float) -> str | None:
+        """The `timeline` of the prepared track `room` follows on another process (the store says which), for a
+        listener joining here; None when it follows none."""
+        playing = await self.store.playing(room)
+        track = await self.store.get(room, playing[0]) if playing is not None else None
+        if playing is None or track is None:
+            return None
+        return timeline_text(room, track, playing[1], hop_seconds)
 
     def close(self) -> None:
         if isinstance(self._executor, ThreadPoolExecutor):
