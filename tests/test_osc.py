@@ -27,7 +27,7 @@ from pythonosc.parsing import osc_types
 
 from sendreturn_mood.config import ConfigError, OscTargetSettings, Settings, load_config
 from sendreturn_mood.model.contract import MoodModel, Prediction
-from sendreturn_mood.outputs.osc import parse_target
+from sendreturn_mood.outputs.osc import parse_target, with_targets
 from sendreturn_mood.room.effects import load_presets, parse_colour
 from sendreturn_mood.server.app import MoodServer
 from sendreturn_mood.server.auth import Authenticator
@@ -327,6 +327,16 @@ def test_osc_targets_are_checked_and_bounded() -> None:
             load_config(None, {"outputs.osc.targets": [target]})
     with pytest.raises(ConfigError, match="max_targets allows 2"):
         load_config(None, {"outputs.osc.targets": [{"host": "h", "port": 9}] * 3, "outputs.osc.max_targets": 2})
+
+
+def test_serve_osc_flags_add_to_the_configured_targets_and_are_checked_with_them() -> None:
+    config = load_config(None, {"outputs.osc.targets": [{"host": "h", "port": 9, "rooms": ["a*"], "rate_hz": 30}],
+                                "outputs.osc.max_targets": 2})
+    assert with_targets(config, []) is config
+    got = with_targets(config, ["127.0.0.1:9000=stage-*"]).outputs.osc.targets
+    assert got == (OscTargetSettings("h", 9, ("a*",), "/sendreturn", 30.0), OscTargetSettings("127.0.0.1", 9000, ("stage-*",)))
+    with pytest.raises(ConfigError, match="max_targets allows 2"):
+        with_targets(config, ["127.0.0.1:9000", "127.0.0.1:9001"])
 
 
 def test_serve_refuses_a_bad_osc_flag_before_loading_anything(capsys: pytest.CaptureFixture[str]) -> None:

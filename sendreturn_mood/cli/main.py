@@ -180,7 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ..config import ConfigError, load_config
     from ..room.effects import EffectsError
     from ..model.contract import ModelError
-    from ..outputs.osc import parse_target
+    from ..outputs.osc import with_targets
     from ..server.app import MoodServer
 
     overrides = {
@@ -193,10 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
         "server.metrics_port": args.metrics_port,
     }
     try:
-        config = load_config(args.config, overrides)
-        if args.osc:  # added to the file's targets, checked like them
-            targets = config.as_dict()["outputs"]["osc"]["targets"] + [parse_target(spec) for spec in args.osc]
-            config = config.replace(**{"outputs.osc.targets": targets})
+        config = with_targets(load_config(args.config, overrides), args.osc)
     except ConfigError as e:
         return _fail(str(e))
     logging.basicConfig(

@@ -39,7 +39,7 @@ from typing import Any, Mapping, Sequence
 
 from pythonosc.parsing import osc_types
 
-from ..config import ConfigError, OscTargetSettings
+from ..config import ConfigError, OscTargetSettings, Settings, as_dict
 from ..room.effects import Parameter, Presets, approach, parse_colour
 from ..room.rooms import Outgoing, Room
 from ..room.update import Update
@@ -69,6 +69,15 @@ def parse_target(spec: str) -> dict[str, Any]:
     if m is None:
         raise ConfigError(f"an OSC target is HOST:PORT[=ROOM_GLOB] (e.g. 127.0.0.1:9000=lobby*), got {spec!r}")
     return {"host": m["host"].strip("[]"), "port": int(m["port"]), "rooms": [m["rooms"] or "*"]}
+
+
+def with_targets(config: Settings, specs: Sequence[str]) -> Settings:
+    """The settings with `serve --osc` targets (`HOST:PORT[=ROOM_GLOB]`) added to the configured ones, all checked
+    together as a file's would be (bad specs, too many targets). ConfigError otherwise."""
+    if not specs:
+        return config
+    targets = [as_dict(t) for t in config.outputs.osc.targets] + [parse_target(spec) for spec in specs]
+    return config.replace(**{"outputs.osc.targets": targets})
 
 
 # ------------------------------------------------------------------------------------------------ the view
