@@ -69,6 +69,7 @@ async def test_the_answer_is_analyze_json_plus_features(song: Path, tiny_model_p
     checked_body("analysis", json.dumps(result))
     checked_body("analysis", json.dumps(printed))
     features = result.pop("features")
+    assert len(result.pop("analysis")) == 32  # the id a prepared track's PUT may refer to
     assert result.pop("file") == "song.mp3" and printed.pop("file") == str(song)
     assert result == printed  # one code path: the same decoding, windows, model, smoothing and summary
 

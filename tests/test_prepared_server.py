@@ -204,3 +204,24 @@ def test_the_python_client_prepares_plays_and_follows_a_player_clock(tiny_model_
             assert all(m.prepared for m in moods) and [m.stream_time for m in moods] == [c.position for c in first.analysis.cues[:3]]
 
     asyncio.run(run())
+
+
+def test_a_finished_analysis_becomes_a_prepared_track_by_reference(tiny_model_path):
+    """POST /v1/analyze answers with an `analysis` id; a PUT with ?analysis=ID makes it a room's prepared track with
+    no second upload, and the room plays exactly what the analysis said."""
+
+    async def run() -> None:
+        async with running_server(tiny_model_path) as server:
+            status, body = await asyncio.to_thread(http, server, "POST", "/v1/analyze", wav_bytes())
+            assert status == 200, body
+            analysed = checked_body("analysis", body)
+            status, body = await asyncio.to_thread(http, server, "PUT", f"/v1/rooms/{ROOM}/tracks/song?analysis={analysed['analysis']}")
+            assert status == 200 and json.loads(body)["updates"] == len(analysed["timeline"]), body
+            async with client(server, ROOM, role="source") as (src, _), client(server, ROOM) as (lis, _):
+                await src.send(json.dumps({"type": "play", "track": "song", "position": 0}))
+                timeline = await until_type(lis, "timeline")
+                m = await until_type(lis, "mood")
+                assert [u["position"] for u in timeline["updates"]] == [r["stream_time"] for r in analysed["timeline"]]
+                assert {k: v for k, v in m.items() if k in analysed["timeline"][0]} == analysed["timeline"][0]
+
+    asyncio.run(run())

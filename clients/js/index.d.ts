@@ -332,6 +332,8 @@ export interface Analysis {
   timeline: Omit<MoodMessage, "type" | "room" | "seq" | "track" | "latency_ms" | "prepared">[];
   /** POST /v1/analyze only */
   features?: TrackFeatures;
+  /** POST /v1/analyze: the id to PUT as a room's prepared track (?analysis=ID; MoodClient.prepare(id, null, {analysis})) */
+  analysis?: string;
 }
 
 /** A refused POST /v1/analyze: the HTTP status, the error body's code and message, Retry-After on a 429. */

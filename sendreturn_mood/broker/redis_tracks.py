@@ -93,6 +93,12 @@ class RedisTrackStore(TrackStore):
         self._remember(analysis)
         return PreparedTrack(id, analysis, title, artist)
 
+    async def put_analysis(self, analysis: TrackAnalysis) -> None:
+        """Keep an analysis with no track yet for ttl_seconds (Redis expires it; its size is bounded by
+        prepared.max_track_seconds, and uploads by analyze.max_concurrent)."""
+        await self._redis.set(self._k("analysis", analysis.id), analysis.blob, ex=max(1, int(self.ttl)))
+        self._remember(analysis)
+
     async def analysis(self, analysis_id: str) -> TrackAnalysis | None:
         cached = self._parsed.get(analysis_id)
         if cached is not None and await self._redis.exists(self._k("analysis", analysis_id)):

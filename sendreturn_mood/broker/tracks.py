@@ -44,6 +44,7 @@ class TrackStore:
         self._parsed: collections.OrderedDict[str, TrackAnalysis] = collections.OrderedDict()
         self._tracks: dict[tuple[str, str], tuple[float, str, str | None, str | None]] = {}  # -> expiry, analysis, title, artist
         self._blobs: dict[str, bytes] = {}
+        self._kept: dict[str, float] = {}  # analysis -> until when it is kept without a track (put_analysis)
         self._playing: dict[str, tuple[str, float]] = {}
 
     async def start(self) -> None:
@@ -65,6 +66,15 @@ class TrackStore:
         self._remember(analysis)
         self._drop_unused_blobs()
         return PreparedTrack(id, analysis, title, artist)
+
+    async def put_analysis(self, analysis: TrackAnalysis) -> None:
+        """Keep an analysis with no track yet (POST /v1/analyze's), for ttl_seconds: a PUT may refer to it. Kept only
+        while tracks and kept analyses together are fewer than max_tracks (each holds as much as a track)."""
+        self._expire()
+        if analysis.id not in self._blobs and len(self._tracks) + len(self._kept) >= self.max_tracks:
+            return  # full: the answer goes out without a reusable id being useful; a PUT uploads the audio instead
+        self._blobs[analysis.id] = analysis.blob
+        self._kept[analysis.id] = self.clock() + self.ttl
 
     async def analysis(self, analysis_id: str) -> TrackAnalysis | None:
         """A stored analysis by id (a PUT that refers to one, or the same audio put again), or None."""
@@ -140,11 +150,14 @@ class TrackStore:
         gone = [k for k, v in self._tracks.items() if v[0] <= now]
         for k in gone:
             del self._tracks[k]
-        if gone:
+        kept = [a for a, until in self._kept.items() if until <= now]
+        for a in kept:
+            del self._kept[a]
+        if gone or kept:
             self._drop_unused_blobs()
 
     def _drop_unused_blobs(self) -> None:
-        used = {v[1] for v in self._tracks.values()}
+        used = {v[1] for v in self._tracks.values()} | set(self._kept)
         for aid in [a for a in self._blobs if a not in used]:
             del self._blobs[aid]
             self._parsed.pop(aid, None)

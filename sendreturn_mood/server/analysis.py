@@ -28,7 +28,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import protocol
@@ -203,6 +203,8 @@ class AnalyzeEndpoint:
         self.metrics = metrics
         self.pool = AnalysisPool(settings.worker_processes, model_path, config, settings.timeout_seconds)
         self.admitted = 0
+        # (upload, answer) -> the answer to send: the server keeps the analysis for prepared tracks and adds its id
+        self.keep: Callable[[bytes, bytes], Awaitable[bytes]] | None = None
 
     async def handle(self, connection: Any, request: Any, match: Any) -> Any:
         """The route: every answer counted by its code (`sendreturn_analyses_total`)."""
@@ -248,6 +250,8 @@ class AnalyzeEndpoint:
         finally:
             self.admitted -= 1
         if status == "ok":
+            if self.keep is not None:
+                value = await self.keep(data, value)
             return response(200, value, "application/json")
         if status == "too_long":
             raise Refusal(protocol.TOO_BIG, value)

@@ -160,6 +160,7 @@ class MoodServer:
             self.auth, self.broker, self.tracks, self.http_requests, tuple(self.presets.names), config.analyze
         )
         self.analyze = AnalyzeEndpoint(config.analyze, self.auth, str(self.model.path), config, self.metrics)
+        self.analyze.keep = self.tracks.keep_analysis  # a finished analysis can become a room's prepared track
         self._body_exchanges: set[asyncio.Task[None]] = set()  # requests with a body being served (bodies.py)
         # The HTTP routing table: the first route whose pattern matches the whole path (and answers the method)
         # handles the request. Add a route here.

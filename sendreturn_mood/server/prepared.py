@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import queue
 import threading
@@ -111,6 +112,23 @@ class TrackPreparer:
             loop = asyncio.get_running_loop()
             analysis = await loop.run_in_executor(self._executor, self._analyse, aid, audio, preset, f"{room}/{id}")
         return await self.store.put(room, id, analysis, title, artist)
+
+    async def keep_analysis(self, audio: bytes, answer: bytes) -> bytes:
+        """POST /v1/analyze's answer for `audio` -> the same with `"analysis": ID` added, the analysis kept in the
+        store (for prepared.ttl_seconds, unless a track uses it longer), so a later PUT can refer to it instead of
+        uploading the audio again. Audio longer than prepared.max_track_seconds is not kept (the answer unchanged)."""
+        loop = asyncio.get_running_loop()
+        aid = analysis_id(audio, self.settings_key(None))
+
+        def build() -> TrackAnalysis | None:
+            result = json.loads(answer)
+            return TrackAnalysis.from_result(aid, result) if result["duration"] <= self.max_seconds else None
+
+        analysis = await loop.run_in_executor(self._executor, build)
+        if analysis is None:
+            return answer
+        await self.store.put_analysis(analysis)
+        return answer[: answer.rindex(b"}")] + b',"analysis":"' + aid.encode() + b'"}'
 
     async def refer(self, room: str, id: str, analysis_id: str, title: str | None = None, artist: str | None = None) -> PreparedTrack | None:
         """`room`'s track `id` from an analysis already stored (None: no such analysis). StoreFull."""
