@@ -130,7 +130,13 @@ def _checked(samples: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def analysis_signal(x: np.ndarray, sample_rate: int) -> np.ndarray:
     """Mono float32 at ANALYSIS_RATE: what tempo and key are computed from."""
-    mono = (x.mean(axis=1) if x.ndim == 2 else x).astype(np.float32, copy=False)
+    if x.ndim == 2:
+        mono = x[:, 0].astype(np.float32)  # channel slices summed: a strided mean(axis=1) is several times slower
+        for c in range(1, x.shape[1]):
+            mono += x[:, c]
+        mono /= np.float32(x.shape[1])
+    else:
+        mono = x.astype(np.float32, copy=False)
     if sample_rate == ANALYSIS_RATE:
         return mono
     return soxr.resample(mono, sample_rate, ANALYSIS_RATE, quality="HQ").astype(np.float32, copy=False)
