@@ -225,3 +225,15 @@ def test_a_finished_analysis_becomes_a_prepared_track_by_reference(tiny_model_pa
                 assert {k: v for k, v in m.items() if k in analysed["timeline"][0]} == analysed["timeline"][0]
 
     asyncio.run(run())
+
+
+def test_a_timeline_that_would_not_fit_a_clients_queue_is_refused(tiny_model_path):
+    from sendreturn_mood.server.prepared import PrepareError
+
+    async def run() -> None:
+        async with running_server(tiny_model_path, server__send_queue_bytes=12000) as server:
+            with pytest.raises(PrepareError) as e:
+                await server.tracks.prepare(ROOM, "x", wav_bytes(8.0))
+            assert e.value.status == 413 and "server.send_queue_bytes" in e.value.message
+
+    asyncio.run(run())

@@ -35,6 +35,9 @@ from ..room.rooms import MOOD, Room, RoomRegistry
 log = logging.getLogger(__name__)
 
 
+TIMELINE_ENVELOPE_BYTES = 8192  # a timeline message's fields besides its updates (track, track changes, ...)
+
+
 class PrepareError(protocol.ProtocolError):
     """Audio that cannot become a prepared track; `status` is the HTTP answer (413 too long, 422 undecodable)."""
 
@@ -87,6 +90,8 @@ class TrackPreparer:
         self.config = config
         self.store = store
         self.max_seconds = config.prepared.max_track_seconds
+        # the `timeline` message must fit a client's send queue (it is never split): its envelope's room for the rest
+        self.max_timeline_bytes = config.server.send_queue_bytes - TIMELINE_ENVELOPE_BYTES
         self.in_flight = 0  # uploads being read or analysed (the HTTP route admits at most analyze.max_concurrent)
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="prepare")
 
@@ -122,7 +127,10 @@ class TrackPreparer:
 
         def build() -> TrackAnalysis | None:
             result = json.loads(answer)
-            return TrackAnalysis.from_result(aid, result) if result["duration"] <= self.max_seconds else None
+            if result["duration"] > self.max_seconds:
+                return None
+            analysis = TrackAnalysis.from_result(aid, result)
+            return analysis if len(analysis.timeline_updates) <= self.max_timeline_bytes else None
 
         analysis = await loop.run_in_executor(self._executor, build)
         if analysis is None:
@@ -145,7 +153,14 @@ class TrackPreparer:
             raise PrepareError(422, protocol.BAD_AUDIO, f"the upload is not audio the decoder can read to its end: {e}") from None
         except AnalyzeError as e:
             raise PrepareError(422, protocol.BAD_AUDIO, str(e)) from None
-        return TrackAnalysis.from_result(aid, result)
+        analysis = TrackAnalysis.from_result(aid, result)
+        if len(analysis.timeline_updates) > self.max_timeline_bytes:
+            raise PrepareError(
+                413, protocol.TOO_BIG,
+                f"the track's timeline would be {len(analysis.timeline_updates) // 1024} KiB, more than a client's send "
+                f"queue holds (server.send_queue_bytes); prepare a shorter track or raise analysis.hop_seconds",
+            )
+        return analysis
 
     def _bounded(self, blocks: Any, rate: int) -> Any:
         """The decoded blocks, refusing (413) audio longer than prepared.max_track_seconds as soon as it is."""
