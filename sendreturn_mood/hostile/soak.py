@@ -40,6 +40,7 @@ class SoakResult:
 
 async def _room(base: str, i: int, audio: np.ndarray, rate: int, until: float, churn: float, result: SoakResult) -> None:
     from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidHandshake
 
     address: dict[str, Any] = {"local_addr": (f"127.0.0.{10 + i % 40}", 0), "ping_interval": None}
     url = f"{base}/v1/rooms/soak{i}"
@@ -49,25 +50,35 @@ async def _room(base: str, i: int, audio: np.ndarray, rate: int, until: float, c
 
     async def listen() -> None:
         while time.monotonic() < until:
-            async with connect(url, proxy=None, compression=None, **address) as ws:
-                last_update[0] = time.monotonic()  # a reconnect's own gap is not the server's stall
-                last = 0
-                deadline = min(until, time.monotonic() + churn)
-                while time.monotonic() < deadline:
-                    try:
-                        raw = await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic()))
-                    except TimeoutError:
-                        break
-                    msg = json.loads(raw)
-                    if msg["type"] == "mood":
-                        result.updates += 1
-                        if last and msg["seq"] > last + 1:
-                            result.seq_gaps += msg["seq"] - last - 1
-                        last = msg["seq"]
-                        last_update[0] = time.monotonic()
-                    elif msg["type"] == "error":
-                        result.errors[msg["code"]] = result.errors.get(msg["code"], 0) + 1
-            result.reconnects += 1
+            try:
+                await listen_once()
+            except (OSError, TimeoutError, InvalidHandshake) as e:
+                # a server too starved to answer a handshake in time: counted, and the listener tries again (a
+                # listener that gave up would leave its room counted as stalled for the rest of the run)
+                key = f"listener connect {type(e).__name__}"
+                result.errors[key] = result.errors.get(key, 0) + 1
+                await asyncio.sleep(1.0)
+
+    async def listen_once() -> None:
+        async with connect(url, proxy=None, compression=None, **address) as ws:
+            last_update[0] = time.monotonic()  # a reconnect's own gap is not the server's stall
+            last = 0
+            deadline = min(until, time.monotonic() + churn)
+            while time.monotonic() < deadline:
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+                msg = json.loads(raw)
+                if msg["type"] == "mood":
+                    result.updates += 1
+                    if last and msg["seq"] > last + 1:
+                        result.seq_gaps += msg["seq"] - last - 1
+                    last = msg["seq"]
+                    last_update[0] = time.monotonic()
+                elif msg["type"] == "error":
+                    result.errors[msg["code"]] = result.errors.get(msg["code"], 0) + 1
+        result.reconnects += 1
 
     async with connect(f"{url}?role=source&sample_rate={rate}", proxy=None, compression=None, **address) as src:
         reader = asyncio.create_task(listen())
