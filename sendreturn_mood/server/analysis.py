@@ -26,8 +26,10 @@ import logging
 import math
 import multiprocessing
 import os
+import tempfile
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qsl, urlsplit
 
@@ -49,7 +51,15 @@ MAX_NAME = 200  # characters of the `name` query parameter kept as the result's 
 
 def lower_priority() -> None:
     """This process gets the CPU only when the server's event loop and inference thread do not want it: Linux's
-    SCHED_IDLE policy (a weight of 3 against 1024 for a normal process), else the lowest nice value."""
+    SCHED_IDLE policy (a weight of 3 against 1024 for a normal process), else the lowest nice value. First a session
+    of its own: with autogroup scheduling (Linux's default on desktops and many servers) a session is a CPU group,
+    and in the server's group the analysis would spend that group's fair share, so the server would wait behind the
+    machine's other groups on its next wake-up; in a group of its own it spends its own (a group of the lowest
+    priority, autogroup nice 19, starved the analyses outright on a busy machine: 120 s for a 30 s clip)."""
+    try:
+        os.setsid()
+    except OSError:  # not allowed: the policy below still applies
+        pass
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
         return
@@ -74,7 +84,8 @@ def _worker_main(conn: Any, model_path: str, config: Settings) -> None:
     conn.send(("ready", None))
     while True:
         try:
-            data, name, max_seconds = conn.recv()
+            upload, name, max_seconds = conn.recv()
+            data = Path(upload).read_bytes()
         except (EOFError, OSError):
             return
         try:
@@ -105,9 +116,15 @@ class Worker:
             raise TimeoutError("the analysis worker did not start in time")
         self.conn.recv()
 
-    def call(self, job: tuple[bytes, str, float]) -> tuple[str, Any]:
-        self.conn.send(job)
-        return self.conn.recv()  # type: ignore[no-any-return]
+    def call(self, data: bytes, name: str, max_seconds: float) -> tuple[str, Any]:
+        """The upload goes through a temporary file, written in one call: not through the pipe, whose 64 KiB
+        writes would wake this thread (and take the GIL from the event loop) once per chunk the idle-priority
+        worker reads."""
+        with tempfile.NamedTemporaryFile(prefix="sendreturn-upload-") as f:
+            f.write(data)
+            f.flush()
+            self.conn.send((f.name, name, max_seconds))
+            return self.conn.recv()  # type: ignore[no-any-return]
 
     def kill(self) -> None:
         self.process.kill()
@@ -146,7 +163,7 @@ class AnalysisPool:
                 await asyncio.to_thread(worker.wait_ready, WORKER_START_SECONDS)
             started = time.monotonic()
             try:
-                reply = await asyncio.wait_for(asyncio.to_thread(worker.call, (data, name, max_seconds)), self.timeout)
+                reply = await asyncio.wait_for(asyncio.to_thread(worker.call, data, name, max_seconds), self.timeout)
             except TimeoutError:
                 self._retire(worker)
                 worker = None
