@@ -3,7 +3,7 @@
     python -m sendreturn_mood.bench prepared --rooms 200 --live          # CPU per room-second: prepared vs live
     python -m sendreturn_mood.bench prepared --rooms 5000 --seconds 30   # 5,000 prepared rooms, one listener each
 
-One server process (this one: the server runs on this process's event loop, so its CPU is this process's CPU while
+One server process (this one: the server runs on this process's event loop, uvloop when installed as for `serve`, so its CPU is this process's CPU while
 the load generators, separate processes, drive it), every room one source and `--listeners` listeners. Prepared: one
 song is analysed once and put for every room by reference; each source sends `play` (starts spread over one hop) and
 a position report every 2 s, as a player would; the delay of an update is when its listener got it minus when it
@@ -51,9 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     one_blas_thread()
     out: dict[str, Any] = {"command": "python -m sendreturn_mood.bench prepared " + " ".join(_argv(args))}
-    out["prepared"] = asyncio.run(measure(args, "prepared"))
+    from ..server.eventloop import run as run_on_server_loop
+
+    # the server's own event loop (`server.event_loop: auto`: uvloop when installed), as `serve` runs it
+    out["prepared"] = run_on_server_loop("auto", measure(args, "prepared"))
     if args.live:
-        out["live"] = asyncio.run(measure(args, "live"))
+        out["live"] = run_on_server_loop("auto", measure(args, "live"))
         p, live = out["prepared"]["server_cpu_ms_per_room_second"], out["live"]["server_cpu_ms_per_room_second"]
         out["prepared_cpu_over_live"] = round(p / live, 4) if live else None
     out["machine_load_average_1min"] = round(os.getloadavg()[0], 2)
