@@ -237,3 +237,27 @@ def test_a_timeline_that_would_not_fit_a_clients_queue_is_refused(tiny_model_pat
             assert e.value.status == 413 and "server.send_queue_bytes" in e.value.message
 
     asyncio.run(run())
+
+
+def test_tracks_need_a_token_for_their_room_and_role(tiny_model_path):
+    """With signed tokens: PUT and DELETE need a source token for the room, GET any token for it; a token for
+    another room, or a listener's for a PUT, is 401 (and nothing is stored)."""
+    secret = "prepared-test-secret-" + "x" * 32
+
+    async def run() -> None:
+        async with running_server(tiny_model_path, server__auth__secret=secret) as server:
+            mint = server.auth.mint
+            source, listener, other = mint(ROOM, ["source"], 60), mint(ROOM, ["listener"], 60), mint("elsewhere", ["source"], 60)
+            path = f"/v1/rooms/{ROOM}/tracks/song"
+            for token in (None, listener, other):
+                query = f"?token={token}" if token else ""
+                status, body = await asyncio.to_thread(http, server, "PUT", path + query, wav_bytes(4.0))
+                assert status == 401 and checked_body("http-error", body)["error"]["code"] == "unauthorized", token
+            status, _ = await asyncio.to_thread(http, server, "PUT", f"{path}?token={source}", wav_bytes(4.0))
+            assert status == 200
+            assert (await asyncio.to_thread(http, server, "GET", f"{path}?token={listener}"))[0] == 200
+            assert (await asyncio.to_thread(http, server, "GET", f"{path}?token={other}"))[0] == 401
+            assert (await asyncio.to_thread(http, server, "DELETE", f"{path}?token={listener}"))[0] == 401
+            assert (await asyncio.to_thread(http, server, "DELETE", f"{path}?token={source}"))[0] == 204
+
+    asyncio.run(run())
