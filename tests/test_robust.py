@@ -178,3 +178,23 @@ def test_band_masked_graph_is_the_model_on_masked_input(tmp_path):
     y = x.copy()
     y[:, keep == 0] += 3.0  # "full-band" content the training data never had
     assert np.array_equal(masked.predict(y).moods, a.moods)
+
+
+def test_the_plans_rule_on_recorded_rows():
+    """A band mask wins only with a clean row within tolerance on all three metrics and a smaller largest drop."""
+    from training.robust import decide
+
+    def rows(clean, noisy):
+        return {"rows": {"clean": {"mood": {"clip_macro_f1": clean, "window_accuracy": clean},
+                                   "genre": {"clip_accuracy": clean}},
+                         "noise_7k3": {"mood": {"clip_macro_f1": noisy, "window_accuracy": noisy},
+                                       "genre": {"clip_accuracy": noisy}}}}
+
+    variants = {"m-none": rows(0.80, 0.70), "m-good": rows(0.798, 0.79), "m-worse": rows(0.79, 0.789),
+                "m-same": rows(0.80, 0.70)}
+    d = decide(variants, "m-none", ["m-good", "m-worse", "m-same"])
+    assert d["m-good"]["wins"] and d["m-good"]["largest_drop"] == pytest.approx(0.008)
+    assert not d["m-worse"]["wins"]  # clean 0.01 below: outside the tolerance
+    assert not d["m-same"]["wins"]  # a tie is not smaller
+    del variants["m-good"]["rows"]["noise_7k3"]
+    assert not decide(variants, "m-none", ["m-good"])["m-good"]["wins"]  # a condition the shipped model has is missing
