@@ -2,7 +2,7 @@
 
 The analysis itself is `room.offline.analyze_upload` (the same decoding and the same `analyze_audio` as the
 `analyze` command), run in worker processes (`AnalysisPool`): never on the event loop, never in the inference
-worker's thread, and at the lowest CPU priority (SCHED_IDLE), so live rooms' updates keep their latency while uploads are
+worker's thread, in a session (a CPU group) of their own under SCHED_IDLE, so live rooms' updates keep their latency while uploads are
 analysed. The endpoint is bounded everywhere before it spends anything:
 
 - token first (a JWT with the `analyze` role, or a static token; 401), before a byte of the body is read;
