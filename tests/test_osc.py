@@ -22,12 +22,14 @@ import numpy as np
 import pytest
 from pythonosc import osc_packet
 from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import AsyncIOOSCUDPServer
 from pythonosc.parsing import osc_types
 
 from sendreturn_mood.config import ConfigError, OscTargetSettings, Settings, load_config
 from sendreturn_mood.model.contract import MoodModel, Prediction
-from sendreturn_mood.outputs.osc import parse_target, with_targets
+from sendreturn_mood.outputs.osc import OscOutputs, parse_target, with_targets
 from sendreturn_mood.room.effects import load_presets, parse_colour
 from sendreturn_mood.server.app import MoodServer
 from sendreturn_mood.server.auth import Authenticator
@@ -53,10 +55,12 @@ class Recorder(Dispatcher):
     def __init__(self) -> None:
         super().__init__()
         self.packets: list[tuple[float, list[tuple[str, str, tuple[Any, ...]]]]] = []
+        self.datagrams: list[bytes] = []
 
     def call_handlers_for_packet(self, data: bytes, client_address: tuple[str, int]) -> list[Any]:
         msgs = [(m.message.address, type_tags(m.message.dgram), tuple(m.message.params)) for m in osc_packet.OscPacket(data).messages]
         self.packets.append((time.monotonic(), msgs))
+        self.datagrams.append(data)
         return super().call_handlers_for_packet(data, client_address)
 
     def bundles(self, having: str) -> list[tuple[float, dict[str, tuple[str, tuple[Any, ...]]]]]:
@@ -258,6 +262,57 @@ async def test_rate_hz_streams_the_values_continuously_at_the_preset_slew() -> N
     last = stream[-1][1]
     for key in keys:
         assert last[key][1] == pytest.approx(full[-1][key][1], abs=1e-5), key
+
+
+async def test_one_clock_streams_every_room_of_every_target_as_python_osc_builds_the_bundles() -> None:
+    """Three rooms (names of different lengths) on two targets of one rate: every stream bundle is byte for byte
+    the bundle python-osc's own builders make of what python-osc decoded from it; both targets get the same values
+    (one clock ticks them together), and every stream settles on its room's last update."""
+    from sendreturn_mood.room.rooms import Room
+    from sendreturn_mood.room.tracker import tracker_from_config
+
+    model = MoodModel()
+    rng = np.random.default_rng(7)
+    rooms = {name: Room(name, tracker_from_config(model.info, load_config(), PRESETS)) for name in ("a", "stage-7", "a-much-longer-room-name")}
+    async with osc_server() as (port1, rec1), osc_server() as (port2, rec2):
+        outputs = OscOutputs.from_settings(
+            [OscTargetSettings("127.0.0.1", port, rate_hz=30) for port in (port1, port2)], PRESETS, hop_seconds=0.25)
+        last = {}
+        for k in range(6):
+            for name, room in rooms.items():
+                genres = rng.dirichlet(np.ones(len(model.info.genres))) if model.info.genres else None
+                for update in room.on_window(room.generation, Prediction(rng.dirichlet(np.ones(len(model.info.moods))), genres), 1.0 + k, 1.0):
+                    if not isinstance(update, dict):
+                        last[name] = {"state": "music", "level_db": 0.0, **update.to_message()}  # (no level given here)
+                        for target in outputs.targets:
+                            target.deliver(name, update)
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(1.0)  # the streams reach their last values (the slowest slew is well under a second)
+        outputs.close()
+        await asyncio.sleep(0.1)
+    streams = {}
+    for port, rec in ((port1, rec1), (port2, rec2)):
+        for data, (_, msgs) in zip(rec.datagrams, rec.packets):
+            if any(a.endswith("/seq") for a, _, _ in msgs):
+                continue
+            bundle = OscBundleBuilder(IMMEDIATELY)
+            for address, tags, args in msgs:
+                message = OscMessageBuilder(address)
+                for t, a in zip(tags, args):
+                    message.add_arg(a, t)
+                bundle.add_content(message.build())
+            assert bundle.build().dgram == data
+            room = msgs[0][0].split("/")[2]
+            streams.setdefault(room, {}).setdefault(port, []).append(msgs)
+    assert set(streams) == set(rooms)
+    for name, by_target in streams.items():
+        one, two = by_target[port1], by_target[port2]
+        assert len(one) >= 30 and abs(len(one) - len(two)) <= 1
+        assert one[-1] == two[-1]
+        got = {a: args for a, _, args in one[-1]}
+        want = expected_values(last[name])
+        for address, args in got.items():
+            assert args == want[address][1], address
 
 
 async def test_ten_dead_targets_leave_the_rooms_updates_alone(caplog: pytest.LogCaptureFixture) -> None:

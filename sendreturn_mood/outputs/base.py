@@ -3,7 +3,7 @@
 `RoomRegistry.publish` (room/rooms.py) encodes each broadcast once and hands it to the room's sinks in order: the
 room's local websocket members first (`rooms.LocalMembers`, every room), then what is built here per server and per
 room: the broker (`BrokerSink`, every room: it carries the text to the room's members on other processes) and the
-OSC targets whose room patterns match the room's name (`osc.OscSink`). The interface is `rooms.Sink`:
+OSC targets whose room patterns match the room's name (`osc.OscTarget`). The interface is `rooms.Sink`:
 `send(room, outgoing)` for every broadcast, `room_closed(room)` when the room's last local member leaves. A sink never
 blocks the room and never raises into it.
 
@@ -20,7 +20,7 @@ from ..broker.base import Broker
 from ..config import Settings
 from ..room.effects import Presets
 from ..room.rooms import Outgoing, Room, Sink
-from .osc import OscOutputs, OscTarget
+from .osc import OscOutputs
 
 
 class BrokerSink:
@@ -44,7 +44,7 @@ class Outputs:
         self, config: Settings, broker: Broker, presets: Presets, hop_seconds: float, metrics: Any = None,
     ) -> None:
         self.broker_sink = BrokerSink(broker)
-        self.osc = OscOutputs([OscTarget(t, presets, hop_seconds, metrics) for t in config.outputs.osc.targets])
+        self.osc = OscOutputs.from_settings(config.outputs.osc.targets, presets, hop_seconds, metrics)
 
     def sinks_for(self, room: str) -> list[Sink]:
         return [self.broker_sink, *self.osc.sinks_for(room)]
