@@ -95,3 +95,24 @@ def test_cluster_bench_drives_processes_sharing_rooms_through_redis(tmp_path, ti
     (row,) = json.loads(out.read_text())
     assert row["processes"] == 2 and row["broker"] == "redis" and row["redis_cpu"] is not None
     assert row["updates_received"] >= 2 and row["updates_missing_at_listeners"] == 0 and row["dropped_messages"] == 0
+
+
+@pytest.mark.slow
+def test_prepared_bench_compares_prepared_and_live_rooms(tmp_path, tiny_model_path) -> None:
+    out = tmp_path / "prepared.json"
+    code = main(["prepared", "--rooms", "3", "--seconds", "9", "--song-seconds", "12", "--live", "--procs", "1",
+                 "--model", str(tiny_model_path), "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    prepared, live = result["prepared"], result["live"]
+    assert prepared["failed_rooms"] == 0 and live["failed_rooms"] == 0
+    assert prepared["updates_at_listeners"] > 0 and prepared["delay_ms_p95"] >= 0 and prepared["seq_gaps_at_listeners"] == 0
+    assert result["prepared_cpu_over_live"] is not None and result["command"].startswith("python -m sendreturn_mood.bench prepared")
+
+
+@pytest.mark.slow
+def test_prepare_bench_times_a_track(tmp_path) -> None:
+    out = tmp_path / "prepare.json"
+    assert main(["prepare", "--minutes", "0.25", "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["prepare_seconds_median"] > 0 and result["cpu_seconds_median"] > 0

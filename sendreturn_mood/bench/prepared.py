@@ -25,6 +25,7 @@ import resource
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hop", type=float, default=1.5, help="analysis.hop_seconds (default 1.5)")
     p.add_argument("--lead", type=float, default=0.0, help="lead_seconds of every room (default 0)")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes (default 2)")
+    p.add_argument("--model", default=None, help="ONNX model (default: the shipped one)")
     p.add_argument("--live", action="store_true", help="also run the same rooms live, and report the CPU ratio")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
 
@@ -86,7 +88,8 @@ def loop_thread_wait_seconds() -> float:
     """Seconds the event loop's thread (this one) has waited, runnable, for a core (Linux schedstat; 0 elsewhere):
     on a shared machine, how much of an update's delay was the machine's other work, not the server's."""
     try:
-        return int(open(f"/proc/self/task/{threading.get_native_id()}/schedstat").read().split()[1]) / 1e9
+        text = Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").read_text()
+        return int(text.split()[1]) / 1e9
     except (OSError, ValueError, IndexError):
         return 0.0
 
@@ -105,7 +108,7 @@ async def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     overrides.update({
         "server.port": 0, "analysis.hop_seconds": args.hop, "logging.level": "warning",
         "prepared.max_tracks": args.rooms + 10, "prepared.max_tracks_per_room": 10,
-        "server.rate_limit_factor": 8.0,
+        "server.rate_limit_factor": 8.0, "model.path": args.model,
     })
     server = MoodServer(load_config(None, overrides))
     await server.start()
