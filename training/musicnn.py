@@ -6,7 +6,7 @@ layout follows the ONNX graph node by node: batch norm on the input, a timbral f
 filters over [time, mel], max over frequency) and a temporal one (32/64/128-frame filters, max over frequency),
 three 1-D convolutions with residual connections over their 561 concatenated channels, then max and mean over time
 (TensorFlow's flatten interleaves them), a dense layer with batch norm (the 200-d `embedding`) and the 50 tag logits.
-`tests/test_musicnn.py` checks it against onnxruntime.
+`tests/test_training_pipeline.py` checks it against onnxruntime.
 """
 
 from __future__ import annotations
