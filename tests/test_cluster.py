@@ -573,3 +573,47 @@ def test_hostile_cluster_short_run_keeps_every_invariant(tiny_model_path):
     figures = json.loads(run.stdout)
     assert figures["violations"] == 0 and sum(figures["faults"].values()) >= 3
     assert figures["updates published"] > 40 and figures["deliveries owed (published while the broker was reachable, listener connected throughout)"] > 20
+
+
+async def test_after_redis_restarts_empty_holders_take_their_rooms_back_first(tmp_path, tiny_model_path, redis_server):
+    """Redis restarts with nothing in it: every lease is gone. For a grace period (a lease plus the reconnect backoff)
+    no new source is accepted (503 cluster_unavailable, Retry-After) while the processes that held rooms take them
+    back; the room's source streams on throughout, and its listener elsewhere hears it again with seq still rising."""
+    config = write_config(tmp_path, **{"broker.lease_seconds": LEASE, "broker.reconnect_max_seconds": 4.0})
+    a, b = ServerProcess(config, tiny_model_path, redis_server.url), ServerProcess(config, tiny_model_path, redis_server.url)
+    heard = {n: Heard() for n in ("lb", "src")}
+    try:
+        async with join(b, "held") as lb, join(a, "held", role="source", sample_rate=16000) as src:
+            tasks = [asyncio.ensure_future(hear(ws, heard[n])) for n, ws in (("lb", lb), ("src", src))]
+            streaming = asyncio.ensure_future(stream(src, 60, pace=0.1))
+            try:
+                await wait_for(lambda: len(heard["lb"].of("mood")) >= 1, 20, "B's listener to hear the room")
+                redis_server.stop()
+                redis_server.start()
+                statuses = []
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    try:
+                        async with connect(url(b, "fresh", role="source", sample_rate=16000), proxy=None):
+                            statuses.append(101)
+                            break
+                    except InvalidStatus as e:
+                        statuses.append(e.response.status_code)
+                        if e.response.status_code == 503:
+                            assert json.loads(e.response.body)["error"]["code"] == "cluster_unavailable"
+                            assert int(e.response.headers["Retry-After"]) >= 1
+                    await asyncio.sleep(0.1)
+                assert statuses[-1] == 101 and 503 in statuses and set(statuses) <= {101, 503}
+                top = max(heard["lb"].seqs())
+                await wait_for(lambda: max(heard["lb"].seqs()) > top, 20, "B's listener to hear A's source again")
+            finally:
+                streaming.cancel()
+                await src.close()
+                await asyncio.sleep(0.3)
+                for t in tasks:
+                    t.cancel()
+    finally:
+        a.stop()
+        b.stop()
+    assert not heard["src"].of("error")
+    assert_rising_and_told(heard["lb"])

@@ -438,6 +438,11 @@ class RedisBroker(Broker):
             "process holds this room; try again", max(1.0, min(self.backoff_max, self.lease_ms / 1000)),
         )
 
+    @staticmethod
+    def _restarted(grace_ms: int) -> ClusterUnavailable:
+        return ClusterUnavailable("the cluster's broker (Redis) restarted; the processes are taking their rooms back first",
+                                  max(1.0, grace_ms / 1000))
+
     async def claim_source(self, room: str, holder: str) -> Claim | None:
         if room in self._claims:
             return None
@@ -451,8 +456,7 @@ class RedisBroker(Broker):
         except CallErrors:
             raise self._unavailable() from None  # the supervisor notices the lost connection too, and reconnects
         if int(got[0]) == -1:
-            raise ClusterUnavailable("the cluster's broker (Redis) restarted; the processes are taking their rooms back first",
-                                     max(1.0, int(got[1]) / 1000))
+            raise self._restarted(int(got[1]))
         if int(got[0]) == 0:
             return None
         lease = Lease(holder, int(got[0]))
@@ -484,9 +488,15 @@ class RedisBroker(Broker):
         if not self.connected or self._redis is None:
             raise self._unavailable()
         try:
-            return bool(await asyncio.wait_for(self._redis.exists(self._k("src", room)), self.lease_ms / 1000 / 2))
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.exists(self._k("src", room))
+            pipe.pttl(self._k("grace"))
+            present, grace = await asyncio.wait_for(pipe.execute(), self.lease_ms / 1000 / 2)
         except CallErrors:
             raise self._unavailable() from None
+        if not present and int(grace) > 0:
+            raise self._restarted(int(grace))
+        return bool(present)
 
     async def reserved_for(self, room: str) -> str | None:
         if not self._up or self._redis is None:
