@@ -148,3 +148,14 @@ def test_training_decodes_what_analyze_decodes(slightly_short: Path) -> None:
 
     ours, rate = decode(slightly_short)
     assert np.array_equal(training_decode(slightly_short, rate), ours)
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "OGG"])
+def test_a_cut_wav_or_ogg_is_reported_as_truncated(fmt: str, tmp_path: Path) -> None:
+    """libsndfile counts only the frames a cut WAV still holds and gives a cut Ogg no length at all; what it noticed
+    (the data chunk's declared size, the missing end-of-stream page) is what says the file was cut."""
+    whole = tmp_path / f"whole.{fmt.lower()}"
+    sf.write(whole, music(10.0)[:, 0], RATE, format=fmt)
+    assert decode(whole)[0].size == RATE * 10
+    with pytest.raises(Truncated, match="truncated"):
+        decode(cut(whole, tmp_path / f"cut.{fmt.lower()}", 0.3))

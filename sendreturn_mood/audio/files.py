@@ -14,6 +14,7 @@ shorter or silent song. Decoder errors half-way say where they happened.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -29,6 +30,8 @@ TRUNCATION_TOLERANCE_SECONDS = 1.0  # an MP3's declared length may be off by a f
 # file (encoder padding, a header estimate); a file that ends more than this before its declared length was cut
 
 Source = str | Path | IO[bytes]
+DATA_CHUNK_RE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be \d+\)", re.M)  # libsndfile's WAV header log
+BLOCK_ALIGN_RE = re.compile(r"Block Align\s*:\s*(\d+)")
 
 
 class DecodeError(SendReturnError, ValueError):
@@ -113,6 +116,18 @@ class AudioFile:
         self.declared_frames = max(0, int(self._file.frames))
         self.format = str(self._file.format)
         self.decoded_frames = 0
+        self.ends_early = False  # the container says it was cut (an Ogg stream without its end-of-stream page)
+        self._read_header_log(str(self._file.extra_info))
+
+    def _read_header_log(self, log: str) -> None:
+        """What libsndfile noticed while opening, which its frame count hides: a WAV whose data chunk declares more
+        bytes than the file holds (it counts only what is there: "data : 882000 (should be 293970)"), an Ogg
+        stream that ends without its end-of-stream page. Either is a cut file."""
+        data = DATA_CHUNK_RE.search(log)
+        align = BLOCK_ALIGN_RE.search(log)
+        if data and align and int(align.group(1)) > 0:
+            self.declared_frames = max(self.declared_frames, int(data.group(1)) // int(align.group(1)))
+        self.ends_early = "ended unexpectedly" in log
 
     def __enter__(self) -> "AudioFile":
         return self
@@ -139,9 +154,9 @@ class AudioFile:
         while True:
             try:
                 block = self._file.read(block_frames, dtype="float32", always_2d=True)
-            except errors as e:
-                at = self.seconds(self.decoded_frames)
-                raise DecodeError(f"the decoder failed at {at:.2f} s ({decoder_reason(e)})", at) from None
+            except errors as e:  # somewhere in this block: the decoder returns nothing of a block it fails in
+                at, to = self.seconds(self.decoded_frames), self.seconds(self.decoded_frames + block_frames)
+                raise DecodeError(f"the decoder failed between {at:.2f} s and {to:.2f} s ({decoder_reason(e)})", at) from None
             self.decoded_frames += len(block)
             if len(block) < block_frames:  # the decoder has no more: the end, whatever the header said
                 if pending is not None:
@@ -158,6 +173,12 @@ class AudioFile:
     def check_complete(self) -> None:
         """Truncated when the decoder stopped well before the declared length (formats that declare none, or
         declare an estimate that is only ever short by less than the tolerance, pass)."""
+        if self.ends_early:
+            got = self.seconds(self.decoded_frames)
+            raise Truncated(
+                f"truncated: the {self.format} stream ends without its end-of-stream marker after {got:.2f} s; "
+                "the rest is missing", got, got,
+            )
         missing = self.declared_frames - self.decoded_frames
         if missing > TRUNCATION_TOLERANCE_SECONDS * self.rate:
             got, declared = self.seconds(self.decoded_frames), self.seconds(self.declared_frames)
