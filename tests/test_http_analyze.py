@@ -137,7 +137,7 @@ async def test_tokens(song: Path, tiny_model_path: Path) -> None:
 
 
 async def test_concurrency_is_bounded_and_a_slow_analysis_times_out(song: Path, tiny_model_path: Path) -> None:
-    async with running_server(tiny_model_path, analyze__max_concurrent=1, analyze__timeout_seconds=0.2,
+    async with running_server(tiny_model_path, analyze__max_concurrent=1, analyze__timeout_seconds=0.02,
                               analyze__upload_timeout_seconds=3) as server:
         port = server.port
         # one upload admitted and still arriving: the next one is refused at once, with Retry-After
