@@ -118,6 +118,15 @@ async def test_bad_input_gets_its_status_and_says_what_failed(song: Path, tiny_m
         head = "POST /v1/analyze HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
         status, _, body = await asyncio.to_thread(raw_request, port, head, chunked)
         assert status == 413 and "more than 400000 bytes" in body["error"]["message"]
+        # Expect: 100-continue: the server says go on only when it wants the body (after the checks)
+        def expect_continue() -> tuple[bytes, bytes]:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(post_head(9, extra="Expect: 100-continue\r\n").encode())
+                interim = s.recv(1024)
+                s.sendall(b"not audio")
+                return interim, s.recv(65536)
+        interim, final = await asyncio.to_thread(expect_continue)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n" and final.startswith(b"HTTP/1.1 415")
         # other methods and paths
         status, headers, _ = await asyncio.to_thread(raw_request, port, post_head(3, "/healthz"), b"abc")
         assert status == 405 and headers["allow"] == "GET"

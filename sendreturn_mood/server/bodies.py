@@ -142,7 +142,7 @@ class BodyExchange:
 
     async def read_body(self, limit: int, what: str) -> bytes:
         if self._h11.client_is_waiting_for_100_continue:
-            self._write(self._h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+            self._write(self._h11.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")))
         chunks: list[bytes] = []
         total = 0
         while True:
