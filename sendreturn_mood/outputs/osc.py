@@ -314,7 +314,9 @@ def encode_bundle(messages: Sequence[Message]) -> bytes:
 class _Streams:
     """Every stream of one shape on one clock, a row each: values, targets and rates as arrays, and all the
     streams' bundles in one buffer of words (each stream's bytes a slice of it), so a tick's arithmetic and its
-    writing of the values are one numpy operation each over all rooms."""
+    writing of the values are one numpy operation each over all rooms. New targets wait for the next tick
+    (`aim`), which takes in all that arrived since the last one at once: the values do not move between ticks, so
+    their rates come out as they would have at the update."""
 
     def __init__(self, shape: StreamShape) -> None:
         self.shape = shape
@@ -325,6 +327,7 @@ class _Streams:
         empty = np.empty((0, shape.columns), dtype=np.float64)
         self.current, self.target, self.rates = empty, empty.copy(), empty.copy()
         self.moving = False  # some value has not reached its target: the next tick has arithmetic to do
+        self.pending: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, float]] = {}  # key -> target, slew, hop
         self._views: list[tuple[OscTarget, memoryview]] | None = None  # None: rows changed, buffer to rebuild
         self._words = np.empty(0, dtype=">u4")  # every stream's bundle, back to back, as 32-bit words
         self._index = np.empty(0, dtype=np.intp)
@@ -339,7 +342,13 @@ class _Streams:
         self.rates = np.vstack([self.rates, np.zeros_like(row)])
         self._views = None
 
+    def aim(self, key: tuple[int, str], target: np.ndarray, slew: np.ndarray, hop: float) -> None:
+        """A stream's new target, approached at the `slew` row's rates (NaN: none of its own, so the distance over
+        `hop` seconds), from the next tick on."""
+        self.pending[key] = (target, slew, hop)
+
     def remove(self, key: tuple[int, str]) -> None:
+        self.pending.pop(key, None)
         i = self.rows.pop(key)
         for items in (self.senders, self.templates, self.indices):
             del items[i]
@@ -355,6 +364,15 @@ class _Streams:
             self._index = np.concatenate([i + s // 4 for i, s in zip(self.indices, starts)]) if self.indices else self._index[:0]
             raw = memoryview(data)
             self._views = [(s, raw[a:b]) for s, a, b in zip(self.senders, starts, starts[1:])]
+            self.moving = True
+        if self.pending:
+            rows = np.array([self.rows[k] for k in self.pending], dtype=np.intp)
+            target = np.array([t for t, _, _ in self.pending.values()])
+            slew = np.array([s for _, s, _ in self.pending.values()])
+            hop = np.array([h for _, _, h in self.pending.values()])[:, None]
+            self.pending.clear()
+            self.target[rows] = target
+            self.rates[rows] = np.where(np.isnan(slew), self.shape.distance(self.current[rows], target) / hop, slew)
             self.moving = True
         if self.moving:  # every value moved towards its target by at most rate * dt: the preset's slew
             step = self.rates * dt
@@ -389,9 +407,8 @@ class StreamClock:
         self, sender: OscTarget, room: str, base: str, shape: StreamShape, values: Mapping[str, Value], slew: np.ndarray,
         hop: float,
     ) -> None:
-        """A new update of `room` for `sender`: its `values` (of `shape`) are where the stream goes, at the `slew`
-        row's rates (NaN: no slew of its own, so the distance over `hop` seconds). A new stream (or one whose shape
-        changed) starts at the values, its first bundle sent at once."""
+        """A new update of `room` for `sender`: its `values` (of `shape`) are where the stream goes (`_Streams.aim`).
+        A new stream (or one whose shape changed) starts at the values, its first bundle sent at once."""
         target = shape.row(values)
         key = (id(sender), room)
         group = self._where.get(key)
@@ -404,11 +421,7 @@ class StreamClock:
             group.add(key, sender, template, index, target)
             self._where[key] = group
             sender._send(template.tobytes())
-        i = group.rows[key]
-        current = group.current[i]
-        group.target[i] = target
-        group.rates[i] = np.where(np.isnan(slew), shape.distance(current, target) / hop, slew)
-        group.moving = True
+        group.aim(key, target, slew, hop)
         if self._handle is None:
             loop = asyncio.get_running_loop()
             self._tick_time = loop.time()
