@@ -36,7 +36,7 @@ LOUDNESS_BLOCK_SECONDS = 0.4  # R128's gating block: shorter audio has no integr
 LOUDNESS_FLOOR_LUFS = -70.0  # R128's absolute gate: audio with no block above it (silence) is reported at the gate
 MAX_LOUDNESS_CHANNELS = 5  # pyloudnorm's channel weights cover L, R, C, Ls, Rs
 TUNING_SECONDS = 30.0  # the excerpt the tuning is estimated from
-KEY_MIN_CONFIDENCE = 0.5  # below this correlation the key is undecided (-1): chosen in docs/evaluation/features.md
+KEY_MIN_CONFIDENCE = 0.5  # below this correlation the key is undecided (-1): 0.004 of the renders, 0.13 of real clips
 
 MAJOR, MINOR, UNDECIDED = 1, 0, -1
 PITCH_CLASSES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
