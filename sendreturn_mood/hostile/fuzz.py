@@ -21,7 +21,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 from .. import protocol
 from .wire import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawClient, default_headers, frame, handshake_request
@@ -326,9 +325,3 @@ def fuzz(host: str, port: int, cases: int, seed: int | None = None, server_alive
         result.violations.append(f"{type(e).__name__}: {e}")
     result.seconds = time.monotonic() - t0
     return result
-
-
-def encode_target(room: str, **params: str) -> str:
-    """A well-formed target, for callers outside the strategies."""
-    q = "&".join(f"{k}={quote(v)}" for k, v in params.items())
-    return f"/v1/rooms/{room}" + (f"?{q}" if q else "")
