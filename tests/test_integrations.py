@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from pathlib import Path
 
-import pytest
 
 from tests.conftest import REPO
 from tests.test_osc import config, osc_server, play, serving, song
