@@ -8,7 +8,6 @@ from __future__ import annotations
 import fnmatch
 import re
 
-
 from tests.conftest import REPO
 from tests.test_osc import config, osc_server, play, serving, song
 
