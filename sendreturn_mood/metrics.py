@@ -52,10 +52,11 @@ class _Metric:
 
 @dataclass
 class Tally:
-    """A count as a plain attribute, for a hot path (`tally.n += 1`): a labelled counter's `tally(...)` carries
-    it into the registry when the counter is read; made alone it only counts."""
+    """A running count as a plain attribute, for a hot path (`tally.n += 1`): a labelled counter's `tally(...)`
+    carries what it has not carried yet into the registry when the counter is read; made alone it only counts."""
 
     n: float = 0.0
+    carried: float = 0.0
 
 
 class Counter(_Metric):
@@ -88,9 +89,9 @@ class Counter(_Metric):
             pending, self._pending = self._pending, 0.0
             self.metric.inc(pending)
         for t, child in self._tallies:
-            if t.n:
-                n, t.n = t.n, 0.0
-                child.inc(n)
+            if t.n != t.carried:
+                delta, t.carried = t.n - t.carried, t.n
+                child.inc(delta)
 
     def get(self, **labels: str) -> float:
         self._child(labels)

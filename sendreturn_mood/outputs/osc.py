@@ -328,7 +328,7 @@ class _Streams:
         self.current, self.target, self.rates = empty, empty.copy(), empty.copy()
         self.moving = False  # some value has not reached its target: the next tick has arithmetic to do
         self.pending: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, float]] = {}  # key -> target, slew, hop
-        self._views: list[tuple[OscTarget, memoryview]] | None = None  # None: rows changed, buffer to rebuild
+        self._views: list[tuple[Any, memoryview]] | None = None  # (its target's _send, its bytes); None: to rebuild
         self._words = np.empty(0, dtype=">u4")  # every stream's bundle, back to back, as 32-bit words
         self._index = np.empty(0, dtype=np.intp)
 
@@ -363,7 +363,7 @@ class _Streams:
             self._words = data.view(">u4")
             self._index = np.concatenate([i + s // 4 for i, s in zip(self.indices, starts)]) if self.indices else self._index[:0]
             raw = memoryview(data)
-            self._views = [(s, raw[a:b]) for s, a, b in zip(self.senders, starts, starts[1:])]
+            self._views = [(s._send, raw[a:b]) for s, a, b in zip(self.senders, starts, starts[1:])]
             self.moving = True
         if self.pending:
             rows = np.array([self.rows[k] for k in self.pending], dtype=np.intp)
@@ -379,8 +379,8 @@ class _Streams:
             self.current += np.clip(self.target - self.current, -step, step)
             self.moving = not np.array_equal(self.current, self.target)
             self._words[self._index] = self.shape.words(self.current).ravel()
-        for sender, view in self._views:  # values that all arrived: the same bytes again, no arithmetic
-            sender._send(view)
+        for send, view in self._views:  # values that all arrived: the same bytes again, no arithmetic
+            send(view)
 
 
 class StreamClock:
@@ -478,8 +478,6 @@ class OscTarget:
         self.hop_seconds = max(1e-3, float(hop_seconds))
         self.clock = clock if clock is not None or settings.rate_hz <= 0 else StreamClock(settings.rate_hz)
         self._own_clock = clock is None
-        self.sent = 0
-        self.errors = 0
         self._sent = metrics.osc_bundles.tally(target=settings.name) if metrics is not None else Tally()
         self._errors = metrics.osc_errors.tally(target=settings.name) if metrics is not None else Tally()
         self._sock: socket.socket | None = None
@@ -493,6 +491,16 @@ class OscTarget:
             self._open(socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)[0])
         except OSError:
             pass  # a name: resolved by start(), or on the first send
+
+    @property
+    def sent(self) -> int:
+        """Bundles sent since the target was made."""
+        return int(self._sent.n)
+
+    @property
+    def errors(self) -> int:
+        """Bundles lost since the target was made (`_failed`)."""
+        return int(self._errors.n)
 
     # ---------------------------------------------------------------------------------------- sink
 
@@ -563,11 +571,9 @@ class OscTarget:
         except OSError as e:  # ConnectionRefusedError (ICMP port unreachable), BlockingIOError (buffer full), ...
             self._failed(e.strerror or type(e).__name__)
             return
-        self.sent += 1
         self._sent.n += 1
 
     def _failed(self, reason: str) -> None:
-        self.errors += 1
         self._errors.n += 1
         now = time.monotonic()
         if now - self._last_log >= ERROR_LOG_SECONDS:
