@@ -372,7 +372,17 @@ class Cluster:
                 if not any(s == seq for _, s, _ in h.moods):
                     f.missed += 1
                     if len(f.missed_examples) < 10:
-                        f.missed_examples.append(f"{room} seq {seq} (source on process {src_slot}) at the listener on process {h.slot}")
+                        f.missed_examples.append(self._explain(room, seq, t, src_slot, h))
+
+
+    def _explain(self, room: str, seq: int, t: float, src_slot: int, h: Heard) -> str:
+        """A missed update with what is needed to understand it: the nearest fault and whether a resync told."""
+        near = min(self.windows, key=lambda w: min(abs(t - w.start), abs(t - w.end)), default=None)
+        told = any(m["type"] == "resync" and m["from_seq"] <= seq <= m["to_seq"] for m in h.messages)
+        fault = f"; nearest fault: {near.kind} on {'Redis' if near.slot is None else f'process {near.slot}'} " \
+                f"{t - near.start:+.1f} s from its start, {t - near.end:+.1f} s from its end" if near else ""
+        return (f"{room} seq {seq} (source on process {src_slot}) at the listener on process {h.slot}"
+                f"{', announced by a resync' if told else ', not announced'}{fault}")
 
 
 def report(f: Figures) -> dict[str, Any]:

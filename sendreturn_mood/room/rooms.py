@@ -406,8 +406,11 @@ class RoomRegistry:
             if room.remote_holder is not None:  # its lease elsewhere is over (the claim succeeded): say so first
                 room.remote_holder = None
                 self.deliver_local(room, protocol.encode(protocol.source_state(False)), SOURCE)
-            room.source = member
+            heard = room.seq
             room.start_source(preset, last_seq, track_detection)
+            if heard and room.seq > heard:  # the previous source's updates elsewhere that never reached this process
+                self.deliver_messages(room, [protocol.resync(room.name, heard + 1, room.seq)])  # (its listeners)
+            room.source = member
         else:
             room.listeners.add(member)
         if self.membership is not None:
