@@ -510,13 +510,23 @@ def track_change(room: str, change: Mapping[str, Any], prepared: bool = False) -
     return msg
 
 
+def mood_envelope(room: str, track: Mapping[str, Any] | None) -> tuple[str, str]:
+    """The parts of a prepared `mood` message's text that stay the same for a room while one track plays (its
+    opening up to `seq`, and the `track` member), encoded once so each update only fills in its numbers."""
+    head = f'{{"type":"mood","room":{json.dumps(room)},"seq":'
+    return head, "" if track is None else f',"track":{json.dumps(dict(track), separators=(",", ":"))}'
+
+
 def mood_text(room: str, seq: int, stream_time: float, track: Mapping[str, Any] | None, body: str, latency_ms: float) -> str:
     """encode(mood(..., prepared=True)) from a prepared update's pre-encoded analysis members (`body`: every
     analysis field but stream_time, prepared.Cue): the room wraps them without encoding them again."""
-    head = f'{{"type":"mood","room":{json.dumps(room)},"seq":{seq},"stream_time":{json.dumps(stream_time)}'
-    if track is not None:
-        head += f',"track":{json.dumps(dict(track), separators=(",", ":"))}'
-    return f'{head},{body},"prepared":true,"latency_ms":{json.dumps(round(latency_ms, 3))}}}'
+    return mood_text_in(mood_envelope(room, track), seq, stream_time, body, latency_ms)
+
+
+def mood_text_in(envelope: tuple[str, str], seq: int, stream_time: float, body: str, latency_ms: float) -> str:
+    """mood_text with the room's envelope (mood_envelope) already encoded: a float's repr is its JSON."""
+    head, track = envelope
+    return f'{head}{seq},"stream_time":{float(stream_time)!r}{track},{body},"prepared":true,"latency_ms":{round(float(latency_ms), 3)!r}}}'
 
 
 def track_change_text(room: str, body: str) -> str:

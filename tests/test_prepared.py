@@ -67,6 +67,18 @@ def test_cues_come_at_their_positions_as_the_clock_runs(analysed):
     assert f.next_time() is None
 
 
+def test_waking_at_next_time_always_finds_the_cue_due(analysed):
+    """A caller that sleeps until `next_time` and wakes exactly then gets the cue (float rounding of a clock far from
+    zero must not leave it a hair short, which made the server's timer fire again and again without progress)."""
+    for start in (0.0, 0.3, 1234.5678, 98765.4321):
+        for at in (0.0, 0.1, 0.7):
+            f = Follower(track(analysed), at, now=start, lead=0.25)
+            f.due(start)
+            while not f.finished:
+                t = f.next_time()
+                assert f.due(t), (start, at, t)
+
+
 def test_lead_sends_each_cue_that_much_early(analysed):
     first = analysed[1]["timeline"][0]["stream_time"]
     f = Follower(track(analysed), 0.0, now=0.0, lead=0.75)

@@ -34,6 +34,7 @@ from ..errors import SendReturnError
 from .. import protocol
 from .update import Analysis, Guess, Instant
 
+DUE_TOLERANCE = 1e-6  # seconds: a cue this close ahead of the playback position is due (float rounding, see `due`)
 JUMP_SECONDS = 1.0  # a position report further than this from the running clock is a jump (seek) and re-aligns
 MOOD = "mood"
 TRACK_CHANGE = "track_change"
@@ -299,7 +300,9 @@ class Follower:
     def due(self, now: float) -> list[tuple[Cue, float]]:
         """The cues due at `now`, in order, each with how late it is (seconds, >= 0), and consumes them."""
         out = []
-        edge = self.position(now) + self.lead
+        # a caller waking at exactly `due_time` must find the cue due: that time was computed back from the cue's
+        # position, and float rounding may leave the position a hair short of it
+        edge = self.position(now) + self.lead + DUE_TOLERANCE
         while not self.finished:
             if self._aligned_at is None and self._positions[self._next] > edge:
                 break

@@ -138,6 +138,8 @@ class Room:
     prepared: Follower | None = None  # the prepared track the room follows (where its source is), None: live
     lead_seconds: float | None = None  # the room's lead for prepared tracks (None: the configured default)
     last_timeline: str | None = None  # the last `timeline` text its members got, while prepared updates follow it
+    # the track its prepared updates were last wrapped for, and that envelope, encoded (protocol.mood_envelope)
+    _envelope: tuple[Any, tuple[str, str]] | None = field(default=None, repr=False)
     sinks: list[Sink] = field(default_factory=lambda: [LOCAL_MEMBERS])  # where `RoomRegistry.publish` hands its broadcasts
 
     @property
@@ -265,7 +267,9 @@ class Room:
             if cue.kind == CUE_MOOD:
                 self.seq += 1
                 latency_ms = round(late * 1000.0, 3)
-                text = protocol.mood_text(self.name, self.seq, cue.position, self.track, cue.body, latency_ms)
+                if self._envelope is None or self._envelope[0] is not self.track:
+                    self._envelope = (self.track, protocol.mood_envelope(self.name, self.track))
+                text = protocol.mood_text_in(self._envelope[1], self.seq, cue.position, cue.body, latency_ms)
                 update = Update(self.name, self.seq, cue.analysis, self.track, latency_ms)
                 # not to the source: it has every update in the timeline, and a prepared room's cost is its sends
                 out.append((Outgoing(update, text, MOOD, to_source=False), late))
