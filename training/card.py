@@ -204,6 +204,14 @@ def robustness_lines(name: str, mask: str = "none") -> list[str]:
              "so on 4Q and Emotify, which it was trained on, only the change from the clean row (in brackets) means "
              "something.", ""]
     lines += robustness_table(name, v)[2:]
+    plain = ROBUST_DIR / "rows" / f"{name}-none.json"
+    if mask != "none" and plain.is_file():
+        rows = json.loads(plain.read_text())["rows"]
+        d = drops(rows)
+        lines += [f"This file is the same graph and heads behind the band mask `{mask}` (the log-mel bands the training "
+                  "audio had no content in set to silence). Without the mask, in the same run: largest drop "
+                  f"{largest_drop(rows):.3f}; " + "; ".join(f"{c} {-m['clip_accuracy']:+.3f}" for c, m in d.items()
+                                                           if "clip_accuracy" in m) + " genre clip accuracy.", ""]
     if "valence_arousal" in v:
         lines += ["Reported valence/arousal against MUSIFEAST-17's listener ratings (356 clips it never heard):", "",
                   "| model | valence r | valence CCC | arousal r | arousal CCC | valence r per fold | arousal r per fold |",
