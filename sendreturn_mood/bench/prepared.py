@@ -94,7 +94,14 @@ def loop_thread_wait_seconds() -> float:
         return 0.0
 
 
+def following(server: Any) -> int:
+    """How many of the server's rooms follow a prepared track now."""
+    return sum(1 for room in server.rooms if room.prepared is not None)
+
+
 def self_cpu_seconds() -> float:
+    """CPU seconds of this process, every thread (in `measure` the server's alone: the generators are processes
+    of their own, counted separately)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
@@ -138,19 +145,21 @@ async def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         t_end = start_at + args.seconds - 1.0
         await asyncio.sleep(max(0.0, t_begin - time.time()))
         cpu0, w0, updates0, heard0 = self_cpu_seconds(), time.time(), server.metrics.updates.get(), server.metrics.audio_seconds.get()
-        waited0 = loop_thread_wait_seconds()
+        waited0, following0 = loop_thread_wait_seconds(), following(server)
         await asyncio.sleep(max(0.0, t_end - time.time()))
         cpu1, w1, updates1, heard1 = self_cpu_seconds(), time.time(), server.metrics.updates.get(), server.metrics.audio_seconds.get()
-        waited1 = loop_thread_wait_seconds()
+        waited1, following1 = loop_thread_wait_seconds(), following(server)
         loop = asyncio.get_running_loop()
         gens = [await loop.run_in_executor(None, results.get, True, args.seconds + 300) for _ in procs]
         for p in procs:
             await loop.run_in_executor(None, p.join, 30)
     finally:
         await server.close()
-    # a prepared room-second is a second of a room following its track; a live one a second of audio the server
-    # actually analysed meanwhile (fewer than rooms x seconds when it falls behind, as `bench server` counts)
-    room_seconds = args.rooms * (w1 - w0) if mode == "prepared" else heard1 - heard0
+    # a prepared room-second is a second of a room following its track (rooms whose connections failed do not
+    # count: the mean of the rooms following one at the start and the end of the measured time); a live one a
+    # second of audio the server actually analysed meanwhile (fewer than rooms x seconds when it falls behind, as
+    # `bench server` counts)
+    room_seconds = (following0 + following1) / 2 * (w1 - w0) if mode == "prepared" else heard1 - heard0
     out: dict[str, Any] = {
         "mode": mode,
         "rooms": args.rooms,
@@ -170,6 +179,7 @@ async def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     }
     if mode == "prepared":
         out["prepare_seconds"] = round(prepare_seconds, 3)
+        out["rooms_following_a_track"] = [following0, following1]  # at the start and the end of the measured time
         delay = np.array([x for g in gens for x in g["delay_ms"]] or [np.nan])
         sent_late = np.array([x for g in gens for x in g["latency_ms"]] or [np.nan])
         out.update({
