@@ -45,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--song-seconds", type=float, default=60.0, help="length of the prepared song (default 60)")
     p.add_argument("--hop", type=float, default=1.5, help="analysis.hop_seconds (default 1.5)")
     p.add_argument("--lead", type=float, default=0.0, help="lead_seconds of every room (default 0)")
+    p.add_argument(
+        "--start-spread", type=float, default=None,
+        help="seconds over which the prepared rooms' plays (and so their position reports) are spread (default: one hop)",
+    )
     p.add_argument("--procs", type=int, default=2, help="load-generator processes (default 2)")
     p.add_argument("--model", default=None, help="ONNX model (default: the shipped one)")
     p.add_argument("--live", action="store_true", help="also run the same rooms live, and report the CPU ratio")
@@ -68,10 +72,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def spread(args: argparse.Namespace) -> float:
+    """Seconds over which the prepared rooms start."""
+    return args.hop if args.start_spread is None else args.start_spread
+
+
 def _argv(args: argparse.Namespace) -> list[str]:
     out = [f"--rooms {args.rooms}", f"--seconds {args.seconds:g}", f"--song-seconds {args.song_seconds:g}"]
     if args.lead:
         out.append(f"--lead {args.lead:g}")
+    if args.start_spread is not None:
+        out.append(f"--start-spread {args.start_spread:g}")
     if args.live:
         out.append("--live")
     return out
@@ -133,7 +144,8 @@ async def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         results = ctx.Queue()
         shares = [list(range(args.rooms))[i :: args.procs] for i in range(args.procs)]
         if mode == "prepared":
-            gen_args = {"seconds": args.seconds, "hop": args.hop, "listeners": args.listeners, "lead": args.lead}
+            gen_args = {"seconds": args.seconds, "hop": args.hop, "listeners": args.listeners, "lead": args.lead,
+                        "spread": spread(args)}
             target = prepared_generator
         else:
             gen_args = {"seconds": args.seconds, "hop": args.hop, "listeners": args.listeners, "frame_ms": 100.0,
@@ -142,7 +154,7 @@ async def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         procs = [ctx.Process(target=target, args=(s, server.port, gen_args, start_at, results)) for s in shares if s]
         for p in procs:
             p.start()
-        t_begin = start_at + args.hop + 3.0
+        t_begin = start_at + (spread(args) if mode == "prepared" else args.hop) + 3.0
         t_end = start_at + args.seconds - 1.0
         await asyncio.sleep(max(0.0, t_begin - time.time()))
         cpu0, w0, updates0, heard0 = self_cpu_seconds(), time.time(), server.metrics.updates.get(), server.metrics.audio_seconds.get()
@@ -229,8 +241,8 @@ def prepared_generator(rooms: list[int], port: int, args: dict[str, Any], start_
 async def _prepared_rooms(rooms: list[int], port: int, args: dict[str, Any], start_at: float) -> dict[str, Any]:
     from websockets.asyncio.client import connect
 
-    seconds, hop, n_listeners, lead = args["seconds"], args["hop"], args["listeners"], args["lead"]
-    measure_from = start_at + hop + 3.0
+    seconds, n_listeners, lead, spread_seconds = args["seconds"], args["listeners"], args["lead"], args["spread"]
+    measure_from = start_at + spread_seconds + 3.0
     stats: dict[str, Any] = {"delay_ms": [], "latency_ms": [], "gaps": 0, "errors": Counter(), "failed_rooms": 0}
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     base = f"ws://127.0.0.1:{port}/v1/rooms"
@@ -260,7 +272,7 @@ async def _prepared_rooms(rooms: list[int], port: int, args: dict[str, Any], sta
         played: list[float] = []
         readers = [asyncio.create_task(listen(ws, played, True)) for ws in listeners]
         readers.append(asyncio.create_task(listen(src, played, False)))
-        t_play = start_at + np.random.default_rng(k).uniform(0, hop)
+        t_play = start_at + np.random.default_rng(k).uniform(0, spread_seconds)
         await asyncio.sleep(max(0.0, t_play - time.time()))
         played.append(time.time())
         await src.send(json.dumps({"type": "play", "track": "song", "position": 0, "lead_seconds": lead}))
